@@ -1,0 +1,35 @@
+"""python -m app: start uvicorn with one worker (throughput comes from batching, not processes)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m app", description="Run the Oceano face-search service (settings come from the "
+        "environment: HOST, PORT, QDRANT_URL, MODEL_NAME, ... see README).")
+    parser.add_argument("--host", help="override HOST")
+    parser.add_argument("--port", type=int, help="override PORT")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, workers=1,
+        limit_concurrency=settings.uvicorn_limit_concurrency, backlog=settings.uvicorn_backlog,
+        timeout_graceful_shutdown=int(settings.request_timeout), log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()

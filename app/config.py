@@ -1,0 +1,112 @@
+"""Settings: one object read from the environment, built in `create_app` (never at import)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ProviderChoice(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Settings(BaseSettings):
+    """Environment names match the README (HOST, PORT, QDRANT_URL, ...)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_file=None)
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=9100, ge=1, le=65535)
+
+    # Vector store: empty QDRANT_URL means the embedded Qdrant Edge shard under QDRANT_PATH.
+    qdrant_url: str = ""
+    qdrant_api_key: str = ""
+    qdrant_path: Path = Path("state/qdrant")
+    qdrant_shards: int = Field(default=1, ge=1)
+    qdrant_replicas: int = Field(default=1, ge=1)
+    qdrant_timeout: int = Field(default=30, ge=1)
+    collection_name: str = Field(default="faces", pattern=r"^[A-Za-z0-9_\-]{1,128}$")
+
+    # Models: MODEL_NAME=auto takes antelopev2 from MODEL_ROOT when present, else the bundled pack.
+    model_name: str = "auto"
+    model_root: Path = Path("~/.insightface/models")
+    model_download: bool = False
+    det_size: Annotated[tuple[int, int], NoDecode] = (640, 640)
+    det_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    providers: ProviderChoice = ProviderChoice.AUTO
+    ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
+    det_batch: int = Field(default=0, ge=0)  # 0: 1 on CPU, 16 on CUDA (batching helps only on a GPU)
+    rec_batch: int = Field(default=64, ge=1)
+    heads: str = "emotion"  # heads run by default on /api/analyze
+    heads_dir: Path | None = None
+
+    # Search defaults.
+    top_k: int = Field(default=10, ge=1, le=1000)
+    sim_threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
+    hnsw_ef: int = Field(default=512, ge=1)
+    hnsw_m: int = Field(default=16, ge=4)
+    hnsw_ef_construct: int = Field(default=128, ge=4)
+    # Embedded store: points left unindexed before an HNSW build is triggered after an upsert.
+    index_threshold: int = Field(default=20000, ge=0)
+
+    # Admission control around the ONNX sessions.
+    gpu_concurrency: int = Field(default=1, ge=1)
+    gpu_acquire_timeout: float = Field(default=5.0, gt=0)
+    request_timeout: float = Field(default=30.0, gt=0)
+
+    # Files.
+    state_dir: Path = Path("state")
+    thumbs_dir: Path = Path("state/thumbs")
+    max_upload_mb: float = Field(default=20.0, gt=0)
+    max_megapixels: float = Field(default=50.0, gt=0)
+    thumb_size: int = Field(default=128, ge=32, le=512)
+
+    # uvicorn (python -m app).
+    uvicorn_limit_concurrency: int | None = None
+    uvicorn_backlog: int = 2048
+    log_level: str = "info"
+
+    @field_validator("det_size", mode="before")
+    @classmethod
+    def _parse_det_size(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+            if len(parts) == 1:
+                parts = parts * 2
+            if len(parts) != 2:
+                raise ValueError("DET_SIZE must be 'W,H' (e.g. 640,640)")
+            value = (int(parts[0]), int(parts[1]))
+        return value
+
+    @field_validator("det_size")
+    @classmethod
+    def _check_det_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(v < 64 or v > 4096 or v % 32 for v in value):
+            raise ValueError("DET_SIZE sides must be multiples of 32 between 64 and 4096")
+        return value
+
+    @field_validator("uvicorn_limit_concurrency", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    @model_validator(mode="after")
+    def _expand_paths(self) -> Settings:
+        self.model_root = self.model_root.expanduser()
+        if self.heads_dir is not None:
+            self.heads_dir = self.heads_dir.expanduser()
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.qdrant_url

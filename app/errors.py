@@ -1,0 +1,59 @@
+"""Domain errors users can act on. Inner layers raise these; only the HTTP layer maps them to status codes."""
+
+from __future__ import annotations
+
+
+class OceanoError(Exception):
+    """Base class: the message is shown to the user as is, so it must say what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadImage(OceanoError):
+    """The bytes claim to be an image but cannot be decoded, or its dimensions are unusable."""
+
+
+class UnsupportedImage(OceanoError):
+    """The bytes are not an image format we read (JPEG, PNG, WebP, BMP, TIFF, GIF)."""
+
+
+class ImageTooLarge(OceanoError):
+    """Over MAX_UPLOAD_MB, or over the pixel limit (decompression bomb guard)."""
+
+
+class InvalidRequest(OceanoError):
+    """A parameter is out of range or malformed."""
+
+
+class NotFound(OceanoError):
+    """No face / thumbnail / job with that id."""
+
+
+class NoSuchHead(OceanoError):
+    """A classifier head name that is not registered or not available."""
+
+
+class EngineBusy(OceanoError):
+    """The inference gate could not be acquired within GPU_ACQUIRE_TIMEOUT."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(OceanoError):
+    """The vector store cannot be reached or opened."""
+
+
+class PackMismatch(OceanoError):
+    """The collection was built with another model pack: its embeddings are not comparable."""
+
+
+class ModelPackError(OceanoError):
+    """A model pack is missing or malformed (start-up error)."""
+
+
+class RequestTimeout(OceanoError):
+    """The work for one request took longer than REQUEST_TIMEOUT."""

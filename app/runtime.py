@@ -1,0 +1,102 @@
+"""ONNX Runtime sessions (providers chosen in one place) and the inference gate."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from app.config import ProviderChoice
+from app.errors import EngineBusy, ModelPackError
+
+logger = logging.getLogger(__name__)
+
+# Preference order; what onnxruntime offers is filtered against it.
+_PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def select_providers(choice: ProviderChoice) -> list[str]:
+    available = set(ort.get_available_providers())
+    if choice is ProviderChoice.CPU:
+        return ["CPUExecutionProvider"]
+    if choice is ProviderChoice.CUDA:
+        if "CUDAExecutionProvider" not in available:
+            raise ModelPackError(
+                "PROVIDERS=cuda but onnxruntime offers no CUDAExecutionProvider "
+                f"(available: {sorted(available)}); install onnxruntime-gpu or set PROVIDERS=auto"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in _PROVIDER_ORDER if p in available]
+
+
+def create_session(model: Path | bytes, *, providers: list[str], threads: int = 0,
+                   name: str = "") -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    source: Any = str(model) if isinstance(model, Path) else model
+    try:
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        raise ModelPackError(f"cannot load ONNX model {name or str(model)[:80]}: {exc}") from exc
+    return session
+
+
+def uses_gpu(session: ort.InferenceSession) -> bool:
+    return session.get_providers()[0] != "CPUExecutionProvider"
+
+
+class InferenceGate:
+    """Bounds concurrent use of the ONNX sessions; a caller that cannot get in within `timeout` is refused.
+
+    A threading semaphore (not an asyncio one) because both request handlers (through the thread pool)
+    and background ingest threads pass through it.
+    """
+
+    def __init__(self, concurrency: int, timeout: float) -> None:
+        self._semaphore = threading.BoundedSemaphore(concurrency)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._in_use = 0
+        self._waiting = 0
+
+    @contextmanager
+    def acquire(self, timeout: float | None = None) -> Iterator[None]:
+        wait = self.timeout if timeout is None else timeout
+        with self._lock:
+            self._waiting += 1
+        try:
+            acquired = self._semaphore.acquire(timeout=wait)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not acquired:
+            raise EngineBusy(
+                f"the inference engine is busy (waited {wait:.1f}s for one of {self.concurrency} slots); "
+                "retry shortly",
+                retry_after=max(1.0, wait),
+            )
+        with self._lock:
+            self._in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use -= 1
+            self._semaphore.release()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
