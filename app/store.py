@@ -155,6 +155,7 @@ class EdgeStore:
         from qdrant_edge import (
             Distance,
             EdgeConfig,
+            EdgeOptimizersConfig,
             EdgeShard,
             EdgeVectorParams,
             HnswIndexConfig,
@@ -175,8 +176,12 @@ class EdgeStore:
             meta = _read_meta(meta_path)
             if meta.get("pack") != spec.pack or meta.get("dim") != spec.dim:
                 raise spec.mismatch(meta.get("pack"), meta.get("dim"), str(path))
+        # Qdrant sizes these thresholds in KB of vectors; ours are in points.
+        kb_per_point = spec.dim * 4 / 1024
+        optimizers = EdgeOptimizersConfig(indexing_threshold=max(1, int(index_threshold * kb_per_point)))
         config = EdgeConfig(
             vectors=EdgeVectorParams(size=spec.dim, distance=Distance.Cosine),
+            optimizers=optimizers,
             hnsw_config=HnswIndexConfig(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct,
                                         full_scan_threshold=10000),
             quantization_config=ScalarQuantizationConfig(type=ScalarType.Int8, quantile=spec.quantile,
@@ -184,7 +189,7 @@ class EdgeStore:
         )
         try:
             if exists:
-                self._shard = EdgeShard.load(str(path))
+                self._shard = EdgeShard.load(str(path), config)
             else:
                 path.mkdir(parents=True, exist_ok=True)
                 self._shard = EdgeShard.create(str(path), config)
@@ -264,9 +269,11 @@ class EdgeStore:
     def count(self) -> int:
         from qdrant_edge import CountRequest
 
+        self._check_open()
         return int(self._shard.count(CountRequest(exact=True)))
 
     def info(self) -> CollectionInfo:
+        self._check_open()
         info = self._shard.info()
         pending = info.points_count - info.indexed_vectors_count
         # Mirrors the server's colours: yellow while points wait for indexing past the threshold.
