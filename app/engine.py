@@ -227,14 +227,19 @@ class ScrfdDetector:
             self._centers[key] = np.repeat(centers, self.num_anchors, axis=0)
         return self._centers[key]
 
-    def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+    def _letterbox(self, image: np.ndarray, fixed: bool) -> tuple[np.ndarray, float]:
+        """Scale to fit det_size (never up). A fixed canvas is needed to stack a batch; a single image gets the
+        smallest canvas (multiple of 32) that holds it, so small photos and the strip a landscape photo leaves
+        free are not spent on padding. The model is fully convolutional, so results are the same."""
         width, height = self.det_size
         h, w = image.shape[:2]
-        scale = min(width / w, height / h)
-        new_w, new_h = max(1, int(w * scale)), max(1, int(h * scale))
+        scale = min(width / w, height / h, 1.0)
+        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        if not fixed:
+            width, height = -(-new_w // 32) * 32, -(-new_h // 32) * 32
         canvas = np.zeros((height, width, 3), dtype=np.uint8)
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=interp)
+        resized = image if scale == 1.0 else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        canvas[:new_h, :new_w] = resized
         return canvas, new_h / h
 
     def detect(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -242,17 +247,19 @@ class ScrfdDetector:
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, len(images), self.batch):
             chunk = images[start:start + self.batch]
-            boxed = [self._letterbox(img) for img in chunk]
-            blob = cv2.dnn.blobFromImages([b[0] for b in boxed], 1.0 / 128.0, self.det_size,
+            fixed = len(chunk) > 1
+            boxed = [self._letterbox(img, fixed) for img in chunk]
+            canvas_h, canvas_w = boxed[0][0].shape[:2]
+            blob = cv2.dnn.blobFromImages([b[0] for b in boxed], 1.0 / 128.0, (canvas_w, canvas_h),
                                           (127.5, 127.5, 127.5), swapRB=True)
             outs = self.session.run(self.output_names, {self.input_name: blob})
             for i, (_, det_scale) in enumerate(boxed):
                 per_image = [o[i] if self.batched else o for o in outs]
-                results.append(self._decode(per_image, det_scale))
+                results.append(self._decode(per_image, det_scale, canvas_w, canvas_h))
         return results
 
-    def _decode(self, outs: list[np.ndarray], det_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        width, height = self.det_size
+    def _decode(self, outs: list[np.ndarray], det_scale: float, width: int,
+                height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         all_scores, all_boxes, all_kps = [], [], []
         for idx, stride in enumerate(self.STRIDES):
             scores = outs[idx].reshape(-1)

