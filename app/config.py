@@ -43,8 +43,8 @@ class Settings(BaseSettings):
     ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
     det_batch: int = Field(default=0, ge=0)  # 0: 1 on CPU, 16 on CUDA (batching helps only on a GPU)
     rec_batch: int = Field(default=64, ge=1)
-    heads: str = "emotion"  # heads run by default on /api/analyze
-    heads_dir: Path | None = None
+    heads: str = "emotion"  # comma-separated heads run by default on /api/analyze and the HTML page
+    heads_dir: Path | None = None  # user heads: an ONNX file plus a .json (or .yaml) spec each
 
     # Search defaults.
     top_k: int = Field(default=10, ge=1, le=1000)

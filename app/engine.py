@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,7 +21,8 @@ import onnxruntime as ort
 
 from app.config import Settings
 from app.errors import ModelPackError
-from app.runtime import InferenceGate, create_session, select_providers, uses_gpu
+from app.heads import Head, HeadRegistry, run_heads
+from app.runtime import InferenceGate, create_session, dynamic_batch_model, select_providers, uses_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ class Face:
     det_score: float
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (D,) L2-normalised
     crop: np.ndarray | None = None  # (112, 112, 3) aligned BGR crop, shared with the heads
+    attributes: dict[str, Any] = field(default_factory=dict)  # the heads' answers, e.g. {"emotion": {...}}
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -202,7 +205,7 @@ class ScrfdDetector:
     NMS_IOU = 0.4
 
     def __init__(self, session: ort.InferenceSession, *, det_size: tuple[int, int], threshold: float,
-                 batch: int) -> None:
+                 batch: int, fixed_canvas: bool = False) -> None:
         self.session = session
         self.input_name = session.get_inputs()[0].name
         outputs = session.get_outputs()
@@ -216,6 +219,8 @@ class ScrfdDetector:
         self.batch = batch if self.batched else 1
         self.det_size = det_size
         self.threshold = threshold
+        # On a GPU every new input shape costs a kernel/algorithm search: keep one canvas size there.
+        self.fixed_canvas = fixed_canvas
         self.num_anchors = 2
         self._centers: dict[tuple[int, int, int], np.ndarray] = {}
 
@@ -247,7 +252,7 @@ class ScrfdDetector:
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, len(images), self.batch):
             chunk = images[start:start + self.batch]
-            fixed = len(chunk) > 1
+            fixed = self.fixed_canvas or len(chunk) > 1
             boxed = [self._letterbox(img, fixed) for img in chunk]
             canvas_h, canvas_w = boxed[0][0].shape[:2]
             blob = cv2.dnn.blobFromImages([b[0] for b in boxed], 1.0 / 128.0, (canvas_w, canvas_h),
@@ -287,17 +292,8 @@ def _dynamic_batch_model(path: Path) -> tuple[bytes | Path, bool]:
     """Some ArcFace exports declare their output as [1, D] although the batch axis is dynamic: rewrite the
     declared axis once at load so batched runs are legal (no shape warnings). Returns (model, batched)."""
     model = onnx.load(str(path), load_external_data=False)
-    inp = model.graph.input[0].type.tensor_type.shape.dim[0]
-    if inp.HasField("dim_value") and inp.dim_value == 1:
-        return path, False
-    changed = False
-    for out in model.graph.output:
-        dim = out.type.tensor_type.shape.dim[0]
-        if dim.HasField("dim_value"):
-            dim.ClearField("dim_value")
-            dim.dim_param = "batch"
-            changed = True
-    return (model.SerializeToString() if changed else path), True
+    batched, changed = dynamic_batch_model(model)
+    return (model.SerializeToString() if changed else path), batched
 
 
 def _input_normalisation(path: Path) -> tuple[float, float]:
@@ -339,14 +335,15 @@ class FaceEngine:
 
     def __init__(self, pack: ModelPack, *, providers: list[str], det_size: tuple[int, int],
                  det_threshold: float, det_batch: int, rec_batch: int, threads: int,
-                 gate: InferenceGate) -> None:
+                 gate: InferenceGate, heads: HeadRegistry | None = None) -> None:
         started = time.perf_counter()
         self.pack = pack
         self.gate = gate
+        self.heads = heads or HeadRegistry()
         det_session = create_session(pack.detector, providers=providers, threads=threads, name=pack.detector.name)
         on_gpu = uses_gpu(det_session)
         self.detector = ScrfdDetector(det_session, det_size=det_size, threshold=det_threshold,
-                                      batch=det_batch or (16 if on_gpu else 1))
+                                      batch=det_batch or (16 if on_gpu else 1), fixed_canvas=on_gpu)
         self.recognizer = ArcFaceRecognizer(pack.recognizer, providers=providers, threads=threads, batch=rec_batch)
         self.providers = det_session.get_providers()
         self.on_gpu = on_gpu
@@ -359,18 +356,25 @@ class FaceEngine:
 
     @classmethod
     def from_settings(cls, settings: Settings, gate: InferenceGate) -> FaceEngine:
-        return cls(resolve_pack(settings), providers=select_providers(settings.providers),
-                   det_size=settings.det_size, det_threshold=settings.det_threshold,
+        pack = resolve_pack(settings)
+        providers = select_providers(settings.providers)
+        # Heads load next to the face models: a bad head file stops start-up like a bad pack does.
+        heads = HeadRegistry.load(defaults=settings.heads, heads_dir=settings.heads_dir, genderage=pack.genderage,
+                                  pack_name=pack.name, providers=providers, threads=settings.ort_threads,
+                                  batch=settings.rec_batch)
+        return cls(pack, providers=providers, det_size=settings.det_size, det_threshold=settings.det_threshold,
                    det_batch=settings.det_batch, rec_batch=settings.rec_batch,
-                   threads=settings.ort_threads, gate=gate)
+                   threads=settings.ort_threads, gate=gate, heads=heads)
 
     @property
     def dim(self) -> int:
         return self.recognizer.dim
 
-    def analyze_batch(self, images: Sequence[np.ndarray], *, timeout: float | None = None) -> list[list[Face]]:
-        """Detect, align and embed every face of every image. All faces of the call are embedded in one
-        batch (chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`."""
+    def analyze_batch(self, images: Sequence[np.ndarray], *, timeout: float | None = None,
+                      heads: Sequence[Head] = ()) -> list[list[Face]]:
+        """Detect, align and embed every face of every image, then run `heads` on them (answers in
+        Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
+        (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`."""
         with self.gate.acquire(timeout):
             detections = self.detector.detect(images)
             faces: list[list[Face]] = []
@@ -383,6 +387,7 @@ class FaceEngine:
                     row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
                 faces.append(row)
             embeddings = self.recognizer.embed(crops)
+            run_heads(heads, images, faces)
         flat = [f for row in faces for f in row]
         for face, emb in zip(flat, embeddings, strict=True):
             face.embedding = emb

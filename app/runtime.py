@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnxruntime as ort
 
 from app.config import ProviderChoice
@@ -47,6 +48,23 @@ def create_session(model: Path | bytes, *, providers: list[str], threads: int = 
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise ModelPackError(f"cannot load ONNX model {name or str(model)[:80]}: {exc}") from exc
     return session
+
+
+def dynamic_batch_model(model: onnx.ModelProto) -> tuple[bool, bool]:
+    """Some exports (ArcFace, Keras heads) declare their outputs with batch 1 although the input's batch axis is
+    dynamic: rewrite the declared axis in place, once at load, so batched runs are legal (no shape warnings).
+    Returns (batched: the input takes any batch, changed: the model was rewritten)."""
+    first = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if first.HasField("dim_value") and first.dim_value == 1:
+        return False, False
+    changed = False
+    for out in model.graph.output:
+        dim = out.type.tensor_type.shape.dim[0]
+        if dim.HasField("dim_value"):
+            dim.ClearField("dim_value")
+            dim.dim_param = "batch"
+            changed = True
+    return True, changed
 
 
 def uses_gpu(session: ort.InferenceSession) -> bool:

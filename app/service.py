@@ -17,6 +17,7 @@ import numpy as np
 from app.config import Settings
 from app.engine import Face, FaceEngine
 from app.errors import InvalidRequest, NotFound
+from app.heads import Head
 from app.imaging import DecodedImage, crop_thumbnail, decode_image, encode_jpeg
 from app.store import FacePoint, Match, VectorStore, point_id
 from app.thumbs import ThumbnailStore
@@ -33,6 +34,13 @@ class SearchedFace:
     kps: list[list[float]]
     matches: list[Match]
     thumbnail: bytes  # JPEG crop of the query face, for the HTML page
+
+
+@dataclass(slots=True)
+class AnalyzedFace:
+    face: Face  # face.attributes holds the heads' answers
+    bbox: list[float]  # in the original image's pixels
+    kps: list[list[float]]
 
 
 @dataclass(slots=True)
@@ -88,10 +96,11 @@ class FaceService:
 
     # ------------------------------------------------------------------ search
     def search(self, images: Sequence[DecodedImage], *, top_k: int | None = None,
-               threshold: float | None = None) -> list[list[SearchedFace]]:
-        """Every face of every image, with its nearest stored faces. One engine call, one store call."""
+               threshold: float | None = None, heads: Sequence[Head] = ()) -> list[list[SearchedFace]]:
+        """Every face of every image, with its nearest stored faces (and the answers of `heads`). One engine
+        call, one store call."""
         k, t = self.search_params(top_k, threshold)
-        faces = self.engine.analyze_batch([img.pixels for img in images])
+        faces = self.engine.analyze_batch([img.pixels for img in images], heads=heads)
         flat = [f for row in faces for f in row]
         vectors = np.stack([f.embedding for f in flat]) if flat else np.zeros((0, self.engine.dim), np.float32)
         matches = self.store.search(vectors, limit=k, threshold=t, hnsw_ef=max(self.settings.hnsw_ef, k))
@@ -107,6 +116,17 @@ class FaceService:
             out.append(searched)
         return out
 
+    # ------------------------------------------------------------------ heads
+    def select_heads(self, names: str | None) -> list[Head]:
+        """Heads by comma-separated names (NoSuchHead names the available ones); None: the HEADS default."""
+        return self.engine.heads.select(names)
+
+    def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head]) -> list[list[AnalyzedFace]]:
+        """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call."""
+        faces = self.engine.analyze_batch([img.pixels for img in images], heads=heads)
+        return [[AnalyzedFace(face, *original_coords(face, image)) for face in row]
+                for image, row in zip(images, faces, strict=True)]
+
     # ------------------------------------------------------------------ index
     def index(self, items: Sequence[ImageToIndex]) -> list[IndexedImage]:
         """Detect and embed every image in one engine call, write thumbnails, then upsert all points in one
@@ -115,6 +135,15 @@ class FaceService:
         return self.store_faces(items, faces)
 
     def store_faces(self, items: Sequence[ImageToIndex], faces: Sequence[Sequence[Face]]) -> list[IndexedImage]:
+        points, results = self.prepare_points(items, faces)
+        self.write_points(points, results)
+        return results
+
+    def prepare_points(self, items: Sequence[ImageToIndex],
+                       faces: Sequence[Sequence[Face]]) -> tuple[list[FacePoint], list[IndexedImage]]:
+        """Points and thumbnails for every face; nothing is written to the store yet (see write_points).
+        Ingest jobs call this per engine batch and write the points of many batches at once, so that only
+        the points, not the decoded images, wait for the next upsert."""
         now = time.time()
         points: list[FacePoint] = []
         results: list[IndexedImage] = []
@@ -133,6 +162,12 @@ class FaceService:
                 points.append(FacePoint(id=pid, vector=face.embedding, payload=payload))
                 ids.append(pid)
             results.append(IndexedImage(file=item.file, ids=ids, replaced=[]))
+        return points, results
+
+    def write_points(self, points: Sequence[FacePoint], results: Sequence[IndexedImage]) -> None:
+        """Upsert the points, then remove the faces each source file had under other content (a result
+        with no ids removes all of its file's faces). Idempotent: point ids are deterministic, so running it
+        again after a failure half-way gives the same collection."""
         # Faces the same source file had before under other content are stale: find them before writing.
         stale: list[str] = []
         for result in results:
@@ -144,7 +179,6 @@ class FaceService:
             self.store.delete(stale)
             for sid in stale:
                 self.thumbs.delete(sid)
-        return results
 
     # ------------------------------------------------------------------ delete
     def delete_face(self, face_id: str) -> None:

@@ -34,16 +34,19 @@ async def index(request: Request, service: ServiceDep) -> Response:
 @router.post("/search", tags=["search"], response_model=SearchOut)
 async def search_page(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
                       top_k: TopK = None, threshold: Threshold = None) -> Response:
-    """The page's form target: HTML results, or JSON with `Accept: application/json`."""
+    """The page's form target: HTML results, or JSON with `Accept: application/json`. The default heads (HEADS,
+    e.g. emotion) run on each face and are shown next to its matches."""
     started = time.perf_counter()
+    heads = service.select_heads(None)
     data = await read_upload(file, settings.max_upload_bytes)
-    faces = await run_blocking(request, lambda: search_bytes(service, data, top_k, threshold))
+    faces = await run_blocking(request, lambda: search_bytes(service, data, top_k, threshold, heads))
     took = round((time.perf_counter() - started) * 1e3, 2)
     request.app.state.metrics.observe_search(len(faces), took / 1e3)
     if wants_json(request):
         body = SearchOut(faces=[face_out(f) for f in faces], took_ms=took, model=service.engine.pack.name)
         return JSONResponse(body.model_dump())
-    view = [{"out": face_out(f), "crop": base64.b64encode(f.thumbnail).decode()} for f in faces]
+    view = [{"out": face_out(f), "crop": base64.b64encode(f.thumbnail).decode(),
+             "tags": [t for h in heads if (t := h.summary(f.face.attributes))]} for f in faces]
     return templates(request).TemplateResponse(request, "index.html", {
         "model": service.engine.pack.name, "faces": view, "error": None, "took_ms": took,
         "filename": file.filename if file else None})
