@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.config import Settings
+from app.jobs import JobManager
 from app.service import FaceService
 
 
@@ -22,3 +23,11 @@ def get_settings(request: Request) -> Settings:
 
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_jobs(request: Request) -> JobManager:
+    jobs: JobManager = request.app.state.jobs
+    return jobs
+
+
+JobsDep = Annotated[JobManager, Depends(get_jobs)]

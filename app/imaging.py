@@ -170,8 +170,8 @@ def _has_alpha(data: bytes) -> bool:
         return False
 
 
-def read_image_file(path: Path, *, max_bytes: int, max_pixels: int) -> DecodedImage:
-    """Read and decode a file from disk, refusing oversized files before reading them."""
+def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
+    """Read a file from disk, refusing oversized files before reading them."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -179,9 +179,14 @@ def read_image_file(path: Path, *, max_bytes: int, max_pixels: int) -> DecodedIm
     if size > max_bytes:
         raise ImageTooLarge(f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise BadImage(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def read_image_file(path: Path, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+    """Read and decode a file from disk, refusing oversized files before reading them."""
+    data = read_image_bytes(path, max_bytes=max_bytes)
     return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
 
 

@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import __version__, api, web
+from app import __version__, api, jobs_api, web
 from app.config import Settings
 from app.engine import FaceEngine
 from app.errors import (
@@ -30,6 +30,7 @@ from app.errors import (
     StoreUnavailable,
     UnsupportedImage,
 )
+from app.jobs import STATE_FILE, IngestState, JobManager
 from app.runtime import InferenceGate
 from app.service import FaceService
 from app.store import open_store
@@ -93,6 +94,9 @@ def build_services(app: FastAPI, settings: Settings) -> None:
         store.optimize()  # before serving: the index build blocks the process (see EdgeStore)
     app.state.service = FaceService(settings=settings, engine=engine, store=store,
                                     thumbs=ThumbnailStore(settings.thumbs_dir))
+    app.state.jobs = JobManager(service=app.state.service, state=IngestState(settings.state_dir / STATE_FILE),
+                                settings=settings)
+    app.state.jobs.start()  # resumes the jobs a previous run of the service left unfinished
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -113,6 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.shutting_down = True
             service: FaceService = app.state.service
+            jobs: JobManager = app.state.jobs
+            jobs.shutdown()  # before the store closes: the running job commits its batch, resumes next start
+            jobs.state.close()
             service.store.close()
             logger.info("Oceano stopped: store flushed and closed")
 
@@ -124,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(web.router)
     app.include_router(api.router)
+    app.include_router(jobs_api.router)
     # A multipart envelope adds a little around the file itself.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
 

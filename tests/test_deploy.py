@@ -70,7 +70,8 @@ def nginx(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     root = tmp_path_factory.mktemp("nginx")
     port = free_port()
     site = (REPO / "deploy" / "nginx.conf").read_text()
-    site = site.replace("server oceano-api:9100;", f"server {service};").replace("listen 80;", f"listen 127.0.0.1:{port};")
+    site = site.replace("server oceano-api:9100;", f"server {service};")
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
     (root / "site.conf").write_text(site)
     (root / "nginx.conf").write_text(f"""
 daemon off;
