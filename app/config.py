@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
     det_batch: int = Field(default=0, ge=0)  # 0: 1 on CPU, 16 on CUDA (batching helps only on a GPU)
     rec_batch: int = Field(default=64, ge=1)
+    # Concurrent requests queued while the engine is busy are run together, up to this many images per call.
+    request_batch: int = Field(default=32, ge=1)
     heads: str = "emotion"  # comma-separated heads run by default on /api/analyze and the HTML page
     heads_dir: Path | None = None  # user heads: an ONNX file plus a .json (or .yaml) spec each
 

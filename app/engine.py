@@ -243,7 +243,9 @@ class ScrfdDetector:
         if not fixed:
             width, height = -(-new_w // 32) * 32, -(-new_h // 32) * 32
         canvas = np.zeros((height, width, 3), dtype=np.uint8)
-        resized = image if scale == 1.0 else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        # Bilinear, as insightface does: INTER_AREA cost ~11 ms per 2000 px photo against ~1 ms, with the
+        # same identity accuracy (bench/identity.py).
+        resized = image if scale == 1.0 else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         canvas[:new_h, :new_w] = resized
         return canvas, new_h / h
 
@@ -376,18 +378,22 @@ class FaceEngine:
         Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
         (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`."""
         with self.gate.acquire(timeout):
-            detections = self.detector.detect(images)
-            faces: list[list[Face]] = []
-            crops: list[np.ndarray] = []
-            for image, (boxes, scores, kps) in zip(images, detections, strict=True):
-                row = []
-                for box, score, points in zip(boxes, scores, kps, strict=True):
-                    crop = align_face(image, points)
-                    crops.append(crop)
-                    row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
-                faces.append(row)
-            embeddings = self.recognizer.embed(crops)
-            run_heads(heads, images, faces)
+            return self.analyze_holding_gate(images, heads=heads)
+
+    def analyze_holding_gate(self, images: Sequence[np.ndarray], *, heads: Sequence[Head] = ()) -> list[list[Face]]:
+        """analyze_batch for a caller that already holds the gate (the request batcher)."""
+        detections = self.detector.detect(images)
+        faces: list[list[Face]] = []
+        crops: list[np.ndarray] = []
+        for image, (boxes, scores, kps) in zip(images, detections, strict=True):
+            row = []
+            for box, score, points in zip(boxes, scores, kps, strict=True):
+                crop = align_face(image, points)
+                crops.append(crop)
+                row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
+            faces.append(row)
+        embeddings = self.recognizer.embed(crops)
+        run_heads(heads, images, faces)
         flat = [f for row in faces for f in row]
         for face, emb in zip(flat, embeddings, strict=True):
             face.embedding = emb

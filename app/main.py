@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, api, jobs_api, web
+from app.batcher import InferenceBatcher
 from app.config import Settings
 from app.engine import FaceEngine
 from app.errors import (
@@ -94,6 +95,7 @@ def build_services(app: FastAPI, settings: Settings) -> None:
         store.optimize()  # before serving: the index build blocks the process (see EdgeStore)
     app.state.service = FaceService(settings=settings, engine=engine, store=store,
                                     thumbs=ThumbnailStore(settings.thumbs_dir))
+    app.state.service.batcher = InferenceBatcher(engine, max_images=settings.request_batch)
     app.state.jobs = JobManager(service=app.state.service, state=IngestState(settings.state_dir / STATE_FILE),
                                 settings=settings)
     app.state.jobs.start()  # resumes the jobs a previous run of the service left unfinished
@@ -120,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             jobs: JobManager = app.state.jobs
             jobs.shutdown()  # before the store closes: the running job commits its batch, resumes next start
             jobs.state.close()
+            if service.batcher is not None:
+                service.batcher.close()
             service.store.close()
             logger.info("Oceano stopped: store flushed and closed")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from app.batcher import InferenceBatcher
 from app.config import Settings
 from app.engine import Face, FaceEngine
 from app.errors import InvalidRequest, NotFound
@@ -79,6 +80,13 @@ class FaceService:
         self.engine = engine
         self.store = store
         self.thumbs = thumbs
+        # Requests share engine batches through the batcher; ingest jobs bring their own batches.
+        self.batcher: InferenceBatcher | None = None
+
+    def _analyze(self, images: Sequence[np.ndarray], heads: Sequence[Head]) -> list[list[Face]]:
+        if self.batcher is not None:
+            return self.batcher.analyze(images, heads=heads)
+        return self.engine.analyze_batch(images, heads=heads)
 
     # ------------------------------------------------------------------ inputs
     def decode(self, data: bytes) -> DecodedImage:
@@ -100,7 +108,7 @@ class FaceService:
         """Every face of every image, with its nearest stored faces (and the answers of `heads`). One engine
         call, one store call."""
         k, t = self.search_params(top_k, threshold)
-        faces = self.engine.analyze_batch([img.pixels for img in images], heads=heads)
+        faces = self._analyze([img.pixels for img in images], heads)
         flat = [f for row in faces for f in row]
         vectors = np.stack([f.embedding for f in flat]) if flat else np.zeros((0, self.engine.dim), np.float32)
         matches = self.store.search(vectors, limit=k, threshold=t, hnsw_ef=max(self.settings.hnsw_ef, k))
@@ -123,7 +131,7 @@ class FaceService:
 
     def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head]) -> list[list[AnalyzedFace]]:
         """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call."""
-        faces = self.engine.analyze_batch([img.pixels for img in images], heads=heads)
+        faces = self._analyze([img.pixels for img in images], heads)
         return [[AnalyzedFace(face, *original_coords(face, image)) for face in row]
                 for image, row in zip(images, faces, strict=True)]
 

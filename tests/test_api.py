@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,3 +204,39 @@ def test_other_model_pack_is_refused_at_start(client_factory: Callable[..., Test
     other.__exit__(None, None, None)
     again = client_factory()
     assert again.get("/status").json()["vectors"] == 6
+
+
+def test_concurrent_searches_share_engine_batches(client: TestClient, photos) -> None:  # type: ignore[no-untyped-def]
+    """Requests queued while the engine is busy run as one engine call, and each gets its own answer."""
+    client.post("/api/faces", files=upload(photos.players))
+    service = client.app.state.service  # type: ignore[attr-defined]
+    gate = service.engine.gate
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gate.acquire():
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(5)
+    before = service.batcher.batches
+    answers: dict[str, dict] = {}
+
+    def search(path: Path) -> None:
+        answers[path.name] = client.post("/api/search", files=upload(path)).json()
+
+    threads = [threading.Thread(target=search, args=(p,)) for p in (photos.yaoming, photos.t1, photos.tom_hanks)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 10
+    while service.batcher.queued < 3 and time.time() < deadline:
+        time.sleep(0.02)
+    release.set()
+    holder.join()
+    for t in threads:
+        t.join()
+    assert service.batcher.batches - before == 1
+    assert len(answers["yaoming.jpg"]["faces"]) == 1 and len(answers["t1.jpg"]["faces"]) == 6
+    assert answers["yaoming.jpg"]["faces"][0]["matches"][0]["file"] == "players.jpg"
