@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # Files.
     state_dir: Path = Path("state")
     thumbs_dir: Path = Path("state/thumbs")
+    # POST /api/ingest makes the service read a path: comma-separated folders it may read from (empty: any).
+    ingest_roots: str = ""
     max_upload_mb: float = Field(default=20.0, gt=0)
     max_megapixels: float = Field(default=50.0, gt=0)
     thumb_size: int = Field(default=128, ge=32, le=512)
@@ -108,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def ingest_root_paths(self) -> list[Path]:
+        return [Path(p.strip()).expanduser().resolve() for p in self.ingest_roots.split(",") if p.strip()]
 
     @property
     def embedded(self) -> bool:

@@ -944,6 +944,10 @@ class JobManager:
                                  f"if it runs in one)")
         if not (root.is_dir() or root.is_file()):
             raise InvalidRequest(f"{path} is neither a folder nor a file")
+        roots = self.settings.ingest_root_paths
+        if roots and not any(root.resolve().is_relative_to(r) for r in roots):
+            raise InvalidRequest(f"{path} is outside the folders this service may ingest from (INGEST_ROOTS: "
+                                 f"{', '.join(str(r) for r in roots)})")
         with self._cv:
             if self._closing:
                 raise StoreUnavailable("the service is shutting down; submit the job again once it is back")

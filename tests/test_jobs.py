@@ -296,6 +296,19 @@ def test_jobs_api_refuses_bad_requests(tmp_path: Path) -> None:
         assert client.delete("/api/jobs/0123abcd").status_code == 404
 
 
+def test_ingest_roots_restrict_what_the_service_reads(tmp_path: Path) -> None:
+    allowed, other = tmp_path / "photos", tmp_path / "private"
+    allowed.mkdir()
+    other.mkdir()
+    settings = make_settings(tmp_path / "state").model_copy(update={"ingest_roots": str(allowed)})
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/api/ingest", json={"path": str(other)})
+        assert r.status_code == 400 and "INGEST_ROOTS" in r.json()["detail"]
+        r = client.post("/api/ingest", json={"path": str(allowed / ".." / "private")})
+        assert r.status_code == 400
+        assert client.post("/api/ingest", json={"path": str(allowed)}).status_code in (200, 201, 202)
+
+
 def test_unfinished_job_resumes_when_the_service_starts_again(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     face_folder(root, 20)
