@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -76,6 +78,26 @@ def no_face_jpeg() -> bytes:
     ok, buf = cv2.imencode(".jpg", image)
     assert ok
     return buf.tobytes()
+
+
+@contextmanager
+def gate_held(gate: InferenceGate) -> Iterator[None]:
+    """Hold the inference gate from another thread, as a long inference would, for the duration of the block."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gate.acquire():
+            entered.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 def make_settings(tmp: Path, **overrides: object) -> Settings:

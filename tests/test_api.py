@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.errors import PackMismatch
-from tests.conftest import VECTRON_DIR, no_face_jpeg
+from tests.conftest import VECTRON_DIR, gate_held, no_face_jpeg
 
 
 def upload(path: Path) -> dict[str, tuple[str, bytes, str]]:
@@ -165,24 +165,10 @@ def test_batch_search(client: TestClient, photos) -> None:  # type: ignore[no-un
 
 def test_busy_engine_answers_503_with_retry_after(client_factory: Callable[..., TestClient], photos) -> None:  # type: ignore[no-untyped-def]
     client = client_factory(gpu_acquire_timeout=0.2)
-    gate = client.app.state.service.engine.gate  # type: ignore[attr-defined]
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with gate.acquire():
-            entered.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    entered.wait(5)
-    try:
+    with gate_held(client.app.state.service.engine.gate):  # type: ignore[attr-defined]
         r = client.post("/api/search", files=upload(photos.yaoming))
         assert r.status_code == 503 and "busy" in r.json()["detail"]
         assert int(r.headers["Retry-After"]) >= 1
-    finally:
-        release.set()
-        holder.join()
     assert client.post("/api/search", files=upload(photos.yaoming)).status_code == 200
 
 
@@ -210,17 +196,6 @@ def test_concurrent_searches_share_engine_batches(client: TestClient, photos) ->
     """Requests queued while the engine is busy run as one engine call, and each gets its own answer."""
     client.post("/api/faces", files=upload(photos.players))
     service = client.app.state.service  # type: ignore[attr-defined]
-    gate = service.engine.gate
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with gate.acquire():
-            entered.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    entered.wait(5)
     before = service.batcher.batches
     answers: dict[str, dict] = {}
 
@@ -228,13 +203,12 @@ def test_concurrent_searches_share_engine_batches(client: TestClient, photos) ->
         answers[path.name] = client.post("/api/search", files=upload(path)).json()
 
     threads = [threading.Thread(target=search, args=(p,)) for p in (photos.yaoming, photos.t1, photos.tom_hanks)]
-    for t in threads:
-        t.start()
-    deadline = time.time() + 10
-    while service.batcher.queued < 3 and time.time() < deadline:
-        time.sleep(0.02)
-    release.set()
-    holder.join()
+    with gate_held(service.engine.gate):
+        for t in threads:
+            t.start()
+        deadline = time.time() + 4  # within GPU_ACQUIRE_TIMEOUT
+        while service.batcher.queued < 3 and time.time() < deadline:
+            time.sleep(0.02)
     for t in threads:
         t.join()
     assert service.batcher.batches - before == 1
