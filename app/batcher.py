@@ -17,9 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from app.engine import Face, FaceEngine
+from app.engine import Face, FaceEngine, Image
 from app.errors import EngineBusy, StoreUnavailable
 from app.heads import Head
 
@@ -28,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class _Request:
-    images: Sequence[np.ndarray]
+    images: Sequence[Image]
     heads: tuple[Head, ...]
     deadline: float  # monotonic time after which the request has waited too long for a slot
     future: Future[list[list[Face]]] = field(default_factory=Future)
@@ -48,7 +46,7 @@ class InferenceBatcher:
         for t in self._threads:
             t.start()
 
-    def analyze(self, images: Sequence[np.ndarray], *, heads: Sequence[Head] = (),
+    def analyze(self, images: Sequence[Image], *, heads: Sequence[Head] = (),
                 timeout: float | None = None) -> list[list[Face]]:
         """Same contract as FaceEngine.analyze_batch: EngineBusy when no slot frees up within the gate's
         timeout (GPU_ACQUIRE_TIMEOUT)."""

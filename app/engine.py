@@ -22,6 +22,7 @@ import onnxruntime as ort
 from app.config import Settings
 from app.errors import ModelPackError
 from app.heads import Head, HeadRegistry, run_heads
+from app.imaging import DecodedImage
 from app.runtime import InferenceGate, create_session, dynamic_batch_model, select_providers, uses_gpu
 
 logger = logging.getLogger(__name__)
@@ -372,29 +373,50 @@ class FaceEngine:
     def dim(self) -> int:
         return self.recognizer.dim
 
-    def analyze_batch(self, images: Sequence[np.ndarray], *, timeout: float | None = None,
+    def analyze_batch(self, images: Sequence[Image], *, timeout: float | None = None,
                       heads: Sequence[Head] = ()) -> list[list[Face]]:
         """Detect, align and embed every face of every image, then run `heads` on them (answers in
         Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
-        (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`."""
+        (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`.
+        Coordinates are in the pixels of each image (a DecodedImage's `pixels`)."""
         with self.gate.acquire(timeout):
             return self.analyze_holding_gate(images, heads=heads)
 
-    def analyze_holding_gate(self, images: Sequence[np.ndarray], *, heads: Sequence[Head] = ()) -> list[list[Face]]:
+    def analyze_holding_gate(self, images: Sequence[Image], *, heads: Sequence[Head] = ()) -> list[list[Face]]:
         """analyze_batch for a caller that already holds the gate (the request batcher)."""
-        detections = self.detector.detect(images)
+        arrays = [img.pixels if isinstance(img, DecodedImage) else img for img in images]
+        detections = self.detector.detect(arrays)
         faces: list[list[Face]] = []
         crops: list[np.ndarray] = []
-        for image, (boxes, scores, kps) in zip(images, detections, strict=True):
+        for image, pixels, (boxes, scores, kps) in zip(images, arrays, detections, strict=True):
+            source, ratio = _alignment_source(image, pixels, boxes)
             row = []
             for box, score, points in zip(boxes, scores, kps, strict=True):
-                crop = align_face(image, points)
+                crop = align_face(source, points * ratio)
                 crops.append(crop)
                 row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
             faces.append(row)
         embeddings = self.recognizer.embed(crops)
-        run_heads(heads, images, faces)
+        run_heads(heads, arrays, faces)
         flat = [f for row in faces for f in row]
         for face, emb in zip(flat, embeddings, strict=True):
             face.embedding = emb
         return faces
+
+
+Image = np.ndarray | DecodedImage
+
+
+def _alignment_source(image: Image, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, float]:
+    """The pixels to cut the 112x112 crops from. A JPEG decoded reduced is decoded again, only as fine as its
+    smallest face needs to span at least CROP_SIZE pixels, so that no crop is upsampled for want of detail."""
+    if not isinstance(image, DecodedImage) or image.factor == 1 or len(boxes) == 0:
+        return pixels, 1.0
+    smallest = float(np.min(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
+    factor = image.factor
+    while factor > 1 and smallest * image.factor / factor < CROP_SIZE:
+        factor //= 2
+    if factor == image.factor:
+        return pixels, 1.0
+    finer = image.decode_at(factor)
+    return finer, finer.shape[1] / pixels.shape[1]

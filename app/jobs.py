@@ -50,7 +50,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tenacity import (
     Retrying,
     stop_after_attempt,
@@ -747,7 +746,7 @@ class IngestJob:
         with self._pending_lock:
             self._pending.append(entry)
 
-    def _analyze(self, images: list[np.ndarray]) -> list[list[Face]] | None:
+    def _analyze(self, images: list[DecodedImage]) -> list[list[Face]] | None:
         """Faces per image through the engine's batch entry point; None when stopped while the inference gate
         was busy (requests of the service go first: the gate's timeout is short and the job waits again)."""
         assert self.service is not None
@@ -762,7 +761,7 @@ class IngestJob:
     def _infer(self, batch: list[_Loaded]) -> None:
         assert self.service is not None
         try:
-            faces = self._analyze([item.image.pixels for item in batch if item.image is not None])
+            faces = self._analyze([item.image for item in batch if item.image is not None])
         except Exception as exc:  # one image the models choke on must not fail its neighbours
             if len(batch) == 1:
                 batch[0].error = f"face analysis failed: {type(exc).__name__}: {exc}"

@@ -83,7 +83,7 @@ class FaceService:
         # Requests share engine batches through the batcher; ingest jobs bring their own batches.
         self.batcher: InferenceBatcher | None = None
 
-    def _analyze(self, images: Sequence[np.ndarray], heads: Sequence[Head]) -> list[list[Face]]:
+    def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head]) -> list[list[Face]]:
         if self.batcher is not None:
             return self.batcher.analyze(images, heads=heads)
         return self.engine.analyze_batch(images, heads=heads)
@@ -108,7 +108,7 @@ class FaceService:
         """Every face of every image, with its nearest stored faces (and the answers of `heads`). One engine
         call, one store call."""
         k, t = self.search_params(top_k, threshold)
-        faces = self._analyze([img.pixels for img in images], heads)
+        faces = self._analyze(images, heads)
         flat = [f for row in faces for f in row]
         vectors = np.stack([f.embedding for f in flat]) if flat else np.zeros((0, self.engine.dim), np.float32)
         matches = self.store.search(vectors, limit=k, threshold=t, hnsw_ef=max(self.settings.hnsw_ef, k))
@@ -131,7 +131,7 @@ class FaceService:
 
     def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head]) -> list[list[AnalyzedFace]]:
         """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call."""
-        faces = self._analyze([img.pixels for img in images], heads)
+        faces = self._analyze(images, heads)
         return [[AnalyzedFace(face, *original_coords(face, image)) for face in row]
                 for image, row in zip(images, faces, strict=True)]
 
@@ -139,7 +139,7 @@ class FaceService:
     def index(self, items: Sequence[ImageToIndex]) -> list[IndexedImage]:
         """Detect and embed every image in one engine call, write thumbnails, then upsert all points in one
         store call. When a source file is indexed again with other content, its old faces are replaced."""
-        faces = self.engine.analyze_batch([item.image.pixels for item in items])
+        faces = self.engine.analyze_batch([item.image for item in items])
         return self.store_faces(items, faces)
 
     def store_faces(self, items: Sequence[ImageToIndex], faces: Sequence[Sequence[Face]]) -> list[IndexedImage]:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from app.config import Settings
-from app.engine import BUNDLED_PACK, PRODUCTION_PACK, FaceEngine, align_face, resolve_pack, similarity_transform
+from app.engine import (
+    BUNDLED_PACK,
+    PRODUCTION_PACK,
+    FaceEngine,
+    _alignment_source,
+    align_face,
+    resolve_pack,
+    similarity_transform,
+)
 from app.errors import EngineBusy, ModelPackError
 from app.runtime import InferenceGate
-from tests.conftest import VECTRON_DIR, read_bgr
+from tests.conftest import VECTRON_DIR, gate_held, read_bgr
 
 
 def test_finds_every_face_and_embeddings_are_unit_vectors(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
@@ -67,6 +75,29 @@ def test_agrees_with_insightface_reference(engine: FaceEngine, photos, tmp_path:
         assert float(face.embedding @ match.normed_embedding) > 0.95
 
 
+def test_small_faces_in_a_reduced_decode_are_aligned_from_finer_pixels(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
+    """A big JPEG is decoded reduced for the detector; its small faces are cropped from a finer decode, so their
+    embeddings match those of the full-size image."""
+    from app.imaging import decode_image
+
+    image = read_bgr(photos.t1)
+    big = cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    decoded = decode_image(data, max_bytes=1 << 26, max_pixels=10**8)
+    assert decoded.factor == 4
+    reduced = engine.analyze_batch([decoded])[0]
+    full = engine.analyze_batch([big])[0]
+    assert len(reduced) == len(full) == 6
+    boxes = np.stack([f.bbox for f in reduced])
+    source, ratio = _alignment_source(decoded, decoded.pixels, boxes)
+    assert ratio > 1 and source.shape[1] > decoded.pixels.shape[1]  # a finer decode was used for the crops
+    smallest = float(np.min(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
+    assert smallest * ratio >= 112 or source.shape[1] == big.shape[1]
+    for face in reduced:
+        match = min(full, key=lambda f: float(np.abs(f.bbox - face.bbox * decoded.scale).sum()))
+        assert float(face.embedding @ match.embedding) > 0.9
+
+
 def test_no_face(engine: FaceEngine) -> None:
     y, x = np.mgrid[0:480, 0:640]
     image = np.stack([x % 256, y % 256, (x * y) % 256], axis=-1).astype(np.uint8)
@@ -96,23 +127,9 @@ def test_aligned_crop_puts_eyes_on_the_template(engine: FaceEngine, photos) -> N
 def test_gate_refuses_when_busy(photos) -> None:  # type: ignore[no-untyped-def]
     gate = InferenceGate(1, 0.2)
     engine = FaceEngine.from_settings(Settings(), gate)
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with gate.acquire():
-            entered.set()
-            release.wait(5)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    entered.wait(5)
-    try:
-        with pytest.raises(EngineBusy) as info:
-            engine.analyze_batch([read_bgr(photos.yaoming)])
-        assert info.value.retry_after >= 1
-    finally:
-        release.set()
-        holder.join()
+    with gate_held(gate), pytest.raises(EngineBusy) as info:
+        engine.analyze_batch([read_bgr(photos.yaoming)])
+    assert info.value.retry_after >= 1
     assert len(engine.analyze_batch([read_bgr(photos.yaoming)])[0]) == 1
 
 

@@ -83,11 +83,15 @@ def test_exif_orientation_is_applied(photo: Image.Image) -> None:
 
 
 def test_large_jpeg_is_decoded_reduced_with_scale(photo: Image.Image) -> None:
-    big = photo.resize((4400, int(4400 * photo.height / photo.width)))
+    big = photo.resize((4400, 3000))
     decoded = decode_image(pil_bytes(big, "JPEG"), **LIMITS)
-    assert decoded.scale == pytest.approx(2.0, rel=0.01)
-    assert decoded.pixels.shape[1] == 2200
+    # the largest libjpeg reduction that keeps the long side >= 640 (the detector's input)
+    assert decoded.factor == 4 and decoded.scale == pytest.approx(4.0, rel=0.01)
+    assert decoded.pixels.shape[:2] == (750, 1100)
     assert decoded.original_size == big.size
+    assert decoded.decode_at(2).shape[1] == 2200 and decoded.decode_at(1).shape[1] == 4400
+    small = decode_image(pil_bytes(photo, "JPEG"), **LIMITS)
+    assert small.factor == 1 and small.encoded is None and small.decode_at(1) is small.pixels
 
 
 def test_refusals_name_the_problem(photo: Image.Image) -> None:
