@@ -34,7 +34,11 @@ class SearchedFace:
     bbox: list[float]  # in the original image's pixels
     kps: list[list[float]]
     matches: list[Match]
-    thumbnail: bytes  # JPEG crop of the query face, for the HTML page
+    image: DecodedImage  # the query photo, for thumbnail()
+
+    def thumbnail(self, size: int) -> bytes:
+        """JPEG crop of the query face (the HTML page shows it; JSON answers do not pay for it)."""
+        return encode_jpeg(crop_thumbnail(self.image.pixels, tuple(self.face.bbox), size=size))
 
 
 @dataclass(slots=True)
@@ -118,8 +122,7 @@ class FaceService:
             searched = []
             for face in row:
                 bbox, kps = original_coords(face, image)
-                thumb = encode_jpeg(crop_thumbnail(image.pixels, tuple(face.bbox), size=self.settings.thumb_size))
-                searched.append(SearchedFace(face=face, bbox=bbox, kps=kps, matches=matches[i], thumbnail=thumb))
+                searched.append(SearchedFace(face=face, bbox=bbox, kps=kps, matches=matches[i], image=image))
                 i += 1
             out.append(searched)
         return out

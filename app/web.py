@@ -45,8 +45,10 @@ async def search_page(request: Request, service: ServiceDep, settings: SettingsD
     if wants_json(request):
         body = SearchOut(faces=[face_out(f) for f in faces], took_ms=took, model=service.engine.pack.name)
         return JSONResponse(body.model_dump())
-    view = [{"out": face_out(f), "crop": base64.b64encode(f.thumbnail).decode(),
-             "tags": [t for h in heads if (t := h.summary(f.face.attributes))]} for f in faces]
+    crops = await run_blocking(request, lambda: [f.thumbnail(settings.thumb_size) for f in faces])
+    view = [{"out": face_out(f), "crop": base64.b64encode(crop).decode(),
+             "tags": [t for h in heads if (t := h.summary(f.face.attributes))]}
+            for f, crop in zip(faces, crops, strict=True)]
     return templates(request).TemplateResponse(request, "index.html", {
         "model": service.engine.pack.name, "faces": view, "error": None, "took_ms": took,
         "filename": file.filename if file else None})
