@@ -291,34 +291,30 @@ class ScrfdDetector:
         return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), kps[keep].astype(np.float32)
 
 
-def _dynamic_batch_model(path: Path) -> tuple[bytes | Path, bool]:
-    """Some ArcFace exports declare their output as [1, D] although the batch axis is dynamic: rewrite the
-    declared axis once at load so batched runs are legal (no shape warnings). Returns (model, batched)."""
-    model = onnx.load(str(path), load_external_data=False)
-    batched, changed = dynamic_batch_model(model)
-    return (model.SerializeToString() if changed else path), batched
-
-
-def _input_normalisation(path: Path) -> tuple[float, float]:
-    """ArcFace exports with Sub/Mul among their first nodes normalise inside the graph (mean 0, std 1);
-    the others expect (x - 127.5) / 127.5."""
+def _prepare_recognizer(path: Path) -> tuple[bytes | Path, bool, tuple[float, float]]:
+    """Read the recognizer graph once (glintr100 is 250 MB) for two things:
+    - some ArcFace exports declare their output as [1, D] although the batch axis is dynamic: the declared axis
+      is rewritten at load so batched runs are legal (no shape warnings);
+    - exports with Sub/Mul among their first nodes normalise inside the graph (mean 0, std 1); the others
+      expect (x - 127.5) / 127.5.
+    Returns (model to load, batched, (mean, std))."""
     model = onnx.load(str(path), load_external_data=False)
     ops = {n.op_type for n in model.graph.node[:8]}
-    return (0.0, 1.0) if {"Sub", "Mul"} <= ops else (127.5, 127.5)
+    normalisation = (0.0, 1.0) if {"Sub", "Mul"} <= ops else (127.5, 127.5)
+    batched, changed = dynamic_batch_model(model)
+    return (model.SerializeToString() if changed else path), batched, normalisation
 
 
 class ArcFaceRecognizer:
     def __init__(self, path: Path, *, providers: list[str], threads: int, batch: int) -> None:
-        source, batched = _dynamic_batch_model(path)
-        self.session = create_session(source if isinstance(source, bytes) else path, providers=providers,
-                                      threads=threads, name=path.name)
+        source, batched, (self.mean, self.std) = _prepare_recognizer(path)
+        self.session = create_session(source, providers=providers, threads=threads, name=path.name)
         inp = self.session.get_inputs()[0]
         if list(inp.shape[2:]) != [CROP_SIZE, CROP_SIZE]:
             raise ModelPackError(f"recognizer {path.name} takes {inp.shape}, expected N x 3 x 112 x 112")
         self.input_name = inp.name
         self.dim = int(self.session.get_outputs()[0].shape[1])
         self.batch = batch if batched else 1
-        self.mean, self.std = _input_normalisation(path)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:

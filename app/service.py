@@ -182,7 +182,8 @@ class FaceService:
         # Faces the same source file had before under other content are stale: find them before writing.
         stale: list[str] = []
         for result in results:
-            old = [i for i in self.store.ids_for_file(result.file) if i not in set(result.ids)]
+            current = set(result.ids)
+            old = [i for i in self.store.ids_for_file(result.file) if i not in current]
             result.replaced = old
             stale.extend(old)
         self.store.upsert(points)
