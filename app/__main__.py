@@ -7,8 +7,8 @@ import logging
 
 import uvicorn
 
+from app.api import create_app
 from app.config import Settings
-from app.main import create_app
 
 
 def main(argv: list[str] | None = None) -> None:

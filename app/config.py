@@ -9,6 +9,9 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Matches per query face: the one bound of TOP_K and of the top_k request parameter.
+MAX_TOP_K = 100
+
 
 class ProviderChoice(StrEnum):
     AUTO = "auto"
@@ -49,7 +52,7 @@ class Settings(BaseSettings):
     heads_dir: Path | None = None  # user heads: an ONNX file plus a .json (or .yaml) spec each
 
     # Search defaults.
-    top_k: int = Field(default=10, ge=1, le=1000)
+    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
     sim_threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
     hnsw_ef: int = Field(default=512, ge=1)
     hnsw_m: int = Field(default=16, ge=4)

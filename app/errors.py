@@ -57,3 +57,11 @@ class ModelPackError(OceanoError):
 
 class RequestTimeout(OceanoError):
     """The work for one request took longer than REQUEST_TIMEOUT."""
+
+
+class ShuttingDown(OceanoError):
+    """The service is stopping: work is refused until it is back."""
+
+
+class IncompatibleState(OceanoError):
+    """A state file (ingest SQLite) was written by a newer Oceano with another schema."""

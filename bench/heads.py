@@ -26,12 +26,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.bootstrap import load_models
 from app.config import Settings
-from app.engine import Face, FaceEngine
-from app.heads import CropSource, Head, run_heads
-from app.runtime import InferenceGate
-from bench.common import EVAL_DIR, setup_logging
-from tests.conftest import Photos, read_bgr
+from app.engine import FaceEngine, InferenceGate
+from app.faces import Face
+from app.heads import CropSource, Head, HeadRegistry, run_heads
+from bench.common import EVAL_DIR, Photos, read_bgr, setup_logging
 
 logger = logging.getLogger("bench.heads")
 BATCHES = (1, 32)
@@ -98,10 +98,10 @@ def iou(a: np.ndarray, b: tuple[float, float, float, float]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def fer_agreement(engine: FaceEngine, reference: Path, folder: Path) -> None:
+def fer_agreement(engine: FaceEngine, heads: HeadRegistry, reference: Path, folder: Path) -> None:
     """Top-1 agreement with fer on the faces both pipelines find (SCRFD box vs fer's Haar box, IoU >= 0.3), for
     the shipped spec (box crop) and, for comparison, the same model on the engine's aligned 112x112 crop."""
-    emotion = engine.heads.select("emotion")[0]
+    emotion = heads.select("emotion")[0]
     aligned_spec = emotion.spec.model_copy(update={"crop": CropSource.ALIGNED})
     aligned = Head(aligned_spec, emotion.path, providers=engine.providers, threads=0, batch=64, origin="bench")
     variants = {"box (shipped)": emotion, "aligned 112": aligned}
@@ -144,14 +144,14 @@ def main() -> None:
     parser.add_argument("--fer-images", type=Path, default=EVAL_DIR, help="the folder the reference was made on")
     args = parser.parse_args()
     setup_logging()
-    engine = FaceEngine.from_settings(Settings(heads_dir=args.heads_dir), InferenceGate(1, 60.0))
+    engine, heads = load_models(Settings(heads_dir=args.heads_dir), InferenceGate(1, 60.0))
     if args.fer:
-        fer_agreement(engine, args.fer, args.fer_images)
+        fer_agreement(engine, heads, args.fer, args.fer_images)
         return
-    for entry in engine.heads.listings():
+    for entry in heads.listings():
         if not entry.available:
             print(f"{entry.spec.name}: unavailable ({entry.reason}), not timed")
-    latency(engine, [e.head for e in engine.heads.listings() if e.head is not None], args.repeat)
+    latency(engine, [e.head for e in heads.listings() if e.head is not None], args.repeat)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from fastapi.testclient import TestClient
 
+from app.api import create_app
 from app.config import Settings
-from app.main import create_app
 from app.store import FacePoint
 from bench.common import eval_labels, insightface_baseline, setup_logging
 

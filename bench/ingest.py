@@ -27,14 +27,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from app.bootstrap import open_services
+from app.cli.ingest import tune_for_throughput
 from app.config import Settings
-from app.engine import FaceEngine
-from app.ingest import tune_for_throughput
-from app.jobs import STATE_FILE, IngestJob, IngestOptions, IngestState
-from app.runtime import InferenceGate
-from app.service import FaceService
-from app.store import EdgeStore, FacePoint, open_store, spec_from_settings
-from app.thumbs import ThumbnailStore
+from app.engine import FaceEngine, InferenceGate
+from app.heads import HeadRegistry
+from app.ingest.model import IngestOptions
+from app.ingest.pipeline import IngestJob
+from app.store import EdgeStore, FacePoint, spec_from_settings
 from bench.common import insightface_baseline, setup_logging
 from bench.photos import make_photo_folder
 
@@ -70,16 +70,15 @@ def run_plain(files: list[Path], analysis: Any, store: EdgeStore) -> Run:
 
 def run_app_ingest(folder: Path, state_dir: Path, engine: FaceEngine, options: IngestOptions) -> Run:
     settings = Settings(state_dir=state_dir, qdrant_path=state_dir / "qdrant", thumbs_dir=state_dir / "thumbs")
-    store = open_store(settings, dim=engine.dim, pack=engine.fingerprint)
-    state = IngestState(state_dir / STATE_FILE)
-    service = FaceService(settings=settings, engine=engine, store=store, thumbs=ThumbnailStore(settings.thumbs_dir))
-    job = IngestJob(root=folder, options=options, service=service, state=state, settings=settings)
+    services = open_services(settings, models=(engine, HeadRegistry()), batcher=False, jobs=False)
+    assert services.state is not None
+    job = IngestJob(root=folder, options=options, service=services.service, state=services.state,
+                    settings=settings)
     started, cpu = time.perf_counter(), time.process_time()
     job.run()
     elapsed, cpu_used = time.perf_counter() - started, time.process_time() - cpu
     counts = job.progress().counts
-    state.close()
-    store.close()
+    services.close()
     return Run(elapsed, cpu_used, counts.done, counts.faces_added)
 
 

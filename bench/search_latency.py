@@ -25,8 +25,7 @@ import numpy as np
 from app.config import Settings
 from app.engine import resolve_pack
 from app.store import EdgeStore, FacePoint, spec_from_settings
-from bench.common import REPO, insightface_baseline, percentile_ms, setup_logging
-from tests.conftest import Photos
+from bench.common import REPO, Photos, insightface_baseline, percentile_ms, setup_logging
 
 
 def build_collection(settings: Settings, points: int) -> np.ndarray:

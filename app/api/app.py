@@ -1,0 +1,67 @@
+"""create_app(settings): the lifespan opens the services (app.bootstrap) on app.state, routers are mounted,
+domain errors are mapped to status codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app import __version__
+from app.api import pages
+from app.api.errors import BodyLimit, install_error_handlers
+from app.api.metrics import Metrics
+from app.api.routes import faces, heads, jobs, ops, search
+from app.bootstrap import Services, open_services
+from app.config import Settings
+from app.errors import OceanoError
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.shutting_down = False
+        try:
+            services = open_services(settings)
+        except OceanoError as exc:
+            logger.critical("Oceano cannot start: %s", exc.message)
+            raise
+        app.state.services = services
+        app.state.service = services.service
+        app.state.jobs = services.jobs
+        logger.info("Oceano ready: collection %s, backend %s", settings.collection_name,
+                    services.store.backend.value)
+        try:
+            yield
+        finally:
+            app.state.shutting_down = True
+            stopping: Services = app.state.services
+            stopping.close()
+            logger.info("Oceano stopped: store flushed and closed")
+
+    app = FastAPI(title="Oceano", version=__version__, lifespan=lifespan,
+                  description="Self-hosted face search: upload a photo, find similar faces.")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
+    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    app.include_router(pages.router)
+    app.include_router(faces.router)
+    app.include_router(search.router)
+    app.include_router(heads.router)
+    app.include_router(ops.router)
+    app.include_router(jobs.router)
+    # A multipart envelope adds a little around the file itself.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
+    install_error_handlers(app)
+    return app

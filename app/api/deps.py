@@ -1,0 +1,65 @@
+"""Dependencies and request plumbing: services live on app.state (built in the lifespan by app.bootstrap) and
+are reached through Annotated aliases; shared parameters; uploads; blocking work in the thread pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from app.config import MAX_TOP_K, Settings
+from app.errors import ImageTooLarge, InvalidRequest, RequestTimeout
+from app.ingest.manager import JobManager
+from app.service import FaceService
+
+T = TypeVar("T")
+
+
+def get_service(request: Request) -> FaceService:
+    service: FaceService = request.app.state.service
+    return service
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_jobs(request: Request) -> JobManager:
+    jobs: JobManager = request.app.state.jobs
+    return jobs
+
+
+ServiceDep = Annotated[FaceService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
+
+TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="matches per face (default TOP_K)")]
+Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]
+Upload = Annotated[UploadFile | None, File(description="an image: JPEG, PNG, WebP, BMP, TIFF or GIF")]
+HeadsQuery = Annotated[str | None, Query(max_length=512, description="comma-separated classifier heads to run "
+                                                                     "on each face, e.g. emotion,genderage "
+                                                                     "(GET /api/heads lists them)")]
+
+
+
+async def run_blocking(request: Request, fn: Callable[[], T]) -> T:
+    """Thread pool + REQUEST_TIMEOUT; the event loop never waits on decode or ONNX."""
+    timeout = request.app.state.settings.request_timeout
+    try:
+        return await asyncio.wait_for(run_in_threadpool(fn), timeout=timeout)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"request took longer than REQUEST_TIMEOUT={timeout:.0f}s") from exc
+
+
+async def read_upload(file: UploadFile | None, max_bytes: int) -> bytes:
+    if file is None:
+        raise InvalidRequest("multipart field 'file' is required (an image upload)")
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"upload is over the {max_bytes / 2**20:.0f} MB limit (MAX_UPLOAD_MB)")
+    return data
+

@@ -1,0 +1,77 @@
+"""Domain errors -> HTTP answers, in one table; validation errors; the body-size guard."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.pages import templates, wants_json
+from app.errors import (
+    BadImage,
+    EngineBusy,
+    ImageTooLarge,
+    IncompatibleState,
+    InvalidRequest,
+    NoSuchHead,
+    NotFound,
+    OceanoError,
+    RequestTimeout,
+    ShuttingDown,
+    StoreUnavailable,
+    UnsupportedImage,
+)
+
+# Domain error -> (status, short code). Only this layer knows about status codes.
+ERROR_STATUS: dict[type[OceanoError], tuple[int, str]] = {
+    BadImage: (400, "bad_image"),
+    UnsupportedImage: (415, "unsupported_media_type"),
+    ImageTooLarge: (413, "too_large"),
+    InvalidRequest: (400, "invalid_request"),
+    NoSuchHead: (400, "no_such_head"),
+    NotFound: (404, "not_found"),
+    EngineBusy: (503, "busy"),
+    StoreUnavailable: (503, "store_unavailable"),
+    ShuttingDown: (503, "shutting_down"),
+    IncompatibleState: (503, "store_unavailable"),
+    RequestTimeout: (504, "timeout"),
+}
+
+
+class BodyLimit:
+    """Refuse a request whose declared body is over the upload limit before reading any of it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                response = JSONResponse({"detail": f"request body is over the {self.max_bytes / 2**20:.0f} MB "
+                                                   "limit (MAX_UPLOAD_MB)", "error": "too_large"}, status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OceanoError)
+    async def domain_error(request: Request, exc: OceanoError) -> Response:
+        status, code = ERROR_STATUS.get(type(exc), (500, "internal"))
+        app.state.metrics.errors += 1
+        headers = {"Retry-After": str(int(exc.retry_after))} if isinstance(exc, EngineBusy) else None
+        if request.url.path == "/search" and not wants_json(request):
+            service = getattr(app.state, "service", None)
+            return templates(request).TemplateResponse(
+                request, "index.html", {"model": service.engine.pack.name if service else "", "faces": None,
+                                        "error": exc.message}, status_code=status, headers=headers)
+        return JSONResponse({"detail": exc.message, "error": code}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"detail": f"invalid request: {problems}", "error": "invalid_request"},
+                            status_code=422)

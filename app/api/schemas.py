@@ -1,0 +1,163 @@
+"""Request and response schemas of the HTTP API, and the conversions from the service's types to them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.heads import HeadListing, HeadSpec, ModelInfo
+from app.ingest.model import DEFAULT_BATCH, DEFAULT_WORKERS, MAX_BATCH, MAX_WORKERS, JobOut
+from app.service import AnalyzedFace, SearchedFace
+
+
+class MatchOut(BaseModel):
+    id: str
+    score: float
+    file: str | None
+    face_index: int | None
+    subject: str | None
+    thumb_url: str
+
+
+class FaceOut(BaseModel):
+    """A face and its matches. With ?heads=..., each head adds its answer as further keys, e.g.
+    "emotion": {"label": "happy", "scores": {...}}, "gender": "F", "age": 31."""
+
+    model_config = ConfigDict(extra="allow")
+
+    bbox: list[float]
+    det_score: float
+    kps: list[list[float]]
+    matches: list[MatchOut]
+
+
+class AnalyzedFaceOut(BaseModel):
+    """A face and one key per head run on it, e.g. "emotion": {"label": "happy", "scores": {...}},
+    "gender": "F", "age": 31 (genderage)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    bbox: list[float]
+    det_score: float
+    kps: list[list[float]]
+
+
+class AnalyzeOut(BaseModel):
+    faces: list[AnalyzedFaceOut]
+    heads: list[str]
+    took_ms: float
+    model: str
+
+
+class HeadOut(BaseModel):
+    name: str
+    available: bool
+    reason: str | None = Field(description="why an unavailable head is unavailable")
+    default: bool = Field(description="run on /api/analyze and the HTML page when no heads are named (HEADS)")
+    origin: str
+    output_keys: list[str] = Field(description="the keys this head adds to each face")
+    spec: HeadSpec
+
+
+class HeadsOut(BaseModel):
+    heads: list[HeadOut]
+    default: list[str]
+
+
+class HeadDetailOut(HeadOut):
+    labels: list[str] = Field(description="the classes (softmax), values (regression) or genders (genderage)")
+    model_info: ModelInfo | None = Field(description="the loaded ONNX model; null when unavailable")
+
+
+class SearchOut(BaseModel):
+    faces: list[FaceOut]
+    took_ms: float
+    model: str
+
+
+class BatchSearchItem(BaseModel):
+    filename: str | None
+    faces: list[FaceOut]
+    error: str | None = None
+
+
+class BatchSearchOut(BaseModel):
+    results: list[BatchSearchItem]
+    took_ms: float
+    model: str
+
+
+class IndexOut(BaseModel):
+    file: str
+    ids: list[str]
+    faces: int
+    replaced: int
+    took_ms: float
+
+
+class DeleteOut(BaseModel):
+    deleted: list[str]
+
+
+class HealthChecks(BaseModel):
+    model_loaded: bool
+    qdrant_healthy: bool
+    shutdown_initiated: bool
+
+
+class HealthOut(BaseModel):
+    status: str
+    ready: bool
+    checks: HealthChecks
+
+
+class StatusOut(BaseModel):
+    collection: str
+    vectors: int
+    indexed_vectors: int
+    status: str
+    model: str
+    model_fingerprint: str
+    backend: str
+    providers: list[str]
+    gpu_concurrency: int
+    inference_in_use: int
+    inference_waiting: int
+
+
+class IngestIn(BaseModel):
+    path: str = Field(min_length=1, max_length=4096,
+                      description="absolute path of a folder (walked recursively) or of one image, as the "
+                                  "service sees it")
+    batch: int = Field(DEFAULT_BATCH, ge=1, le=MAX_BATCH, description="points per upsert")
+    workers: int = Field(DEFAULT_WORKERS, ge=1, le=MAX_WORKERS, description="decode threads")
+    resume: bool = Field(True, description="skip files already done (false: reprocess everything)")
+    dry_run: bool = Field(False, description="only count what would be ingested")
+    exclude: list[str] = Field(default_factory=list, max_length=100,
+                               description="glob patterns (relative path or name) to leave out")
+    follow_symlinks: bool = False
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut]
+
+
+def face_out(face: SearchedFace) -> FaceOut:
+    return FaceOut(
+        bbox=face.bbox, det_score=round(face.face.det_score, 4), kps=face.kps,
+        matches=[MatchOut(id=m.id, score=round(m.score, 4), file=m.payload.get("file"),
+                          face_index=m.payload.get("face_index"), subject=m.payload.get("subject"),
+                          thumb_url=f"/thumbs/{m.id}") for m in face.matches],
+        **face.face.attributes,
+    )
+
+
+def analyzed_out(face: AnalyzedFace) -> AnalyzedFaceOut:
+    return AnalyzedFaceOut(bbox=face.bbox, det_score=round(face.face.det_score, 4), kps=face.kps,
+                           **face.face.attributes)
+
+
+
+def head_out(entry: HeadListing) -> HeadOut:
+    return HeadOut(name=entry.spec.name, available=entry.available, reason=entry.reason, default=entry.default,
+                   origin=entry.origin, output_keys=list(entry.spec.output_keys), spec=entry.spec)
+

@@ -1,0 +1,92 @@
+"""The one wiring: builds and closes the engine, heads, store, thumbnails, request batcher, FaceService, ingest
+state and job manager, in order. Used by the service (app.api), the CLI's local run, benchmarks and tests."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from app.config import Settings
+from app.engine import FaceEngine, InferenceBatcher, InferenceGate, ModelPack, select_providers
+from app.heads import HeadRegistry
+from app.ingest.manager import JobManager
+from app.ingest.model import STATE_FILE
+from app.ingest.state import IngestState
+from app.service import FaceService
+from app.store import ThumbnailStore, VectorStore, open_store
+
+logger = logging.getLogger(__name__)
+
+
+def load_heads(settings: Settings, pack: ModelPack) -> HeadRegistry:
+    """The classifier heads, loaded beside the face models: a bad head file stops start-up like a bad pack."""
+    return HeadRegistry.load(defaults=settings.heads, heads_dir=settings.heads_dir, genderage=pack.genderage,
+                             pack_name=pack.name, providers=select_providers(settings.providers),
+                             threads=settings.ort_threads, batch=settings.rec_batch)
+
+
+def load_models(settings: Settings, gate: InferenceGate | None = None) -> tuple[FaceEngine, HeadRegistry]:
+    """The face models (behind `gate`, or a new one from GPU_CONCURRENCY / GPU_ACQUIRE_TIMEOUT) and the heads."""
+    gate = gate or InferenceGate(settings.gpu_concurrency, settings.gpu_acquire_timeout)
+    engine = FaceEngine.from_settings(settings, gate)
+    return engine, load_heads(settings, engine.pack)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: FaceEngine
+    heads: HeadRegistry
+    store: VectorStore
+    thumbs: ThumbnailStore
+    service: FaceService
+    batcher: InferenceBatcher | None = None
+    state: IngestState | None = None
+    jobs: JobManager | None = None
+    _closer: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def close(self) -> None:
+        """Stop the running job first (it commits its batch and resumes at the next start), then the batcher,
+        then the store (flushed). Idempotent."""
+        self._closer.close()
+
+
+def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry] | None = None,
+                  batcher: bool = True, jobs: bool = True, state: bool = True,
+                  build_index: bool = True) -> Services:
+    """Everything a Settings describes, opened in order; on a failure half-way what was opened is closed.
+
+    `models`: an engine and heads already loaded (tests share one per session). `batcher`: requests share
+    engine batches (the service). `jobs`: background ingest jobs, resumed at once (the service). `state`: the
+    ingest state (implied by `jobs`). `build_index`: build a pending HNSW index before serving (it blocks the
+    process, see EdgeStore)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    engine, heads = models or load_models(settings)
+    closer = ExitStack()
+    try:
+        store = open_store(settings, dim=engine.dim, pack=engine.fingerprint)
+        closer.callback(store.close)
+        if build_index and store.info().status != "green":
+            store.optimize()
+        thumbs = ThumbnailStore(settings.thumbs_dir)
+        request_batcher = None
+        if batcher:
+            request_batcher = InferenceBatcher(engine, max_images=settings.request_batch)
+            closer.callback(request_batcher.close)
+        service = FaceService(settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs,
+                              analyzer=request_batcher)
+        ingest_state = manager = None
+        if state or jobs:
+            ingest_state = IngestState(settings.state_dir / STATE_FILE)
+            closer.callback(ingest_state.close)
+        if jobs:
+            assert ingest_state is not None
+            manager = JobManager(service=service, state=ingest_state, settings=settings)
+            closer.callback(manager.shutdown)  # before the state and the store close: the job commits first
+            manager.start()  # resumes the jobs a previous run of the service left unfinished
+    except BaseException:
+        closer.close()
+        raise
+    return Services(settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs, service=service,
+                    batcher=request_batcher, state=ingest_state, jobs=manager, _closer=closer)

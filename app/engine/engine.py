@@ -1,0 +1,93 @@
+"""FaceEngine: batched detect (SCRFD) -> 5-point align to 112x112 -> embed (ArcFace) -> heads, over many images.
+
+The engine owns the model pack and its ONNX sessions and knows nothing of HTTP, storage or what a head is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from app.config import Settings
+from app.engine.align import align_face, alignment_source
+from app.engine.detector import ScrfdDetector
+from app.engine.packs import ModelPack, resolve_pack
+from app.engine.recognizer import ArcFaceRecognizer
+from app.engine.runtime import InferenceGate, create_session, select_providers, uses_gpu
+from app.faces import Face, FaceHead
+from app.imaging import DecodedImage
+
+logger = logging.getLogger(__name__)
+
+Image = np.ndarray | DecodedImage
+
+
+class FaceEngine:
+    """Loads a pack once; `analyze_batch` is the one entry point for search, indexing and ingest."""
+
+    def __init__(self, pack: ModelPack, *, providers: list[str], det_size: tuple[int, int],
+                 det_threshold: float, det_batch: int, rec_batch: int, threads: int,
+                 gate: InferenceGate) -> None:
+        started = time.perf_counter()
+        self.pack = pack
+        self.gate = gate
+        det_session = create_session(pack.detector, providers=providers, threads=threads, name=pack.detector.name)
+        on_gpu = uses_gpu(det_session)
+        self.detector = ScrfdDetector(det_session, det_size=det_size, threshold=det_threshold,
+                                      batch=det_batch or (16 if on_gpu else 1), fixed_canvas=on_gpu)
+        self.recognizer = ArcFaceRecognizer(pack.recognizer, providers=providers, threads=threads, batch=rec_batch)
+        self.providers = det_session.get_providers()
+        self.on_gpu = on_gpu
+        self.fingerprint = pack.fingerprint
+        logger.warning(
+            "MODEL PACK IN USE: %s (detector %s, recognizer %s, %d-d embeddings) from %s on %s; loaded in %.1fs",
+            pack.name, pack.detector.name, pack.recognizer.name, self.recognizer.dim, pack.directory,
+            self.providers[0], time.perf_counter() - started,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, gate: InferenceGate) -> FaceEngine:
+        """The face models only; the classifier heads are loaded beside them (app.bootstrap.load_heads)."""
+        pack = resolve_pack(settings)
+        return cls(pack, providers=select_providers(settings.providers), det_size=settings.det_size,
+                   det_threshold=settings.det_threshold, det_batch=settings.det_batch, rec_batch=settings.rec_batch,
+                   threads=settings.ort_threads, gate=gate)
+
+    @property
+    def dim(self) -> int:
+        return self.recognizer.dim
+
+    def analyze_batch(self, images: Sequence[Image], *, timeout: float | None = None,
+                      heads: Sequence[FaceHead] = ()) -> list[list[Face]]:
+        """Detect, align and embed every face of every image, then run `heads` on them (answers in
+        Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
+        (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`.
+        Coordinates are in the pixels of each image (a DecodedImage's `pixels`)."""
+        with self.gate.acquire(timeout):
+            return self.analyze_holding_gate(images, heads=heads)
+
+    def analyze_holding_gate(self, images: Sequence[Image], *,
+                             heads: Sequence[FaceHead] = ()) -> list[list[Face]]:
+        """analyze_batch for a caller that already holds the gate (the request batcher)."""
+        arrays = [img.pixels if isinstance(img, DecodedImage) else img for img in images]
+        detections = self.detector.detect(arrays)
+        faces: list[list[Face]] = []
+        crops: list[np.ndarray] = []
+        for image, pixels, (boxes, scores, kps) in zip(images, arrays, detections, strict=True):
+            source, ratio = alignment_source(image, pixels, boxes)
+            row = []
+            for box, score, points in zip(boxes, scores, kps, strict=True):
+                crop = align_face(source, points * ratio)
+                crops.append(crop)
+                row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
+            faces.append(row)
+        embeddings = self.recognizer.embed(crops)
+        for head in heads:
+            head.run(arrays, faces)
+        flat = [f for row in faces for f in row]
+        for face, emb in zip(flat, embeddings, strict=True):
+            face.embedding = emb
+        return faces

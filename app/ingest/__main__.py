@@ -1,0 +1,7 @@
+"""python -m app.ingest: the command lives with the other entry points (app.cli.ingest)."""
+
+import sys
+
+from app.cli.ingest import main
+
+sys.exit(main())

@@ -1,0 +1,190 @@
+"""JobManager: background ingest jobs inside the service, one at a time, sharing its engine and store; jobs
+left unfinished by a stop are resumed at the next start."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+from app.config import Settings
+from app.errors import InvalidRequest, NotFound, OceanoError, ShuttingDown
+from app.ingest.model import IngestOptions, JobStatus, JobView, RetryPolicy, RunOutcome
+from app.ingest.pipeline import INFER_BATCH_SHARED_CPU, IngestJob
+from app.ingest.report import progress_line, summary_line
+from app.ingest.state import IngestState
+from app.service import FaceService
+
+logger = logging.getLogger(__name__)
+
+
+class JobManager:
+    """Background ingest jobs inside the service: one at a time, in a thread of the service process, sharing
+    its FaceEngine (and so its inference gate) and its store. Jobs are rows in the state; one left pending or
+    processing when the service stopped is resumed by `start()`."""
+
+    def __init__(self, *, service: FaceService, state: IngestState, settings: Settings,
+                 retry: RetryPolicy | None = None, persist_every: float = 1.0) -> None:
+        self.service = service
+        self.state = state
+        self.settings = settings
+        self.retry = retry
+        self.persist_every = persist_every
+        self._cv = threading.Condition()
+        self._queue: deque[str] = deque()
+        self._active: IngestJob | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._last_persist = 0.0
+        self._last_log = 0.0
+
+    def start(self) -> None:
+        unfinished = self.state.jobs(statuses=[JobStatus.PENDING, JobStatus.PROCESSING], oldest_first=True,
+                                     limit=1_000_000)
+        with self._cv:
+            for job in unfinished:
+                self.state.update_job(job.id, status=JobStatus.PENDING)
+                self._queue.append(job.id)
+                logger.info("ingest job %s (%s) was not finished: resuming it", job.id, job.path)
+        self._thread = threading.Thread(target=self._worker, name="ingest-jobs", daemon=True)
+        self._thread.start()
+
+    def submit(self, path: str, options: IngestOptions) -> JobView:
+        root = Path(path)
+        if not root.is_absolute():
+            raise InvalidRequest(f"the path must be absolute (as the service sees it), got {path!r}")
+        if not root.exists():
+            raise InvalidRequest(f"{path} does not exist on the service's filesystem (inside its container, "
+                                 f"if it runs in one)")
+        if not (root.is_dir() or root.is_file()):
+            raise InvalidRequest(f"{path} is neither a folder nor a file")
+        roots = self.settings.ingest_root_paths
+        if roots and not any(root.resolve().is_relative_to(r) for r in roots):
+            raise InvalidRequest(f"{path} is outside the folders this service may ingest from (INGEST_ROOTS: "
+                                 f"{', '.join(str(r) for r in roots)})")
+        with self._cv:
+            if self._closing:
+                raise ShuttingDown("the service is shutting down; submit the job again once it is back")
+            for job in self.state.jobs(statuses=[JobStatus.PENDING, JobStatus.PROCESSING], limit=1_000_000):
+                if job.path == path and job.options == options:
+                    return self.get(job.id)  # the same work is already queued or running
+            job_id = uuid.uuid4().hex
+            self.state.create_job(job_id, path, options)
+            self._queue.append(job_id)
+            self._cv.notify_all()
+        logger.info("ingest job %s queued: %s", job_id, path)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobView:
+        view = self.state.job(job_id)
+        if view is None:
+            raise NotFound(f"no ingest job {job_id!r}")
+        active = self._active
+        if active is not None and active.run_id == job_id and not view.status.finished:
+            view.progress = active.progress()
+        return view
+
+    def list(self, limit: int = 50) -> list[JobView]:
+        return [self.get(job.id) if not job.status.finished else job for job in self.state.jobs(limit=limit)]
+
+    def cancel(self, job_id: str, *, wait: float = 30.0) -> JobView:
+        """Stop a job for good: a queued one at once, the running one after its current batch is committed."""
+        view = self.get(job_id)
+        if view.status.finished:
+            return view
+        with self._cv:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                self.state.update_job(job_id, status=JobStatus.CANCELLED, finished_at=time.time(),
+                                      message="cancelled before it started")
+                return self.get(job_id)
+            active = self._active
+            if active is not None and active.run_id == job_id:
+                active.cancel()
+                self._cv.wait_for(lambda: self._active is None or self._active.run_id != job_id, timeout=wait)
+        return self.get(job_id)
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop the running job at its next batch boundary (what it inferred is committed) and leave it, and the
+        queued ones, to be resumed at the next start. Call before closing the store."""
+        with self._cv:
+            self._closing = True
+            if self._active is not None:
+                self._active.stop()
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("the ingest job did not stop within %.0fs; it resumes at the next start", timeout)
+
+    def _worker(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._closing or bool(self._queue))
+                if self._closing:
+                    return
+                job_id = self._queue.popleft()
+                try:
+                    # Dequeued and made active under one lock: a cancel never finds the job in neither place.
+                    view = self.state.job(job_id)
+                    if view is None or view.status.finished:
+                        continue
+                    # Requests share the engine: leave them one inference slot when there are several, and
+                    # keep engine calls short on a CPU.
+                    engine = self.service.engine
+                    job = IngestJob(root=Path(view.path), options=view.options, service=self.service,
+                                    state=self.state, settings=self.settings, run_id=job_id, retry=self.retry,
+                                    on_commit=self._persist, infer_workers=max(1, engine.gate.concurrency - 1),
+                                    infer_batch=None if engine.on_gpu else INFER_BATCH_SHARED_CPU)
+                    self._active = job
+                except Exception:
+                    logger.exception("ingest job %s could not be started", job_id)
+                    continue
+            try:
+                self._run_job(job, view.attempts)
+            except Exception:  # the state itself failing: log it and keep serving the other jobs
+                logger.exception("ingest job %s could not be run", job_id)
+            finally:
+                with self._cv:
+                    self._active = None
+                    self._cv.notify_all()
+
+    def _run_job(self, job: IngestJob, attempts: int) -> None:
+        job_id = job.run_id
+        self.state.update_job(job_id, status=JobStatus.PROCESSING, started_at=time.time(), attempts=attempts + 1,
+                              message=None)
+        status, message = self._run(job)
+        self.state.update_job(job_id, status=status, progress=job.progress(), message=message,
+                              finished_at=time.time() if status.finished else None)
+        logger.info("ingest job %s %s: %s", job_id, status.value, message)
+
+    def _run(self, job: IngestJob) -> tuple[JobStatus, str]:
+        resumable = (JobStatus.PENDING, "interrupted by a service shutdown; it resumes when the service starts")
+        if not job.root.exists():
+            return JobStatus.FAILED, f"{job.root} no longer exists"
+        try:
+            outcome = job.run()
+        except Exception as exc:
+            if self._closing:
+                return resumable
+            if not isinstance(exc, OceanoError):
+                logger.exception("ingest job %s failed", job.run_id)
+            return JobStatus.FAILED, exc.message if isinstance(exc, OceanoError) else f"{type(exc).__name__}: {exc}"
+        if outcome is RunOutcome.CANCELLED:
+            return JobStatus.CANCELLED, "cancelled; the files done before are kept"
+        if outcome is RunOutcome.STOPPED:
+            return resumable
+        return JobStatus.COMPLETED, summary_line(job.progress())
+
+    def _persist(self, job: IngestJob) -> None:
+        now = time.monotonic()
+        if now - self._last_persist >= self.persist_every:
+            self._last_persist = now
+            self.state.update_job(job.run_id, progress=job.progress())
+        if now - self._last_log >= 30.0:
+            self._last_log = now
+            logger.info("ingest job %s: %s", job.run_id, progress_line(job.progress()))
+

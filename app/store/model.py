@@ -1,0 +1,102 @@
+"""What both vector-store backends share: point and match types, the collection spec, the VectorStore
+protocol, and deterministic point ids."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from app.config import Settings
+from app.errors import PackMismatch
+
+# Namespace for deterministic point ids: uuid5(namespace, "<image sha256>:<face index>").
+POINT_NAMESPACE = uuid.UUID("6f0d6a3e-9c1b-5b7e-8a8e-0cea00000000")  # fixed forever: ids must not change
+PACK_KEY = "oceano_pack"
+SCROLL_PAGE = 1000
+
+
+class StoreBackend(StrEnum):
+    EDGE = "edge"
+    SERVER = "server"
+
+
+def point_id(content_hash: str, face_index: int) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{content_hash}:{face_index}"))
+
+
+@dataclass(slots=True)
+class FacePoint:
+    id: str
+    vector: np.ndarray
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Match:
+    id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    name: str
+    vectors: int
+    indexed: int
+    status: str
+    backend: StoreBackend
+    pack: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSpec:
+    """How collections are built; one place for both backends."""
+
+    name: str
+    dim: int
+    pack: str
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 128
+    quantile: float = 0.99
+    shards: int = 1
+    replicas: int = 1
+
+    def mismatch(self, found_pack: str | None, found_dim: int | None, where: str) -> PackMismatch:
+        return PackMismatch(
+            f"collection '{self.name}' ({where}) holds embeddings from model pack '{found_pack}' "
+            f"(dim {found_dim}), but the service loaded '{self.pack}' (dim {self.dim}). Embeddings of different "
+            f"models cannot be compared. Either set COLLECTION_NAME to a new name for this pack, or set "
+            f"MODEL_NAME back to the pack the collection was built with, or delete the collection and re-ingest "
+            f"your photos with the new pack."
+        )
+
+
+class VectorStore(Protocol):
+    backend: StoreBackend
+    spec: CollectionSpec
+
+    def upsert(self, points: Sequence[FacePoint]) -> None: ...
+    def search(
+        self, vectors: np.ndarray, *, limit: int, threshold: float | None, hnsw_ef: int
+    ) -> list[list[Match]]: ...
+    def retrieve(self, ids: Sequence[str]) -> list[Match]: ...
+    def ids_for_file(self, file: str) -> list[str]: ...
+    def delete(self, ids: Sequence[str]) -> None: ...
+    def count(self) -> int: ...
+    def info(self) -> CollectionInfo: ...
+    def healthy(self) -> bool: ...
+    def optimize(self) -> bool: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def spec_from_settings(settings: Settings, *, dim: int, pack: str) -> CollectionSpec:
+    return CollectionSpec(name=settings.collection_name, dim=dim, pack=pack, hnsw_m=settings.hnsw_m,
+                          hnsw_ef_construct=settings.hnsw_ef_construct, shards=settings.qdrant_shards,
+                          replicas=settings.qdrant_replicas)
+

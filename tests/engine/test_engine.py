@@ -1,0 +1,142 @@
+"""FaceEngine with the real bundled ONNX models on real photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app.config import Settings
+from app.engine import BUNDLED_PACK, PRODUCTION_PACK, FaceEngine, InferenceGate, resolve_pack
+from app.engine.align import align_face, alignment_source, similarity_transform
+from app.errors import EngineBusy, ModelPackError
+from tests.support import VECTRON_DIR, gate_held, read_bgr
+
+
+def test_finds_every_face_and_embeddings_are_unit_vectors(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
+    faces = engine.analyze_batch([read_bgr(photos.t1), read_bgr(photos.yaoming)])
+    assert len(faces[0]) == 6  # the insightface sample t1.jpg shows six people
+    assert len(faces[1]) == 1
+    for face in faces[0] + faces[1]:
+        assert face.embedding.shape == (engine.dim,) and face.embedding.dtype == np.float32
+        assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
+        assert face.crop is not None and face.crop.shape == (112, 112, 3)
+        assert 0.5 <= face.det_score <= 1.0
+
+
+def test_same_person_is_nearest(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
+    yao, team = engine.analyze_batch([read_bgr(photos.yaoming), read_bgr(photos.players)])
+    sims = np.array([f.embedding @ yao[0].embedding for f in team])
+    best = int(sims.argmax())
+    others = np.delete(sims, best)
+    assert sims[best] > 0.45, sims
+    assert sims[best] - others.max() > 0.25, sims
+
+
+def test_batch_equals_one_by_one(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
+    images = [read_bgr(photos.t1), read_bgr(photos.players), read_bgr(photos.tom_hanks)]
+    together = engine.analyze_batch(images)
+    alone = [engine.analyze_batch([img])[0] for img in images]
+    for a, b in zip(together, alone, strict=True):
+        assert len(a) == len(b)
+        for fa, fb in zip(a, b, strict=True):
+            assert np.allclose(fa.bbox, fb.bbox, atol=1e-3)
+            assert float(fa.embedding @ fb.embedding) > 0.9999
+
+
+def test_agrees_with_insightface_reference(engine: FaceEngine, photos, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Our detector decoding and alignment against insightface's own FaceAnalysis on the same files."""
+    from insightface.app import FaceAnalysis
+
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    for name in ("scrfd_500m_bnkps.onnx", "w600k_mbf.onnx"):
+        os.symlink(VECTRON_DIR / name, pack / name)
+    reference = FaceAnalysis(name=str(pack), providers=["CPUExecutionProvider"])
+    reference.prepare(ctx_id=-1, det_size=(640, 640))
+    image = read_bgr(photos.t1)
+    ours = engine.analyze_batch([image])[0]
+    theirs = reference.get(image)
+    assert len(ours) == len(theirs)
+    for face in ours:
+        match = min(theirs, key=lambda f: float(np.abs(f.bbox - face.bbox).sum()))
+        assert np.abs(match.bbox - face.bbox).max() < 4.0
+        assert float(face.embedding @ match.normed_embedding) > 0.95
+
+
+def test_small_faces_in_a_reduced_decode_are_aligned_from_finer_pixels(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
+    """A big JPEG is decoded reduced for the detector; its small faces are cropped from a finer decode, so their
+    embeddings match those of the full-size image."""
+    from app.imaging import decode_image
+
+    image = read_bgr(photos.t1)
+    big = cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    decoded = decode_image(data, max_bytes=1 << 26, max_pixels=10**8)
+    assert decoded.factor == 4
+    reduced = engine.analyze_batch([decoded])[0]
+    full = engine.analyze_batch([big])[0]
+    assert len(reduced) == len(full) == 6
+    boxes = np.stack([f.bbox for f in reduced])
+    source, ratio = alignment_source(decoded, decoded.pixels, boxes)
+    assert ratio > 1 and source.shape[1] > decoded.pixels.shape[1]  # a finer decode was used for the crops
+    smallest = float(np.min(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
+    assert smallest * ratio >= 112 or source.shape[1] == big.shape[1]
+    for face in reduced:
+        match = min(full, key=lambda f: float(np.abs(f.bbox - face.bbox * decoded.scale).sum()))
+        assert float(face.embedding @ match.embedding) > 0.9
+
+
+def test_no_face(engine: FaceEngine) -> None:
+    y, x = np.mgrid[0:480, 0:640]
+    image = np.stack([x % 256, y % 256, (x * y) % 256], axis=-1).astype(np.uint8)
+    assert engine.analyze_batch([image]) == [[]]
+
+
+def test_similarity_transform_recovers_a_known_transform() -> None:
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale, shift = 0.3, 1.7, np.array([12.0, -4.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = scale * src @ rot.T + shift
+    m = similarity_transform(src, dst)
+    assert np.allclose(m[:, :2], scale * rot, atol=1e-9) and np.allclose(m[:, 2], shift, atol=1e-9)
+
+
+def test_aligned_crop_puts_eyes_on_the_template(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
+    image = read_bgr(photos.yaoming)
+    face = engine.analyze_batch([image])[0][0]
+    crop = align_face(image, face.kps)
+    again = engine.detector.detect([np.pad(crop, ((56, 56), (56, 56), (0, 0)))])[0]
+    assert len(again[0]) == 1
+    eyes = again[2][0][:2] - 56
+    assert np.allclose(eyes, [[38.3, 51.7], [73.5, 51.5]], atol=4.0)
+
+
+def test_gate_refuses_when_busy(photos) -> None:  # type: ignore[no-untyped-def]
+    gate = InferenceGate(1, 0.2)
+    engine = FaceEngine.from_settings(Settings(), gate)
+    with gate_held(gate), pytest.raises(EngineBusy) as info:
+        engine.analyze_batch([read_bgr(photos.yaoming)])
+    assert info.value.retry_after >= 1
+    assert len(engine.analyze_batch([read_bgr(photos.yaoming)])[0]) == 1
+
+
+def test_pack_resolution(tmp_path: Path) -> None:
+    assert resolve_pack(Settings(model_root=tmp_path)).name == BUNDLED_PACK
+    with pytest.raises(ModelPackError, match="not found"):
+        resolve_pack(Settings(model_root=tmp_path, model_name="buffalo_l"))
+    # MODEL_NAME=auto prefers antelopev2 when its folder holds a pack (real ONNX files under antelopev2 names).
+    pack_dir = tmp_path / PRODUCTION_PACK
+    pack_dir.mkdir()
+    os.symlink(VECTRON_DIR / "scrfd_500m_bnkps.onnx", pack_dir / "scrfd_10g_bnkps.onnx")
+    os.symlink(VECTRON_DIR / "w600k_mbf.onnx", pack_dir / "glintr100.onnx")
+    pack = resolve_pack(Settings(model_root=tmp_path))
+    assert pack.name == PRODUCTION_PACK and pack.recognizer.name == "glintr100.onnx"
+    assert pack.fingerprint != resolve_pack(Settings(model_name="bundled")).fingerprint
+    (pack_dir / "glintr100.onnx").unlink()
+    with pytest.raises(ModelPackError, match="recognizer"):
+        resolve_pack(Settings(model_root=tmp_path))

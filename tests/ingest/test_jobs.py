@@ -1,0 +1,337 @@
+"""app.ingest: the ingest pipeline, its resumable state and the jobs API, with the real models and Qdrant Edge."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.engine import FaceEngine
+from app.errors import StoreUnavailable
+from app.ingest.model import STATE_FILE, FileStatus, JobStatus, RunOutcome
+from app.ingest.pipeline import IngestJob
+from app.ingest.state import IngestState
+from app.ingest.walk import iter_image_files
+from tests.support import (
+    FIVE_FACES,
+    NO_FACE,
+    face_folder,
+    make_settings,
+    workspace,
+    write_variant,
+)
+
+FINISHED = {"completed", "failed", "cancelled"}
+
+
+def stop_after(done: int) -> Any:
+    """on_commit hook: stop the run (as Ctrl-C or a shutdown would) once `done` files are committed."""
+    def hook(job: IngestJob) -> None:
+        if job.progress().counts.done >= done:
+            job.stop()
+    return hook
+
+
+# ------------------------------------------------------------------------------------------------- walk
+
+
+def test_walk_is_lazy_recursive_and_filters(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "skip").mkdir()
+    for rel in ("one.jpg", "a/TWO.JPEG", "a/b/three.Png", "a/b/four.webp", "skip/five.jpg", "a/six.gif"):
+        (root / rel).write_bytes(b"x")
+    (root / "notes.txt").write_text("not an image")
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "link.jpg").symlink_to(root / "one.jpg")
+
+    walk = iter_image_files(root, exclude=["skip/*", "*.gif"])
+    assert isinstance(walk, types.GeneratorType)  # lazy: nothing is listed before the first file is asked for
+    found = {p.relative_to(root).as_posix() for p in walk}
+    assert found == {"one.jpg", "a/TWO.JPEG", "a/b/three.Png", "a/b/four.webp"}
+
+    followed = [p.relative_to(root).as_posix() for p in iter_image_files(root, follow_symlinks=True)]
+    assert "link.jpg" in followed and len(followed) == len(set(followed))  # the loop is visited once
+    assert list(iter_image_files(root / "one.jpg")) == [root / "one.jpg"]
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+
+
+def test_folder_with_corrupt_files_finishes_and_records_them(tmp_path: Path, any_engine: FaceEngine) -> None:
+    root = tmp_path / "photos"
+    good = face_folder(root, 4)
+    write_variant(NO_FACE, root / "landscape.jpg", 0)
+    (root / "truncated.jpg").write_bytes(good[0].read_bytes()[:2000])
+    (root / "text.jpg").write_text("this is not a photo")
+    (root / "empty.png").write_bytes(b"")
+    (root / "fake.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBPVP8 garbage")
+
+    with workspace(tmp_path / "state", any_engine) as ws:
+        job = ws.job(root, batch=2, workers=4)
+        assert job.run() is RunOutcome.COMPLETED
+        counts = job.progress().counts
+        records = {Path(r.path).name: r for r in ws.state.files()}
+        assert (counts.seen, counts.ingested, counts.no_face, counts.failed, counts.faces_added) == (9, 4, 1, 4, 4)
+        assert {n for n, r in records.items() if r.status is FileStatus.FAILED} == {
+            "truncated.jpg", "text.jpg", "empty.png", "fake.webp"}
+        assert "corrupt or truncated" in (records["truncated.jpg"].reason or "")
+        assert "not an image" in (records["text.jpg"].reason or "")
+        assert "empty" in (records["empty.png"].reason or "")
+        assert records["landscape.jpg"].status is FileStatus.NO_FACE
+        assert all(records[p.name].status is FileStatus.DONE and records[p.name].faces == 1 for p in good)
+        assert all(r.content_hash for n, r in records.items() if n != "empty.png")
+        assert len(ws.ids()) == ws.store.count() == 4
+        assert ws.thumbs() == ws.ids()
+        assert sum(r["count"] for r in job.progress().top_reasons) == 4
+
+
+def test_resume_after_interrupted_run_adds_no_duplicates_and_loses_nothing(tmp_path: Path,
+                                                                            any_engine: FaceEngine) -> None:
+    root = tmp_path / "photos"
+    face_folder(root, 8)
+    shutil.copyfile(FIVE_FACES, root / "group.jpg")
+    with workspace(tmp_path / "clean", any_engine) as ws:
+        assert ws.job(root).run() is RunOutcome.COMPLETED
+        clean_ids = ws.ids()
+    assert len(clean_ids) == 8 + 5
+
+    with workspace(tmp_path / "resumed", any_engine) as ws:
+        first = ws.job(root, batch=1, workers=2, infer_batch=2, on_commit=stop_after(3))
+        assert first.run() is RunOutcome.STOPPED
+        done_before = first.progress().counts.done
+        assert 3 <= done_before < 9
+        assert len(ws.state.files()) == done_before  # nothing is marked before its points are in
+        assert ws.store.count() < len(clean_ids)
+
+        second = ws.job(root)
+        assert second.run() is RunOutcome.COMPLETED
+        counts = second.progress().counts
+        assert counts.skipped == done_before and counts.done == 9 - done_before
+        assert ws.ids() == clean_ids and ws.store.count() == len(clean_ids)
+        assert {r.status for r in ws.state.files()} == {FileStatus.DONE} and len(ws.state.files()) == 9
+        assert ws.thumbs() == clean_ids
+
+
+def test_changed_file_is_reingested_and_its_old_faces_replaced(tmp_path: Path, ingest_engine: FaceEngine) -> None:
+    root = tmp_path / "photos"
+    files = face_folder(root, 4, nested=False)
+    with workspace(tmp_path / "state", ingest_engine) as ws:
+        ws.job(root).run()
+        changed, touched = files[0], files[1]
+        old_ids = set(ws.store.ids_for_file(str(changed)))
+        assert len(old_ids) == 1
+
+        shutil.copyfile(FIVE_FACES, changed)  # new content under the same name
+        stat = touched.stat()
+        os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))  # new mtime, same bytes
+
+        job = ws.job(root)
+        job.run()
+        counts = job.progress().counts
+        assert (counts.ingested, counts.skipped, counts.faces_added) == (1, 3, 5)
+        new_ids = set(ws.store.ids_for_file(str(changed)))
+        assert len(new_ids) == 5 and not new_ids & old_ids
+        assert not old_ids & ws.ids() and not old_ids & ws.thumbs()
+        assert ws.store.count() == 3 + 5
+        record = ws.state.lookup(str(touched))
+        assert record is not None and record.mtime_ns == touched.stat().st_mtime_ns  # refreshed, not redone
+
+        shutil.copyfile(NO_FACE, changed)  # now without any face: its faces go
+        ws.job(root).run()
+        assert ws.store.ids_for_file(str(changed)) == []
+        record = ws.state.lookup(str(changed))
+        assert record is not None and record.status is FileStatus.NO_FACE
+
+
+def test_no_resume_reprocesses_everything_idempotently(tmp_path: Path, ingest_engine: FaceEngine) -> None:
+    root = tmp_path / "photos"
+    face_folder(root, 5)
+    with workspace(tmp_path / "state", ingest_engine) as ws:
+        ws.job(root).run()
+        ids = ws.ids()
+        again = ws.job(root, resume=False)
+        again.run()
+        counts = again.progress().counts
+        assert (counts.skipped, counts.ingested) == (0, 5)
+        assert ws.ids() == ids and ws.store.count() == 5
+        assert ws.thumbs() == ids
+
+
+def test_store_down_stops_the_run_cleanly_and_resume_completes(tmp_path: Path, any_engine: FaceEngine) -> None:
+    root = tmp_path / "photos"
+    face_folder(root, 6)
+    with workspace(tmp_path / "clean", any_engine) as ws:
+        ws.job(root).run()
+        clean_ids = ws.ids()
+
+    with workspace(tmp_path / "state", any_engine) as ws:
+        def store_goes_down(job: IngestJob) -> None:
+            if job.progress().counts.done >= 2:
+                ws.store.close()
+
+        job = ws.job(root, batch=1, workers=2, infer_batch=1, on_commit=store_goes_down)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="run the same ingest again to resume"):
+            job.run()
+        assert time.monotonic() - started < 30  # bounded retries
+        done = job.progress().counts.done
+        assert done >= 2 and len(ws.state.files()) == done  # the files done before are recorded, no more
+
+        ws.state.close()
+        ws.open()  # the store is back
+        assert ws.store.count() == done
+        resumed = ws.job(root)
+        assert resumed.run() is RunOutcome.COMPLETED
+        assert resumed.progress().counts.skipped == done
+        assert ws.ids() == clean_ids
+
+
+def test_dry_run_counts_without_writing(tmp_path: Path, ingest_engine: FaceEngine) -> None:
+    root = tmp_path / "photos"
+    face_folder(root, 3)
+    with workspace(tmp_path / "state", ingest_engine) as ws:
+        job = ws.job(root, dry_run=True)
+        job.run()
+        assert (job.progress().counts.seen, job.progress().counts.ingested) == (3, 3)
+        assert ws.store.count() == 0 and ws.state.files() == []
+        ws.job(root).run()
+        dry = ws.job(root, dry_run=True)
+        dry.run()
+        assert dry.progress().counts.skipped == 3
+
+
+def test_state_is_sqlite_in_wal_mode(tmp_path: Path) -> None:
+    state = IngestState(tmp_path / STATE_FILE)
+    try:
+        mode = state._db.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+    finally:
+        state.close()
+
+
+# ------------------------------------------------------------------------------------------------- jobs API
+
+
+def wait_for(client: TestClient, job_id: str, statuses: set[str], timeout: float = 120.0,
+             seen: list[str] | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/api/jobs/{job_id}").json()
+        if seen is not None and (not seen or seen[-1] != body["status"]):
+            seen.append(body["status"])
+        if body["status"] in statuses:
+            return body
+        assert time.monotonic() < deadline, f"job {job_id} stuck in {body['status']}"
+        time.sleep(0.02)
+
+
+def test_jobs_api_status_transitions_and_queue(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    face_folder(first, 6)
+    face_folder(second, 2, start=6)
+    with TestClient(create_app(make_settings(tmp_path / "state"))) as client:
+        a = client.post("/api/ingest", json={"path": str(first), "batch": 1})
+        b = client.post("/api/ingest", json={"path": str(second)})
+        assert a.status_code == b.status_code == 202
+        a_id, b_id = a.json()["id"], b.json()["id"]
+        assert b.json()["status"] == "pending"  # one job at a time: the second waits for the first
+        assert client.post("/api/ingest", json={"path": str(second)}).json()["id"] == b_id  # same work: same job
+
+        a_seen = [a.json()["status"]]
+        b_seen = [b.json()["status"]]
+        body = wait_for(client, a_id, FINISHED, seen=a_seen)
+        assert body["status"] == "completed"
+        assert a_seen[-2:] == ["processing", "completed"] and set(a_seen) <= {"pending", "processing", "completed"}
+        c = body["counts"]
+        assert (c["total"], c["seen"], c["ingested"], c["faces_added"], c["failed"]) == (6, 6, 6, 6, 0)
+        assert body["started_at"] >= body["created_at"] and body["finished_at"] >= body["started_at"]
+        assert body["eta_s"] is None and body["files_per_s"] > 0 and body["faces_per_s"] > 0
+
+        body = wait_for(client, b_id, FINISHED, seen=b_seen)
+        assert body["status"] == "completed" and b_seen[0] == "pending"
+        jobs = client.get("/api/jobs").json()["jobs"]
+        assert [j["id"] for j in jobs] == [b_id, a_id]  # most recent first
+        assert client.get("/status").json()["vectors"] == 8
+
+
+def test_jobs_api_cancel(tmp_path: Path) -> None:
+    root, other = tmp_path / "photos", tmp_path / "other"
+    face_folder(root, 30)
+    face_folder(other, 1, start=30)
+    with TestClient(create_app(make_settings(tmp_path / "state"))) as client:
+        job_id = client.post("/api/ingest", json={"path": str(root), "batch": 1, "workers": 2}).json()["id"]
+        queued = client.post("/api/ingest", json={"path": str(other)}).json()["id"]
+        cancelled = client.delete(f"/api/jobs/{queued}").json()
+        assert cancelled["status"] == "cancelled" and "before it started" in cancelled["message"]
+
+        deadline = time.monotonic() + 60
+        while client.get(f"/api/jobs/{job_id}").json()["counts"]["done"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        body = client.delete(f"/api/jobs/{job_id}").json()
+        assert body["status"] == "cancelled"
+        done = body["counts"]["done"]
+        assert 1 <= done < 30
+        assert client.get(f"/api/jobs/{job_id}").json()["status"] == "cancelled"
+        assert client.delete(f"/api/jobs/{job_id}").json()["status"] == "cancelled"  # idempotent
+        assert client.get("/status").json()["vectors"] == done  # the files done before the cancel are kept
+        assert client.get(f"/api/jobs/{queued}").json()["counts"]["seen"] == 0
+
+
+def test_jobs_api_refuses_bad_requests(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path / "state"))) as client:
+        relative = client.post("/api/ingest", json={"path": "photos"})
+        assert relative.status_code == 400 and "absolute" in relative.json()["detail"]
+        missing = client.post("/api/ingest", json={"path": str(tmp_path / "nope")})
+        assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
+        assert client.post("/api/ingest", json={"path": str(tmp_path), "batch": 0}).status_code == 422
+        assert client.get("/api/jobs/0123abcd").status_code == 404
+        assert client.delete("/api/jobs/0123abcd").status_code == 404
+
+
+def test_ingest_roots_restrict_what_the_service_reads(tmp_path: Path) -> None:
+    allowed, other = tmp_path / "photos", tmp_path / "private"
+    allowed.mkdir()
+    other.mkdir()
+    settings = make_settings(tmp_path / "state").model_copy(update={"ingest_roots": str(allowed)})
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/api/ingest", json={"path": str(other)})
+        assert r.status_code == 400 and "INGEST_ROOTS" in r.json()["detail"]
+        r = client.post("/api/ingest", json={"path": str(allowed / ".." / "private")})
+        assert r.status_code == 400
+        assert client.post("/api/ingest", json={"path": str(allowed)}).status_code in (200, 201, 202)
+
+
+def test_unfinished_job_resumes_when_the_service_starts_again(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    face_folder(root, 20)
+    settings = make_settings(tmp_path / "state")
+    with TestClient(create_app(settings)) as client:
+        job_id = client.post("/api/ingest", json={"path": str(root), "batch": 1, "workers": 2,
+                                                  "resume": False}).json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/api/jobs/{job_id}").json()["counts"]["done"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    # the service stopped mid-job: the job waits for the next start
+    state = IngestState(settings.state_dir / STATE_FILE)
+    view = state.job(job_id)
+    done_before = len(state.files())
+    state.close()
+    assert view is not None and view.status is JobStatus.PENDING and "resumes" in (view.message or "")
+    assert 2 <= done_before < 20
+
+    with TestClient(create_app(settings)) as client:
+        body = wait_for(client, job_id, FINISHED)
+        assert body["status"] == "completed" and body["attempts"] == 2
+        # --no-resume jobs do not start over after a restart: this job's own files count as done
+        assert body["counts"]["skipped"] == done_before
+        assert client.get("/status").json()["vectors"] == 20  # one face per photo, none twice

@@ -1,0 +1,32 @@
+"""The layout's rules as tests: import-linter's contracts (pyproject.toml) hold, and no module grows past the
+size a reader can take in."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+
+MAX_MODULE_LINES = 450
+
+
+def test_import_contracts_are_kept() -> None:
+    lint_imports = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    if not Path(lint_imports).exists():
+        pytest.fail("lint-imports is not installed: pip install -e '.[test]'")
+    result = subprocess.run([lint_imports], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    sizes = {path.relative_to(REPO).as_posix(): len(path.read_text().splitlines())
+             for path in (REPO / "app").rglob("*.py")}
+    assert sizes, "no modules found"
+    too_long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"
