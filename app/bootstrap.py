@@ -76,6 +76,7 @@ def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry]
             closer.callback(request_batcher.close)
         service = FaceService(settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs,
                               analyzer=request_batcher)
+        service.settle_thumbnails()  # before any writer starts
         ingest_state = manager = None
         if state or jobs:
             ingest_state = IngestState(settings.state_dir / STATE_FILE)

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     thumbs_dir: Path = Path("state/thumbs")
     # POST /api/ingest makes the service read a path: comma-separated folders it may read from (empty: any).
     ingest_roots: str = ""
+    # Writes are refused (507) while the embedded store's disk has less free space than this.
+    min_free_disk_mb: int = Field(default=256, ge=0)
     max_upload_mb: float = Field(default=20.0, gt=0)
     max_megapixels: float = Field(default=50.0, gt=0)
     thumb_size: int = Field(default=128, ge=32, le=512)

@@ -65,3 +65,7 @@ class ShuttingDown(OceanoError):
 
 class IncompatibleState(OceanoError):
     """A state file (ingest SQLite) was written by a newer Oceano with another schema."""
+
+
+class StorageFull(OceanoError):
+    """The disk holding the collection or the thumbnails is full: nothing was written."""

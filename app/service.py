@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,7 +23,7 @@ from app.errors import InvalidRequest, NotFound
 from app.faces import Face, FaceHead
 from app.heads import Head, HeadRegistry
 from app.imaging import DecodedImage, crop_thumbnail, decode_image, encode_jpeg
-from app.store import FacePoint, Match, ThumbnailStore, VectorStore, point_id
+from app.store import FacePoint, Match, Origin, PointQuery, ThumbnailStore, VectorStore, point_id
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +57,16 @@ class AnalyzedFace:
 
 @dataclass(slots=True)
 class ImageToIndex:
-    """One decoded image and where it came from."""
+    """One decoded image and where it came from. `replace`: the faces written earlier under the same `file` by
+    the same origin, and not found again in this image, are removed (bulk ingest of a changed file on disk; an
+    upload only when its caller names the `source` and asks for it). Nothing else ever deletes faces."""
 
     image: DecodedImage
     content_hash: str
     file: str
     subject: str | None = None
+    origin: Origin = Origin.UPLOAD
+    replace: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,6 +75,26 @@ class IndexedImage:
     file: str
     ids: list[str]
     replaced: list[str]
+    origin: Origin = Origin.UPLOAD
+    replace: bool = False
+    staged: dict[str, Path] = field(default_factory=dict)  # thumbnails written, moved into place after the upsert
+
+
+class FileLocks:
+    """Striped locks by source file: each file's replace (read its ids, upsert, delete the stale ones) and each
+    delete run alone with respect to other writers of the same file, in this process. Several files are
+    locked in stripe order, so two writers never wait for each other in a cycle."""
+
+    def __init__(self, stripes: int = 256) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    @contextmanager
+    def hold(self, files: Iterable[str]) -> Iterator[None]:
+        stripes = sorted({hash(f) % len(self._locks) for f in files})
+        with ExitStack() as stack:
+            for stripe in stripes:
+                stack.enter_context(self._locks[stripe])
+            yield
 
 
 def content_hash(data: bytes) -> str:
@@ -92,6 +119,7 @@ class FaceService:
         self.store = store
         self.thumbs = thumbs
         self.analyzer: Analyzer = analyzer or _EngineAnalyzer(engine)
+        self.file_locks = FileLocks()
 
     def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head]) -> list[list[Face]]:
         return self.analyzer.analyze(images, heads=heads)
@@ -151,7 +179,11 @@ class FaceService:
 
     def store_faces(self, items: Sequence[ImageToIndex], faces: Sequence[Sequence[Face]]) -> list[IndexedImage]:
         points, results = self.prepare_points(items, faces)
-        self.write_points(points, results)
+        try:
+            self.write_points(points, results)
+        except BaseException:
+            self.abandon(results)
+            raise
         return results
 
     def prepare_points(self, items: Sequence[ImageToIndex],
@@ -163,55 +195,96 @@ class FaceService:
         points: list[FacePoint] = []
         results: list[IndexedImage] = []
         for item, row in zip(items, faces, strict=True):
-            ids = []
-            for index, face in enumerate(row):
-                pid = point_id(item.content_hash, index)
-                bbox, _ = original_coords(face, item.image)
-                self.thumbs.save(pid, encode_jpeg(crop_thumbnail(item.image.pixels, tuple(face.bbox),
-                                                                 size=self.settings.thumb_size)))
-                payload: dict[str, Any] = {
-                    "file": item.file, "face_index": index, "bbox": bbox, "det_score": round(face.det_score, 4),
-                    "thumb": pid, "ingested_at": now, "model": self.engine.pack.name,
-                    "content_hash": item.content_hash, "subject": item.subject, **item.extra,
-                }
-                points.append(FacePoint(id=pid, vector=face.embedding, payload=payload))
-                ids.append(pid)
-            results.append(IndexedImage(file=item.file, ids=ids, replaced=[]))
+            result = IndexedImage(file=item.file, ids=[], replaced=[], origin=item.origin, replace=item.replace)
+            results.append(result)
+            try:
+                for index, face in enumerate(row):
+                    pid = point_id(item.content_hash, index)
+                    bbox, _ = original_coords(face, item.image)
+                    result.staged[pid] = self.thumbs.stage(pid, encode_jpeg(crop_thumbnail(
+                        item.image.pixels, tuple(face.bbox), size=self.settings.thumb_size)))
+                    payload: dict[str, Any] = {
+                        "file": item.file, "face_index": index, "bbox": bbox, "det_score": round(face.det_score, 4),
+                        "thumb": pid, "ingested_at": now, "model": self.engine.pack.name,
+                        "content_hash": item.content_hash, "subject": item.subject, "origin": item.origin.value,
+                        **item.extra,
+                    }
+                    points.append(FacePoint(id=pid, vector=face.embedding, payload=payload))
+                    result.ids.append(pid)
+            except BaseException:
+                self.abandon(results)
+                raise
         return points, results
 
-    def write_points(self, points: Sequence[FacePoint], results: Sequence[IndexedImage]) -> None:
-        """Upsert the points, then remove the faces each source file had under other content (a result
-        with no ids removes all of its file's faces). Idempotent: point ids are deterministic, so running it
-        again after a failure half-way gives the same collection."""
-        # Faces the same source file had before under other content are stale: find them before writing.
-        stale: list[str] = []
+    def abandon(self, results: Sequence[IndexedImage]) -> None:
+        """Remove the staged thumbnails of results that will not be written."""
         for result in results:
-            current = set(result.ids)
-            old = [i for i in self.store.ids_for_file(result.file) if i not in current]
-            result.replaced = old
-            stale.extend(old)
-        self.store.upsert(points)
-        if stale:
-            self.store.delete(stale)
-            for sid in stale:
-                self.thumbs.delete(sid)
+            self.thumbs.discard(result.staged.values())
+            result.staged.clear()
+
+    def write_points(self, points: Sequence[FacePoint], results: Sequence[IndexedImage]) -> None:
+        """Upsert the points and move their thumbnails into place; then, for results that replace, remove the
+        faces their file had from the same origin under other content. Atomic with respect to other writers of
+        the same files (FileLocks). Idempotent: point ids are deterministic, so running it again after a failure
+        half-way gives the same collection."""
+        with self.file_locks.hold(r.file for r in results):
+            stale: list[str] = []
+            for result in results:
+                if not result.replace:
+                    continue
+                current = set(result.ids)
+                old = [i for i in self.store.find_ids(PointQuery(file=result.file, origin=result.origin))
+                       if i not in current]
+                result.replaced = old
+                stale.extend(old)
+            self.store.upsert(points)
+            for result in results:
+                for pid, staged in result.staged.items():
+                    self.thumbs.promote(pid, staged)
+                result.staged.clear()
+            if stale:
+                self._delete(stale)
 
     # ------------------------------------------------------------------ delete
-    def delete_face(self, face_id: str) -> None:
-        face_id = self.thumbs.validate_id(face_id)
-        if not self.store.retrieve([face_id]):
-            raise NotFound(f"no face with id {face_id}")
-        self.store.delete([face_id])
-        self.thumbs.delete(face_id)
-
-    def delete_file(self, file: str) -> list[str]:
-        ids = self.store.ids_for_file(file)
-        if not ids:
-            raise NotFound(f"no faces stored for file {file!r}")
+    def _delete(self, ids: Sequence[str]) -> None:
+        """Points first, then thumbnails: a crash in between leaves a thumbnail without its point, which is never
+        served (thumbnail() checks the store)."""
         self.store.delete(ids)
         for fid in ids:
             self.thumbs.delete(fid)
+
+    def delete_face(self, face_id: str) -> None:
+        face_id = self.thumbs.validate_id(face_id)
+        found = self.store.retrieve([face_id])
+        if not found:
+            raise NotFound(f"no face with id {face_id}")
+        with self.file_locks.hold([str(found[0].payload.get("file"))]):
+            self._delete([face_id])
+
+    def delete_where(self, query: PointQuery) -> list[str]:
+        """Every face of one source file, or of one subject (erasure: points, then thumbnails)."""
+        files = [query.file] if query.file is not None else []
+        with self.file_locks.hold(files):
+            ids = self.store.find_ids(query)
+            if not ids:
+                what = f"file {query.file!r}" if query.file is not None else f"subject {query.subject!r}"
+                raise NotFound(f"no faces stored for {what}")
+            self._delete(ids)
         return ids
+
+    def delete_file(self, file: str) -> list[str]:
+        return self.delete_where(PointQuery(file=file))
+
+    def thumbnail(self, face_id: str) -> Path:
+        """The thumbnail of a face that is in the store (an erased face's is never served)."""
+        face_id = self.thumbs.validate_id(face_id)
+        if not self.store.retrieve([face_id]):
+            raise NotFound(f"no face with id {face_id}")
+        return self.thumbs.existing(face_id)
+
+    def settle_thumbnails(self) -> None:
+        """At start-up, before any writer: thumbnails a crash left staged (see ThumbnailStore)."""
+        self.thumbs.sweep_pending(lambda ids: {m.id for m in self.store.retrieve(ids)})
 
 
 class _EngineAnalyzer:

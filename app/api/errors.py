@@ -19,6 +19,7 @@ from app.errors import (
     OceanoError,
     RequestTimeout,
     ShuttingDown,
+    StorageFull,
     StoreUnavailable,
     UnsupportedImage,
 )
@@ -36,6 +37,7 @@ ERROR_STATUS: dict[type[OceanoError], tuple[int, str]] = {
     ShuttingDown: (503, "shutting_down"),
     IncompatibleState: (503, "store_unavailable"),
     RequestTimeout: (504, "timeout"),
+    StorageFull: (507, "insufficient_storage"),
 }
 
 

@@ -64,11 +64,13 @@ class CommitBuffer:
         """Pending and being written; call holding `lock`."""
         return self._pending + self._committing
 
-    def clear(self) -> None:
-        """What a failure left uncommitted is not done: the next run redoes it."""
+    def clear(self) -> list[Entry]:
+        """Drop what is left: a failure's uncommitted files are not done, and the next run redoes them."""
         with self.lock:
+            dropped = self._pending + self._committing
             self._pending.clear()
             self._committing.clear()
+        return dropped
 
     def take(self, *, force: bool) -> list[Entry]:
         """The pending files due for an upsert: the leading ones holding about `batch` points; all of them when

@@ -13,12 +13,8 @@ recorded done/no_face whose size and mtime are unchanged, and re-reads the other
 is refreshed; another hash: re-ingested, the file's old faces removed).
 
 Qdrant Edge durability: an update is in its WAL once `update()` returns and survives a SIGKILL (checked by
-bench/crash_ingest.py). We flush anyway before marking files done (~50 ms per --batch of points).
-
-Index builds: `EdgeShard.optimize()` holds the GIL for its whole duration, freezing every thread of the process.
-EdgeStore runs it from `upsert` whenever INDEX_THRESHOLD unindexed points have piled up, and a job calls
-`store.optimize()` once at its end so the collection is indexed (status green) when the job completes; searches
-keep working meanwhile (unindexed points are scanned exactly). With a Qdrant server it is a no-op.
+bench/crash_ingest.py). We flush anyway before marking files done (~50 ms per --batch of points). Index builds
+(EdgeShard.optimize, which holds the GIL) run from EdgeStore.upsert past INDEX_THRESHOLD, and once at the end.
 """
 
 from __future__ import annotations
@@ -55,7 +51,7 @@ from app.ingest.model import (
 from app.ingest.state import IngestState
 from app.ingest.walk import iter_image_files
 from app.service import FaceService, ImageToIndex, content_hash
-from app.store import FacePoint
+from app.store import FacePoint, Origin
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +159,9 @@ class IngestJob:
                 self._pipeline()
         finally:
             self._halt.set()
-            self._buffer.clear()  # what a failure left uncommitted is not done: the next run redoes it
+            dropped = self._buffer.clear()  # what a failure left uncommitted is not done: the next run redoes it
+            if self.service is not None:
+                self.service.abandon([e.result for e in dropped if e.result is not None])
             self._finished = time.monotonic()
         if self._cancel.is_set():
             self.outcome = RunOutcome.CANCELLED
@@ -375,7 +373,8 @@ class IngestJob:
             return
         if faces is None:
             return  # stopped: these files stay unrecorded and are redone next time
-        items = [ImageToIndex(image=item.image, content_hash=item.content_hash or "", file=item.path)
+        items = [ImageToIndex(image=item.image, content_hash=item.content_hash or "", file=item.path,
+                              origin=Origin.INGEST, replace=True)
                  for item in batch if item.image is not None]
         points, results = self.service.prepare_points(items, faces)  # thumbnails written here
         by_file: dict[str, list[FacePoint]] = {}

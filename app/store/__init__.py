@@ -16,6 +16,8 @@ from app.store.model import (
     CollectionSpec,
     FacePoint,
     Match,
+    Origin,
+    PointQuery,
     StoreBackend,
     VectorStore,
     point_id,
@@ -24,8 +26,9 @@ from app.store.model import (
 from app.store.server import ServerStore
 from app.store.thumbs import ThumbnailStore
 
-__all__ = ["POINT_NAMESPACE", "CollectionInfo", "CollectionSpec", "EdgeStore", "FacePoint", "Match", "ServerStore",
-           "StoreBackend", "ThumbnailStore", "VectorStore", "open_store", "point_id", "spec_from_settings"]
+__all__ = ["POINT_NAMESPACE", "CollectionInfo", "CollectionSpec", "EdgeStore", "FacePoint", "Match", "Origin",
+           "PointQuery", "ServerStore", "StoreBackend", "ThumbnailStore", "VectorStore", "open_store", "point_id",
+           "spec_from_settings"]
 
 
 def open_store(settings: Settings, *, dim: int, pack: str) -> VectorStore:
@@ -38,4 +41,4 @@ def open_store(settings: Settings, *, dim: int, pack: str) -> VectorStore:
                               timeout=settings.qdrant_timeout)
         return ServerStore(client, spec)
     return EdgeStore(settings.qdrant_path / settings.collection_name, spec,
-                     index_threshold=settings.index_threshold)
+                     index_threshold=settings.index_threshold, min_free_bytes=settings.min_free_disk_mb * 2**20)

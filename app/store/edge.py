@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import threading
 import time
@@ -12,8 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import StoreUnavailable
-from app.store.model import SCROLL_PAGE, CollectionInfo, CollectionSpec, FacePoint, Match, StoreBackend
+from app.errors import StorageFull, StoreUnavailable
+from app.store.model import (
+    INDEXED_KEYS,
+    SCROLL_PAGE,
+    CollectionInfo,
+    CollectionSpec,
+    FacePoint,
+    Match,
+    Origin,
+    PointQuery,
+    StoreBackend,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +42,8 @@ class EdgeStore:
 
     backend = StoreBackend.EDGE
 
-    def __init__(self, path: Path, spec: CollectionSpec, *, index_threshold: int = 20000) -> None:
+    def __init__(self, path: Path, spec: CollectionSpec, *, index_threshold: int = 20000,
+                 min_free_bytes: int = 0) -> None:
         from qdrant_edge import (
             Distance,
             EdgeConfig,
@@ -48,6 +60,7 @@ class EdgeStore:
         self.spec = spec
         self.path = path
         self.index_threshold = index_threshold
+        self.min_free_bytes = min_free_bytes
         self._write_lock = threading.Lock()
         self._closed = False
         meta_path = path / META_FILE
@@ -73,9 +86,11 @@ class EdgeStore:
             else:
                 path.mkdir(parents=True, exist_ok=True)
                 self._shard = EdgeShard.create(str(path), config)
-                self._shard.update(UpdateOperation.create_field_index("file", PayloadSchemaType.Keyword))
-                self._shard.flush()
                 _write_meta(meta_path, {"pack": spec.pack, "dim": spec.dim, "created": time.time()})
+            # Also on collections made before these indexes existed (creating an existing index is a no-op).
+            for key in INDEXED_KEYS:
+                self._shard.update(UpdateOperation.create_field_index(key, PayloadSchemaType.Keyword))
+            self._shard.flush()
         except Exception as exc:
             if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
                 raise StoreUnavailable(
@@ -95,9 +110,26 @@ class EdgeStore:
         if not points:
             return
         self._check_open()
+        self._check_disk()
         batch = [Point(p.id, p.vector.astype(np.float32).tolist(), p.payload) for p in points]
         with self._write_lock:
-            self._shard.update(UpdateOperation.upsert_points(batch))
+            try:
+                self._shard.update(UpdateOperation.upsert_points(batch))
+            except Exception as exc:
+                if "no space left" in str(exc).lower():
+                    raise StorageFull(f"no space left on the device of {self.path} for the collection; free some "
+                                      "disk space and retry") from exc
+                raise
+
+    def _check_disk(self) -> None:
+        """Refuse writes while the disk is nearly full: Qdrant Edge writes through memory maps, and a write that
+        finds no space there kills the whole process (SIGBUS, seen on a full tmpfs), with nothing to catch."""
+        if not self.min_free_bytes:
+            return
+        free = shutil.disk_usage(self.path).free
+        if free < self.min_free_bytes:
+            raise StorageFull(f"only {free / 2**20:.0f} MB free on the disk of {self.path}, under MIN_FREE_DISK_MB="
+                              f"{self.min_free_bytes / 2**20:.0f}: writes are refused until space is freed")
         if self.index_threshold and self.unindexed() >= self.index_threshold:
             self.optimize()
 
@@ -124,10 +156,20 @@ class EdgeStore:
         return [Match(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
     def ids_for_file(self, file: str) -> list[str]:
+        return self.find_ids(PointQuery(file=file))
+
+    def find_ids(self, query: PointQuery) -> list[str]:
         from qdrant_edge import FieldCondition, Filter, MatchValue, ScrollRequest
 
         self._check_open()
-        flt = Filter(must=[FieldCondition(key="file", match=MatchValue(file))])
+        must: list[Any] = [FieldCondition(key=key, match=MatchValue(value))
+                           for key, value in (("file", query.file), ("subject", query.subject)) if value is not None]
+        must_not: list[Any] = []
+        if query.origin is Origin.UPLOAD:
+            must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
+        elif query.origin is Origin.INGEST:
+            must_not.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
+        flt = Filter(must=must, must_not=must_not or None)
         ids: list[str] = []
         offset = None
         while True:

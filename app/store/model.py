@@ -20,6 +20,33 @@ PACK_KEY = "oceano_pack"
 SCROLL_PAGE = 1000
 
 
+# Payload keys with a keyword index (filters on them are cheap on both backends).
+INDEXED_KEYS = ("file", "subject", "origin")
+
+
+class Origin(StrEnum):
+    """Who wrote a face: an upload through the API, or bulk ingest of a file on disk. Replacement never
+    crosses origins: re-ingesting /photos/IMG_0001.JPG never removes an upload named IMG_0001.JPG."""
+
+    UPLOAD = "upload"
+    INGEST = "ingest"
+
+
+@dataclass(frozen=True, slots=True)
+class PointQuery:
+    """Which points: every condition given must hold. `origin` INGEST also matches points written before
+    origins were recorded (they all came from a file name or path, and the only replacing writer then was
+    ingest by path)."""
+
+    file: str | None = None
+    subject: str | None = None
+    origin: Origin | None = None
+
+    def __post_init__(self) -> None:
+        if self.file is None and self.subject is None:
+            raise ValueError("a point query needs a file or a subject")
+
+
 class StoreBackend(StrEnum):
     EDGE = "edge"
     SERVER = "server"
@@ -85,6 +112,7 @@ class VectorStore(Protocol):
         self, vectors: np.ndarray, *, limit: int, threshold: float | None, hnsw_ef: int
     ) -> list[list[Match]]: ...
     def retrieve(self, ids: Sequence[str]) -> list[Match]: ...
+    def find_ids(self, query: PointQuery) -> list[str]: ...
     def ids_for_file(self, file: str) -> list[str]: ...
     def delete(self, ids: Sequence[str]) -> None: ...
     def count(self) -> int: ...

@@ -18,7 +18,18 @@ from tenacity import (
 )
 
 from app.errors import StoreUnavailable
-from app.store.model import PACK_KEY, SCROLL_PAGE, CollectionInfo, CollectionSpec, FacePoint, Match, StoreBackend
+from app.store.model import (
+    INDEXED_KEYS,
+    PACK_KEY,
+    SCROLL_PAGE,
+    CollectionInfo,
+    CollectionSpec,
+    FacePoint,
+    Match,
+    Origin,
+    PointQuery,
+    StoreBackend,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +86,18 @@ class ServerStore:
         except Exception as exc:
             if _transient(exc):
                 raise StoreUnavailable(f"Qdrant server unreachable during {what}: {exc}") from exc
+            if not self._collection_exists():
+                raise StoreUnavailable(
+                    f"collection '{self.spec.name}' no longer exists on the Qdrant server (during {what}): it was "
+                    f"deleted behind Oceano's back. Restore it from a snapshot, or restart Oceano to create it "
+                    f"empty and re-ingest") from exc
             raise
+
+    def _collection_exists(self) -> bool:
+        try:
+            return bool(self.client.collection_exists(self.spec.name))
+        except Exception:
+            return True  # unreachable is not 'vanished': the caller's own error stands
 
     def _ensure_collection(self) -> None:
         from qdrant_client import models
@@ -88,6 +110,7 @@ class ServerStore:
             dim = getattr(vectors, "size", None)
             if meta.get(PACK_KEY) != self.spec.pack or dim != self.spec.dim:
                 raise self.spec.mismatch(meta.get(PACK_KEY), dim, "on the Qdrant server")
+            self._create_indexes()  # collections made before these indexes existed get them too
             return
         self._call("collection create", lambda: self.client.create_collection(
             name,
@@ -99,8 +122,7 @@ class ServerStore:
             replication_factor=self.spec.replicas,
             metadata={PACK_KEY: self.spec.pack, "dim": self.spec.dim},
         ))
-        self._call("index create", lambda: self.client.create_payload_index(
-            name, field_name="file", field_schema=models.PayloadSchemaType.KEYWORD))
+        self._create_indexes()
         logger.info("created collection %s on the Qdrant server (%d shards, %d replicas)", name,
                     self.spec.shards, self.spec.replicas)
 
@@ -131,10 +153,28 @@ class ServerStore:
                                                                       with_payload=True, with_vectors=False))
         return [Match(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
-    def ids_for_file(self, file: str) -> list[str]:
+    def _create_indexes(self) -> None:
         from qdrant_client import models
 
-        flt = models.Filter(must=[models.FieldCondition(key="file", match=models.MatchValue(value=file))])
+        for key in INDEXED_KEYS:
+            self._call("index create", lambda key=key: self.client.create_payload_index(  # type: ignore[misc]
+                self.spec.name, field_name=key, field_schema=models.PayloadSchemaType.KEYWORD))
+
+    def ids_for_file(self, file: str) -> list[str]:
+        return self.find_ids(PointQuery(file=file))
+
+    def find_ids(self, query: PointQuery) -> list[str]:
+        from qdrant_client import models
+
+        must: list[Any] = [models.FieldCondition(key=key, match=models.MatchValue(value=value))
+                           for key, value in (("file", query.file), ("subject", query.subject)) if value is not None]
+        must_not: list[Any] = []
+        upload = models.FieldCondition(key="origin", match=models.MatchValue(value=Origin.UPLOAD.value))
+        if query.origin is Origin.UPLOAD:
+            must.append(upload)
+        elif query.origin is Origin.INGEST:
+            must_not.append(upload)
+        flt = models.Filter(must=must, must_not=must_not or None)
         ids: list[str] = []
         offset = None
         while True:
@@ -168,9 +208,9 @@ class ServerStore:
                               backend=self.backend, pack=self.spec.pack)
 
     def healthy(self) -> bool:
+        """The server answers and the collection is there (a vanished collection is not ready)."""
         try:
-            self.client.collection_exists(self.spec.name)
-            return True
+            return bool(self.client.collection_exists(self.spec.name))
         except Exception:
             return False
 

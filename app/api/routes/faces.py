@@ -10,7 +10,9 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import ServiceDep, SettingsDep, Upload, read_upload, run_blocking
 from app.api.schemas import DeleteOut, IndexOut
+from app.errors import InvalidRequest
 from app.service import ImageToIndex, content_hash
+from app.store import Origin, PointQuery
 
 router = APIRouter(tags=["faces"])
 
@@ -18,16 +20,24 @@ router = APIRouter(tags=["faces"])
 @router.post("/api/faces", response_model=IndexOut, status_code=201)
 async def api_index(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
                     subject: Annotated[str | None, Form(max_length=256)] = None,
-                    source: Annotated[str | None, Form(max_length=4096)] = None) -> IndexOut:
-    """Index every face of one image. `file` of each face is `source` if given, else the upload's name."""
+                    source: Annotated[str | None, Form(max_length=4096, description=(
+                        "your key for this photo (e.g. its path in your system); shown as `file` of each face "
+                        "(default: the upload's name)"))] = None,
+                    replace: Annotated[bool, Form(description=(
+                        "remove the faces indexed earlier under the same `source` that this photo no longer has; "
+                        "needs `source`. Without it an upload never removes any face"))] = False) -> IndexOut:
+    """Index every face of one image. The same bytes indexed again keep the same face ids (nothing is
+    duplicated; subject and source become those of the latest upload)."""
     started = time.perf_counter()
+    if replace and not source:
+        raise InvalidRequest("replace=true needs `source`: the key whose earlier faces this photo replaces")
     data = await read_upload(file, settings.max_upload_bytes)
     name = source or (file.filename if file else None) or "upload"
 
     def work() -> IndexOut:
         image = service.decode(data)
         result = service.index([ImageToIndex(image=image, content_hash=content_hash(data), file=name,
-                                             subject=subject or None)])[0]
+                                             subject=subject or None, origin=Origin.UPLOAD, replace=replace)])[0]
         return IndexOut(file=result.file, ids=result.ids, faces=len(result.ids), replaced=len(result.replaced),
                         took_ms=round((time.perf_counter() - started) * 1e3, 2))
 
@@ -44,16 +54,21 @@ async def api_delete_face(request: Request, face_id: str, service: ServiceDep) -
 
 
 @router.delete("/api/faces", response_model=DeleteOut)
-async def api_delete_file(request: Request, service: ServiceDep,
-                          file: Annotated[str, Query(min_length=1, description="source file of the faces")]
-                          ) -> DeleteOut:
-    """Remove every face of one source image."""
-    return DeleteOut(deleted=await run_blocking(request, lambda: service.delete_file(file)))
-
+async def api_delete_faces(
+        request: Request, service: ServiceDep,
+        file: Annotated[str | None, Query(min_length=1, description="the source file of the faces")] = None,
+        subject: Annotated[str | None, Query(min_length=1, description="the subject of the faces")] = None,
+) -> DeleteOut:
+    """Remove every face of one source image (`file`) or of one person (`subject`), with their thumbnails."""
+    if (file is None) == (subject is None):
+        raise InvalidRequest("give exactly one of `file` or `subject`: the faces to delete")
+    query = PointQuery(file=file, subject=subject)
+    return DeleteOut(deleted=await run_blocking(request, lambda: service.delete_where(query)))
 
 
 @router.get("/thumbs/{face_id}")
-async def thumbnail(face_id: str, service: ServiceDep) -> FileResponse:
-    """The JPEG crop of a stored face (ids are UUIDs; anything else is 404)."""
-    path = service.thumbs.existing(face_id)
-    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+async def thumbnail(request: Request, face_id: str, service: ServiceDep) -> FileResponse:
+    """The JPEG crop of a stored face (ids are UUIDs; anything else, or an erased face, is 404). Not cached by
+    shared caches, so that an erased face is gone at once."""
+    path = await run_blocking(request, lambda: service.thumbnail(face_id))
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache"})

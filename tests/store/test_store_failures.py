@@ -1,0 +1,85 @@
+"""Store failures become clear domain errors: a vanished server collection, a full disk under Qdrant Edge.
+The server is qdrant-client's local mode (no Qdrant server can run here); the full disk is a real tmpfs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from app.errors import StorageFull, StoreUnavailable
+from app.store import CollectionSpec, EdgeStore, FacePoint, Origin, PointQuery, ServerStore, VectorStore, point_id
+
+DIM = 64
+SPEC = CollectionSpec(name="faces", dim=DIM, pack="test-pack:abc")
+
+
+def points(n: int, start: int = 0, **payload: object) -> list[FacePoint]:
+    rng = np.random.default_rng(start)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    return [FacePoint(point_id(f"h{start + i}", 0), v / np.linalg.norm(v), {"file": f"f{start + i}", **payload})
+            for i, v in enumerate(vectors)]
+
+
+def test_vanished_server_collection_is_named_and_not_ready() -> None:
+    client = QdrantClient(location=":memory:")  # stands in for a Qdrant server
+    store = ServerStore(client, SPEC)
+    store.upsert(points(3))
+    assert store.healthy()
+    client.delete_collection(SPEC.name)  # someone deleted it behind Oceano's back
+    assert not store.healthy()
+    with pytest.raises(StoreUnavailable, match="collection 'faces' no longer exists on the Qdrant server"):
+        store.search(np.ones((1, DIM), np.float32), limit=3, threshold=None, hnsw_ef=64)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_find_ids_by_subject_and_origin(backend: str, tmp_path: Path) -> None:
+    store: VectorStore = (EdgeStore(tmp_path / "faces", SPEC) if backend == "edge"
+                          else ServerStore(QdrantClient(location=":memory:"), SPEC))
+    legacy = points(2, 0, subject="Ann")  # written before origins were recorded
+    uploaded = points(2, 10, subject="Ann", origin=Origin.UPLOAD.value)
+    ingested = points(1, 20, subject="Bob", origin=Origin.INGEST.value)
+    store.upsert(legacy + uploaded + ingested)
+    ann = {p.id for p in legacy + uploaded}
+    assert set(store.find_ids(PointQuery(subject="Ann"))) == ann
+    assert store.find_ids(PointQuery(file="f10", origin=Origin.UPLOAD)) == [uploaded[0].id]
+    assert store.find_ids(PointQuery(file="f10", origin=Origin.INGEST)) == []
+    assert store.find_ids(PointQuery(file="f0", origin=Origin.INGEST)) == [legacy[0].id]
+    assert store.find_ids(PointQuery(file="f20", origin=Origin.INGEST)) == [ingested[0].id]
+    if backend == "edge":
+        store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_edge_store_refuses_writes_on_a_nearly_full_disk(small_disk: Path) -> None:
+    """Qdrant Edge writing to a full disk dies of SIGBUS (a whole-process crash, seen here on a full tmpfs), so
+    writes are refused while free space is under MIN_FREE_DISK_MB, and accepted again once it is freed."""
+    store = EdgeStore(small_disk / "faces", SPEC, min_free_bytes=64 * 2**20)
+    store.upsert(points(100))
+    ballast = small_disk / "ballast"
+    free = shutil.disk_usage(small_disk).free
+    ballast.write_bytes(b"\0" * (free - 32 * 2**20))  # leaves 32 MB
+    with pytest.raises(StorageFull, match="MIN_FREE_DISK_MB=64"):
+        store.upsert(points(100, 100))
+    assert store.count() == 100  # nothing half-written
+    ballast.unlink()
+    store.upsert(points(100, 100))
+    assert store.count() == 200
+    store.close()
