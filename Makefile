@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean lock
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,25 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check app tests bench tools
 	$(VENV)/bin/mypy
+
+# Hash-locked requirements for the Docker image (requirements/README.md). uv resolves for the image's Python and
+# platform, whatever this machine runs; pins already in the files are kept unless LOCK_ARGS=--upgrade.
+UV := $(VENV)/bin/uv
+LOCK_FLAGS := --no-config --no-python-downloads --index-url https://pypi.org/simple \
+	--python-platform x86_64-manylinux_2_28 --only-binary :all: --emit-build-options --generate-hashes
+CPU_LOCK := --python-version 3.11 pyproject.toml requirements/build.in -o requirements/cpu.txt
+GPU_LOCK := --python-version 3.12 --extra gpu --no-emit-package onnxruntime pyproject.toml requirements/build.in \
+	-o requirements/gpu.txt
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "uv>=0.5"
+
+lock: $(UV)
+	$(UV) pip compile $(LOCK_FLAGS) $(LOCK_ARGS) $(CPU_LOCK) \
+		--custom-compile-command "make lock, i.e. uv pip compile $(LOCK_FLAGS) $(CPU_LOCK)"
+	$(UV) pip compile $(LOCK_FLAGS) $(LOCK_ARGS) $(GPU_LOCK) \
+		--custom-compile-command "make lock, i.e. uv pip compile $(LOCK_FLAGS) $(GPU_LOCK)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
