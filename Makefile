@@ -26,7 +26,8 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
 # Hash-locked requirements for the Docker image (requirements/README.md). uv resolves for the image's Python and
-# platform, whatever this machine runs; pins already in the files are kept unless LOCK_ARGS=--upgrade.
+# platform, whatever this machine runs (wheel-only, so a missing local 3.12 is only a warning); pins already in the
+# files are kept unless LOCK_ARGS=--upgrade.
 UV := $(VENV)/bin/uv
 LOCK_FLAGS := --no-config --no-python-downloads --index-url https://pypi.org/simple \
 	--python-platform x86_64-manylinux_2_28 --only-binary :all: --emit-build-options --generate-hashes
@@ -39,9 +40,9 @@ $(UV):
 	$(PY) -m pip install --quiet "uv>=0.5"
 
 lock: $(UV)
-	$(UV) pip compile $(LOCK_FLAGS) $(LOCK_ARGS) $(CPU_LOCK) \
+	$(UV) pip compile --quiet $(LOCK_FLAGS) $(LOCK_ARGS) $(CPU_LOCK) \
 		--custom-compile-command "make lock, i.e. uv pip compile $(LOCK_FLAGS) $(CPU_LOCK)"
-	$(UV) pip compile $(LOCK_FLAGS) $(LOCK_ARGS) $(GPU_LOCK) \
+	$(UV) pip compile --quiet $(LOCK_FLAGS) $(LOCK_ARGS) $(GPU_LOCK) \
 		--custom-compile-command "make lock, i.e. uv pip compile $(LOCK_FLAGS) $(GPU_LOCK)"
 
 clean:
