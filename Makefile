@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean lock
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,26 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check app tests bench tools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# Hash-locked requirements for the Docker image (requirements/README.md). uv resolves for the image's Python and
+# platform, whatever this machine runs (wheel-only, so a missing local 3.12 is only a warning); pins already in the
+# files are kept unless LOCK_ARGS=--upgrade.
+UV := $(VENV)/bin/uv
+LOCK_FLAGS := --no-config --no-python-downloads --index-url https://pypi.org/simple \
+	--python-platform x86_64-manylinux_2_28 --only-binary :all: --emit-build-options --generate-hashes
+CPU_LOCK := --python-version 3.11 pyproject.toml requirements/build.in -o requirements/cpu.txt
+GPU_LOCK := --python-version 3.12 --extra gpu --no-emit-package onnxruntime pyproject.toml requirements/build.in \
+	-o requirements/gpu.txt
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "uv>=0.5"
+
+lock: $(UV)
+	$(UV) pip compile --quiet $(LOCK_FLAGS) $(LOCK_ARGS) $(CPU_LOCK) \
+		--custom-compile-command "make lock, i.e. uv pip compile $(LOCK_FLAGS) $(CPU_LOCK)"
+	$(UV) pip compile --quiet $(LOCK_FLAGS) $(LOCK_ARGS) $(GPU_LOCK) \
+		--custom-compile-command "make lock, i.e. uv pip compile $(LOCK_FLAGS) $(GPU_LOCK)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
