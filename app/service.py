@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.config import MAX_TOP_K, Settings
-from app.engine import FaceEngine, Image
+from app.engine import FaceEngine, Image, Ticket
 from app.errors import InvalidRequest, NotFound
 from app.faces import Face, FaceHead
 from app.heads import Head, HeadRegistry
@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 class Analyzer(Protocol):
     """What runs the face models for requests: the FaceEngine itself, or the InferenceBatcher in front of it."""
 
-    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
-                timeout: float | None = None) -> list[list[Face]]: ...
+    def admit(self, images: int) -> Ticket | None: ...
+
+    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
+                ticket: Ticket | None = None) -> list[list[Face]]: ...
 
 
 @dataclass(slots=True)
@@ -121,8 +123,14 @@ class FaceService:
         self.analyzer: Analyzer = analyzer or _EngineAnalyzer(engine)
         self.file_locks = FileLocks()
 
-    def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head]) -> list[list[Face]]:
-        return self.analyzer.analyze(images, heads=heads)
+    def admit(self, images: int = 1) -> Ticket | None:
+        """A place in line for a request's images, taken before its uploads are decoded: EngineBusy at once when
+        the engine is too busy to take them within GPU_ACQUIRE_TIMEOUT (None: no request batcher)."""
+        return self.analyzer.admit(images)
+
+    def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head],
+                 ticket: Ticket | None = None) -> list[list[Face]]:
+        return self.analyzer.analyze(images, heads=heads, ticket=ticket)
 
     # ------------------------------------------------------------------ inputs
     def decode(self, data: bytes) -> DecodedImage:
@@ -140,11 +148,12 @@ class FaceService:
 
     # ------------------------------------------------------------------ search
     def search(self, images: Sequence[DecodedImage], *, top_k: int | None = None,
-               threshold: float | None = None, heads: Sequence[Head] = ()) -> list[list[SearchedFace]]:
+               threshold: float | None = None, heads: Sequence[Head] = (),
+               ticket: Ticket | None = None) -> list[list[SearchedFace]]:
         """Every face of every image, with its nearest stored faces (and the answers of `heads`). One engine
         call, one store call."""
         k, t = self.search_params(top_k, threshold)
-        faces = self._analyze(images, heads)
+        faces = self._analyze(images, heads, ticket)
         flat = [f for row in faces for f in row]
         vectors = np.stack([f.embedding for f in flat]) if flat else np.zeros((0, self.engine.dim), np.float32)
         matches = self.store.search(vectors, limit=k, threshold=t, hnsw_ef=max(self.settings.hnsw_ef, k))
@@ -164,17 +173,18 @@ class FaceService:
         """Heads by comma-separated names (NoSuchHead names the available ones); None: the HEADS default."""
         return self.heads.select(names)
 
-    def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head]) -> list[list[AnalyzedFace]]:
+    def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head],
+                ticket: Ticket | None = None) -> list[list[AnalyzedFace]]:
         """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call."""
-        faces = self._analyze(images, heads)
+        faces = self._analyze(images, heads, ticket)
         return [[AnalyzedFace(face, *original_coords(face, image)) for face in row]
                 for image, row in zip(images, faces, strict=True)]
 
     # ------------------------------------------------------------------ index
-    def index(self, items: Sequence[ImageToIndex]) -> list[IndexedImage]:
-        """Detect and embed every image in one engine call, write thumbnails, then upsert all points in one
-        store call. When a source file is indexed again with other content, its old faces are replaced."""
-        faces = self.engine.analyze_batch([item.image for item in items])
+    def index(self, items: Sequence[ImageToIndex], *, ticket: Ticket | None = None) -> list[IndexedImage]:
+        """Detect and embed every image in one engine call (shared with concurrent requests), write thumbnails,
+        then upsert all points in one store call (replacing only as each item asks, see ImageToIndex)."""
+        faces = self._analyze([item.image for item in items], (), ticket)
         return self.store_faces(items, faces)
 
     def store_faces(self, items: Sequence[ImageToIndex], faces: Sequence[Sequence[Face]]) -> list[IndexedImage]:
@@ -293,6 +303,9 @@ class _EngineAnalyzer:
     def __init__(self, engine: FaceEngine) -> None:
         self.engine = engine
 
-    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
-                timeout: float | None = None) -> list[list[Face]]:
+    def admit(self, images: int) -> Ticket | None:
+        return None
+
+    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
+                ticket: Ticket | None = None) -> list[list[Face]]:
         return self.engine.analyze_batch(images, heads=heads, timeout=timeout)

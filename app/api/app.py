@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from app import __version__
 from app.api import pages
+from app.api.admission import AdmissionGuard
 from app.api.errors import BodyLimit, install_error_handlers
 from app.api.metrics import Metrics
 from app.api.routes import faces, heads, jobs, ops, search
@@ -63,5 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     # A multipart envelope adds a little around the file itself.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(AdmissionGuard)  # outermost: a busy engine refuses uploads before anything is read
     install_error_handlers(app)
     return app

@@ -11,6 +11,7 @@ from fastapi import Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app.config import MAX_TOP_K, Settings
+from app.engine import Ticket
 from app.errors import ImageTooLarge, InvalidRequest, RequestTimeout
 from app.ingest.manager import JobManager
 from app.service import FaceService
@@ -46,13 +47,36 @@ HeadsQuery = Annotated[str | None, Query(max_length=512, description="comma-sepa
 
 
 
-async def run_blocking(request: Request, fn: Callable[[], T]) -> T:
-    """Thread pool + REQUEST_TIMEOUT; the event loop never waits on decode or ONNX."""
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready (nothing to answer)."""
+
+
+DISCONNECT_POLL = 0.25  # seconds between checks that the client is still there
+
+
+async def run_blocking(request: Request, fn: Callable[[], T], ticket: Ticket | None = None) -> T:
+    """Thread pool + REQUEST_TIMEOUT; the event loop never waits on decode or ONNX. A request whose client left,
+    or that ran past REQUEST_TIMEOUT, has its ticket cancelled: the batcher drops it before inference."""
     timeout = request.app.state.settings.request_timeout
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    task = asyncio.ensure_future(run_in_threadpool(fn))
     try:
-        return await asyncio.wait_for(run_in_threadpool(fn), timeout=timeout)
-    except TimeoutError as exc:
-        raise RequestTimeout(f"request took longer than REQUEST_TIMEOUT={timeout:.0f}s") from exc
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=min(DISCONNECT_POLL, max(0.0, deadline - loop.time())))
+            if done:
+                return task.result()
+            if loop.time() >= deadline:
+                if ticket is not None:
+                    ticket.cancel()
+                raise RequestTimeout(f"request took longer than REQUEST_TIMEOUT={timeout:.0f}s")
+            if await request.is_disconnected():
+                if ticket is not None:
+                    ticket.cancel()
+                raise ClientGone()
+    finally:
+        if ticket is not None:
+            ticket.release()
 
 
 async def read_upload(file: UploadFile | None, max_bytes: int) -> bytes:

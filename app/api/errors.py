@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.deps import ClientGone
 from app.api.pages import templates, wants_json
 from app.errors import (
     BadImage,
@@ -71,6 +72,10 @@ def install_error_handlers(app: FastAPI) -> None:
                 request, "index.html", {"model": service.engine.pack.name if service else "", "faces": None,
                                         "error": exc.message}, status_code=status, headers=headers)
         return JSONResponse({"detail": exc.message, "error": code}, status_code=status, headers=headers)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; nginx's code for 'client closed request'
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

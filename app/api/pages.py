@@ -58,7 +58,8 @@ async def search_page(request: Request, service: ServiceDep, settings: SettingsD
     started = time.perf_counter()
     heads = service.select_heads(None)
     data = await read_upload(file, settings.max_upload_bytes)
-    faces = await run_blocking(request, lambda: search_bytes(service, data, top_k, threshold, heads))
+    ticket = service.admit(1)  # before decoding: a busy engine answers 503 at once
+    faces = await run_blocking(request, lambda: search_bytes(service, data, top_k, threshold, heads, ticket), ticket)
     took = round((time.perf_counter() - started) * 1e3, 2)
     request.app.state.metrics.observe_search(len(faces), took / 1e3)
     if wants_json(request):

@@ -2,11 +2,11 @@
 ArcFace embedding, the FaceEngine that runs them over batches of images, and the request batcher in front of
 it. Knows nothing of HTTP, storage or what a classifier head is (heads reach it as app.faces.FaceHead)."""
 
-from app.engine.batcher import InferenceBatcher
+from app.engine.batcher import InferenceBatcher, Ticket
 from app.engine.engine import FaceEngine, Image
 from app.engine.packs import BUNDLED_PACK, PRODUCTION_PACK, ModelPack, bundled_model_dir, resolve_pack
 from app.engine.runtime import InferenceGate, create_session, dynamic_batch_model, select_providers
 
 __all__ = ["BUNDLED_PACK", "PRODUCTION_PACK", "FaceEngine", "Image", "InferenceBatcher", "InferenceGate",
            "ModelPack", "bundled_model_dir", "create_session", "dynamic_batch_model", "resolve_pack",
-           "select_providers"]
+           "select_providers", "Ticket"]

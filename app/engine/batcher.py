@@ -1,15 +1,22 @@
-"""Coalesce concurrent requests into shared engine batches.
+"""Coalesce concurrent requests into shared engine batches, with admission control in front.
 
 Each request thread hands its images to the batcher and waits. A dispatcher thread per inference slot takes
 everything queued at that moment (up to `max_images`) and runs it as one `FaceEngine.analyze_batch` call, so
-under load N concurrent searches cost one detector batch and one recognizer batch instead of N of each, and no
-request waits longer than one batch for its turn. Nothing waits for company: an idle service answers a lone
-request at once (batching only what is already queued adds no latency).
+under load N concurrent searches cost one detector batch and one recognizer batch instead of N of each. Nothing
+waits for company: an idle service answers a lone request at once.
+
+Admission: the batcher knows the work ahead (images admitted but not yet decoded, queued, running) and the
+measured engine time per image, so it can tell a new request how long it would wait. A request is admitted
+(`admit`, before its upload is decoded) only when that wait fits in GPU_ACQUIRE_TIMEOUT; otherwise it gets
+EngineBusy at once, with a Retry-After from the estimate. Queued requests whose deadline passed, or whose
+client left (`Ticket.cancel`), are dropped before they reach the engine. So overload is a fast 503, never a
+growing queue.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -18,17 +25,49 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from app.engine.engine import FaceEngine, Image
-from app.errors import EngineBusy, ShuttingDown
+from app.errors import EngineBusy, RequestTimeout, ShuttingDown
 from app.faces import Face, FaceHead
 
 logger = logging.getLogger(__name__)
+
+# Engine seconds per image before anything was measured (a CPU's order of magnitude); measured from then on.
+INITIAL_SECONDS_PER_IMAGE = 0.05
+EWMA_WEIGHT = 0.2  # weight of the newest batch in the moving average of seconds per image
+
+
+class Ticket:
+    """A request's place in line, taken before its upload is decoded. Its images count as work ahead of later
+    requests until they are submitted (then they are queued) or the ticket is released."""
+
+    def __init__(self, batcher: InferenceBatcher, images: int) -> None:
+        self._batcher = batcher
+        self.images = images
+        self.cancelled = threading.Event()  # the client left, or REQUEST_TIMEOUT passed
+        self._reserved = True
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.release()
+
+    def release(self) -> None:
+        """Give back the reservation (idempotent)."""
+        if self._reserved:
+            self._reserved = False
+            self._batcher._unreserve(self.images)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass(slots=True)
 class _Request:
     images: Sequence[Image]
     heads: tuple[FaceHead, ...]
-    deadline: float  # monotonic time after which the request has waited too long for a slot
+    deadline: float  # monotonic time after which the request has waited too long for the engine
+    cancelled: threading.Event | None = None
     future: Future[list[list[Face]]] = field(default_factory=Future)
 
 
@@ -39,23 +78,65 @@ class InferenceBatcher:
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._reserved = 0  # images admitted, not yet submitted
+        self._queued = 0  # images in the queue
+        self._running = 0  # images in engine calls now
+        self.seconds_per_image = INITIAL_SECONDS_PER_IMAGE
         self.batches = 0  # engine calls made, for /metrics and tests
         self.requests = 0
+        self.shed = 0  # requests refused at admission
+        self.dropped = 0  # queued requests dropped: deadline passed or client gone
         self._threads = [threading.Thread(target=self._run, name=f"inference-batcher-{i}", daemon=True)
                          for i in range(engine.gate.concurrency)]
         for t in self._threads:
             t.start()
 
-    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
-                timeout: float | None = None) -> list[list[Face]]:
-        """Same contract as FaceEngine.analyze_batch: EngineBusy when no slot frees up within the gate's
-        timeout (GPU_ACQUIRE_TIMEOUT)."""
-        wait = self.engine.gate.timeout if timeout is None else timeout
-        request = _Request(images=images, heads=tuple(heads), deadline=time.monotonic() + wait)
+    # ------------------------------------------------------------------ admission
+    def estimated_wait(self) -> float:
+        """Seconds a request arriving now would wait before its engine call starts."""
+        ahead = self._reserved + self._queued + self._running
+        return ahead * self.seconds_per_image / self.engine.gate.concurrency
+
+    def busy_error(self, wait: float) -> EngineBusy:
+        gate = self.engine.gate
+        return EngineBusy(f"the inference engine is busy: about {wait:.1f}s of work is ahead, over the "
+                          f"{gate.timeout:.1f}s a request may wait (GPU_ACQUIRE_TIMEOUT); retry shortly",
+                          retry_after=max(1.0, math.ceil(wait)))
+
+    def admit(self, images: int) -> Ticket:
+        """A place in line for `images` images, or EngineBusy at once when the wait would exceed
+        GPU_ACQUIRE_TIMEOUT (before the caller spends anything on decoding)."""
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the service is shutting down; retry once it is back")
+            wait = self.estimated_wait()
+            if wait > self.engine.gate.timeout and (self._queued or self._running or self._reserved):
+                self.shed += 1
+                raise self.busy_error(wait)
+            self._reserved += images
+        return Ticket(self, images)
+
+    def _unreserve(self, images: int) -> None:
+        with self._cond:
+            self._reserved -= images
+
+    # ------------------------------------------------------------------ requests
+    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
+                ticket: Ticket | None = None) -> list[list[Face]]:
+        """Same contract as FaceEngine.analyze_batch: EngineBusy when the engine does not take the request
+        within the gate's timeout (GPU_ACQUIRE_TIMEOUT). With a ticket, its reservation becomes this request."""
+        wait = self.engine.gate.timeout if timeout is None else timeout
+        cancelled = ticket.cancelled if ticket is not None else None
+        if cancelled is not None and cancelled.is_set():
+            raise RequestTimeout("the request was given up (client gone or REQUEST_TIMEOUT) before inference")
+        request = _Request(images=images, heads=tuple(heads), deadline=time.monotonic() + wait, cancelled=cancelled)
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("the service is shutting down; retry once it is back")
+            if ticket is not None:
+                ticket.release()  # its images are counted as queued from now on (the lock is re-entrant)
             self._queue.append(request)
+            self._queued += len(images)
             self._cond.notify()
         return request.future.result()
 
@@ -69,9 +150,23 @@ class InferenceBatcher:
                 self._cond.wait()
             return self._queue[0] if self._queue else None
 
+    def _drop_dead(self) -> None:
+        """Fail the queued requests whose deadline passed or whose client left; call holding the lock."""
+        now = time.monotonic()
+        dead = [r for r in self._queue if r.deadline <= now or (r.cancelled is not None and r.cancelled.is_set())]
+        for r in dead:
+            self._queue.remove(r)
+            self._queued -= len(r.images)
+            self.dropped += 1
+            if r.cancelled is not None and r.cancelled.is_set():
+                r.future.set_exception(RequestTimeout("the request was given up before inference"))
+            else:
+                r.future.set_exception(self.busy_error(self.estimated_wait()))
+
     def _take(self) -> list[_Request]:
-        """Everything queued now that shares the oldest request's heads, up to max_images."""
+        """Everything live queued now that shares the oldest request's heads, up to max_images."""
         with self._cond:
+            self._drop_dead()
             if not self._queue:
                 return []
             taken = [self._queue.popleft()]
@@ -81,20 +176,9 @@ class InferenceBatcher:
                 request = self._queue.popleft()
                 taken.append(request)
                 count += len(request.images)
+            self._queued -= count
+            self._running += count
             return taken
-
-    def _fail_expired(self) -> None:
-        """Requests that waited longer than GPU_ACQUIRE_TIMEOUT get EngineBusy (503) instead of a late answer."""
-        gate = self.engine.gate
-        now = time.monotonic()
-        with self._cond:
-            expired = [r for r in self._queue if r.deadline <= now]
-            for r in expired:
-                self._queue.remove(r)
-        for r in expired:
-            r.future.set_exception(EngineBusy(
-                f"the inference engine is busy (waited {gate.timeout:.1f}s for one of {gate.concurrency} "
-                "slots); retry shortly", retry_after=max(1.0, gate.timeout)))
 
     def _run(self) -> None:
         gate = self.engine.gate
@@ -107,14 +191,20 @@ class InferenceBatcher:
                     if not live:
                         continue
                     images = [img for r in live for img in r.images]
+                    started = time.perf_counter()
                     try:
                         faces = self.engine.analyze_holding_gate(images, heads=live[0].heads)
                     except BaseException as exc:  # handed to every waiting request, never lost in this thread
                         for r in live:
                             r.future.set_exception(exc)
                         continue
+                    finally:
+                        with self._cond:
+                            self._running -= len(images)
+                    self._measured(time.perf_counter() - started, len(images))
             except EngineBusy:
-                self._fail_expired()
+                with self._cond:
+                    self._drop_dead()
                 continue
             self.batches += 1
             self.requests += len(live)
@@ -122,6 +212,10 @@ class InferenceBatcher:
             for r in live:
                 r.future.set_result(faces[start:start + len(r.images)])
                 start += len(r.images)
+
+    def _measured(self, seconds: float, images: int) -> None:
+        per_image = seconds / max(1, images)
+        self.seconds_per_image += EWMA_WEIGHT * (per_image - self.seconds_per_image)
 
     def close(self) -> None:
         with self._cond:

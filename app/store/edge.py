@@ -120,6 +120,8 @@ class EdgeStore:
                     raise StorageFull(f"no space left on the device of {self.path} for the collection; free some "
                                       "disk space and retry") from exc
                 raise
+        if self.index_threshold and self.unindexed() >= self.index_threshold:
+            self.optimize()
 
     def _check_disk(self) -> None:
         """Refuse writes while the disk is nearly full: Qdrant Edge writes through memory maps, and a write that
@@ -130,8 +132,6 @@ class EdgeStore:
         if free < self.min_free_bytes:
             raise StorageFull(f"only {free / 2**20:.0f} MB free on the disk of {self.path}, under MIN_FREE_DISK_MB="
                               f"{self.min_free_bytes / 2**20:.0f}: writes are refused until space is freed")
-        if self.index_threshold and self.unindexed() >= self.index_threshold:
-            self.optimize()
 
     def unindexed(self) -> int:
         info = self._shard.info()

@@ -32,16 +32,18 @@ async def api_index(request: Request, service: ServiceDep, settings: SettingsDep
     if replace and not source:
         raise InvalidRequest("replace=true needs `source`: the key whose earlier faces this photo replaces")
     data = await read_upload(file, settings.max_upload_bytes)
+    ticket = service.admit(1)  # before decoding: a busy engine answers 503 at once
     name = source or (file.filename if file else None) or "upload"
 
     def work() -> IndexOut:
         image = service.decode(data)
         result = service.index([ImageToIndex(image=image, content_hash=content_hash(data), file=name,
-                                             subject=subject or None, origin=Origin.UPLOAD, replace=replace)])[0]
+                                             subject=subject or None, origin=Origin.UPLOAD, replace=replace)],
+                               ticket=ticket)[0]
         return IndexOut(file=result.file, ids=result.ids, faces=len(result.ids), replaced=len(result.replaced),
                         took_ms=round((time.perf_counter() - started) * 1e3, 2))
 
-    out = await run_blocking(request, work)
+    out = await run_blocking(request, work, ticket)
     request.app.state.metrics.faces_indexed += out.faces
     return out
 

@@ -29,11 +29,12 @@ async def api_analyze(request: Request, service: ServiceDep, settings: SettingsD
         raise InvalidRequest("give `heads` once: as a query parameter or as a form field, not both")
     chosen = service.select_heads(heads if heads is not None else heads_form)
     data = await read_upload(file, settings.max_upload_bytes)
+    ticket = service.admit(1)  # before decoding: a busy engine answers 503 at once
 
     def work() -> list[AnalyzedFace]:
-        return service.analyze([service.decode(data)], heads=chosen)[0]
+        return service.analyze([service.decode(data)], heads=chosen, ticket=ticket)[0]
 
-    faces = await run_blocking(request, work)
+    faces = await run_blocking(request, work, ticket)
     return AnalyzeOut(faces=[analyzed_out(f) for f in faces], heads=[h.name for h in chosen],
                       took_ms=round((time.perf_counter() - started) * 1e3, 2), model=service.engine.pack.name)
 

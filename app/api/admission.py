@@ -1,0 +1,31 @@
+"""Admission at the door: while the engine has more work ahead than a request may wait (GPU_ACQUIRE_TIMEOUT),
+uploads are refused with 503 and Retry-After before their bodies are read. Handlers then take a ticket
+(FaceService.admit) before decoding, which reserves their place in line."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+# The routes that send images to the engine.
+UPLOAD_ROUTES = frozenset({"/api/search", "/api/search/batch", "/api/analyze", "/api/faces", "/search"})
+
+
+class AdmissionGuard:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_ROUTES:
+            services = getattr(scope["app"].state, "services", None)
+            batcher = services.batcher if services is not None else None
+            if batcher is not None:
+                wait = batcher.estimated_wait()
+                if wait > batcher.engine.gate.timeout:
+                    batcher.shed += 1
+                    error = batcher.busy_error(wait)
+                    response = JSONResponse({"detail": error.message, "error": "busy"}, status_code=503,
+                                            headers={"Retry-After": str(int(error.retry_after))})
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -1,0 +1,90 @@
+"""Admission control in the request batcher (real engine): overload is refused at once, queued requests whose
+deadline passed or whose client left are dropped before inference."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.engine import FaceEngine, InferenceBatcher, InferenceGate
+from app.errors import EngineBusy, RequestTimeout
+from tests.support import Photos, gate_held, read_bgr
+
+
+@pytest.fixture
+def batcher(engine: FaceEngine) -> Iterator[InferenceBatcher]:
+    own = FaceEngine.__new__(FaceEngine)  # the same loaded models behind a gate of this test's own
+    own.__dict__.update(engine.__dict__)
+    own.gate = InferenceGate(1, 2.0)
+    b = InferenceBatcher(own, max_images=8)
+    yield b
+    b.close()
+
+
+def test_admission_refuses_once_the_wait_would_pass_the_timeout(batcher: InferenceBatcher) -> None:
+    batcher.seconds_per_image = 1.0  # as measured on a slow engine
+    first, second, third = batcher.admit(1), batcher.admit(1), batcher.admit(1)  # waits 0, 1 and 2 s
+    with pytest.raises(EngineBusy, match="about 3.0s of work is ahead") as refused:
+        batcher.admit(1)
+    assert refused.value.retry_after == 3 and batcher.shed == 1
+    third.release()
+    third.release()  # idempotent
+    batcher.admit(1).release()  # room again
+    for ticket in (first, second):
+        ticket.release()
+    assert batcher.estimated_wait() == 0
+
+
+def test_queued_request_past_its_deadline_is_dropped_not_run(batcher: InferenceBatcher) -> None:
+    image = read_bgr(Photos.yaoming)
+    calls = []
+    original = batcher.engine.analyze_holding_gate
+    batcher.engine.analyze_holding_gate = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
+    with gate_held(batcher.engine.gate):
+        started = time.monotonic()
+        with pytest.raises(EngineBusy):
+            batcher.analyze([image], timeout=0.3)
+        assert time.monotonic() - started < 2.0
+    assert calls == [] and batcher.dropped == 1
+    assert len(batcher.analyze([image])[0]) == 1  # the engine still serves
+
+
+def test_request_whose_client_left_is_dropped_before_inference(batcher: InferenceBatcher) -> None:
+    image = read_bgr(Photos.yaoming)
+    outcome: list[BaseException] = []
+    with gate_held(batcher.engine.gate):
+        ticket = batcher.admit(1)
+
+        def request() -> None:
+            try:
+                batcher.analyze([image], ticket=ticket)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        while batcher.queued == 0:
+            time.sleep(0.01)
+        ticket.cancel()  # the client went away (or REQUEST_TIMEOUT passed)
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], RequestTimeout)
+    assert batcher.batches == 0 and batcher.dropped == 1
+
+
+def test_busy_service_refuses_uploads_at_the_door(client_factory: Callable[..., TestClient]) -> None:
+    client = client_factory(gpu_acquire_timeout=1.0)
+    services = client.app.state.services  # type: ignore[attr-defined]
+    tickets = [services.batcher.admit(1) for _ in range(3)]
+    services.batcher.seconds_per_image = 1.0  # 3 s of admitted work ahead
+    started = time.monotonic()
+    r = client.post("/api/search", files={"file": ("y.jpg", Photos.yaoming.read_bytes(), "image/jpeg")})
+    assert r.status_code == 503 and r.json()["error"] == "busy" and int(r.headers["retry-after"]) >= 3
+    assert time.monotonic() - started < 0.5
+    for ticket in tickets:
+        ticket.release()
+    r = client.post("/api/search", files={"file": ("y.jpg", Photos.yaoming.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200 and services.batcher.estimated_wait() == 0
