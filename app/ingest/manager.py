@@ -1,5 +1,5 @@
 """JobManager: background ingest jobs inside the service, one at a time, sharing its engine and store; jobs
-left unfinished by a stop are resumed at the next start."""
+left unfinished by a stop are resumed at the next start (those of the collection and model pack it serves)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from app.errors import InvalidRequest, NotFound, OceanoError, ShuttingDown
 from app.ingest.model import IngestOptions, JobStatus, JobView, RetryPolicy, RunOutcome
 from app.ingest.pipeline import INFER_BATCH_SHARED_CPU, IngestJob
 from app.ingest.report import progress_line, summary_line
-from app.ingest.state import IngestState
+from app.ingest.state import LEGACY_KEY, IngestState, collection_key
 from app.service import FaceService
 
 logger = logging.getLogger(__name__)
@@ -23,14 +23,17 @@ logger = logging.getLogger(__name__)
 
 class JobManager:
     """Background ingest jobs inside the service: one at a time, in a thread of the service process, sharing
-    its FaceEngine (and so its inference gate) and its store. Jobs are rows in the state; one left pending or
-    processing when the service stopped is resumed by `start()`."""
+    its FaceEngine (and so its inference gate) and its store. Jobs are rows in the state, each under the
+    collection key it was submitted for; one of this service's key left pending or processing when the service
+    stopped is resumed by `start()`. Those of other keys (another COLLECTION_NAME, backend or model pack) are
+    left as they are, for a service that writes to their collection."""
 
     def __init__(self, *, service: FaceService, state: IngestState, settings: Settings,
                  retry: RetryPolicy | None = None, persist_every: float = 1.0) -> None:
         self.service = service
         self.state = state
         self.settings = settings
+        self.collection = collection_key(settings, service.engine.fingerprint)
         self.retry = retry
         self.persist_every = persist_every
         self._cv = threading.Condition()
@@ -46,6 +49,9 @@ class JobManager:
                                      limit=1_000_000)
         with self._cv:
             for job in unfinished:
+                if job.collection != self.collection:
+                    _log_not_resumed(job)
+                    continue
                 self.state.update_job(job.id, status=JobStatus.PENDING)
                 self._queue.append(job.id)
                 logger.info("ingest job %s (%s) was not finished: resuming it", job.id, job.path)
@@ -68,11 +74,12 @@ class JobManager:
         with self._cv:
             if self._closing:
                 raise ShuttingDown("the service is shutting down; submit the job again once it is back")
-            for job in self.state.jobs(statuses=[JobStatus.PENDING, JobStatus.PROCESSING], limit=1_000_000):
+            for job in self.state.jobs(statuses=[JobStatus.PENDING, JobStatus.PROCESSING], limit=1_000_000,
+                                       collection=self.collection):
                 if job.path == path and job.options == options:
                     return self.get(job.id)  # the same work is already queued or running
             job_id = uuid.uuid4().hex
-            self.state.create_job(job_id, path, options)
+            self.state.create_job(job_id, path, options, collection=self.collection)
             self._queue.append(job_id)
             self._cv.notify_all()
         logger.info("ingest job %s queued: %s", job_id, path)
@@ -105,6 +112,9 @@ class JobManager:
             if active is not None and active.run_id == job_id:
                 active.cancel()
                 self._cv.wait_for(lambda: self._active is None or self._active.run_id != job_id, timeout=wait)
+            elif view.collection != self.collection:  # left unfinished for another collection: never run here
+                self.state.update_job(job_id, status=JobStatus.CANCELLED, finished_at=time.time(),
+                                      message="cancelled before it started")
         return self.get(job_id)
 
     def shutdown(self, timeout: float = 60.0) -> None:
@@ -137,6 +147,7 @@ class JobManager:
                     engine = self.service.engine
                     job = IngestJob(root=Path(view.path), options=view.options, service=self.service,
                                     state=self.state, settings=self.settings, run_id=job_id, retry=self.retry,
+                                    collection=self.collection,
                                     on_commit=self._persist, infer_workers=max(1, engine.gate.concurrency - 1),
                                     infer_batch=None if engine.on_gpu else INFER_BATCH_SHARED_CPU)
                     self._active = job
@@ -188,3 +199,12 @@ class JobManager:
             self._last_log = now
             logger.info("ingest job %s: %s", job.run_id, progress_line(job.progress()))
 
+
+
+def _log_not_resumed(job: JobView) -> None:
+    if job.collection == LEGACY_KEY:
+        logger.warning("ingest job %s (%s) was left unfinished by an older Oceano, for a collection it did not "
+                       "record: not resumed; submit it again if it is still wanted", job.id, job.path)
+    else:
+        logger.info("ingest job %s (%s) is unfinished for another collection or model pack (%s): left as it is; "
+                    "it resumes when the service runs with that collection", job.id, job.path, job.collection)

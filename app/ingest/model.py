@@ -216,6 +216,7 @@ class JobView:
     progress: Progress
     message: str | None
     attempts: int
+    collection: str | None = None  # its collection key (app.ingest.state); not on the wire
 
     def to_out(self) -> JobOut:
         return JobOut.model_validate({

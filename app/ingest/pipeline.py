@@ -8,9 +8,9 @@
          marked done in SQLite. A file is never marked done before its points are in the store.
 
 Crash safety: point ids are uuid5(content sha256, face index), so redoing a file after a kill writes the same
-points again. Progress is recorded per file (path, size, mtime, sha256, status, faces); a restart skips files
-recorded done/no_face whose size and mtime are unchanged, and re-reads the others (same hash: only the record
-is refreshed; another hash: re-ingested, the file's old faces removed).
+points again. Progress is recorded per file and collection key (path, size, mtime, sha256, status, faces); a
+restart skips files recorded done/no_face for this collection and pack whose size and mtime are unchanged, and
+re-reads the others (same hash: only the record is refreshed; another hash: re-ingested, old faces removed).
 
 Qdrant Edge durability: an update is in its WAL once `update()` returns and survives a SIGKILL (checked by
 bench/crash_ingest.py). We flush anyway before marking files done (~50 ms per --batch of points). Index builds
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import Settings
+from app.engine import resolve_pack
 from app.errors import EngineBusy, OceanoError, StoreUnavailable
 from app.faces import Face
 from app.imaging import DecodedImage, decode_image, read_image_bytes
@@ -48,7 +49,7 @@ from app.ingest.model import (
     RetryPolicy,
     RunOutcome,
 )
-from app.ingest.state import IngestState
+from app.ingest.state import IngestState, collection_key
 from app.ingest.walk import iter_image_files
 from app.service import FaceService, ImageToIndex, content_hash
 from app.store import FacePoint, Origin
@@ -82,9 +83,11 @@ class IngestJob:
     def __init__(self, *, root: Path, options: IngestOptions, service: FaceService | None, state: IngestState,
                  settings: Settings, run_id: str | None = None, retry: RetryPolicy | None = None,
                  on_commit: Callable[[IngestJob], None] | None = None, infer_batch: int | None = None,
-                 infer_workers: int | None = None) -> None:
+                 infer_workers: int | None = None, collection: str | None = None) -> None:
         """`infer_workers`: threads running engine batches at the same time (default: the inference gate's
-        concurrency; on a CPU, with one ONNX Runtime thread each, that is what keeps every core busy)."""
+        concurrency; on a CPU, with one ONNX Runtime thread each, that is what keeps every core busy).
+        `collection`: the key of its records in the state (default: from the settings and the engine's pack,
+        resolved without loading models for a dry run)."""
         if service is None and not options.dry_run:
             raise ValueError("an ingest run needs the FaceService unless it is a dry run")
         self.root = root
@@ -92,6 +95,8 @@ class IngestJob:
         self.service = service
         self.state = state
         self.settings = settings
+        self.collection = collection or collection_key(
+            settings, service.engine.fingerprint if service is not None else resolve_pack(settings).fingerprint)
         self.run_id = run_id or uuid.uuid4().hex
         self.retry = retry or RetryPolicy()
         self.on_commit = on_commit
@@ -185,18 +190,13 @@ class IngestJob:
                 self._counts.total = n
 
     def _check(self, path: Path) -> tuple[os.stat_result | None, FileRecord | None, bool]:
-        """(stat, usable earlier record, skip). A file recorded done or no_face with the same size and mtime is
-        skipped without being read. Records of other runs count only when resuming; those of this very job
-        always do (a --no-resume job interrupted by a restart does not start over)."""
+        """(stat, usable earlier record, skip): see IngestState.resume_check."""
         try:
             st = path.stat()
         except OSError:
             return None, None, False
-        record = self.state.lookup(str(path))
-        if record is None or record.status is FileStatus.FAILED or not (
-                self.options.resume or record.run_id == self.run_id):
-            return st, None, False
-        return st, record, record.size == st.st_size and record.mtime_ns == st.st_mtime_ns
+        return st, *self.state.resume_check(self.collection, str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                            resume=self.options.resume, run_id=self.run_id)
 
     def _dry_run(self) -> None:
         for path in self._walk():
@@ -415,7 +415,7 @@ class IngestJob:
                 raise StoreUnavailable(
                     f"the vector store failed during upsert and stayed down: {detail}. The {self._counts.done} "
                     f"files ingested before are kept; run the same ingest again to resume") from exc
-        self.state.record_files([e.record for e in entries])
+        self.state.record_files(self.collection, [e.record for e in entries])
 
     def _written(self, entries: list[Entry]) -> None:
         """Count committed entries (the buffer calls this holding its lock)."""

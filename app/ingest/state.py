@@ -1,4 +1,8 @@
-"""Resumable ingest state in SQLite under STATE_DIR: per-file progress and the job table."""
+"""Resumable ingest state in SQLite under STATE_DIR: per-file progress and the job table.
+
+Both are kept per collection key (`collection_key`): the store backend and where it lives, the collection name
+and the model pack's fingerprint. A file done for one collection is not done for another: after COLLECTION_NAME
+or the pack changes, the same folder is ingested again in full into the new collection."""
 
 from __future__ import annotations
 
@@ -6,111 +10,182 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from app.config import Settings
 from app.errors import IncompatibleState
 from app.ingest.model import FileRecord, FileStatus, IngestOptions, JobStatus, JobView, Progress
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 1 keyed files by path alone: which collection and pack its rows were made for cannot be known. They
+# are kept under this key, which no run has (real keys start with "edge:" or "server:"), so every file is read
+# once more after the upgrade. That is safe: point ids are uuid5(content sha256, face index), so faces that are
+# already in the collection are written again under the same ids, never twice.
+LEGACY_KEY = "legacy:schema-1"
+
+_FILES = """
+    CREATE TABLE files (
+        collection TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        content_hash TEXT,
+        status TEXT NOT NULL,
+        reason TEXT,
+        faces INTEGER NOT NULL DEFAULT 0,
+        run_id TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (collection, path)
+    )"""
+_JOBS = f"""
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        options TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        progress TEXT NOT NULL DEFAULT '{{}}',
+        message TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        collection TEXT NOT NULL DEFAULT '{LEGACY_KEY}'
+    )"""
+_JOBS_INDEX = "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, created_at)"
+_FILE_COLUMNS = "path, size, mtime_ns, content_hash, status, reason, faces, run_id"
+_JOB_COLUMNS = "id, path, options, status, created_at, started_at, finished_at, progress, message, attempts, collection"
+
+
+def collection_key(settings: Settings, fingerprint: str) -> str:
+    """The identity of the collection a run writes to, as the state records it: the backend (the embedded
+    shard's QDRANT_PATH, or the server's QDRANT_URL without credentials), COLLECTION_NAME, and the fingerprint of
+    the model pack whose embeddings it holds. Built here only."""
+    if settings.qdrant_url:
+        url = urlsplit(settings.qdrant_url.strip())
+        host = (url.hostname or "") + (f":{url.port}" if url.port else "")
+        where = f"server:{url.scheme.lower()}://{host}{url.path.rstrip('/')}"
+    else:
+        where = f"edge:{settings.qdrant_path.expanduser().resolve()}"
+    return f"{where}|{settings.collection_name}|{fingerprint}"
 
 
 class IngestState:
     """Per-file progress and the job table, in SQLite (WAL: readers never wait for the writer).
 
     One connection shared by the job's threads and the API handlers, serialised by a lock; every statement is
-    short (a primary-key lookup, or one transaction per committed batch)."""
+    short (a primary-key lookup, or one transaction per committed batch). Files and jobs belong to a collection
+    key (`collection_key`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
-        self._db.execute("PRAGMA busy_timeout=30000")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+            self._db.execute("PRAGMA busy_timeout=30000")
+            if self._check_version() < SCHEMA_VERSION:
+                self._transaction(self._create_or_migrate)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_version(self) -> int:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise IncompatibleState(f"{path} was written by a newer Oceano (schema {version}); upgrade Oceano")
-        self._db.executescript("""
-            CREATE TABLE IF NOT EXISTS files (
-                path TEXT PRIMARY KEY,
-                size INTEGER NOT NULL,
-                mtime_ns INTEGER NOT NULL,
-                content_hash TEXT,
-                status TEXT NOT NULL,
-                reason TEXT,
-                faces INTEGER NOT NULL DEFAULT 0,
-                run_id TEXT,
-                updated_at REAL NOT NULL
-            );
-            CREATE TABLE IF NOT EXISTS jobs (
-                id TEXT PRIMARY KEY,
-                path TEXT NOT NULL,
-                options TEXT NOT NULL,
-                status TEXT NOT NULL,
-                created_at REAL NOT NULL,
-                started_at REAL,
-                finished_at REAL,
-                progress TEXT NOT NULL DEFAULT '{}',
-                message TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0
-            );
-            CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, created_at);
-        """)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            raise IncompatibleState(f"{self.path} was written by a newer Oceano (schema {version}); upgrade Oceano")
+        return version
+
+    def _create_or_migrate(self) -> None:
+        """Inside one write transaction, so a crash leaves the file as it was (DDL and user_version are part of
+        it), and a second process opening it at the same time waits, then finds the work done."""
+        if self._check_version() == SCHEMA_VERSION:
+            return
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "files" in tables:  # schema 1 (or 0: version 1's tables, killed before it set user_version)
+            self._db.execute("ALTER TABLE files RENAME TO files_v1")
+            self._db.execute(_FILES)
+            self._db.execute(f"INSERT INTO files (collection, {_FILE_COLUMNS}, updated_at) "
+                             f"SELECT ?, {_FILE_COLUMNS}, updated_at FROM files_v1", (LEGACY_KEY,))
+            self._db.execute("DROP TABLE files_v1")
+        else:
+            self._db.execute(_FILES)
+        if "jobs" in tables:
+            self._db.execute(f"ALTER TABLE jobs ADD COLUMN collection TEXT NOT NULL DEFAULT '{LEGACY_KEY}'")
+        else:
+            self._db.execute(_JOBS)
+        self._db.execute(_JOBS_INDEX)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # part of the transaction
+
+    def _transaction(self, work: Callable[[], object]) -> None:
+        """`work()` in one write transaction (BEGIN IMMEDIATE: the write lock is taken first)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            work()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     # files
-    def lookup(self, path: str) -> FileRecord | None:
+    def lookup(self, collection: str, path: str) -> FileRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT path, size, mtime_ns, content_hash, status, reason, faces, run_id "
-                                   "FROM files WHERE path = ?", (path,)).fetchone()
-        if row is None:
-            return None
-        return FileRecord(path=row[0], size=row[1], mtime_ns=row[2], content_hash=row[3],
-                          status=FileStatus(row[4]), reason=row[5], faces=row[6], run_id=row[7])
+            row = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE collection = ? AND path = ?",
+                                   (collection, path)).fetchone()
+        return None if row is None else _file_from_row(row)
 
-    def record_files(self, records: Sequence[FileRecord]) -> None:
+    def resume_check(self, collection: str, path: str, *, size: int, mtime_ns: int, resume: bool,
+                     run_id: str) -> tuple[FileRecord | None, bool]:
+        """(usable earlier record, skip) for a file about to be ingested into `collection`. A file recorded done
+        or no_face there with the same size and mtime is skipped without being read. Records of other runs count
+        only when resuming; those of this very run always do (a --no-resume job interrupted by a restart does
+        not start over)."""
+        record = self.lookup(collection, path)
+        if record is None or record.status is FileStatus.FAILED or not (resume or record.run_id == run_id):
+            return None, False
+        return record, record.size == size and record.mtime_ns == mtime_ns
+
+    def record_files(self, collection: str, records: Sequence[FileRecord]) -> None:
         """One transaction for the whole batch."""
         if not records:
             return
         now = time.time()
-        rows = [(r.path, r.size, r.mtime_ns, r.content_hash, r.status.value, r.reason, r.faces, r.run_id, now)
-                for r in records]
+        rows = [(collection, r.path, r.size, r.mtime_ns, r.content_hash, r.status.value, r.reason, r.faces,
+                 r.run_id, now) for r in records]
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO files (path, size, mtime_ns, content_hash, status, reason, faces, run_id, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
-                    "size=excluded.size, mtime_ns=excluded.mtime_ns, content_hash=excluded.content_hash, "
-                    "status=excluded.status, reason=excluded.reason, faces=excluded.faces, run_id=excluded.run_id, "
-                    "updated_at=excluded.updated_at", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            self._transaction(lambda: self._db.executemany(
+                f"INSERT INTO files (collection, {_FILE_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(collection, path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                "content_hash=excluded.content_hash, status=excluded.status, reason=excluded.reason, "
+                "faces=excluded.faces, run_id=excluded.run_id, updated_at=excluded.updated_at", rows))
 
-    def file_counts(self) -> dict[str, int]:
+    def file_counts(self, collection: str | None = None) -> dict[str, int]:
+        """Files per status, of one collection key (of all of them when None)."""
+        where, args = _where_collection(collection)
         with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall()
+            rows = self._db.execute(f"SELECT status, COUNT(*) FROM files {where} GROUP BY status", args).fetchall()
         return {str(status): int(n) for status, n in rows}
 
-    def files(self) -> list[FileRecord]:
-        """Every record (tests and tools; not for millions of files)."""
+    def files(self, collection: str | None = None) -> list[FileRecord]:
+        """Every record of one collection key, of all of them when None (tests and tools; not for millions of
+        files)."""
+        where, args = _where_collection(collection)
         with self._lock:
-            rows = self._db.execute("SELECT path, size, mtime_ns, content_hash, status, reason, faces, run_id "
-                                    "FROM files ORDER BY path").fetchall()
-        return [FileRecord(path=r[0], size=r[1], mtime_ns=r[2], content_hash=r[3], status=FileStatus(r[4]),
-                           reason=r[5], faces=r[6], run_id=r[7]) for r in rows]
+            rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files {where} ORDER BY path, collection",
+                                    args).fetchall()
+        return [_file_from_row(r) for r in rows]
 
     # jobs
-    def create_job(self, job_id: str, path: str, options: IngestOptions) -> None:
+    def create_job(self, job_id: str, path: str, options: IngestOptions, *, collection: str) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO jobs (id, path, options, status, created_at) VALUES (?, ?, ?, ?, ?)",
-                             (job_id, path, json.dumps(options.to_dict()), JobStatus.PENDING.value, time.time()))
+            self._db.execute("INSERT INTO jobs (id, path, options, status, created_at, collection) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (job_id, path, json.dumps(options.to_dict()),
+                                                           JobStatus.PENDING.value, time.time(), collection))
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         allowed = {"status", "started_at", "finished_at", "progress", "message", "attempts"}
@@ -124,21 +199,20 @@ class IngestState:
 
     def job(self, job_id: str) -> JobView | None:
         with self._lock:
-            row = self._db.execute("SELECT id, path, options, status, created_at, started_at, finished_at, "
-                                   "progress, message, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job_from_row(row)
 
-    def jobs(self, *, limit: int = 50, statuses: Sequence[JobStatus] | None = None,
-             oldest_first: bool = False) -> list[JobView]:
-        where, args = "", []
+    def jobs(self, *, limit: int = 50, statuses: Sequence[JobStatus] | None = None, oldest_first: bool = False,
+             collection: str | None = None) -> list[JobView]:
+        """Jobs newest first (or oldest), of one collection key (of all of them when None)."""
+        where, args = _where_collection(collection)
         if statuses:
-            where = f"WHERE status IN ({', '.join('?' * len(statuses))})"
-            args = [s.value for s in statuses]
+            where = f"{where} {'AND' if where else 'WHERE'} status IN ({', '.join('?' * len(statuses))})"
+            args = [*args, *(s.value for s in statuses)]
         order = "ASC" if oldest_first else "DESC"
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT id, path, options, status, created_at, started_at, finished_at, progress, message, "
-                f"attempts FROM jobs {where} ORDER BY created_at {order} LIMIT ?", (*args, limit)).fetchall()
+            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created_at {order} LIMIT ?",
+                                    (*args, limit)).fetchall()
         return [_job_from_row(r) for r in rows]
 
     def close(self) -> None:
@@ -146,8 +220,17 @@ class IngestState:
             self._db.close()
 
 
+def _where_collection(collection: str | None) -> tuple[str, list[Any]]:
+    return ("", []) if collection is None else ("WHERE collection = ?", [collection])
+
+
+def _file_from_row(row: Sequence[Any]) -> FileRecord:
+    return FileRecord(path=row[0], size=row[1], mtime_ns=row[2], content_hash=row[3], status=FileStatus(row[4]),
+                      reason=row[5], faces=row[6], run_id=row[7])
+
+
 def _job_from_row(row: Sequence[Any]) -> JobView:
     return JobView(id=row[0], path=row[1], options=IngestOptions.from_dict(json.loads(row[2])),
                    status=JobStatus(row[3]), created_at=row[4], started_at=row[5], finished_at=row[6],
-                   progress=Progress.from_dict(json.loads(row[7] or "{}")), message=row[8], attempts=row[9])
-
+                   progress=Progress.from_dict(json.loads(row[7] or "{}")), message=row[8], attempts=row[9],
+                   collection=row[10])

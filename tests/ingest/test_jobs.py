@@ -141,13 +141,13 @@ def test_changed_file_is_reingested_and_its_old_faces_replaced(tmp_path: Path, i
         assert len(new_ids) == 5 and not new_ids & old_ids
         assert not old_ids & ws.ids() and not old_ids & ws.thumbs()
         assert ws.store.count() == 3 + 5
-        record = ws.state.lookup(str(touched))
+        record = ws.state.lookup(job.collection, str(touched))
         assert record is not None and record.mtime_ns == touched.stat().st_mtime_ns  # refreshed, not redone
 
         shutil.copyfile(NO_FACE, changed)  # now without any face: its faces go
         ws.job(root).run()
         assert ws.store.ids_for_file(str(changed)) == []
-        record = ws.state.lookup(str(changed))
+        record = ws.state.lookup(job.collection, str(changed))
         assert record is not None and record.status is FileStatus.NO_FACE
 
 
