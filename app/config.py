@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     model_download: bool = False
     det_size: Annotated[tuple[int, int], NoDecode] = (640, 640)
     det_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # Faces kept per image (the best-scored ones): bounds the recognizer's and the heads' work per request.
+    max_faces: int = Field(default=128, ge=1, le=4096)
     providers: ProviderChoice = ProviderChoice.AUTO
     ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
     det_batch: int = Field(default=0, ge=0)  # 0: 1 on CPU, 16 on CUDA (batching helps only on a GPU)
@@ -77,7 +79,9 @@ class Settings(BaseSettings):
     thumb_size: int = Field(default=128, ge=32, le=512)
 
     # uvicorn (python -m app).
-    uvicorn_limit_concurrency: int | None = None
+    # Connections and tasks uvicorn serves at once (past it: a bare 503). Memory is bounded by admission control
+    # and the upload limits, not by this; it only stops an unbounded pile of idle sockets.
+    uvicorn_limit_concurrency: int | None = 1024
     uvicorn_backlog: int = 2048
     log_level: str = "info"
 

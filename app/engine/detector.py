@@ -34,7 +34,7 @@ class ScrfdDetector:
     NMS_IOU = 0.4
 
     def __init__(self, session: ort.InferenceSession, *, det_size: tuple[int, int], threshold: float,
-                 batch: int, fixed_canvas: bool = False) -> None:
+                 batch: int, fixed_canvas: bool = False, max_faces: int = 0) -> None:
         self.session = session
         self.input_name = session.get_inputs()[0].name
         outputs = session.get_outputs()
@@ -48,6 +48,7 @@ class ScrfdDetector:
         self.batch = batch if self.batched else 1
         self.det_size = det_size
         self.threshold = threshold
+        self.max_faces = max_faces  # 0: no cap
         # On a GPU every new input shape costs a kernel/algorithm search: keep one canvas size there.
         self.fixed_canvas = fixed_canvas
         self.num_anchors = 2
@@ -115,6 +116,8 @@ class ScrfdDetector:
         scores = np.concatenate(all_scores)
         boxes = np.concatenate(all_boxes) / det_scale
         kps = np.concatenate(all_kps) / det_scale
-        keep = _nms(boxes, scores, self.NMS_IOU)
+        keep = _nms(boxes, scores, self.NMS_IOU)  # best score first
+        if self.max_faces:
+            keep = keep[:self.max_faces]  # bounds the recognizer's and the heads' work per image
         return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), kps[keep].astype(np.float32)
 

@@ -30,13 +30,13 @@ class FaceEngine:
 
     def __init__(self, pack: ModelPack, *, providers: list[str], det_size: tuple[int, int],
                  det_threshold: float, det_batch: int, rec_batch: int, threads: int,
-                 gate: InferenceGate) -> None:
+                 gate: InferenceGate, max_faces: int = 0) -> None:
         started = time.perf_counter()
         self.pack = pack
         self.gate = gate
         det_session = create_session(pack.detector, providers=providers, threads=threads, name=pack.detector.name)
         on_gpu = uses_gpu(det_session)
-        self.detector = ScrfdDetector(det_session, det_size=det_size, threshold=det_threshold,
+        self.detector = ScrfdDetector(det_session, det_size=det_size, threshold=det_threshold, max_faces=max_faces,
                                       batch=det_batch or (16 if on_gpu else 1), fixed_canvas=on_gpu)
         self.recognizer = ArcFaceRecognizer(pack.recognizer, providers=providers, threads=threads, batch=rec_batch)
         self.providers = det_session.get_providers()
@@ -54,7 +54,7 @@ class FaceEngine:
         pack = resolve_pack(settings)
         return cls(pack, providers=select_providers(settings.providers), det_size=settings.det_size,
                    det_threshold=settings.det_threshold, det_batch=settings.det_batch, rec_batch=settings.rec_batch,
-                   threads=settings.ort_threads, gate=gate)
+                   threads=settings.ort_threads, gate=gate, max_faces=settings.max_faces)
 
     @property
     def dim(self) -> int:

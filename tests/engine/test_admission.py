@@ -88,3 +88,16 @@ def test_busy_service_refuses_uploads_at_the_door(client_factory: Callable[..., 
         ticket.release()
     r = client.post("/api/search", files={"file": ("y.jpg", Photos.yaoming.read_bytes(), "image/jpeg")})
     assert r.status_code == 200 and services.batcher.estimated_wait() == 0
+
+
+def test_max_faces_keeps_the_best_scored_faces(engine: FaceEngine) -> None:
+    image = read_bgr(Photos.t1)  # six faces
+    every = engine.analyze_batch([image])[0]
+    capped = FaceEngine.__new__(FaceEngine)
+    capped.__dict__.update(engine.__dict__)
+    capped.detector = type(engine.detector).__new__(type(engine.detector))
+    capped.detector.__dict__.update(engine.detector.__dict__)
+    capped.detector.max_faces = 2
+    best = capped.analyze_batch([image])[0]
+    assert len(every) == 6 and len(best) == 2
+    assert sorted(f.det_score for f in best) == sorted(f.det_score for f in every)[-2:]
