@@ -175,6 +175,7 @@ def main() -> None:
         print(f"app.ingest engine: ORT threads {settings.ort_threads or 'auto'}, {settings.gpu_concurrency} "
               f"inference workers; threaded loop: {len(analyses)} workers x {threads} ORT intra-op threads")
         warm = cv2.imread(str(files[0]))
+        assert warm is not None, files[0]
         analysis.get(warm)
         for a in analyses:
             a.get(warm)
