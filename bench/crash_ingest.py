@@ -3,16 +3,20 @@
     python -m bench.crash_ingest [--copies 6] [--kills 3] [--batch 64] [--seed N]
 
 1. Qdrant Edge WAL check: a child process upserts points without flush() and is SIGKILLed; the shard is reopened
-   and counted (is an upsert durable once update() returns?).
+   and counted: every point must be there (an upsert is durable once update() returns).
 2. A folder of a few hundred face photos: the eval photos (../shared/eval/faces-a) replicated `--copies` times
    under other names and bytes.
 3. Clean run: the command runs to the end in STATE_DIR A.
-4. Crash run in STATE_DIR B: the command is started and SIGKILLed at a random moment, `--kills` times (each
-   moment drawn uniformly over the first half of the time the rest of the work should take, after model
-   loading), then run to the end. At each kill the state must not be ahead of the store: every file recorded
-   done has all its points in the collection.
+4. Crash run in STATE_DIR B: the command is started and SIGKILLed `--kills` times, then run to the end. Each kill
+   moment is drawn uniformly between 10% and 60% of the time the rest of the work should take at the clean run's
+   pace (after model loading), with two guards read from the state while the command runs: never before this run
+   has committed a batch (so each kill follows new progress), and at once when this run has done 75% of what was
+   left (so a machine faster than during the clean run cannot finish first). At least one kill must land mid-run:
+   after it the state records some but not all files done (0 < done < total). At each kill the state must not be
+   ahead of the store: for every file recorded done (or no face), the points whose payload `file` is that file
+   (a filtered scroll) must be exactly the recorded number of faces, with the ids derived from its content hash.
 5. The collections must hold exactly the same point ids (and payload files, and thumbnails), and the state of
-   B must say every file done, as in A. Exit status 1 when anything differs.
+   B must say every file done, as in A. Exit status 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -25,18 +29,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.ingest.model import STATE_FILE, FileRecord
+from app.ingest.model import STATE_FILE, FileRecord, FileStatus
 from app.ingest.state import IngestState
 from app.store import CollectionSpec, EdgeStore, FacePoint, point_id
 from bench.common import REPO, setup_logging
 from bench.photos import make_photo_folder
 
 WORK_STARTED = b"inference workers"  # in the line app.jobs logs when a run starts
+FINISHED = (FileStatus.DONE, FileStatus.NO_FACE)  # a file in either state is not processed again
 
 # ------------------------------------------------------------------------------------------------- WAL check
 
@@ -102,6 +108,69 @@ def state_records(state: Path) -> dict[str, FileRecord]:
         db.close()
 
 
+def finished_files(records: dict[str, FileRecord]) -> int:
+    return sum(r.status in FINISHED for r in records.values())
+
+
+class StateWatch:
+    """The number of files the running command has recorded finished, read from its state as it runs (SQLite in
+    WAL mode: reading never blocks the writer). Opened once the command has created the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db: IngestState | None = None
+
+    def finished(self) -> int:
+        if self.db is None:
+            if not self.path.exists():
+                return 0
+            self.db = IngestState(self.path)
+        counts = self.db.file_counts()
+        return sum(counts.get(status.value, 0) for status in FINISHED)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def points_per_file(state: Path, files: Iterable[str]) -> dict[str, set[str]]:
+    """file -> ids of the points whose payload `file` is that file: one filtered scroll per file, on the shard
+    reopened after the command has ended."""
+    from qdrant_edge import EdgeShard, FieldCondition, Filter, MatchValue, ScrollRequest
+
+    path = state / "qdrant" / "faces"
+    if not path.exists():
+        return {file: set() for file in files}
+    shard = EdgeShard.load(str(path))
+    out: dict[str, set[str]] = {}
+    try:
+        for file in files:
+            flt = Filter(must=[FieldCondition(key="file", match=MatchValue(file))])
+            ids: set[str] = set()
+            offset = None
+            while True:
+                records, offset = shard.scroll(ScrollRequest(offset=offset, limit=1000, filter=flt,
+                                                             with_payload=False, with_vector=False))
+                ids.update(str(r.id) for r in records)
+                if offset is None:
+                    break
+            out[file] = ids
+    finally:
+        shard.close()
+    return out
+
+
+def state_ahead_of_store(state: Path, records: dict[str, FileRecord]) -> list[str]:
+    """Files recorded finished whose points in the store are not exactly their recorded faces: other count, or
+    other ids than point_id(content hash, 0..faces-1)."""
+    finished = {p: r for p, r in records.items() if r.status in FINISHED}
+    stored = points_per_file(state, finished)
+    return [p for p, r in finished.items()
+            if len(stored[p]) != r.faces
+            or stored[p] != {point_id(r.content_hash or "", i) for i in range(r.faces)}]
+
+
 def collection(state: Path) -> dict[str, Any]:
     """point id -> payload file, read from the shard after the command has ended."""
     from qdrant_edge import EdgeShard, ScrollRequest
@@ -149,7 +218,8 @@ def main() -> None:
 
         folder = tmp / "photos"
         files = make_photo_folder(folder, copies=args.copies)
-        print(f"folder: {len(files)} files; --batch {args.batch}; seed {seed}")
+        total = len(files)
+        print(f"folder: {total} files; --batch {args.batch}; seed {seed}")
 
         clean, crash = tmp / "clean", tmp / "crash"
         started = time.monotonic()
@@ -160,14 +230,20 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(f"the clean run failed ({proc.returncode}):\n{(tmp / 'clean.log').read_text()[-3000:]}")
         work_time = max(clean_time - startup, 1e-3)
-        print(f"clean run: {clean_time:.1f}s ({startup:.1f}s to start, then {len(files) / work_time:.1f} files/s)")
+        print(f"clean run: {clean_time:.1f}s ({startup:.1f}s to start, then {total / work_time:.1f} files/s)")
 
         invariant_ok = True
+        mid_run_kills = 0
         for kill in range(1, args.kills + 1):
-            remaining = len(files) - len(state_records(crash))
-            # anywhere in the middle of what is left: late enough that batches were committed since the last kill
-            # (a resumed run first skips the files already done), early enough that work is in flight
-            offset = rng.uniform(0.25, 0.9) * work_time * remaining / len(files)
+            before = finished_files(state_records(crash))
+            remaining = total - before
+            if remaining == 0:
+                print(f"kill {kill}: nothing left to do (every file recorded done)")
+                break
+            # a moment anywhere in the middle of what is left, at the clean run's pace (a resumed run first skips
+            # the files already done); the guards below keep it after new progress and before the end
+            offset = rng.uniform(0.1, 0.6) * work_time * remaining / total
+            enough = before + max(1, int(0.75 * remaining))
             log = tmp / "crash.log"
             log_size = log.stat().st_size if log.exists() else 0
             started = time.monotonic()
@@ -175,23 +251,41 @@ def main() -> None:
             to_work = wait_for_work(proc, log, log_size)
             if to_work is None:
                 raise SystemExit(f"the command did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(offset)
+            watch = StateWatch(crash / STATE_FILE)
+            work_started = time.monotonic()
+            why = "at the drawn moment"
+            try:
+                while proc.poll() is None:
+                    done_now = watch.finished()
+                    if time.monotonic() - work_started >= offset:
+                        if done_now > before:
+                            break
+                        why = f"after the first commit of this run (drawn moment {offset:.1f}s came before it)"
+                    elif done_now >= enough:
+                        why = f"early: 75% of the remaining files done before the drawn moment ({offset:.1f}s)"
+                        break
+                    time.sleep(0.02)
+            finally:
+                watch.close()
             moment = time.monotonic() - started
             if proc.poll() is not None:
-                print(f"kill {kill}: the command finished before the kill moment ({moment:.1f}s)")
+                print(f"kill {kill}: the command finished before the kill ({moment:.1f}s)")
                 continue
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             records = state_records(crash)
+            done = finished_files(records)
+            mid_run = 0 < done < total
+            mid_run_kills += mid_run
+            ahead = state_ahead_of_store(crash, records)
+            invariant_ok = invariant_ok and not ahead
             points = collection(crash) if (crash / "qdrant" / "faces").exists() else {}
-            per_file: dict[str, int] = {}
-            for file in points.values():
-                per_file[file] = per_file.get(file, 0) + 1
-            behind = [p for p, r in records.items() if per_file.get(p, 0) != r.faces]
-            invariant_ok = invariant_ok and not behind
-            print(f"kill {kill}: SIGKILL after {moment:.1f}s: {len(records)}/{len(files)} files recorded done "
-                  f"({sum(r.faces for r in records.values())} faces), {len(points)} points in the collection; "
-                  f"files recorded done without all their points: {len(behind)}")
+            print(f"kill {kill}: SIGKILL {moment:.1f}s after start ({moment - to_work:.1f}s into the work, {why}): "
+                  f"{done}/{total} files recorded done ({sum(r.faces for r in records.values())} faces), "
+                  f"{'mid-run' if mid_run else 'NOT mid-run'}; {len(points)} points in the collection; files "
+                  f"recorded done whose points in the store are not exactly their recorded faces: {len(ahead)}")
+            for path in ahead[:5]:
+                print(f"    {path}: {records[path].faces} faces recorded")
 
         started = time.monotonic()
         proc = start(folder, crash, args.batch, port, tmp / "crash.log")
@@ -209,13 +303,16 @@ def main() -> None:
         same_records = {p: (r.status, r.faces, r.content_hash) for p, r in ra.items()} == {
             p: (r.status, r.faces, r.content_hash) for p, r in rb.items()}
         checks = {
+            f"Qdrant Edge WAL: all {upserted} points upserted without flush() were there after SIGKILL": (
+                survived == upserted),
+            "at least one SIGKILL landed mid-run (0 < files recorded done < total)": mid_run_kills > 0,
             "same point ids": set(a) == set(b),
             "same file for every point": a == b,
             "same thumbnails": thumbs_a == thumbs_b == set(a),
             "every file recorded, none failed": len(rb) == len(files) and "failed" not in statuses_b,
             "same per-file state (status, faces, sha256)": same_records,
             "points = faces recorded": len(b) == sum(r.faces for r in rb.values()),
-            "at every kill, the state was never ahead of the store": invariant_ok,
+            "at every kill, each file recorded done had exactly its recorded faces in the store": invariant_ok,
         }
         print(f"clean run:   {len(a)} points, {len(thumbs_a)} thumbnails, state {statuses_a}")
         print(f"crash+resume: {len(b)} points, {len(thumbs_b)} thumbnails, state {statuses_b}")
