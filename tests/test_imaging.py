@@ -197,7 +197,8 @@ def test_every_orientation_matches_pillow(photo: Image.Image, orientation: int) 
 
 
 @pytest.mark.parametrize(("fmt", "kwargs"), [
-    ("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {}), ("TIFF", {}), ("GIF", {}),
+    ("PNG", {"compress_level": 1}), ("WEBP", {"quality": 90, "method": 0}), ("BMP", {}), ("TIFF", {}),
+    ("GIF", {}),
 ])
 def test_every_format_is_reduced_early_and_decodes_finer(photo: Image.Image, fmt: str,
                                                          kwargs: dict[str, object]) -> None:
@@ -218,8 +219,17 @@ def test_every_format_is_reduced_early_and_decodes_finer(photo: Image.Image, fmt
     assert float(np.abs(decoded.pixels.astype(np.float32) - reduced).mean()) < 2.0
 
 
+def test_large_transparent_png_is_reduced_onto_white(photo: Image.Image) -> None:
+    big = photo.resize((2600, 1800))
+    decoded = decode_image(pil_bytes(half_transparent(big), "PNG", compress_level=1), **LIMITS)
+    assert decoded.factor == 4 and decoded.pixels.shape == (450, 650, 3)
+    assert decoded.pixels[:, :320].min() == 255  # the transparent left half
+    opaque = cv2.resize(bgr(big), (650, 450), interpolation=cv2.INTER_AREA)[:, 330:].astype(np.float32)
+    assert float(np.abs(decoded.pixels[:, 330:] - opaque).mean()) < 2.0
+
+
 def test_finer_decode_keeps_the_orientation(photo: Image.Image) -> None:
-    data = pil_bytes(photo.resize((2600, 1800)), "PNG", exif=exif_with(6))
+    data = pil_bytes(photo.resize((2600, 1800)), "PNG", exif=exif_with(6), compress_level=1)
     decoded = decode_image(data, **LIMITS)
     assert decoded.original_size == (1800, 2600) and decoded.pixels.shape == (650, 450, 3)
     assert decoded.decode_at(1).shape == (2600, 1800, 3)
@@ -228,7 +238,7 @@ def test_finer_decode_keeps_the_orientation(photo: Image.Image) -> None:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_max_side_caps_the_long_side(photo: Image.Image, fmt: str) -> None:
-    data = pil_bytes(photo.resize((4400, 3000)), fmt)
+    data = pil_bytes(photo.resize((4400, 3000)), fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
     decoded = decode_image(data, **LIMITS, max_side=500)
     assert max(decoded.pixels.shape[:2]) == 500
     assert decoded.scale == pytest.approx(4400 / 500, rel=0.01)
