@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 # it refuses instead of allocating. OpenCV reads the variable once, when cv2 is imported (measured with
 # opencv-python 5.0.0: setting it after `import cv2` and before the first imdecode has no effect), so it is set
 # here, before the import below, from MAX_MEGAPIXELS: the same environment variable Settings read. That only
-# works when this module is the first to import cv2 in the process: the package's __init__ imports it first.
+# works when this module is the first to import cv2 in the process (app/__init__.py should import it first);
+# otherwise OPENCV_MAX_PIXELS reports what OpenCV kept, and the header check alone stands.
 OPENCV_MAX_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000  # Settings.max_megapixels' default
 
@@ -463,8 +464,8 @@ def _area_reduce(pixels: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _decode_displayed(data: bytes, header: ImageHeader, factor: int) -> np.ndarray:
-    """BGR uint8 pixels, ceil(w / factor) x ceil(h / factor) before the EXIF orientation is applied (as it is
-    here). The pixel cap was checked on `header` already."""
+    """BGR uint8 pixels as displayed (EXIF orientation applied), each stored side reduced to ceil(side / factor).
+    The pixel cap was checked on `header` already."""
     pixels: np.ndarray | None = None
     # OpenCV drops alpha, so PNG/WebP with alpha go through Pillow to become white, not whatever lies beneath.
     # Above OpenCV's own limit (a configured cap higher than the one fixed at import) Pillow decodes too.
@@ -573,10 +574,12 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int 
     Size and pixel caps are checked on the header before any decoder runs. The pixels are reduced by the largest
     power of two that keeps MIN_DECODE_LONG_SIDE (or `max_side`, if smaller) on the long side; with `max_side`
     they are then area-resized so that the long side is at most `max_side`."""
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
     header = _checked_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's guard must not refuse what the caller's cap allows
-    target = MIN_DECODE_LONG_SIDE if max_side is None else max(1, min(max_side, MIN_DECODE_LONG_SIDE))
+    target = MIN_DECODE_LONG_SIDE if max_side is None else min(max_side, MIN_DECODE_LONG_SIDE)
     factor = _reduction_for(header, target)
     pixels = _decode_displayed(data, header, factor)
     if max_side is not None and max(pixels.shape[:2]) > max_side:
