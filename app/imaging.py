@@ -1,29 +1,87 @@
 """Bytes -> validated BGR ndarray, and thumbnails.
 
-Formats are recognised by their signature (not the file name or the declared content type), dimensions
-are read from the header before any pixel is decoded, and big JPEGs are decoded at a reduced scale
-directly by libjpeg, which is far cheaper than decoding at full size and resizing.
+Formats are recognised by their signature (not the file name or the declared content type). Dimensions and the
+EXIF orientation are parsed from the header bytes here, with `struct`, before any decoder sees the data: a
+decoder (or Pillow's `getexif()` on a PNG) may allocate the whole image first, which is exactly what a
+decompression bomb needs. Decoded images are reduced at once (big JPEGs by libjpeg itself, other formats by an
+area resize) so that no full-size array outlives the decode.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
+import os
+import struct
+import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-import cv2
-import numpy as np
-from PIL import Image, ImageOps
-
-from app.errors import BadImage, ImageTooLarge, UnsupportedImage
+from app.errors import BadImage, ImageTooLarge, OceanoError, UnsupportedImage
 
 logger = logging.getLogger(__name__)
 
-# Pillow's own bomb guard would raise with a less useful message; ours runs first with the real limit.
-Image.MAX_IMAGE_PIXELS = None
+# ---------------------------------------------------------------------------------------------- process limits
+# OpenCV has its own pixel cap, OPENCV_IO_MAX_IMAGE_PIXELS (default 2**30), checked against what *its* parser
+# reads. It is a second line behind our header check: if OpenCV's parser ever reads a bigger size than ours,
+# it refuses instead of allocating. OpenCV reads the variable once, when cv2 is imported (measured with
+# opencv-python 5.0.0: setting it after `import cv2` and before the first imdecode has no effect), so it is set
+# here, before the import below, from MAX_MEGAPIXELS: the same environment variable Settings read. That only
+# works when this module is the first to import cv2 in the process (app/__init__.py should import it first);
+# otherwise OPENCV_MAX_PIXELS reports what OpenCV kept, and the header check alone stands.
+OPENCV_MAX_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000  # Settings.max_megapixels' default
+
+
+def pixel_limit_from_env(environ: Mapping[str, str] = os.environ) -> int:
+    """The pixel cap the service is configured with (MAX_MEGAPIXELS, any case, as Settings read it), known before
+    Settings exist. A missing or malformed value gives the default: Settings will reject it anyway."""
+    raw = next((value for key, value in environ.items() if key.upper() == "MAX_MEGAPIXELS"), "")
+    try:
+        megapixels = float(raw)
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+    return int(megapixels * 1e6) if math.isfinite(megapixels) and megapixels > 0 else DEFAULT_MAX_PIXELS
+
+
+def _opencv_limit_at_import() -> int:
+    default = 1 << 30  # OpenCV's built-in value
+    if "cv2" not in sys.modules:
+        os.environ.setdefault(OPENCV_MAX_PIXELS_ENV, str(pixel_limit_from_env()))
+    elif OPENCV_MAX_PIXELS_ENV not in os.environ:
+        return default  # imported before us without the variable: OpenCV kept its default
+    try:
+        return max(1, int(os.environ[OPENCV_MAX_PIXELS_ENV]))
+    except ValueError:
+        return default
+
+
+OPENCV_MAX_PIXELS: int = _opencv_limit_at_import()
+
+import cv2  # noqa: E402  (after OPENCV_IO_MAX_IMAGE_PIXELS is set: OpenCV reads it at import)
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# Pillow's own bomb guard (a warning over the limit, an error over twice the limit) is a second line too: our
+# check runs first with the real limit and its own message. configure_pixel_limits() keeps it in step.
+Image.MAX_IMAGE_PIXELS = pixel_limit_from_env()
+
+
+def configure_pixel_limits(max_pixels: int) -> None:
+    """Make the process-wide decoder limits follow the configured pixel cap (call once at start-up, with
+    Settings.max_megapixels * 1e6). Pillow's can change at any time; OpenCV's was fixed at import, so a cap above
+    it only routes those images through Pillow (see _decode_displayed), and a mismatch is logged."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    if OPENCV_MAX_PIXELS != max_pixels:
+        level = logging.WARNING if OPENCV_MAX_PIXELS < max_pixels else logging.INFO
+        logger.log(level, "OpenCV's pixel limit is %d, the configured limit %d: set MAX_MEGAPIXELS (or %s) in "
+                   "the environment before the service starts so that they agree", OPENCV_MAX_PIXELS, max_pixels,
+                   OPENCV_MAX_PIXELS_ENV)
+
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
@@ -31,6 +89,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", 
 # more than 640. Faces too small in the reduced image for a sharp 112x112 crop are aligned from a finer decode
 # of the same bytes (DecodedImage.decode_at), which the engine asks for only when it finds such faces.
 MIN_DECODE_LONG_SIDE = 640
+JPEG_MAX_FACTOR = 8  # libjpeg scales by 1/2, 1/4, 1/8
 
 
 class ImageFormat(StrEnum):
@@ -43,6 +102,27 @@ class ImageFormat(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ImageHeader:
+    """What the header says, before any pixel is decoded. width and height are as stored, before EXIF rotation."""
+
+    format: ImageFormat
+    width: int
+    height: int
+    orientation: int = 1  # EXIF orientation, 1..8
+    has_alpha: bool = False
+    progressive: bool = False  # JPEG: libjpeg holds full-size coefficients even when it scales the output
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) once the EXIF orientation is applied."""
+        return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
+
+
+@dataclass(frozen=True, slots=True)
 class DecodedImage:
     """A BGR uint8 image. `scale` maps its pixel coordinates back to the original: orig = px * scale."""
 
@@ -50,15 +130,20 @@ class DecodedImage:
     format: ImageFormat
     original_size: tuple[int, int]  # (width, height) after EXIF rotation
     scale: float = 1.0
-    factor: int = 1  # libjpeg reduction the pixels were decoded at (1, 2, 4, 8)
+    factor: int = 1  # the power of two at or above `scale`: the reduction the pixels were decoded at
     encoded: bytes | None = field(default=None, repr=False)  # kept when factor > 1, for decode_at
 
     def decode_at(self, factor: int) -> np.ndarray:
-        """The same image decoded at a finer reduction (factor < self.factor), EXIF rotation applied."""
+        """The same image decoded at a finer reduction (a power of two, factor < self.factor), EXIF rotation
+        applied. Any format: JPEG is scaled by libjpeg, others are decoded in full and area-resized."""
         if self.encoded is None or factor >= self.factor:
             return self.pixels
-        pixels = cv2.imdecode(np.frombuffer(self.encoded, dtype=np.uint8), _REDUCED_FLAGS[factor])
-        return self.pixels if pixels is None else pixels
+        try:
+            header = read_header(self.encoded)
+            return _decode_displayed(self.encoded, header, max(factor, 1))
+        except OceanoError as exc:  # the bytes decoded once already; keep what we have rather than fail
+            logger.warning("finer decode at 1/%d failed: %s", factor, exc.message)
+            return self.pixels
 
 
 def sniff_format(data: bytes) -> ImageFormat | None:
@@ -78,106 +163,434 @@ def sniff_format(data: bytes) -> ImageFormat | None:
     return None
 
 
-def _header_size(data: bytes, fmt: ImageFormat) -> tuple[int, int, int]:
-    """(width, height, EXIF orientation) from the header alone: Pillow opens lazily."""
+# ---------------------------------------------------------------------------------------------- header parsing
+# Every length read from the file is checked against the data before use; every loop has a fixed cap, so that
+# garbage ends in BadImage quickly, never in another exception or a long walk.
+_MAX_JPEG_SEGMENTS = 1024  # real files have a few dozen before the frame header
+_MAX_JPEG_FILL = 64  # 0xFF fill bytes allowed before a marker
+_MAX_PNG_CHUNKS = 200_000  # libpng writes 8 KB IDAT chunks: a 20 MB file holds ~2600
+_MAX_WEBP_CHUNKS = 65536  # animations hold one ANMF chunk per frame, EXIF comes after them
+_MAX_GIF_BLOCKS = 100_000  # extension sub-blocks before the first image descriptor
+_MAX_IFD_ENTRIES = 1024
+
+
+class _Corrupt(Exception):
+    """Raised inside the parsers; read_header turns it into BadImage with the format's name."""
+
+
+def _unpack(fmt: str, data: bytes, offset: int) -> tuple[int, ...]:
+    if offset < 0 or offset + struct.calcsize(fmt) > len(data):
+        raise _Corrupt("truncated")
+    return struct.unpack_from(fmt, data, offset)
+
+
+def _ifd_values(tiff: bytes, tags: frozenset[int]) -> dict[int, int]:
+    """The first value of each wanted SHORT or LONG tag of the first IFD of a TIFF structure (a TIFF file or an
+    EXIF block)."""
+    endian = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if endian is None:
+        raise _Corrupt("bad TIFF byte order")
+    magic, offset = _unpack(endian + "HI", tiff, 2)
+    if magic != 42:
+        raise _Corrupt("bad TIFF magic")
+    (count,) = _unpack(endian + "H", tiff, offset)
+    values: dict[int, int] = {}
+    for i in range(min(count, _MAX_IFD_ENTRIES)):
+        tag, kind, n = _unpack(endian + "HHI", tiff, offset + 2 + 12 * i)
+        if tag in tags and n >= 1 and tag not in values:
+            if kind == 3:  # SHORT, left-aligned in the 4-byte value field
+                values[tag] = _unpack(endian + "H", tiff, offset + 10 + 12 * i)[0]
+            elif kind == 4:  # LONG
+                values[tag] = _unpack(endian + "I", tiff, offset + 10 + 12 * i)[0]
+    return values
+
+
+_ORIENTATION_TAG = 0x0112
+
+
+def _exif_orientation(block: bytes) -> int:
+    """Orientation from an EXIF block (TIFF structure, with or without the JPEG-style 'Exif\\0\\0' prefix). A
+    broken block must not reject a good image: it reads as 1 (as stored)."""
+    if block.startswith(b"Exif\x00\x00"):
+        block = block[6:]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                orientation = 1
-                if fmt in (ImageFormat.JPEG, ImageFormat.WEBP, ImageFormat.TIFF, ImageFormat.PNG):
-                    try:
-                        orientation = int(im.getexif().get(0x0112, 1) or 1)
-                    except Exception:  # a broken EXIF block must not reject a good image
-                        orientation = 1
-    except Exception as exc:
-        raise BadImage(f"cannot read the {fmt.value.upper()} header: the file is corrupt or truncated") from exc
-    if width <= 0 or height <= 0:
-        raise BadImage(f"image has invalid dimensions {width}x{height}")
-    return width, height, orientation
-
-
-def _reduction_for(fmt: ImageFormat, width: int, height: int) -> int:
-    if fmt is not ImageFormat.JPEG:
+        value = _ifd_values(block, frozenset({_ORIENTATION_TAG})).get(_ORIENTATION_TAG, 1)
+    except _Corrupt:
         return 1
-    factor = 1
-    for f in (2, 4, 8):
-        if max(width, height) / f >= MIN_DECODE_LONG_SIDE:
-            factor = f
-    return factor
+    return value if 1 <= value <= 8 else 1
 
 
-_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0..7: no length field
 
 
-def _decode_with_pillow(data: bytes) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.seek(0)  # first frame of animations
-            im: Image.Image = ImageOps.exif_transpose(opened)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im)
-            if im.mode.startswith("I;16") or im.mode == "I":
-                arr16 = np.asarray(im, dtype=np.float32)
-                peak = max(float(arr16.max()), 1.0)
-                grey = np.clip(arr16 * (255.0 / (65535.0 if peak > 255 else 255.0)), 0, 255).astype(np.uint8)
-                return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-            rgb = np.asarray(im.convert("RGB"))
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+def _jpeg_header(data: bytes) -> ImageHeader:
+    pos = 2
+    orientation: int | None = None
+    for _ in range(_MAX_JPEG_SEGMENTS):
+        if _unpack("B", data, pos)[0] != 0xFF:
+            raise _Corrupt("marker expected")
+        fill = 0
+        while _unpack("B", data, pos)[0] == 0xFF:
+            pos += 1
+            fill += 1
+            if fill > _MAX_JPEG_FILL:
+                raise _Corrupt("too many fill bytes")
+        marker = data[pos]
+        pos += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):  # SOI, EOI or the first scan before any frame header
+            raise _Corrupt("no frame header")
+        (length,) = _unpack(">H", data, pos)
+        if length < 2 or pos + length > len(data):
+            raise _Corrupt("bad segment length")
+        segment = data[pos + 2:pos + length]
+        if marker in _JPEG_SOF:
+            _, height, width, components = _unpack(">BHHB", segment, 0)
+            if width == 0 or height == 0 or components == 0:
+                raise _Corrupt(f"invalid dimensions {width}x{height}")
+            return ImageHeader(ImageFormat.JPEG, width, height, orientation or 1,
+                               progressive=marker in _JPEG_PROGRESSIVE)
+        if marker == 0xE1 and orientation is None and segment.startswith(b"Exif\x00\x00"):
+            orientation = _exif_orientation(segment)  # the first Exif APP1 counts, as for libjpeg users
+        pos += length
+    raise _Corrupt("too many segments before the frame header")
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
-    """Validate and decode. Raises ImageTooLarge, UnsupportedImage or BadImage with a message naming why."""
+def _png_header(data: bytes) -> ImageHeader:
+    length, kind = _unpack(">I4s", data, 8)
+    if kind != b"IHDR" or length != 13:
+        raise _Corrupt("IHDR must come first")
+    width, height, _depth, colour = _unpack(">IIBB", data, 16)
+    if not (0 < width < 2**31 and 0 < height < 2**31):
+        raise _Corrupt(f"invalid dimensions {width}x{height}")
+    has_alpha = colour in (4, 6)
+    orientation = 1
+    pos = 8 + 12 + 13
+    before_image = True
+    # Every chunk length is checked, not only up to IDAT: OpenCV's PNG reader allocates what a chunk declares
+    # (measured: a 1.3 KB file whose IDAT claims 4 GB cost 4 s and 3.8 GB of RSS before failing).
+    for _ in range(_MAX_PNG_CHUNKS):
+        if pos + 8 > len(data):
+            break  # no IEND: the decoder decides whether the image data is complete
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if pos + 12 + length > len(data):
+            raise _Corrupt(f"{kind!r} chunk runs past the end of the file")
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            before_image = False  # ancillary data after the image data is not read (as Pillow's open)
+        elif before_image and kind == b"tRNS":
+            has_alpha = True
+        elif before_image and kind == b"eXIf":
+            orientation = _exif_orientation(data[pos + 8:pos + 8 + length])
+        pos += 12 + length
+    else:
+        raise _Corrupt("too many chunks")
+    return ImageHeader(ImageFormat.PNG, width, height, orientation, has_alpha=has_alpha)
+
+
+def _webp_frame_size(kind: bytes, payload: bytes) -> tuple[int, int, bool]:
+    """(width, height, alpha hint) of a VP8 or VP8L bitstream."""
+    if kind == b"VP8 ":
+        if payload[3:6] != b"\x9d\x01\x2a":
+            raise _Corrupt("bad VP8 start code")
+        width, height = _unpack("<HH", payload, 6)
+        return width & 0x3FFF, height & 0x3FFF, False
+    if _unpack("B", payload, 0)[0] != 0x2F:
+        raise _Corrupt("bad VP8L signature")
+    (bits,) = _unpack("<I", payload, 1)
+    return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool((bits >> 28) & 1)
+
+
+def _webp_header(data: bytes) -> ImageHeader:
+    (riff_size,) = _unpack("<I", data, 4)
+    end = min(len(data), 8 + riff_size)
+    pos = 12
+    canvas: tuple[int, int] | None = None
+    frame: tuple[int, int] | None = None
+    has_alpha = False
+    orientation = 1
+    for _ in range(_MAX_WEBP_CHUNKS):
+        if pos + 8 > end:
+            break
+        kind, length = struct.unpack_from("<4sI", data, pos)
+        payload = data[pos + 8:min(pos + 8 + length, end)]
+        if kind == b"VP8X":
+            flags, _, w_lo, w_hi, h_lo, h_hi = _unpack("<B3sHBHB", payload, 0)  # sides - 1, 24-bit LE
+            canvas = ((w_lo | w_hi << 16) + 1, (h_lo | h_hi << 16) + 1)
+            has_alpha = bool(flags & 0x10)
+        elif kind in (b"VP8 ", b"VP8L") and frame is None:
+            width, height, alpha = _webp_frame_size(kind, payload)
+            frame = (width, height)
+            has_alpha = has_alpha or alpha
+        elif kind == b"EXIF":
+            orientation = _exif_orientation(payload)
+        if canvas is None and frame is not None:
+            break  # a simple file (no VP8X): nothing else is read
+        pos += 8 + length + (length & 1)  # chunks are padded to an even size
+    size = canvas or frame
+    if size is None:
+        raise _Corrupt("no VP8X, VP8 or VP8L chunk")
+    if canvas is not None and frame is not None and canvas != frame:
+        raise _Corrupt(f"canvas {canvas} and frame {frame} disagree")  # libwebp refuses these too
+    width, height = size
+    if width == 0 or height == 0:
+        raise _Corrupt(f"invalid dimensions {width}x{height}")
+    return ImageHeader(ImageFormat.WEBP, width, height, orientation, has_alpha=has_alpha)
+
+
+def _tiff_header(data: bytes) -> ImageHeader:
+    values = _ifd_values(data, frozenset({256, 257, _ORIENTATION_TAG}))
+    width, height = values.get(256, 0), values.get(257, 0)
+    if width == 0 or height == 0:
+        raise _Corrupt("no image width or length in the first IFD")
+    orientation = values.get(_ORIENTATION_TAG, 1)
+    return ImageHeader(ImageFormat.TIFF, width, height, orientation if 1 <= orientation <= 8 else 1)
+
+
+def _gif_header(data: bytes) -> ImageHeader:
+    screen_w, screen_h, flags = _unpack("<HHB", data, 6)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # skip the global colour table
+    blocks = 0
+    while True:
+        (introducer,) = _unpack("B", data, pos)
+        if introducer == 0x2C:  # the first image descriptor
+            left, top, width, height = _unpack("<HHHH", data, pos + 1)
+            # Pillow grows the canvas to hold a first frame that overflows the logical screen; so do we.
+            width, height = max(screen_w, left + width), max(screen_h, top + height)
+            if width == 0 or height == 0:
+                raise _Corrupt(f"invalid dimensions {width}x{height}")
+            return ImageHeader(ImageFormat.GIF, width, height)
+        if introducer != 0x21:  # anything but an extension (the trailer included) before the first image
+            raise _Corrupt("no image descriptor")
+        pos += 2
+        while True:  # data sub-blocks, each prefixed by its length, ended by a zero length
+            blocks += 1
+            if blocks > _MAX_GIF_BLOCKS:
+                raise _Corrupt("too many blocks before the first image")
+            (size,) = _unpack("B", data, pos)
+            pos += 1 + size
+            if size == 0:
+                break
+
+
+def _bmp_header(data: bytes) -> ImageHeader:
+    (dib_size,) = _unpack("<I", data, 14)
+    if dib_size == 12:  # BITMAPCOREHEADER: unsigned 16-bit sides
+        width, height = _unpack("<HH", data, 18)
+    elif dib_size in (16, 40, 52, 56, 64, 108, 124):
+        width, height = _unpack("<ii", data, 18)
+        height = abs(height)  # negative: rows stored top-down
+    else:
+        raise _Corrupt(f"unknown DIB header size {dib_size}")
+    if width <= 0 or height <= 0 or height >= 2**31:
+        raise _Corrupt(f"invalid dimensions {width}x{height}")
+    return ImageHeader(ImageFormat.BMP, width, height)
+
+
+_PARSERS = {ImageFormat.JPEG: _jpeg_header, ImageFormat.PNG: _png_header, ImageFormat.WEBP: _webp_header,
+            ImageFormat.TIFF: _tiff_header, ImageFormat.GIF: _gif_header, ImageFormat.BMP: _bmp_header}
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """Format, stored size, EXIF orientation and alpha from the header bytes alone (nothing is decoded).
+    Raises BadImage (empty, truncated, corrupt) or UnsupportedImage."""
     if len(data) == 0:
         raise BadImage("the file is empty")
-    if len(data) > max_bytes:
-        raise ImageTooLarge(f"file is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit")
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedImage("not an image: expected JPEG, PNG, WebP, BMP, TIFF or GIF data")
-    width, height, orientation = _header_size(data, fmt)
-    if width * height > max_pixels:
+    try:
+        return _PARSERS[fmt](data)
+    except (_Corrupt, struct.error) as exc:
+        raise BadImage(f"cannot read the {fmt.value.upper()} header: the file is corrupt or truncated "
+                       f"({exc})") from exc
+
+
+def _checked_header(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageHeader:
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"file is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit")
+    header = read_header(data)
+    if header.pixels > max_pixels:
         raise ImageTooLarge(
-            f"image is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the "
+            f"image is {header.width}x{header.height} ({header.pixels / 1e6:.1f} megapixels), over the "
             f"{max_pixels / 1e6:.0f} megapixel limit"
         )
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    factor = _reduction_for(fmt, width, height)
+    return header
+
+
+def _reduction_for(header: ImageHeader, long_side: int) -> int:
+    """The largest power of two that keeps at least `long_side` pixels on the long side (1/8 at most for JPEG,
+    libjpeg's limit, as before)."""
+    longest = max(header.width, header.height)
+    cap = JPEG_MAX_FACTOR if header.format is ImageFormat.JPEG else 1 << 30
+    factor = 1
+    while factor * 2 <= cap and longest / (factor * 2) >= long_side:
+        factor *= 2
+    return factor
+
+
+def decoded_pixels_estimate(data: bytes, *, max_bytes: int, max_pixels: int) -> int:
+    """Pixels the decoder will hold at its peak for these bytes, from the header alone: what a caller charges to a
+    per-request budget before decoding. Raises what decode_image would for the same limits (ImageTooLarge,
+    UnsupportedImage, BadImage from the header). Baseline JPEG is scaled by libjpeg as it decodes; every other
+    format (progressive JPEG included: full-size coefficient buffers) is held in full before being reduced."""
+    header = _checked_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    if header.format is ImageFormat.JPEG and not header.progressive:
+        factor = _reduction_for(header, MIN_DECODE_LONG_SIDE)
+        return math.ceil(header.width / factor) * math.ceil(header.height / factor)
+    return header.pixels
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                  8: cv2.IMREAD_REDUCED_COLOR_8}
+_OPENCV_FORMATS = frozenset({ImageFormat.JPEG, ImageFormat.PNG, ImageFormat.WEBP, ImageFormat.BMP})
+
+
+def _header_mismatch(header: ImageHeader, got: tuple[int, int]) -> BadImage:
+    return BadImage(f"the {header.format.value.upper()} header says {header.width}x{header.height} but the "
+                    f"data decodes as {got[0]}x{got[1]}: the file is corrupt")
+
+
+def _area_reduce(pixels: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return pixels
+    h, w = pixels.shape[:2]
+    return cv2.resize(pixels, (math.ceil(w / factor), math.ceil(h / factor)), interpolation=cv2.INTER_AREA)
+
+
+def _decode_displayed(data: bytes, header: ImageHeader, factor: int) -> np.ndarray:
+    """BGR uint8 pixels as displayed (EXIF orientation applied), each stored side reduced to ceil(side / factor).
+    The pixel cap was checked on `header` already."""
     pixels: np.ndarray | None = None
-    if fmt in (ImageFormat.JPEG, ImageFormat.PNG, ImageFormat.WEBP, ImageFormat.BMP):
-        # OpenCV handles EXIF orientation, grey, CMYK and 16-bit for these, and drops alpha. PNG/WebP
-        # with alpha go through Pillow so transparent areas become white, not whatever lies beneath.
-        has_alpha = fmt in (ImageFormat.PNG, ImageFormat.WEBP) and _has_alpha(data)
-        if not has_alpha:
-            buf = np.frombuffer(data, dtype=np.uint8)
-            pixels = cv2.imdecode(buf, _REDUCED_FLAGS[factor])
-            if pixels is not None and pixels.ndim == 2:
-                pixels = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    # OpenCV drops alpha, so PNG/WebP with alpha go through Pillow to become white, not whatever lies beneath.
+    # Above OpenCV's own limit (a configured cap higher than the one fixed at import) Pillow decodes too.
+    if header.format in _OPENCV_FORMATS and not header.has_alpha and header.pixels <= OPENCV_MAX_PIXELS:
+        pixels = _decode_with_opencv(data, header, factor)
+    oriented = False
     if pixels is None:
-        factor = 1
         try:
-            pixels = _decode_with_pillow(data)
-        except Exception as exc:
-            raise BadImage(f"cannot decode the {fmt.value.upper()} data: the file is corrupt or truncated") from exc
+            pixels, oriented = _decode_with_pillow(data, header, factor)
+        except OceanoError:
+            raise
+        except Exception as exc:  # Pillow raises many types (OSError, ValueError, SyntaxError, ...) for bad data
+            raise BadImage(f"cannot decode the {header.format.value.upper()} data: the file is corrupt or "
+                           "truncated") from exc
+    return pixels if oriented else _apply_orientation(pixels, header.orientation)
+
+
+def _decode_with_opencv(data: bytes, header: ImageHeader, factor: int) -> np.ndarray | None:
+    """Pixels as stored, reduced by `factor`; None when OpenCV cannot decode them (Pillow is tried next)."""
+    if header.format is ImageFormat.JPEG:
+        native = min(factor, JPEG_MAX_FACTOR)  # libjpeg scales while decoding
+        flags = _REDUCED_FLAGS[native]
+    else:
+        # As stored (grey stays one channel: a third of the memory of BGR), made BGR once reduced.
+        native, flags = 1, cv2.IMREAD_UNCHANGED
+    try:  # the orientation comes from our header
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as exc:  # OpenCV's own limit: its parser saw more pixels than ours did
+        raise BadImage(f"the {header.format.value.upper()} data is larger than its header says: the file is "
+                       "corrupt") from exc
+    if pixels is None:
+        logger.debug("OpenCV could not decode this %s; trying Pillow", header.format.value)
+        return None
+    if (pixels.shape[1], pixels.shape[0]) != (math.ceil(header.width / native), math.ceil(header.height / native)):
+        raise _header_mismatch(header, (pixels.shape[1] * native, pixels.shape[0] * native))
+    pixels = _area_reduce(pixels, factor // native)  # the full-size array is dropped here
     if pixels.dtype != np.uint8:
-        pixels = cv2.convertScaleAbs(pixels, alpha=255.0 / 65535.0)
-    scale = width / pixels.shape[1] if pixels.shape[1] else 1.0
-    return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, original_size=(width, height),
+        pixels = cv2.convertScaleAbs(pixels, alpha=255.0 / 65535.0)  # 16-bit PNG
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    if pixels.shape[2] == 4:  # alpha the header did not announce (32-bit BMP): dropped, as IMREAD_COLOR does
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
+    return pixels
+
+
+def _decode_with_pillow(data: bytes, header: ImageHeader, factor: int) -> tuple[np.ndarray, bool]:
+    """(pixels reduced by `factor`, whether Pillow applied the EXIF orientation already). Reduced before any
+    conversion, so that no full-size copy is made after the decode."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(io.BytesIO(data)) as opened:  # lazy: parses the header, allocates nothing yet
+            # Recent Pillow reports a TIFF's size as displayed and applies its orientation while loading.
+            sizes = {(header.width, header.height)}
+            if header.format is ImageFormat.TIFF:
+                sizes.add(header.display_size)
+            if opened.size not in sizes:
+                raise _header_mismatch(header, opened.size)
+            opened.seek(0)  # first frame of animations
+            opened.load()
+            oriented = (header.format is ImageFormat.TIFF and header.orientation != 1
+                        and _ORIENTATION_TAG not in getattr(opened, "tag_v2", {_ORIENTATION_TAG: 0}))
+            im: Image.Image = opened
+            if im.mode.startswith("I;16") or im.mode == "I":
+                values = np.asarray(im, dtype=np.float32)
+                peak = max(float(values.max()), 1.0)
+                values = _area_reduce(values, factor)
+                grey = np.clip(values * (255.0 / (65535.0 if peak > 255 else 255.0)), 0, 255).astype(np.uint8)
+                return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), oriented
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im if im.mode == "RGBA" else im.convert("RGBA")
+                if factor > 1:
+                    im = im.reduce(factor)  # Pillow weighs colours by alpha when reducing RGBA
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)  # transparent areas become white
+            else:
+                if im.mode not in ("RGB", "L"):
+                    im = im.convert("RGB")
+                if factor > 1:
+                    im = im.reduce(factor)  # box average, size rounded up like libjpeg's
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), oriented
+
+
+def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels as displayed for an EXIF orientation (1: as stored)."""
+    if orientation == 2:
+        return cv2.flip(pixels, 1)
+    if orientation == 3:
+        return cv2.rotate(pixels, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(pixels, 0)
+    if orientation == 5:
+        return cv2.transpose(pixels)
+    if orientation == 6:
+        return cv2.rotate(pixels, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.transpose(pixels), cv2.ROTATE_180)
+    if orientation == 8:
+        return cv2.rotate(pixels, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return pixels
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int | None = None) -> DecodedImage:
+    """Validate and decode. Raises ImageTooLarge, UnsupportedImage or BadImage with a message naming why.
+
+    Size and pixel caps are checked on the header before any decoder runs. The pixels are reduced by the largest
+    power of two that keeps MIN_DECODE_LONG_SIDE (or `max_side`, if smaller) on the long side; with `max_side`
+    they are then area-resized so that the long side is at most `max_side`."""
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
+    header = _checked_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's guard must not refuse what the caller's cap allows
+    target = MIN_DECODE_LONG_SIDE if max_side is None else min(max_side, MIN_DECODE_LONG_SIDE)
+    factor = _reduction_for(header, target)
+    pixels = _decode_displayed(data, header, factor)
+    if max_side is not None and max(pixels.shape[:2]) > max_side:
+        shrink = max_side / max(pixels.shape[:2])
+        size = (max(1, round(pixels.shape[1] * shrink)), max(1, round(pixels.shape[0] * shrink)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    width, height = header.display_size
+    scale = width / pixels.shape[1]
+    factor = 1 << max(0, math.ceil(math.log2(scale) - 1e-9))  # for the default path: the decode factor itself
+    return DecodedImage(pixels=np.ascontiguousarray(pixels), format=header.format, original_size=(width, height),
                         scale=scale, factor=factor, encoded=data if factor > 1 else None)
-
-
-def _has_alpha(data: bytes) -> bool:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-    except Exception:
-        return False
 
 
 def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
@@ -194,10 +607,10 @@ def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
         raise BadImage(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def read_image_file(path: Path, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+def read_image_file(path: Path, *, max_bytes: int, max_pixels: int, max_side: int | None = None) -> DecodedImage:
     """Read and decode a file from disk, refusing oversized files before reading them."""
     data = read_image_bytes(path, max_bytes=max_bytes)
-    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side)
 
 
 def crop_thumbnail(image: np.ndarray, bbox: tuple[float, float, float, float], *, size: int,
