@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from app.config import Settings
 from app.engine import FaceEngine, InferenceBatcher, InferenceGate, ModelPack, select_providers
 from app.heads import HeadRegistry
+from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
 from app.ingest.model import STATE_FILE
 from app.ingest.state import IngestState
@@ -62,6 +63,7 @@ def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry]
     ingest state (implied by `jobs`). `build_index`: build a pending HNSW index before serving (it blocks the
     process, see EdgeStore)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    configure_pixel_limits(int(settings.max_megapixels * 1e6))
     engine, heads = models or load_models(settings)
     closer = ExitStack()
     try:

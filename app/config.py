@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     # Writes are refused (507) while the embedded store's disk has less free space than this.
     min_free_disk_mb: int = Field(default=256, ge=0)
     max_upload_mb: float = Field(default=20.0, gt=0)
-    max_megapixels: float = Field(default=50.0, gt=0)
+    max_megapixels: float = Field(default=50.0, gt=0)  # one image, checked from its header
+    # All images of one request together (the batch endpoint), from their headers, before any is decoded.
+    max_request_megapixels: float = Field(default=400.0, gt=0)
+    # Pixels being decoded at once in the whole process (transient full-size decodes; ~3-6 bytes each).
+    decode_megapixels: float = Field(default=100.0, gt=0)
     thumb_size: int = Field(default=128, ge=32, le=512)
 
     # uvicorn (python -m app).

@@ -19,10 +19,18 @@ import numpy as np
 
 from app.config import MAX_TOP_K, Settings
 from app.engine import FaceEngine, Image, Ticket
-from app.errors import InvalidRequest, NotFound
+from app.errors import ImageTooLarge, InvalidRequest, NotFound, OceanoError
 from app.faces import Face, FaceHead
 from app.heads import Head, HeadRegistry
-from app.imaging import DecodedImage, crop_thumbnail, decode_image, encode_jpeg
+from app.imaging import (
+    DecodedImage,
+    PixelGate,
+    crop_thumbnail,
+    decode_image,
+    decoded_pixels_estimate,
+    encode_jpeg,
+    read_header,
+)
 from app.store import FacePoint, Match, Origin, PointQuery, ThumbnailStore, VectorStore, point_id
 
 logger = logging.getLogger(__name__)
@@ -122,6 +130,7 @@ class FaceService:
         self.thumbs = thumbs
         self.analyzer: Analyzer = analyzer or _EngineAnalyzer(engine)
         self.file_locks = FileLocks()
+        self.decode_gate = PixelGate(int(settings.decode_megapixels * 1e6), timeout=settings.gpu_acquire_timeout)
 
     def admit(self, images: int = 1) -> Ticket | None:
         """A place in line for a request's images, taken before its uploads are decoded: EngineBusy at once when
@@ -134,8 +143,26 @@ class FaceService:
 
     # ------------------------------------------------------------------ inputs
     def decode(self, data: bytes) -> DecodedImage:
-        return decode_image(data, max_bytes=self.settings.max_upload_bytes,
-                            max_pixels=int(self.settings.max_megapixels * 1e6))
+        """Validate and decode one upload: refused from its header when over the limits, decoded only when the
+        process-wide decode bound (DECODE_MEGAPIXELS) has room for it."""
+        limits = {"max_bytes": self.settings.max_upload_bytes, "max_pixels": int(self.settings.max_megapixels * 1e6)}
+        with self.decode_gate.hold(decoded_pixels_estimate(data, **limits)):
+            return decode_image(data, **limits)
+
+    def check_request_pixels(self, uploads: Sequence[bytes]) -> None:
+        """One request's images together, from their headers, before any is decoded: at most
+        MAX_REQUEST_MEGAPIXELS (the batch endpoint's 32 flat 49 MP PNGs are refused here). Unreadable headers are
+        left for decode() to name, image by image."""
+        total = 0
+        for data in uploads:
+            try:
+                total += read_header(data).pixels
+            except OceanoError:
+                continue
+        budget = int(self.settings.max_request_megapixels * 1e6)
+        if total > budget:
+            raise ImageTooLarge(f"the images of this request hold {total / 1e6:.0f} megapixels together, over the "
+                                f"{budget / 1e6:.0f} megapixel budget of one request (MAX_REQUEST_MEGAPIXELS)")
 
     def search_params(self, top_k: int | None, threshold: float | None) -> tuple[int, float]:
         k = self.settings.top_k if top_k is None else top_k

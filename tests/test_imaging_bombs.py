@@ -27,14 +27,8 @@ import pytest
 from PIL import Image
 
 from app.errors import BadImage, ImageTooLarge, OceanoError, UnsupportedImage
-from app.imaging import (
-    ImageFormat,
-    ImageHeader,
-    _decode_displayed,
-    decode_image,
-    decoded_pixels_estimate,
-    read_header,
-)
+from app.imaging import ImageFormat, ImageHeader, decode_image, decoded_pixels_estimate, read_header
+from app.imaging.decode import _decode_displayed
 
 MB = 2**20
 LIMITS = {"max_bytes": 20 * MB, "max_pixels": 50_000_000}
@@ -342,6 +336,7 @@ OPENCV_LIMIT_SCRIPT = r"""
 import json, re, struct, sys, time, zlib
 from pathlib import Path
 import app.imaging as imaging  # first: sets OPENCV_IO_MAX_IMAGE_PIXELS before cv2 is imported
+import app.imaging.decode
 import cv2
 import numpy as np
 from app.errors import BadImage
@@ -369,7 +364,7 @@ Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS to the curr
 before = int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 started = time.perf_counter()
 try:
-    imaging._decode_displayed(big, imaging.ImageHeader(imaging.ImageFormat.PNG, 100, 100), 1)
+    imaging.decode._decode_displayed(big, imaging.ImageHeader(imaging.ImageFormat.PNG, 100, 100), 1)
     out["lying"] = "decoded"
 except BadImage as exc:
     out["lying"] = exc.message

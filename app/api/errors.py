@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import ClientGone
 from app.api.pages import templates, wants_json
@@ -43,21 +43,49 @@ ERROR_STATUS: dict[type[OceanoError], tuple[int, str]] = {
 
 
 class BodyLimit:
-    """Refuse a request whose declared body is over the upload limit before reading any of it."""
+    """Refuse a request body over the upload limit: at once from its Content-Length, and, for a chunked body
+    (no Content-Length), as soon as the bytes received pass the limit, instead of after spooling all of it."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _too_large(self) -> JSONResponse:
+        return JSONResponse({"detail": f"request body is over the {self.max_bytes / 2**20:.0f} MB limit "
+                                       "(MAX_UPLOAD_MB)", "error": "too_large"}, status_code=413)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                response = JSONResponse({"detail": f"request body is over the {self.max_bytes / 2**20:.0f} MB "
-                                                   "limit (MAX_UPLOAD_MB)", "error": "too_large"}, status_code=413)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large()(scope, receive, send)
+            return
+        received = 0
+        over = False
+
+        async def counted_receive() -> Message:
+            # Past the limit the app sees the body end there (its parser then fails on the truncated body, and
+            # its answer is replaced by the 413 below): nothing more is read or spooled.
+            nonlocal received, over
+            if over:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not over:
+                await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)
+        if over:
+            await self._too_large()(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

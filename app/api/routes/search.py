@@ -49,6 +49,7 @@ async def api_search_batch(request: Request, service: ServiceDep, settings: Sett
     if not files or len(files) > 64:
         raise InvalidRequest("send between 1 and 64 files in the multipart field 'files'")
     blobs = [(f.filename, await read_upload(f, settings.max_upload_bytes)) for f in files]
+    service.check_request_pixels([data for _, data in blobs])  # before decoding: 413 for the whole request
     ticket = service.admit(len(files))  # before decoding: a busy engine answers 503 at once
 
     def work() -> list[BatchSearchItem]:
