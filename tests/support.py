@@ -23,7 +23,7 @@ from app.bootstrap import Services, open_services
 from app.config import Settings
 from app.engine import FaceEngine, InferenceGate
 from app.heads import HeadRegistry
-from app.ingest.model import IngestOptions, RetryPolicy
+from app.ingest.model import FileStatus, IngestOptions, RetryPolicy
 from app.ingest.pipeline import IngestJob
 from app.ingest.state import IngestState
 from app.service import FaceService
@@ -184,6 +184,18 @@ class Workspace:
 
     def thumbs(self) -> set[str]:
         return {p.stem for p in self.settings.thumbs_dir.glob("*/*.jpg")}
+
+    def state_ahead_of_store(self) -> dict[str, tuple[int, int]]:
+        """Files the state records done (or without faces) whose points in the store, found by their `file`
+        payload, are not the recorded number of faces: {path: (recorded faces, points in the store)}. Empty when
+        the state is never ahead of the store (the store may be ahead: points written, record not yet)."""
+        wrong = {}
+        for record in self.state.files():
+            if record.status in (FileStatus.DONE, FileStatus.NO_FACE):
+                stored = len(self.store.ids_for_file(record.path))
+                if stored != record.faces:
+                    wrong[record.path] = (record.faces, stored)
+        return wrong
 
 
 def all_point_ids(store: EdgeStore) -> set[str]:
