@@ -73,7 +73,11 @@ def nginx(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     site = site.replace("server oceano-api:9100;", f"server {service};")
     site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
     (root / "site.conf").write_text(site)
+    # As root, nginx's workers would run as nobody, who cannot enter pytest's private tmp folders to write the
+    # temp files of bodies over client_body_buffer_size: keep them as the user running the tests.
+    user = "user root;" if os.geteuid() == 0 else ""
     (root / "nginx.conf").write_text(f"""
+{user}
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
