@@ -88,6 +88,22 @@ def no_face_jpeg() -> bytes:
     return buf.tobytes()
 
 
+def large_face_jpeg(*, width: int = 4000, height: int = 3000, noise: float = 22.0, quality: int = 97) -> bytes:
+    """A big, valid, high-quality photo with one real face (Yao Ming scaled up to the full height) and
+    sensor-like noise, so that the JPEG weighs about 10 MB (12 MP): big, yet under MAX_UPLOAD_MB and the
+    megapixel cap."""
+    face = read_bgr(Photos.yaoming)
+    scaled = cv2.resize(face, (round(face.shape[1] * height / face.shape[0]), height), interpolation=cv2.INTER_CUBIC)
+    canvas = np.full((height, width, 3), 120, np.uint8)
+    left = (width - scaled.shape[1]) // 2
+    canvas[:, left:left + scaled.shape[1]] = scaled
+    grain = np.random.default_rng(0).standard_normal(canvas.shape, dtype=np.float32) * noise
+    noisy = np.clip(canvas + grain, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
 @contextmanager
 def gate_held(gate: InferenceGate) -> Iterator[None]:
     """Hold the inference gate from another thread, as a long inference would, for the duration of the block."""
