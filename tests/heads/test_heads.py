@@ -24,7 +24,7 @@ from app.config import Settings
 from app.engine import FaceEngine, InferenceGate
 from app.errors import ModelPackError, NoSuchHead
 from app.heads import ASSETS_DIR, Head, HeadRegistry, box_crop, read_spec
-from tests.support import EVAL_DIR, VECTRON_DIR, Photos, read_bgr
+from tests.support import VECTRON_DIR, Photos, read_bgr
 
 EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
@@ -174,10 +174,10 @@ def test_box_crop_frames_the_square_around_the_box() -> None:
     assert edge.shape == (32, 32, 3)  # past the image edge: edge pixels repeat, no error
 
 
-@pytest.mark.skipif(not (EVAL_DIR / "labels.csv").is_file(), reason=f"eval photos not found at {EVAL_DIR}")
-def test_emotion_on_eval_photos_is_mostly_happy_or_neutral(engine: FaceEngine, heads: HeadRegistry) -> None:
+def test_emotion_on_eval_photos_is_mostly_happy_or_neutral(engine: FaceEngine, heads: HeadRegistry,
+                                                           eval_dir: Path) -> None:
     """Red-carpet photos: fer labels 61 of its 67 matched faces happy or neutral; ours must broadly agree."""
-    images = [read_bgr(EVAL_DIR / f"img{i}.jpg") for i in (1, 2, 15, 17, 23, 24, 25, 28)]  # fer: happy >= 0.94
+    images = [read_bgr(eval_dir / f"img{i}.jpg") for i in (1, 2, 15, 17, 23, 24, 25, 28)]  # fer: happy >= 0.94
     faces = engine.analyze_batch(images, heads=heads.select("emotion"))
     labels = [max(row, key=lambda f: f.det_score).attributes["emotion"]["label"] for row in faces]
     assert labels.count("happy") >= 7, labels
