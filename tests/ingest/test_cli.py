@@ -19,12 +19,14 @@ from app.engine import FaceEngine
 from app.ingest.model import STATE_FILE, FileStatus
 from app.ingest.state import IngestState
 from tests.support import (
+    FIVE_FACES,
     REPO,
     face_folder,
     free_port,
     live_service,
     make_settings,
     workspace,
+    write_variant,
 )
 
 OPTIONS = ("--path", "--folder", "--batch", "--workers", "--no-resume", "--dry-run", "--exclude", "--follow-symlinks",
@@ -160,10 +162,12 @@ def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path
                                                                    ingest_engine: FaceEngine) -> None:
     root = tmp_path / "photos"
     face_folder(root, 72)
+    for k in range(4):  # a few group photos: files with five faces each (even k: not mirrored)
+        write_variant(FIVE_FACES, root / f"set{k % 3}" / f"group{k}.jpg", 100 + 2 * k)
     with workspace(tmp_path / "clean", ingest_engine) as ws:
         ws.job(root).run()
         clean_ids = ws.ids()
-    assert len(clean_ids) == 72
+    assert len(clean_ids) == 72 + 4 * 5
 
     process = subprocess.Popen([sys.executable, "-m", "app.ingest", "--path", str(root), "--batch", "1"],
                                env=command_env(state_env, int(os.environ["PORT"])),
@@ -175,14 +179,17 @@ def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path
     finally:
         process.kill()
     with workspace(state_env, ingest_engine) as ws:
-        killed_at = len(ws.state.files())
-        assert 3 <= killed_at < 72
-        assert ws.ids() >= {i for r in ws.state.files() for i in ws.store.ids_for_file(r.path)}
+        records = ws.state.files()
+        assert 3 <= len(records) < 76
+        assert all(r.status is FileStatus.DONE and r.faces == (5 if "group" in r.path else 1) for r in records)
+        # the state is never ahead of the store: every file recorded done has its recorded faces stored
+        assert ws.state_ahead_of_store() == {}
 
     assert ingest.main(["--path", str(root)]) == ingest.EXIT_OK
     with workspace(state_env, ingest_engine) as ws:
-        assert ws.ids() == clean_ids and ws.store.count() == 72
-        assert [r.status for r in ws.state.files()] == [FileStatus.DONE] * 72
+        assert ws.ids() == clean_ids and ws.store.count() == 92
+        assert [r.status for r in ws.state.files()] == [FileStatus.DONE] * 76
+        assert ws.state_ahead_of_store() == {}
 
 
 def wait_for_done(state: Path, process: subprocess.Popen[Any], files: int) -> int:
@@ -216,6 +223,7 @@ def test_ctrl_c_stops_a_local_run_cleanly_and_it_resumes(tmp_path: Path, state_e
     with workspace(state_env, ingest_engine) as ws:
         done = len(ws.state.files())
         assert 2 <= done < 80 and ws.store.count() == done  # what was analysed before the stop was committed
+        assert ws.state_ahead_of_store() == {}
     assert ingest.main(["--path", str(root)]) == ingest.EXIT_OK
     with workspace(state_env, ingest_engine) as ws:
         assert ws.store.count() == 80 and len(ws.state.files()) == 80

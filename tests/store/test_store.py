@@ -6,10 +6,12 @@ for a Qdrant server here (no server can run on this machine): the same client AP
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
@@ -129,10 +131,44 @@ def test_edge_store_is_single_process(tmp_path: Path) -> None:
     store.close()
 
 
+class CountingClient:
+    """A real qdrant-client whose every method call is counted by name."""
+
+    def __init__(self, client: QdrantClient) -> None:
+        self._client = client
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return method(*args, **kwargs)
+
+        return counted
+
+
 def test_server_store_retries_then_reports_unavailable() -> None:
-    """A real qdrant-client pointed at a closed port: bounded retries, then StoreUnavailable."""
-    client = QdrantClient(url="http://127.0.0.1:9", timeout=1)
-    started = time.perf_counter()
-    with pytest.raises(StoreUnavailable, match="unreachable"):
-        ServerStore(client, SPEC, attempts=3, wait_multiplier=0.05)
-    assert time.perf_counter() - started < 20
+    """A real qdrant-client pointed at a closed port: exactly `attempts` tries, then StoreUnavailable."""
+    client = CountingClient(QdrantClient(url="http://127.0.0.1:9", timeout=1, check_compatibility=False))
+    with pytest.raises(StoreUnavailable, match="unreachable during collection check"):
+        ServerStore(client, SPEC, attempts=3, max_delay=600.0, wait_multiplier=0.001)
+    assert client.calls == {"collection_exists": 3}
+
+
+def test_server_store_does_not_retry_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4xx answer is our request's fault: raised at once, not retried; a 5xx answer is retried."""
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    client = CountingClient(QdrantClient(location=":memory:"))
+    store = ServerStore(client, SPEC, attempts=4, max_delay=600.0, wait_multiplier=0.001)
+    points = [FacePoint(id=point_id("h", 0), vector=unit(np.random.default_rng(5), 1)[0], payload={"file": "a"})]
+    for status, attempts in ((400, 1), (503, 4)):
+        def answer(*args: Any, status: int = status, **kwargs: Any) -> None:
+            raise UnexpectedResponse(status, "refused", b"{}", httpx.Headers())
+
+        monkeypatch.setattr(client._client, "upsert", answer)
+        client.calls.clear()
+        with pytest.raises(UnexpectedResponse if status < 500 else StoreUnavailable):
+            store.upsert(points)
+        assert client.calls == {"upsert": attempts}, status
