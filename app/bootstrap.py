@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from app.config import Settings
-from app.engine import FaceEngine, InferenceBatcher, InferenceGate, ModelPack, select_providers
+from app.engine import EngineObserver, FaceEngine, InferenceBatcher, InferenceGate, ModelPack, select_providers
 from app.heads import HeadRegistry
 from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
@@ -55,16 +55,19 @@ class Services:
 
 def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry] | None = None,
                   batcher: bool = True, jobs: bool = True, state: bool = True,
-                  build_index: bool = True) -> Services:
+                  build_index: bool = True, observer: EngineObserver | None = None) -> Services:
     """Everything a Settings describes, opened in order; on a failure half-way what was opened is closed.
 
     `models`: an engine and heads already loaded (tests share one per session). `batcher`: requests share
     engine batches (the service). `jobs`: background ingest jobs, resumed at once (the service). `state`: the
     ingest state (implied by `jobs`). `build_index`: build a pending HNSW index before serving (it blocks the
-    process, see EdgeStore)."""
+    process, see EdgeStore). `observer`: told of every engine call, wait, shed and drop (the service's metrics),
+    installed before any job runs."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     configure_pixel_limits(int(settings.max_megapixels * 1e6))
     engine, heads = models or load_models(settings)
+    if observer is not None:
+        engine.observer = observer
     closer = ExitStack()
     try:
         store = open_store(settings, dim=engine.dim, pack=engine.fingerprint)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.config import MAX_TOP_K, Settings
-from app.engine import FaceEngine, Image, Ticket
+from app.engine import CallSource, FaceEngine, Image, Ticket
 from app.errors import ImageTooLarge, InvalidRequest, NotFound, OceanoError
 from app.faces import Face, FaceHead
 from app.heads import Head, HeadRegistry
@@ -335,4 +335,4 @@ class _EngineAnalyzer:
 
     def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
                 ticket: Ticket | None = None) -> list[list[Face]]:
-        return self.engine.analyze_batch(images, heads=heads, timeout=timeout)
+        return self.engine.analyze_batch(images, heads=heads, timeout=timeout, source=CallSource.REQUESTS)

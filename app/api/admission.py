@@ -19,13 +19,10 @@ class AdmissionGuard:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_ROUTES:
             services = getattr(scope["app"].state, "services", None)
             batcher = services.batcher if services is not None else None
-            if batcher is not None:
-                wait = batcher.estimated_wait()
-                if wait > batcher.engine.gate.timeout:
-                    batcher.shed += 1
-                    error = batcher.busy_error(wait)
-                    response = JSONResponse({"detail": error.message, "error": "busy"}, status_code=503,
-                                            headers={"Retry-After": str(int(error.retry_after))})
-                    await response(scope, receive, send)
-                    return
+            error = batcher.refusal_at_door() if batcher is not None else None
+            if error is not None:
+                response = JSONResponse({"detail": error.message, "error": "busy"}, status_code=503,
+                                        headers={"Retry-After": str(int(error.retry_after))})
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)

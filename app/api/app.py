@@ -16,8 +16,9 @@ from app import __version__
 from app.api import pages
 from app.api.admission import AdmissionGuard
 from app.api.errors import BodyLimit, install_error_handlers
-from app.api.metrics import Metrics
+from app.api.metrics import Metrics, RequestMetrics
 from app.api.routes import faces, heads, jobs, ops, search
+from app.api.routing import MethodGuard
 from app.bootstrap import Services, open_services
 from app.config import Settings
 from app.errors import OceanoError
@@ -33,13 +34,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.shutting_down = False
         try:
-            services = open_services(settings)
+            services = open_services(settings, observer=metrics)
         except OceanoError as exc:
             logger.critical("Oceano cannot start: %s", exc.message)
             raise
         app.state.services = services
         app.state.service = services.service
         app.state.jobs = services.jobs
+        metrics.services = services
         logger.info("Oceano ready: collection %s, backend %s", settings.collection_name,
                     services.store.backend.value)
         try:
@@ -53,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Oceano", version=__version__, lifespan=lifespan,
                   description="Self-hosted face search: upload a photo, find similar faces.")
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = metrics = Metrics()
     app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(pages.router)
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     # A multipart envelope adds a little around the file itself.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
-    app.add_middleware(AdmissionGuard)  # outermost: a busy engine refuses uploads before anything is read
+    app.add_middleware(AdmissionGuard)  # a busy engine refuses uploads before anything is read
+    app.add_middleware(MethodGuard)  # OPTIONS and wrong methods answered with Allow
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: every answer is counted
     install_error_handlers(app)
     return app

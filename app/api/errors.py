@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import ClientGone
@@ -24,6 +25,10 @@ from app.errors import (
     StoreUnavailable,
     UnsupportedImage,
 )
+
+# Short codes of the router's own answers (unknown path, wrong method, unparsable body).
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 413: "too_large", 429: "rate_limited"}
 
 # Domain error -> (status, short code). Only this layer knows about status codes.
 ERROR_STATUS: dict[type[OceanoError], tuple[int, str]] = {
@@ -92,7 +97,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OceanoError)
     async def domain_error(request: Request, exc: OceanoError) -> Response:
         status, code = ERROR_STATUS.get(type(exc), (500, "internal"))
-        app.state.metrics.errors += 1
+        app.state.metrics.errors.labels(code).inc()
         headers = {"Retry-After": str(int(exc.retry_after))} if isinstance(exc, EngineBusy) else None
         if request.url.path == "/search" and not wants_json(request):
             service = getattr(app.state, "service", None)
@@ -104,6 +109,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone) -> Response:
         return Response(status_code=499)  # nobody reads it; nginx's code for 'client closed request'
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """The router's and the framework's own errors in the API's error body (ErrorOut)."""
+        if exc.status_code < 400:
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": str(exc.detail), "error": HTTP_CODES.get(exc.status_code, "http_error")},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

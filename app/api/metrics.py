@@ -1,19 +1,211 @@
-"""Counters behind GET /metrics (Prometheus text format)."""
+"""The service's Prometheus metrics (prometheus-client), behind GET /metrics.
+
+One registry per app, never the library's global one, so that tests can build several apps in one process. It is
+filled by the request middleware (RequestMetrics: duration per route template and status, requests per API key),
+the engine (Metrics is the EngineObserver the lifespan installs: model batches, waits, shed and dropped requests),
+the handlers (searches, faces indexed, errors) and, at scrape time, from the services themselves (collection
+size, inference slots, ingest jobs and files) and the process (ProcessCollector, PlatformCollector).
+The metrics are listed in the README's table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__
+from app.api.routing import RouteTable, route_path
+from app.engine import CallSource, Dropped, Shed
+from app.ingest.model import FileStatus, JobStatus
+
+if TYPE_CHECKING:
+    from app.bootstrap import Services
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # text/plain, the Prometheus text format
+ANONYMOUS = "anonymous"  # the `key` label of requests made without an API key
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ENGINE_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other: "other"
 
 
-@dataclass
 class Metrics:
-    searches: int = 0
-    search_faces: int = 0
-    search_seconds: float = 0.0
-    faces_indexed: int = 0
-    errors: int = 0
+    """The metrics of one app. Also its EngineObserver: called from inference threads (prometheus-client's
+    metrics are thread-safe)."""
 
+    def __init__(self) -> None:
+        # No `_created` series (one more per labelled child, of use to no dashboard); a process-wide switch.
+        disable_created_metrics()
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self.services: Services | None = None  # set by the lifespan; the scrape-time gauges read them
+        self.http_seconds = Histogram(
+            "oceano_http_request_duration_seconds", "HTTP requests by method, route template and status: seconds "
+            "from the request to the end of the answer", ["method", "route", "status"], buckets=SECONDS,
+            registry=registry)
+        self.key_requests = Counter("oceano_http_requests_by_key", "HTTP requests by API key name (anonymous "
+                                    "without one) and status", ["key", "status"], registry=registry)
+        self.searches = Counter("oceano_search_requests", "Searches answered (POST /api/search and /search)",
+                                registry=registry)
+        self.search_faces = Counter("oceano_search_faces", "Faces found in searched photos", registry=registry)
+        self.search_seconds = Histogram("oceano_search_seconds", "Seconds per answered search, upload to answer",
+                                        buckets=SECONDS, registry=registry)
+        self.faces_indexed = Counter("oceano_faces_indexed", "Faces indexed by uploads (POST /api/faces)",
+                                     registry=registry)
+        self.errors = Counter("oceano_errors", "Requests answered with a domain error, by its code (e.g. busy, "
+                              "bad_image, not_found)", ["error"], registry=registry)
+        self.batch_size = Histogram(
+            "oceano_inference_batch_size", "Items per model run: images for the detector, faces for the recognizer "
+            "and each head; by model and by who asked (requests, ingest)", ["model", "source"], buckets=BATCH_SIZES,
+            registry=registry)
+        self.batch_seconds = Histogram("oceano_inference_batch_duration_seconds", "Seconds per model run, by model "
+                                       "and source", ["model", "source"], buckets=ENGINE_SECONDS, registry=registry)
+        self.wait_seconds = Histogram(
+            "oceano_inference_wait_seconds", "Seconds a caller waited for its engine call to start: queue and "
+            "inference slot (requests), inference slot (ingest)", ["source"], buckets=SECONDS, registry=registry)
+        self.shed_requests = Counter(
+            "oceano_requests_shed", "Uploads refused with 503 because the engine had more work ahead than "
+            "GPU_ACQUIRE_TIMEOUT: at the door (body unread) or at admission (before decoding)", ["stage"],
+            registry=registry)
+        self.dropped_requests = Counter(
+            "oceano_requests_dropped", "Queued requests dropped before inference: waited past their deadline, or "
+            "their client left", ["reason"], registry=registry)
+        for stage in Shed:  # every label at 0 from the start: rate() sees the first one
+            self.shed_requests.labels(stage.value)
+        for reason in Dropped:
+            self.dropped_requests.labels(reason.value)
+        registry.register(ServiceGauges(self))
+
+    # ------------------------------------------------------------------ EngineObserver
+    def model_batch(self, model: str, source: CallSource, size: int, seconds: float) -> None:
+        self.batch_size.labels(model, source.value).observe(size)
+        self.batch_seconds.labels(model, source.value).observe(seconds)
+
+    def waited(self, source: CallSource, seconds: float) -> None:
+        self.wait_seconds.labels(source.value).observe(seconds)
+
+    def shed(self, where: Shed) -> None:
+        self.shed_requests.labels(where.value).inc()
+
+    def dropped(self, reason: Dropped) -> None:
+        self.dropped_requests.labels(reason.value).inc()
+
+    # ------------------------------------------------------------------ handlers
     def observe_search(self, faces: int, seconds: float) -> None:
-        self.searches += 1
-        self.search_faces += faces
-        self.search_seconds += seconds
+        self.searches.inc()
+        self.search_faces.inc(faces)
+        self.search_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text of every metric (blocking: collects the scrape-time gauges)."""
+        return generate_latest(self.registry)
+
+
+def _safely(what: str, read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except Exception as exc:  # a scrape must answer even when a part of the service is down
+        logger.warning("metrics: cannot read %s: %s", what, exc)
+        return None
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+class ServiceGauges(Collector):
+    """Gauges read from the services at scrape time (in the scrape's thread, off the event loop)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing read at registration
+
+    def collect(self) -> Iterator[Metric]:
+        services = self.metrics.services
+        if services is None:
+            return
+        info = GaugeMetricFamily("oceano_info", "The running service: version, model pack, store backend",
+                                 labels=["version", "model", "backend"])
+        info.add_metric([__version__, services.engine.pack.name, services.store.backend.value], 1)
+        yield info
+        gate = services.engine.gate
+        yield _gauge("oceano_inference_slots", "Inference slots (GPU_CONCURRENCY)", gate.concurrency)
+        yield _gauge("oceano_inference_in_use", "Inference slots running a model now", gate.in_use)
+        yield _gauge("oceano_inference_waiting", "Callers waiting for an inference slot now", gate.waiting)
+        if services.batcher is not None:
+            yield _gauge("oceano_inference_estimated_wait_seconds", "Seconds a request arriving now would wait "
+                         "for the engine (it is shed over GPU_ACQUIRE_TIMEOUT)", services.batcher.estimated_wait())
+        count = _safely("the collection size", services.store.count)
+        yield _gauge("oceano_store_up", "1 when the vector store answered this scrape, else 0", count is not None)
+        if count is not None:
+            yield _gauge("oceano_collection_vectors", "Faces (vectors) in the collection", count)
+        jobs = services.jobs
+        if jobs is not None:
+            yield from _by_status("oceano_ingest_jobs", "Ingest jobs of this collection by status", JobStatus,
+                                  _safely("ingest jobs", lambda: jobs.state.job_counts(jobs.collection)))
+            yield from _by_status("oceano_ingest_files", "Files recorded by ingest for this collection by status",
+                                  FileStatus, _safely("ingest files", lambda: jobs.state.file_counts(jobs.collection)))
+
+
+def _by_status(name: str, documentation: str, statuses: type[JobStatus] | type[FileStatus],
+               counts: dict[str, int] | None) -> Iterator[Metric]:
+    if counts is None:
+        return
+    family = GaugeMetricFamily(name, documentation, labels=["status"])
+    for status in statuses:  # every status, at 0 too: series never vanish
+        family.add_metric([status.value], counts.get(status.value, 0))
+    yield family
+
+
+class RequestMetrics:
+    """Times every HTTP request (outermost middleware: refusals at the door and 413s count too), labelled by
+    route template, never the raw path, so the label set stays bounded. The API key's name comes from
+    `request.state.key_name` when the auth layer set it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})  # request.state writes here
+        status = 500  # unless an answer starts
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = RouteTable.of(scope["app"]).template(route_path(scope))
+            code = str(status)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.http_seconds.labels(method, route, code).observe(time.perf_counter() - started)
+            key = state.get("key_name") if isinstance(state, dict) else getattr(state, "key_name", None)
+            self.metrics.key_requests.labels(str(key or ANONYMOUS), code).inc()

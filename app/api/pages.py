@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from app.api.contract import UPLOAD, errors, or_html
 from app.api.deps import ServiceDep, SettingsDep, Threshold, TopK, Upload, read_upload, run_blocking
 from app.api.routes.search import search_bytes
 from app.api.schemas import SearchOut, face_out
@@ -50,7 +51,7 @@ async def index(request: Request, service: ServiceDep) -> Response:
 
 
 
-@router.post("/search", tags=["search"], response_model=SearchOut)
+@router.post("/search", tags=["search"], response_model=SearchOut, responses=or_html(errors(*UPLOAD)))
 async def search_page(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
                       top_k: TopK = None, threshold: Threshold = None) -> Response:
     """The page's form target: HTML results, or JSON with `Accept: application/json`. The default heads (HEADS,

@@ -9,6 +9,14 @@ from app.ingest.model import DEFAULT_BATCH, DEFAULT_WORKERS, MAX_BATCH, MAX_WORK
 from app.service import AnalyzedFace, SearchedFace
 
 
+class ErrorOut(BaseModel):
+    """Every error answer of the API (4xx, 5xx), whatever raised it."""
+
+    detail: str = Field(description="what went wrong and what to do about it, for a person")
+    error: str = Field(description="a short stable code for programs, e.g. bad_image, too_large, busy, not_found, "
+                                   "invalid_request, method_not_allowed")
+
+
 class MatchOut(BaseModel):
     id: str
     score: float

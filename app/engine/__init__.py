@@ -4,9 +4,10 @@ it. Knows nothing of HTTP, storage or what a classifier head is (heads reach it 
 
 from app.engine.batcher import InferenceBatcher, Ticket
 from app.engine.engine import FaceEngine, Image
+from app.engine.observe import CallSource, Dropped, EngineObserver, NullObserver, Shed
 from app.engine.packs import BUNDLED_PACK, PRODUCTION_PACK, ModelPack, bundled_model_dir, resolve_pack
 from app.engine.runtime import InferenceGate, create_session, dynamic_batch_model, select_providers
 
-__all__ = ["BUNDLED_PACK", "PRODUCTION_PACK", "FaceEngine", "Image", "InferenceBatcher", "InferenceGate",
-           "ModelPack", "bundled_model_dir", "create_session", "dynamic_batch_model", "resolve_pack",
-           "select_providers", "Ticket"]
+__all__ = ["BUNDLED_PACK", "PRODUCTION_PACK", "CallSource", "Dropped", "EngineObserver", "FaceEngine", "Image",
+           "InferenceBatcher", "InferenceGate", "ModelPack", "NullObserver", "Shed", "bundled_model_dir",
+           "create_session", "dynamic_batch_model", "resolve_pack", "select_providers", "Ticket"]

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from app.engine.engine import FaceEngine, Image
+from app.engine.observe import CallSource, Dropped, Shed
 from app.errors import EngineBusy, RequestTimeout, ShuttingDown
 from app.faces import Face, FaceHead
 
@@ -68,6 +69,7 @@ class _Request:
     heads: tuple[FaceHead, ...]
     deadline: float  # monotonic time after which the request has waited too long for the engine
     cancelled: threading.Event | None = None
+    queued_at: float = field(default_factory=time.monotonic)
     future: Future[list[list[Face]]] = field(default_factory=Future)
 
 
@@ -103,6 +105,16 @@ class InferenceBatcher:
                           f"{gate.timeout:.1f}s a request may wait (GPU_ACQUIRE_TIMEOUT); retry shortly",
                           retry_after=max(1.0, math.ceil(wait)))
 
+    def refusal_at_door(self) -> EngineBusy | None:
+        """The EngineBusy a request arriving now gets before its body is read (counted as shed), or None when
+        the work ahead fits in GPU_ACQUIRE_TIMEOUT."""
+        wait = self.estimated_wait()
+        if wait <= self.engine.gate.timeout:
+            return None
+        self.shed += 1
+        self.engine.observer.shed(Shed.DOOR)
+        return self.busy_error(wait)
+
     def admit(self, images: int) -> Ticket:
         """A place in line for `images` images, or EngineBusy at once when the wait would exceed
         GPU_ACQUIRE_TIMEOUT (before the caller spends anything on decoding)."""
@@ -112,6 +124,7 @@ class InferenceBatcher:
             wait = self.estimated_wait()
             if wait > self.engine.gate.timeout and (self._queued or self._running or self._reserved):
                 self.shed += 1
+                self.engine.observer.shed(Shed.ADMIT)
                 raise self.busy_error(wait)
             self._reserved += images
         return Ticket(self, images)
@@ -159,8 +172,10 @@ class InferenceBatcher:
             self._queued -= len(r.images)
             self.dropped += 1
             if r.cancelled is not None and r.cancelled.is_set():
+                self.engine.observer.dropped(Dropped.CLIENT_GONE)
                 r.future.set_exception(RequestTimeout("the request was given up before inference"))
             else:
+                self.engine.observer.dropped(Dropped.DEADLINE)
                 r.future.set_exception(self.busy_error(self.estimated_wait()))
 
     def _take(self) -> list[_Request]:
@@ -191,9 +206,13 @@ class InferenceBatcher:
                     if not live:
                         continue
                     images = [img for r in live for img in r.images]
+                    now = time.monotonic()
+                    for r in live:
+                        self.engine.observer.waited(CallSource.REQUESTS, now - r.queued_at)
                     started = time.perf_counter()
                     try:
-                        faces = self.engine.analyze_holding_gate(images, heads=live[0].heads)
+                        faces = self.engine.analyze_holding_gate(images, heads=live[0].heads,
+                                                                 source=CallSource.REQUESTS)
                     except BaseException as exc:  # handed to every waiting request, never lost in this thread
                         for r in live:
                             r.future.set_exception(exc)

@@ -14,6 +14,7 @@ import numpy as np
 from app.config import Settings
 from app.engine.align import align_face, alignment_source
 from app.engine.detector import ScrfdDetector
+from app.engine.observe import CallSource, EngineObserver, NullObserver
 from app.engine.packs import ModelPack, resolve_pack
 from app.engine.recognizer import ArcFaceRecognizer
 from app.engine.runtime import InferenceGate, create_session, select_providers, uses_gpu
@@ -42,6 +43,7 @@ class FaceEngine:
         self.providers = det_session.get_providers()
         self.on_gpu = on_gpu
         self.fingerprint = pack.fingerprint
+        self.observer: EngineObserver = NullObserver()  # the HTTP layer installs its metrics here
         logger.warning(
             "MODEL PACK IN USE: %s (detector %s, recognizer %s, %d-d embeddings) from %s on %s; loaded in %.1fs",
             pack.name, pack.detector.name, pack.recognizer.name, self.recognizer.dim, pack.directory,
@@ -61,33 +63,45 @@ class FaceEngine:
         return self.recognizer.dim
 
     def analyze_batch(self, images: Sequence[Image], *, timeout: float | None = None,
-                      heads: Sequence[FaceHead] = ()) -> list[list[Face]]:
+                      heads: Sequence[FaceHead] = (), source: CallSource = CallSource.OTHER) -> list[list[Face]]:
         """Detect, align and embed every face of every image, then run `heads` on them (answers in
         Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
         (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`.
         Coordinates are in the pixels of each image (a DecodedImage's `pixels`)."""
+        asked = time.perf_counter()
         with self.gate.acquire(timeout):
-            return self.analyze_holding_gate(images, heads=heads)
+            self.observer.waited(source, time.perf_counter() - asked)
+            return self.analyze_holding_gate(images, heads=heads, source=source)
 
-    def analyze_holding_gate(self, images: Sequence[Image], *,
-                             heads: Sequence[FaceHead] = ()) -> list[list[Face]]:
+    def analyze_holding_gate(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
+                             source: CallSource = CallSource.OTHER) -> list[list[Face]]:
         """analyze_batch for a caller that already holds the gate (the request batcher)."""
         arrays = [img.pixels if isinstance(img, DecodedImage) else img for img in images]
+        started = time.perf_counter()
         detections = self.detector.detect(arrays)
+        self._observed("detector", source, len(arrays), started)
         faces: list[list[Face]] = []
         crops: list[np.ndarray] = []
         for image, pixels, (boxes, scores, kps) in zip(images, arrays, detections, strict=True):
-            source, ratio = alignment_source(image, pixels, boxes)
+            source_image, ratio = alignment_source(image, pixels, boxes)
             row = []
             for box, score, points in zip(boxes, scores, kps, strict=True):
-                crop = align_face(source, points * ratio)
+                crop = align_face(source_image, points * ratio)
                 crops.append(crop)
                 row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
             faces.append(row)
+        started = time.perf_counter()
         embeddings = self.recognizer.embed(crops)
+        self._observed("recognizer", source, len(crops), started)
         for head in heads:
+            started = time.perf_counter()
             head.run(arrays, faces)
+            self._observed(head.name, source, len(crops), started)
         flat = [f for row in faces for f in row]
         for face, emb in zip(flat, embeddings, strict=True):
             face.embedding = emb
         return faces
+
+    def _observed(self, model: str, source: CallSource, size: int, started: float) -> None:
+        if size:  # a model given nothing ran nothing (no face: no recognizer or head run)
+            self.observer.model_batch(model, source, size, time.perf_counter() - started)

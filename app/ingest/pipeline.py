@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import Settings
-from app.engine import resolve_pack
+from app.engine import CallSource, resolve_pack
 from app.errors import EngineBusy, OceanoError, StoreUnavailable
 from app.faces import Face
 from app.imaging import DecodedImage, decode_image, read_image_bytes
@@ -352,7 +352,7 @@ class IngestJob:
         engine = self.service.engine
         while True:
             try:
-                return engine.analyze_batch(images, timeout=engine.gate.timeout)
+                return engine.analyze_batch(images, timeout=engine.gate.timeout, source=CallSource.INGEST)
             except EngineBusy:
                 if self._halt.is_set():
                     return None

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse
 
+from app.api.contract import UPLOAD, errors
 from app.api.deps import ServiceDep, SettingsDep, Upload, read_upload, run_blocking
 from app.api.schemas import DeleteOut, IndexOut
 from app.errors import InvalidRequest
@@ -17,7 +18,7 @@ from app.store import Origin, PointQuery
 router = APIRouter(tags=["faces"])
 
 
-@router.post("/api/faces", response_model=IndexOut, status_code=201)
+@router.post("/api/faces", response_model=IndexOut, status_code=201, responses=errors(*UPLOAD, 507))
 async def api_index(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
                     subject: Annotated[str | None, Form(max_length=256)] = None,
                     source: Annotated[str | None, Form(max_length=4096, description=(
@@ -44,18 +45,18 @@ async def api_index(request: Request, service: ServiceDep, settings: SettingsDep
                         took_ms=round((time.perf_counter() - started) * 1e3, 2))
 
     out = await run_blocking(request, work, ticket)
-    request.app.state.metrics.faces_indexed += out.faces
+    request.app.state.metrics.faces_indexed.inc(out.faces)
     return out
 
 
-@router.delete("/api/faces/{face_id}", response_model=DeleteOut)
+@router.delete("/api/faces/{face_id}", response_model=DeleteOut, responses=errors(404, 422, 503, 504))
 async def api_delete_face(request: Request, face_id: str, service: ServiceDep) -> DeleteOut:
     """Remove one face and its thumbnail."""
     await run_blocking(request, lambda: service.delete_face(face_id))
     return DeleteOut(deleted=[face_id])
 
 
-@router.delete("/api/faces", response_model=DeleteOut)
+@router.delete("/api/faces", response_model=DeleteOut, responses=errors(400, 404, 422, 503, 504))
 async def api_delete_faces(
         request: Request, service: ServiceDep,
         file: Annotated[str | None, Query(min_length=1, description="the source file of the faces")] = None,
@@ -68,7 +69,9 @@ async def api_delete_faces(
     return DeleteOut(deleted=await run_blocking(request, lambda: service.delete_where(query)))
 
 
-@router.get("/thumbs/{face_id}")
+@router.get("/thumbs/{face_id}", response_class=FileResponse, responses={
+    200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "a JPEG"},
+    **errors(404, 422, 503, 504)})
 async def thumbnail(request: Request, face_id: str, service: ServiceDep) -> FileResponse:
     """The JPEG crop of a stored face (ids are UUIDs; anything else, or an erased face, is 404). Not cached by
     shared caches, so that an erased face is gone at once."""

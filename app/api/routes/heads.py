@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 
+from app.api.contract import UPLOAD, errors
 from app.api.deps import HeadsQuery, ServiceDep, SettingsDep, Upload, read_upload, run_blocking
 from app.api.schemas import AnalyzeOut, HeadDetailOut, HeadsOut, analyzed_out, head_out
 from app.errors import InvalidRequest, NoSuchHead, NotFound
@@ -15,7 +16,7 @@ from app.service import AnalyzedFace
 router = APIRouter(tags=["heads"])
 
 
-@router.post("/api/analyze", response_model=AnalyzeOut)
+@router.post("/api/analyze", response_model=AnalyzeOut, responses=errors(*UPLOAD))
 async def api_analyze(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
                       heads: HeadsQuery = None,
                       heads_form: Annotated[str | None, Form(alias="heads", max_length=512,
@@ -39,7 +40,7 @@ async def api_analyze(request: Request, service: ServiceDep, settings: SettingsD
                       took_ms=round((time.perf_counter() - started) * 1e3, 2), model=service.engine.pack.name)
 
 
-@router.get("/api/heads", response_model=HeadsOut)
+@router.get("/api/heads", response_model=HeadsOut, responses=errors())
 async def api_heads(service: ServiceDep) -> HeadsOut:
     """Every classifier head with its spec; unavailable ones (e.g. genderage without genderage.onnx in the
     model pack) say why."""
@@ -47,7 +48,7 @@ async def api_heads(service: ServiceDep) -> HeadsOut:
     return HeadsOut(heads=[head_out(e) for e in entries], default=[e.spec.name for e in entries if e.default])
 
 
-@router.get("/api/heads/{name}", response_model=HeadDetailOut)
+@router.get("/api/heads/{name}", response_model=HeadDetailOut, responses=errors(404, 422))
 async def api_head(name: str, service: ServiceDep) -> HeadDetailOut:
     """One head: its spec, its classes (`labels`) and its loaded model (input shape, parameter count, ...)."""
     try:

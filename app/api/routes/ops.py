@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 
+from app.api.contract import errors
 from app.api.deps import ServiceDep, run_blocking
+from app.api.metrics import CONTENT_TYPE, Metrics
 from app.api.schemas import HealthChecks, HealthOut, StatusOut
 from app.service import FaceService
 
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/health", response_model=HealthOut)
+@router.get("/health", response_model=HealthOut,
+            responses={503: {"model": HealthOut, "description": "not ready: the checks say which part is not"}})
 async def health(request: Request) -> JSONResponse:
     state = request.app.state
     service: FaceService | None = getattr(state, "service", None)
@@ -27,7 +28,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/status", response_model=StatusOut)
+@router.get("/status", response_model=StatusOut, responses=errors(503, 504))
 async def status(request: Request, service: ServiceDep) -> StatusOut:
     info = await run_blocking(request, service.store.info)
     engine = service.engine
@@ -37,19 +38,11 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
                      inference_in_use=engine.gate.in_use, inference_waiting=engine.gate.waiting)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request, service: ServiceDep) -> str:
-    """Prometheus text format."""
-    m = request.app.state.metrics
-    count = await run_in_threadpool(service.store.count)
-    lines: list[tuple[str, str, Any]] = [
-        ("oceano_search_requests_total", "counter", m.searches),
-        ("oceano_search_faces_total", "counter", m.search_faces),
-        ("oceano_search_seconds_sum", "counter", round(m.search_seconds, 6)),
-        ("oceano_faces_indexed_total", "counter", m.faces_indexed),
-        ("oceano_errors_total", "counter", m.errors),
-        ("oceano_collection_vectors", "gauge", count),
-        ("oceano_inference_in_use", "gauge", service.engine.gate.in_use),
-        ("oceano_inference_waiting", "gauge", service.engine.gate.waiting),
-    ]
-    return "".join(f"# TYPE {n} {t}\n{n} {v}\n" for n, t, v in lines)
+@router.get("/metrics", response_class=Response, responses={200: {
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+    "description": "Prometheus text format (the metrics are listed in the README)"}})
+async def metrics(request: Request) -> Response:
+    """Prometheus text format. Collected in a thread: the collection size and the ingest counts are read from the
+    store and the ingest state at each scrape."""
+    registry: Metrics = request.app.state.metrics
+    return Response(await run_in_threadpool(registry.render), media_type=CONTENT_TYPE)

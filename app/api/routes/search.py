@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Request, UploadFile
 
+from app.api.contract import UPLOAD, errors
 from app.api.deps import HeadsQuery, ServiceDep, SettingsDep, Threshold, TopK, Upload, read_upload, run_blocking
 from app.api.schemas import BatchSearchItem, BatchSearchOut, SearchOut, face_out
 from app.engine import Ticket
@@ -23,7 +24,7 @@ def search_bytes(service: FaceService, data: bytes, top_k: int | None, threshold
     return service.search([image], top_k=top_k, threshold=threshold, heads=heads or [], ticket=ticket)[0]
 
 
-@router.post("/api/search", response_model=SearchOut)
+@router.post("/api/search", response_model=SearchOut, responses=errors(*UPLOAD))
 async def api_search(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
                      top_k: TopK = None, threshold: Threshold = None, heads: HeadsQuery = None) -> SearchOut:
     """Find every face in the photo and its most similar stored faces; `heads` adds their answers per face."""
@@ -38,7 +39,7 @@ async def api_search(request: Request, service: ServiceDep, settings: SettingsDe
                      model=service.engine.pack.name)
 
 
-@router.post("/api/search/batch", response_model=BatchSearchOut)
+@router.post("/api/search/batch", response_model=BatchSearchOut, responses=errors(*UPLOAD))
 async def api_search_batch(request: Request, service: ServiceDep, settings: SettingsDep,
                            files: Annotated[list[UploadFile], File(description="several images")],
                            top_k: TopK = None, threshold: Threshold = None,
