@@ -113,6 +113,7 @@ class EdgeStore:
         self._check_disk()
         batch = [Point(p.id, p.vector.astype(np.float32).tolist(), p.payload) for p in points]
         with self._write_lock:
+            self._check_open()  # again under the lock: close() may have run while this call waited for it
             try:
                 self._shard.update(UpdateOperation.upsert_points(batch))
             except Exception as exc:
@@ -186,6 +187,7 @@ class EdgeStore:
             return
         self._check_open()
         with self._write_lock:
+            self._check_open()
             self._shard.update(UpdateOperation.delete_points(list(ids)))
 
     def count(self) -> int:
@@ -216,14 +218,15 @@ class EdgeStore:
         self._check_open()
         started = time.perf_counter()
         with self._write_lock:
+            self._check_open()
             changed = bool(self._shard.optimize())
         if changed:
             logger.info("built the HNSW index of %s in %.1fs", self.spec.name, time.perf_counter() - started)
         return changed
 
     def flush(self) -> None:
-        if not self._closed:
-            with self._write_lock:
+        with self._write_lock:
+            if not self._closed:
                 self._shard.flush()
 
     def close(self) -> None:

@@ -83,3 +83,28 @@ def test_edge_store_refuses_writes_on_a_nearly_full_disk(small_disk: Path) -> No
     store.upsert(points(100, 100))
     assert store.count() == 200
     store.close()
+
+
+def test_a_write_waiting_while_the_store_closes_gets_store_unavailable(tmp_path: Path) -> None:
+    """Before: a write that passed the open check and then waited for close() ran on the closed shard and failed
+    with the engine's own error, which callers (ingest's bounded retries) do not expect."""
+    import threading
+
+    store = EdgeStore(tmp_path / "faces", SPEC)
+    store.upsert(points(10))
+    outcome: list[BaseException] = []
+    with store._write_lock:  # as close() holds it while it flushes
+        def write() -> None:
+            try:
+                store.upsert(points(10, 10))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(0.3)  # the writer is past its open check, waiting for the lock
+        store._shard.flush()
+        store._shard.close()
+        store._closed = True
+    writer.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable), outcome
