@@ -7,9 +7,9 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from app.store.model import (
 logger = logging.getLogger(__name__)
 
 META_FILE = "oceano.json"
+T = TypeVar("T")
 
 
 class EdgeStore:
@@ -124,6 +125,16 @@ class EdgeStore:
         if self.index_threshold and self.unindexed() >= self.index_threshold:
             self.optimize()
 
+    def _read(self, call: Callable[[], T]) -> T:
+        """A read of the shard: one that met a concurrent close() is StoreUnavailable, not the closed shard's own
+        error (reads take no lock, so that searches never wait for a write)."""
+        try:
+            return call()
+        except Exception as exc:
+            if self._closed:
+                raise StoreUnavailable("the vector store is closed (the service is shutting down)") from exc
+            raise
+
     def _check_disk(self) -> None:
         """Refuse writes while the disk is nearly full: Qdrant Edge writes through memory maps, and a write that
         finds no space there kills the whole process (SIGBUS, seen on a full tmpfs), with nothing to catch."""
@@ -135,7 +146,7 @@ class EdgeStore:
                               f"{self.min_free_bytes / 2**20:.0f}: writes are refused until space is freed")
 
     def unindexed(self) -> int:
-        info = self._shard.info()
+        info = self._read(self._shard.info)
         return max(0, info.points_count - info.indexed_vectors_count)
 
     def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None,
@@ -148,12 +159,12 @@ class EdgeStore:
         params = SearchParams(hnsw_ef=hnsw_ef, quantization=QuantizationSearchParams(rescore=True, oversampling=2.0))
         requests = [QueryRequest(limit=limit, query=Query.Nearest(v.astype(np.float32).tolist()), with_payload=True,
                                  score_threshold=threshold, params=params) for v in vectors]
-        results = self._shard.query_batch(QueryBatchRequest(requests))
+        results = self._read(lambda: self._shard.query_batch(QueryBatchRequest(requests)))
         return [[Match(str(p.id), float(p.score), dict(p.payload or {})) for p in row] for row in results]
 
     def retrieve(self, ids: Sequence[str]) -> list[Match]:
         self._check_open()
-        records = self._shard.retrieve(list(ids), True, False)
+        records = self._read(lambda: self._shard.retrieve(list(ids), True, False))
         return [Match(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
     def ids_for_file(self, file: str) -> list[str]:
@@ -174,8 +185,9 @@ class EdgeStore:
         ids: list[str] = []
         offset = None
         while True:
-            records, offset = self._shard.scroll(ScrollRequest(offset=offset, limit=SCROLL_PAGE, filter=flt,
-                                                               with_payload=False, with_vector=False))
+            request = ScrollRequest(offset=offset, limit=SCROLL_PAGE, filter=flt, with_payload=False,
+                                    with_vector=False)
+            records, offset = self._read(lambda: self._shard.scroll(request))  # noqa: B023 (called at once)
             ids.extend(str(r.id) for r in records)
             if offset is None:
                 return ids
@@ -194,11 +206,11 @@ class EdgeStore:
         from qdrant_edge import CountRequest
 
         self._check_open()
-        return int(self._shard.count(CountRequest(exact=True)))
+        return int(self._read(lambda: self._shard.count(CountRequest(exact=True))))
 
     def info(self) -> CollectionInfo:
         self._check_open()
-        info = self._shard.info()
+        info = self._read(self._shard.info)
         pending = info.points_count - info.indexed_vectors_count
         # Mirrors the server's colours: yellow while points wait for indexing past the threshold.
         status = "yellow" if self.index_threshold and pending >= self.index_threshold else "green"

@@ -190,6 +190,7 @@ def test_store_down_stops_the_run_cleanly_and_resume_completes(tmp_path: Path, a
                 refused[tuple(p.id for p in points)] += 1
                 raise
 
+
         monkeypatch.setattr(ws.service, "write_points", counting_write_points)
         retry = RetryPolicy(attempts=3, max_delay=600.0, wait_initial=0.01, wait_max=0.05)  # attempts bind
         job = ws.job(root, batch=1, workers=2, infer_batch=1, on_commit=store_goes_down, retry=retry)

@@ -108,3 +108,22 @@ def test_a_write_waiting_while_the_store_closes_gets_store_unavailable(tmp_path:
         store._closed = True
     writer.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable), outcome
+
+
+def test_a_read_that_meets_a_concurrent_close_gets_store_unavailable(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads take no lock: one that passed its open check and then met close() used to raise the closed shard's
+    own error (seen as a flaky ingest retry count: an attempt that failed with neither success nor
+    StoreUnavailable)."""
+    store = EdgeStore(tmp_path / "faces", SPEC)
+    store.upsert(points(5))
+    check_open = store._check_open
+
+    def check_then_close() -> None:  # the close() of another thread lands right after the check
+        check_open()
+        monkeypatch.setattr(store, "_check_open", check_open)
+        store.close()
+
+    monkeypatch.setattr(store, "_check_open", check_then_close)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.find_ids(PointQuery(file="f0"))
