@@ -14,7 +14,7 @@ from app.bootstrap import load_models
 from app.config import Settings
 from app.engine import FaceEngine, InferenceGate
 from app.heads import HeadRegistry
-from tests.support import EVAL_DIR, Photos, make_settings
+from tests.support import EVAL_DIR, LOOPBACK, Photos, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def client_factory(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     opened: list[TestClient] = []
 
     def factory(**overrides: object) -> TestClient:
-        client = TestClient(create_app(make_settings(tmp_path, **overrides)))
+        client = TestClient(create_app(make_settings(tmp_path, **overrides)), client=LOOPBACK)
         client.__enter__()
         opened.append(client)
         return client
