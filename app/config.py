@@ -171,7 +171,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_origins(cls, value: str) -> str:
         for item in _items(value):
-            if item != "*" and not (item.startswith(("http://", "https://")) and "/" not in item.split("://", 1)[1]):
+            host = item.split("://", 1)[-1].rstrip("/")
+            if item != "*" and not (item.startswith(("http://", "https://")) and host and "/" not in host):
                 raise ValueError(f"CORS_ORIGINS: {item!r} is not an origin like https://app.example.org (no path)")
         return value
 
