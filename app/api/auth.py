@@ -104,7 +104,7 @@ class RateLimiter:
         return None
 
 
-def decide(needed: KeyScope | None, info: KeyInfo | None, client: str | None, store: KeyStore,
+def decide(needed: KeyScope | None, info: KeyInfo | None, local: bool, store: KeyStore,
            reads: ReadAccess) -> OceanoError | None:
     """None when the request may go on, else the error to answer."""
     if needed is PUBLIC or (needed is KeyScope.SEARCH and reads is ReadAccess.OPEN):
@@ -116,7 +116,7 @@ def decide(needed: KeyScope | None, info: KeyInfo | None, client: str | None, st
                             f"{', '.join(info.scope_list)}); use a key with `{needed}` or `admin`")
     if store.has_keys():
         return NotAuthenticated(f"this route needs an API key with the `{needed}` scope: {HOW_TO_SEND}")
-    if is_loopback(client):
+    if local:
         return None  # protected mode: no key exists yet, this machine may
     return AccessDenied("no API key exists yet, so this route answers clients on the service's own machine only "
                         "(protected mode). Create a key there (python -m app.keys create --name NAME --scope "
@@ -167,5 +167,9 @@ class AccessGuard:
         store = getattr(app.state, "keys", None)
         if store is None:
             return ShuttingDown("the service is not serving yet")
-        return decide(needed, info, client, store, self.reads)
+        # Local: the connection itself comes from loopback, and no believed proxy says it came from elsewhere
+        # (a forwarded header alone never makes a client local, whatever FORWARDED_ALLOW_IPS trusts).
+        state = scope.get("state", {})
+        local = is_loopback(client) and is_loopback(state.get("peer", client))
+        return decide(needed, info, local, store, self.reads)
 

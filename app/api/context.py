@@ -65,6 +65,7 @@ class RequestContext:
 
     def _resolve_client(self, scope: Scope, headers: dict[bytes, bytes]) -> None:
         peer = scope.get("client")
+        scope.setdefault("state", {})["peer"] = peer[0] if peer else None
         if peer is None or not trusted(peer[0], self.proxies):
             return
         forwarded = headers.get(b"x-forwarded-for")

@@ -78,6 +78,14 @@ def test_forwarded_headers_only_from_configured_proxies(client_factory: Callable
     # A hop made up by the client (left of what the proxy added) is not believed: the nearest untrusted one is.
     r = client.post("/api/faces", files=upload(), headers={"X-Forwarded-For": "127.0.0.1, 203.0.113.7"})
     assert r.status_code == 403
+    # FORWARDED_ALLOW_IPS=* (as in docker-compose.yml): a peer on the network cannot pass for this machine by
+    # claiming a loopback address.
+    remote = TestClient(client.app, client=("172.18.0.5", 40000))
+    assert remote.post("/api/faces", files=upload(), headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 403
+    client = client_factory(collection_name="third", forwarded_allow_ips="*")
+    remote = TestClient(client.app, client=("172.18.0.5", 40000))
+    assert remote.post("/api/faces", files=upload(), headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 403
+    assert client.post("/api/faces", files=upload()).status_code == 201  # docker exec: loopback, no header
     assert forwarded_client("127.0.0.1, 203.0.113.7", None) == "203.0.113.7"  # "*": the last hop only
     assert forwarded_client("198.51.100.1, 10.0.0.2", Settings(forwarded_allow_ips="10.0.0.0/8")
                             .forwarded_networks) == "198.51.100.1"
