@@ -141,16 +141,16 @@ class AccessGuard:
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope) -> OceanoError | None:
-        app = scope["app"]
         needed = route_scope(scope["method"], scope["path"])
+        store: KeyStore | None = getattr(scope["app"].state, "keys", None)
+        if store is None and needed is not PUBLIC:
+            return ShuttingDown("the service is not serving yet")
         client = scope["client"][0] if scope.get("client") else None
+        state = scope.setdefault("state", {})
         key = presented_key(dict(scope["headers"])) if needed is not PUBLIC else None
-        info = None
-        if key is not None:
-            store: KeyStore | None = getattr(app.state, "keys", None)
-            if store is None:
-                return ShuttingDown("the service is not serving yet")
-            info = store.authenticate(key)
+        info = store.authenticate(key) if store is not None and key is not None else None
+        if info is not None:
+            state["key"] = info.name  # for the access log: every request, writes included, names its key
         if self.limiter is not None and scope["path"] not in NOT_COUNTED:
             identity = f"key:{info.name}" if info is not None else f"client:{client}"
             wait = self.limiter.acquire(identity)
@@ -160,16 +160,9 @@ class AccessGuard:
                                    f"{wait:.0f} s", retry_after=wait)
         if key is not None and info is None:
             return NotAuthenticated(f"unknown or revoked API key: {HOW_TO_SEND} with a valid key")
-        if needed is PUBLIC:
+        if needed is PUBLIC or store is None:
             return None
-        if info is not None:
-            scope.setdefault("state", {})["key"] = info.name
-        store = getattr(app.state, "keys", None)
-        if store is None:
-            return ShuttingDown("the service is not serving yet")
         # Local: the connection itself comes from loopback, and no believed proxy says it came from elsewhere
         # (a forwarded header alone never makes a client local, whatever FORWARDED_ALLOW_IPS trusts).
-        state = scope.get("state", {})
         local = is_loopback(client) and is_loopback(state.get("peer", client))
         return decide(needed, info, local, store, self.reads)
-
