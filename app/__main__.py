@@ -8,7 +8,8 @@ import logging
 import uvicorn
 
 from app.api import create_app
-from app.config import Settings
+from app.config import LogFormat, Settings
+from app.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,11 +24,14 @@ def main(argv: list[str] | None = None) -> None:
         settings.host = args.host
     if args.port:
         settings.port = args.port
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
+    logging.getLogger("uvicorn.access").disabled = True  # app.access logs each request, with its id and key
+    # The app reads forwarded headers itself (FORWARDED_ALLOW_IPS, app.api.context): uvicorn's own reading off.
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, workers=1,
         limit_concurrency=settings.uvicorn_limit_concurrency, backlog=settings.uvicorn_backlog,
         timeout_graceful_shutdown=int(settings.request_timeout), log_level=settings.log_level.lower(),
+        log_config=None, access_log=False, proxy_headers=False,
     )
 
 

@@ -7,6 +7,7 @@ import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from app.access import KEYS_FILE, KeyStore
 from app.config import Settings
 from app.engine import EngineObserver, FaceEngine, InferenceBatcher, InferenceGate, ModelPack, select_providers
 from app.heads import HeadRegistry
@@ -45,6 +46,7 @@ class Services:
     batcher: InferenceBatcher | None = None
     state: IngestState | None = None
     jobs: JobManager | None = None
+    keys: KeyStore | None = None
     _closer: ExitStack = field(default_factory=ExitStack, repr=False)
 
     def close(self) -> None:
@@ -55,14 +57,16 @@ class Services:
 
 def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry] | None = None,
                   batcher: bool = True, jobs: bool = True, state: bool = True,
-                  build_index: bool = True, observer: EngineObserver | None = None) -> Services:
+                  build_index: bool = True, observer: EngineObserver | None = None,
+                  keys: bool = True) -> Services:
     """Everything a Settings describes, opened in order; on a failure half-way what was opened is closed.
 
     `models`: an engine and heads already loaded (tests share one per session). `batcher`: requests share
     engine batches (the service). `jobs`: background ingest jobs, resumed at once (the service). `state`: the
     ingest state (implied by `jobs`). `build_index`: build a pending HNSW index before serving (it blocks the
     process, see EdgeStore). `observer`: told of every engine call, wait, shed and drop (the service's metrics),
-    installed before any job runs."""
+    installed before any job runs. `keys`: the API keys of STATE_DIR, kept up to date with changes made by other
+    processes (the service)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     configure_pixel_limits(int(settings.max_megapixels * 1e6))
     engine, heads = models or load_models(settings)
@@ -70,6 +74,11 @@ def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry]
         engine.observer = observer
     closer = ExitStack()
     try:
+        key_store = None
+        if keys:
+            key_store = KeyStore(settings.state_dir / KEYS_FILE)
+            closer.callback(key_store.close)
+            key_store.watch()
         store = open_store(settings, dim=engine.dim, pack=engine.fingerprint)
         closer.callback(store.close)
         if build_index and store.info().status != "green":
@@ -95,4 +104,5 @@ def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry]
         closer.close()
         raise
     return Services(settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs, service=service,
-                    batcher=request_batcher, state=ingest_state, jobs=manager, _closer=closer)
+                    batcher=request_batcher, state=ingest_state, jobs=manager, keys=key_store,
+                    _closer=closer)

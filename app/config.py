@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import limits
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -17,6 +19,23 @@ class ProviderChoice(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class ReadAccess(StrEnum):
+    OPEN = "open"  # search routes answer anyone (writes still need a key, or loopback while no key exists)
+    KEY = "key"  # search routes need a key with the search (or admin) scope too
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"  # one JSON object per line
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _items(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
 
 
 class Settings(BaseSettings):
@@ -70,7 +89,7 @@ class Settings(BaseSettings):
     # Files.
     state_dir: Path = Path("state")
     thumbs_dir: Path = Path("state/thumbs")
-    # POST /api/ingest makes the service read a path: comma-separated folders it may read from (empty: any).
+    # POST /api/ingest makes the service read a path: comma-separated folders it may read from (empty: refused).
     ingest_roots: str = ""
     # Writes are refused (507) while the embedded store's disk has less free space than this.
     min_free_disk_mb: int = Field(default=256, ge=0)
@@ -88,6 +107,20 @@ class Settings(BaseSettings):
     uvicorn_limit_concurrency: int | None = 1024
     uvicorn_backlog: int = 2048
     log_level: str = "info"
+    log_format: LogFormat = LogFormat.TEXT
+
+    # Access (README: Security). API keys live in STATE_DIR/keys.sqlite3 (python -m app.keys); while none exists,
+    # writes are accepted from loopback clients only.
+    auth_reads: ReadAccess = ReadAccess.OPEN
+    # Per key name, or per client address without a key, on every route but /health and /metrics: e.g.
+    # "20/second" or "20/second;600/minute" (all must hold). Empty: off.
+    rate_limit: str = ""
+    # Peers (addresses or networks, comma-separated; "*": any) whose X-Forwarded-For / X-Forwarded-Proto name the
+    # client. Empty: none, the peer is the client.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Browser origins allowed to call the API from their pages (comma-separated, e.g. https://app.example.org;
+    # "*": any). Empty: none (same-origin only).
+    cors_origins: str = ""
 
     @field_validator("det_size", mode="before")
     @classmethod
@@ -113,6 +146,36 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value in ("", None) else value
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        if value.strip():
+            try:
+                limits.parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"RATE_LIMIT must be like '20/second' or '20/second;600/minute': {exc}") from None
+        return value.strip()
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded(cls, value: str) -> str:
+        for item in _items(value):
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"FORWARDED_ALLOW_IPS: {item!r} is not an address or a network (or '*')") from None
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        for item in _items(value):
+            host = item.split("://", 1)[-1].rstrip("/")
+            if item != "*" and not (item.startswith(("http://", "https://")) and host and "/" not in host):
+                raise ValueError(f"CORS_ORIGINS: {item!r} is not an origin like https://app.example.org (no path)")
+        return value
+
     @model_validator(mode="after")
     def _expand_paths(self) -> Settings:
         self.model_root = self.model_root.expanduser()
@@ -131,3 +194,19 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.qdrant_url
+
+    @property
+    def rate_limits(self) -> list[limits.RateLimitItem]:
+        return limits.parse_many(self.rate_limit) if self.rate_limit else []
+
+    @property
+    def forwarded_networks(self) -> list[IpNetwork] | None:
+        """The trusted proxies; None: any peer ("*")."""
+        items = _items(self.forwarded_allow_ips)
+        if "*" in items:
+            return None
+        return [ipaddress.ip_network(i, strict=False) for i in items]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.rstrip("/") for o in _items(self.cors_origins)]

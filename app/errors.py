@@ -69,3 +69,24 @@ class IncompatibleState(OceanoError):
 
 class StorageFull(OceanoError):
     """The disk holding the collection or the thumbnails is full: nothing was written."""
+
+
+class NotAuthenticated(OceanoError):
+    """No API key where one is needed, or a key that is unknown or revoked."""
+
+
+class AccessDenied(OceanoError):
+    """The caller may not do this: a key without the scope, a write from the network while no key exists, a path
+    outside INGEST_ROOTS."""
+
+
+class Conflict(OceanoError):
+    """The name is taken (an API key)."""
+
+
+class RateLimited(OceanoError):
+    """Over RATE_LIMIT: `retry_after` seconds until the window lets the next request in."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -50,7 +50,8 @@ def run_service(labels: list[tuple[Path, str]], distractors: int) -> tuple[int, 
         state = Path(tmp)
         settings = Settings(state_dir=state, qdrant_path=state / "qdrant", thumbs_dir=state / "thumbs",
                             index_threshold=0)
-        with TestClient(create_app(settings)) as client:
+        # A loopback peer, as a client on the service's machine: it may index while no API key exists.
+        with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
             service = client.app.state.service  # type: ignore[attr-defined]
             rng = np.random.default_rng(0)
             for start in range(0, distractors, 5000):

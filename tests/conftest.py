@@ -15,7 +15,7 @@ from app.bootstrap import load_models
 from app.config import Settings
 from app.engine import FaceEngine, InferenceGate
 from app.heads import HeadRegistry
-from tests.support import Photos, insightface_reference, make_settings, require_eval_dir
+from tests.support import LOOPBACK, Photos, insightface_reference, make_settings, require_eval_dir
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +77,7 @@ def client_factory(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     opened: list[TestClient] = []
 
     def factory(**overrides: object) -> TestClient:
-        client = TestClient(create_app(make_settings(tmp_path, **overrides)))
+        client = TestClient(create_app(make_settings(tmp_path, **overrides)), client=LOOPBACK)
         client.__enter__()
         opened.append(client)
         return client

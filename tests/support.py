@@ -83,6 +83,11 @@ def make_settings(state: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+# TestClient's peer address: a real loopback one (its default, "testclient", is no address at all), as for a
+# client on the service's machine: protected mode lets it write while no API key exists.
+LOOPBACK = ("127.0.0.1", 50000)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -306,7 +311,9 @@ def workspace(state: Path, engine: FaceEngine) -> Iterator[Workspace]:
 def live_service(settings: Settings) -> Iterator[str]:
     """The real app under uvicorn in a thread, on a free port; yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    # As `python -m app` runs it: the app reads forwarded headers itself (FORWARDED_ALLOW_IPS).
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           proxy_headers=False, access_log=False))
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 120

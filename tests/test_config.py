@@ -22,3 +22,30 @@ def test_default_search_uses_top_k_from_the_environment(client_factory, photos) 
     with open(photos.yaoming, "rb") as fh:
         response = client.post("/api/search", files={"file": ("y.jpg", fh, "image/jpeg")})
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("RATE_LIMIT", "5/fortnight", "RATE_LIMIT"),
+    ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,proxy.local", "FORWARDED_ALLOW_IPS"),
+    ("CORS_ORIGINS", "app.example.org", "CORS_ORIGINS"),
+    ("AUTH_READS", "sometimes", "auth_reads"),
+    ("LOG_FORMAT", "xml", "log_format"),
+])
+def test_access_settings_are_checked_at_start_up(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
+                                                 message: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+def test_access_settings_defaults_and_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert defaults.rate_limits == [] and defaults.cors_origin_list == [] and defaults.auth_reads == "open"
+    assert [str(n) for n in defaults.forwarded_networks or []] == ["127.0.0.1/32", "::1/128"]
+    monkeypatch.setenv("RATE_LIMIT", "20/second;600/minute")
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example.org/, http://localhost:3000")
+    settings = Settings()
+    assert [(i.amount, i.GRANULARITY.name) for i in settings.rate_limits] == [(20, "second"), (600, "minute")]
+    assert settings.forwarded_networks is None
+    assert settings.cors_origin_list == ["https://a.example.org", "http://localhost:3000"]

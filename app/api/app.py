@@ -9,15 +9,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app import __version__
 from app.api import pages
 from app.api.admission import AdmissionGuard
+from app.api.auth import AccessGuard
+from app.api.context import RequestContext
 from app.api.errors import BodyLimit, install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
-from app.api.routes import faces, heads, jobs, ops, search
+from app.api.routes import faces, heads, jobs, keys, ops, search
 from app.api.routing import MethodGuard
 from app.bootstrap import Services, open_services
 from app.config import Settings
@@ -42,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = services.service
         app.state.jobs = services.jobs
         metrics.services = services
+        app.state.keys = services.keys
         logger.info("Oceano ready: collection %s, backend %s", settings.collection_name,
                     services.store.backend.value)
         try:
@@ -64,10 +68,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(heads.router)
     app.include_router(ops.router)
     app.include_router(jobs.router)
+    app.include_router(keys.router)
     # A multipart envelope adds a little around the file itself.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(AdmissionGuard)  # a busy engine refuses uploads before anything is read
-    app.add_middleware(MethodGuard)  # OPTIONS and wrong methods answered with Allow
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: every answer is counted
+    app.add_middleware(AccessGuard, settings=settings)  # keys, scopes, rate limits: before admission and bodies
+    app.add_middleware(MethodGuard)  # OPTIONS and wrong methods answered with Allow (no key needed to ask)
+    if settings.cors_origin_list:  # outside both: a preflight is answered before keys or methods are checked
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, max_age=600,
+                           allow_methods=["GET", "POST", "DELETE"], expose_headers=["Retry-After", "X-Request-ID"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"])
+    app.add_middleware(RequestMetrics, metrics=metrics)  # every answer is counted
+    app.add_middleware(RequestContext, proxies=settings.forwarded_networks)  # outermost: client, request id, log
     install_error_handlers(app)
     return app

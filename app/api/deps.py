@@ -10,6 +10,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from app.access import KeyStore
 from app.config import MAX_TOP_K, Settings
 from app.engine import Ticket
 from app.errors import ImageTooLarge, InvalidRequest, RequestTimeout
@@ -34,9 +35,15 @@ def get_jobs(request: Request) -> JobManager:
     return jobs
 
 
+def get_keys(request: Request) -> KeyStore:
+    keys: KeyStore = request.app.state.keys
+    return keys
+
+
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+KeysDep = Annotated[KeyStore, Depends(get_keys)]
 
 TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="matches per face (default TOP_K)")]
 Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]

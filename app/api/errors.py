@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -11,14 +13,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.deps import ClientGone
 from app.api.pages import templates, wants_json
 from app.errors import (
+    AccessDenied,
     BadImage,
+    Conflict,
     EngineBusy,
     ImageTooLarge,
     IncompatibleState,
     InvalidRequest,
     NoSuchHead,
+    NotAuthenticated,
     NotFound,
     OceanoError,
+    RateLimited,
     RequestTimeout,
     ShuttingDown,
     StorageFull,
@@ -44,7 +50,26 @@ ERROR_STATUS: dict[type[OceanoError], tuple[int, str]] = {
     IncompatibleState: (503, "store_unavailable"),
     RequestTimeout: (504, "timeout"),
     StorageFull: (507, "insufficient_storage"),
+    NotAuthenticated: (401, "unauthorized"),
+    AccessDenied: (403, "forbidden"),
+    Conflict: (409, "conflict"),
+    RateLimited: (429, "rate_limited"),
 }
+
+
+def error_headers(exc: OceanoError) -> dict[str, str] | None:
+    """Retry-After for busy and rate-limited answers, WWW-Authenticate for a missing or unknown key."""
+    if isinstance(exc, EngineBusy | RateLimited):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if isinstance(exc, NotAuthenticated):
+        return {"WWW-Authenticate": 'Bearer realm="oceano"'}
+    return None
+
+
+def error_response(exc: OceanoError) -> JSONResponse:
+    """A domain error as JSON (also for the middlewares, which answer outside the exception handlers)."""
+    status, code = ERROR_STATUS.get(type(exc), (500, "internal"))
+    return JSONResponse({"detail": exc.message, "error": code}, status_code=status, headers=error_headers(exc))
 
 
 class BodyLimit:
@@ -98,7 +123,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def domain_error(request: Request, exc: OceanoError) -> Response:
         status, code = ERROR_STATUS.get(type(exc), (500, "internal"))
         app.state.metrics.errors.labels(code).inc()
-        headers = {"Retry-After": str(int(exc.retry_after))} if isinstance(exc, EngineBusy) else None
+        headers = error_headers(exc)
         if request.url.path == "/search" and not wants_json(request):
             service = getattr(app.state, "service", None)
             return templates(request).TemplateResponse(

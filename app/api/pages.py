@@ -14,6 +14,7 @@ from app.api.contract import UPLOAD, errors, or_html
 from app.api.deps import ServiceDep, SettingsDep, Threshold, TopK, Upload, read_upload, run_blocking
 from app.api.routes.search import search_bytes
 from app.api.schemas import SearchOut, face_out
+from app.config import ReadAccess
 from app.heads import Head, OutputKind
 
 router = APIRouter()
@@ -45,9 +46,11 @@ def head_summary(head: Head, attributes: dict[str, Any]) -> str | None:
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def index(request: Request, service: ServiceDep) -> Response:
-    return templates(request).TemplateResponse(request, "index.html", {"model": service.engine.pack.name,
-                                                                      "faces": None, "error": None})
+async def index(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    """The page; with AUTH_READS=key it asks for a key once (kept in the browser's session) and sends it."""
+    return templates(request).TemplateResponse(request, "index.html", {
+        "model": service.engine.pack.name, "faces": None, "error": None,
+        "key_needed": settings.auth_reads is ReadAccess.KEY})
 
 
 

@@ -17,8 +17,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from app.bootstrap import open_services
 from app.cli.ingest_client import (
     EXIT_FAILED,
@@ -26,6 +24,7 @@ from app.cli.ingest_client import (
     EXIT_OK,
     EXIT_USAGE,
     cancel_job,
+    connect,
     follow_job,
     probe_service,
     submit_job,
@@ -52,7 +51,8 @@ examples:
 
 Settings (STATE_DIR, QDRANT_PATH, QDRANT_URL, MODEL_NAME, PORT, ...) come from the environment, as for the
 service. The embedded store can be open in one process only: while the service runs, the command hands the
-work to it. With QDRANT_URL (a Qdrant server) --local may run beside the service.
+work to it (which reads only inside its INGEST_ROOTS; once the service has API keys, set OCEANO_API_KEY to one
+with the write scope). With QDRANT_URL (a Qdrant server) --local may run beside the service.
 """
 
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if not probe_service(url):
             logger.error("no Oceano service answers at %s (use --url)", url)
             return EXIT_FAILED
-        with httpx.Client(base_url=url, timeout=30.0) as client:
+        with connect(url) as client:
             if args.cancel:
                 return cancel_job(client, args.cancel)
             return follow_job(client, args.attach, url)
@@ -175,7 +175,7 @@ def run_local(root: Path, options: IngestOptions, settings: Settings) -> int:
     """The whole pipeline in this process: the model session and the store are opened here."""
     settings = tune_for_throughput(settings)
     try:
-        services = open_services(settings, batcher=False, jobs=False)
+        services = open_services(settings, batcher=False, jobs=False, keys=False)
     except OceanoError as exc:
         logger.error("%s", exc.message)
         return EXIT_FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 PROBE_TIMEOUT = 2.0
 POLL_INTERVAL = 1.0
+API_KEY_ENV = "OCEANO_API_KEY"
 RECONNECT_FOR = 60.0  # seconds to keep trying when the service stops answering while a job is followed
 
 
@@ -38,15 +40,25 @@ def probe_service(url: str) -> bool:
     return True
 
 
+def connect(url: str) -> httpx.Client:
+    """A client of the service, with the API key from OCEANO_API_KEY when set (needed once keys exist)."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return httpx.Client(base_url=url, timeout=30.0, headers={"X-API-Key": key} if key else None)
+
+
 def submit_job(url: str, root: Path, options: IngestOptions) -> int:
-    with httpx.Client(base_url=url, timeout=30.0) as client:
+    with connect(url) as client:
         try:
             response = client.post("/api/ingest", json={"path": str(root), **options.to_dict()})
         except httpx.HTTPError as exc:
             logger.error("could not submit the job to the service at %s: %s", url, exc)
             return EXIT_FAILED
         if response.status_code != 202:
-            logger.error("the service refused the job (%d): %s", response.status_code, _detail(response))
+            detail = _detail(response)
+            hint = (f"\n  set {API_KEY_ENV} to a key with the write scope" if response.status_code == 401 else
+                    "\n  or stop the service and run this command again: it then runs in this process"
+                    if "INGEST_ROOTS" in detail else "")
+            logger.error("the service refused the job (%d): %s%s", response.status_code, detail, hint)
             return EXIT_FAILED
         job = JobView.from_out(JobOut.model_validate(response.json()))
         logger.info("the service at %s is running: submitted %s as job %s (the job runs inside the service)",

@@ -4,18 +4,22 @@ left unfinished by a stop are resumed at the next start (those of the collection
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 from app.config import Settings
-from app.errors import InvalidRequest, NotFound, OceanoError, ShuttingDown
+from app.errors import AccessDenied, InvalidRequest, NotFound, OceanoError, ShuttingDown
+from app.imaging import IMAGE_EXTENSIONS
 from app.ingest.model import IngestOptions, JobStatus, JobView, RetryPolicy, RunOutcome
 from app.ingest.pipeline import INFER_BATCH_SHARED_CPU, IngestJob
 from app.ingest.report import progress_line, summary_line
 from app.ingest.state import LEGACY_KEY, IngestState, collection_key
+from app.ingest.walk import Roots, inside
 from app.service import FaceService
 
 logger = logging.getLogger(__name__)
@@ -58,19 +62,47 @@ class JobManager:
         self._thread = threading.Thread(target=self._worker, name="ingest-jobs", daemon=True)
         self._thread.start()
 
-    def submit(self, path: str, options: IngestOptions) -> JobView:
-        root = Path(path)
-        if not root.is_absolute():
-            raise InvalidRequest(f"the path must be absolute (as the service sees it), got {path!r}")
-        if not root.exists():
-            raise InvalidRequest(f"{path} does not exist on the service's filesystem (inside its container, "
-                                 f"if it runs in one)")
-        if not (root.is_dir() or root.is_file()):
+    @property
+    def roots(self) -> Roots:
+        return tuple(self.settings.ingest_root_paths)
+
+    def resolve(self, path: str) -> Path:
+        """The real path a client's path names: absolute, or relative to a root (the first that has it). Refused
+        (403) unless INGEST_ROOTS is set and the path, links resolved, lies in one of them; checked before
+        anything about the path itself is said, so nothing outside the roots can be probed."""
+        roots = self.roots
+        if not roots:
+            raise AccessDenied("ingest over HTTP is off: set INGEST_ROOTS to the folders the service may read "
+                               "(e.g. INGEST_ROOTS=/data/images) and restart it")
+        given = Path(path)
+        candidates = [given] if given.is_absolute() else [r / given for r in roots]
+        real = [Path(os.path.realpath(c)) for c in candidates]
+        allowed = [r for r in real if inside(r, roots)]
+        if not allowed:
+            raise AccessDenied(f"{path} lies outside the folders this service may ingest from (INGEST_ROOTS)")
+        found = next((r for r in allowed if r.exists()), None)
+        if found is None:
+            raise InvalidRequest(f"{path} does not exist on the service's filesystem (inside its container, if it "
+                                 "runs in one)")
+        if found.is_file():
+            if found.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise InvalidRequest(f"{path} is not an image file ({' '.join(sorted(IMAGE_EXTENSIONS))})")
+        elif not found.is_dir():
             raise InvalidRequest(f"{path} is neither a folder nor a file")
-        roots = self.settings.ingest_root_paths
-        if roots and not any(root.resolve().is_relative_to(r) for r in roots):
-            raise InvalidRequest(f"{path} is outside the folders this service may ingest from (INGEST_ROOTS: "
-                                 f"{', '.join(str(r) for r in roots)})")
+        return found
+
+    def shown(self, view: JobView) -> JobView:
+        """A job as answers show it: its path and its failed files' paths relative to their INGEST_ROOTS root."""
+        def relative(path: str) -> str:
+            for root in self.roots:
+                if Path(path).is_relative_to(root):
+                    return Path(path).relative_to(root).as_posix()
+            return Path(path).name
+        errors = [{**e, "path": relative(e["path"])} for e in view.progress.last_errors]
+        return replace(view, path=relative(view.path), progress=replace(view.progress, last_errors=errors))
+
+    def submit(self, path: str, options: IngestOptions) -> JobView:
+        path = str(self.resolve(path))
         with self._cv:
             if self._closing:
                 raise ShuttingDown("the service is shutting down; submit the job again once it is back")
@@ -86,16 +118,18 @@ class JobManager:
         return self.get(job_id)
 
     def get(self, job_id: str) -> JobView:
+        """A job as answers show it (paths relative to their root)."""
         view = self.state.job(job_id)
         if view is None:
             raise NotFound(f"no ingest job {job_id!r}")
         active = self._active
         if active is not None and active.run_id == job_id and not view.status.finished:
             view.progress = active.progress()
-        return view
+        return self.shown(view)
 
     def list(self, limit: int = 50) -> list[JobView]:
-        return [self.get(job.id) if not job.status.finished else job for job in self.state.jobs(limit=limit)]
+        return [self.get(job.id) if not job.status.finished else self.shown(job)
+                for job in self.state.jobs(limit=limit)]
 
     def cancel(self, job_id: str, *, wait: float = 30.0) -> JobView:
         """Stop a job for good: a queued one at once, the running one after its current batch is committed."""
@@ -147,7 +181,7 @@ class JobManager:
                     engine = self.service.engine
                     job = IngestJob(root=Path(view.path), options=view.options, service=self.service,
                                     state=self.state, settings=self.settings, run_id=job_id, retry=self.retry,
-                                    collection=self.collection,
+                                    collection=self.collection, within=self.roots,
                                     on_commit=self._persist, infer_workers=max(1, engine.gate.concurrency - 1),
                                     infer_batch=None if engine.on_gpu else INFER_BATCH_SHARED_CPU)
                     self._active = job
@@ -174,8 +208,10 @@ class JobManager:
 
     def _run(self, job: IngestJob) -> tuple[JobStatus, str]:
         resumable = (JobStatus.PENDING, "interrupted by a service shutdown; it resumes when the service starts")
+        if not (job.within and inside(job.root, job.within)):
+            return JobStatus.FAILED, "its path is not inside INGEST_ROOTS (any more): submit it again"
         if not job.root.exists():
-            return JobStatus.FAILED, f"{job.root} no longer exists"
+            return JobStatus.FAILED, "its path no longer exists"
         try:
             outcome = job.run()
         except Exception as exc:

@@ -50,7 +50,7 @@ from app.ingest.model import (
     RunOutcome,
 )
 from app.ingest.state import IngestState, collection_key
-from app.ingest.walk import iter_image_files
+from app.ingest.walk import Roots, iter_image_files
 from app.service import FaceService, ImageToIndex, content_hash
 from app.store import FacePoint, Origin
 
@@ -83,14 +83,14 @@ class IngestJob:
     def __init__(self, *, root: Path, options: IngestOptions, service: FaceService | None, state: IngestState,
                  settings: Settings, run_id: str | None = None, retry: RetryPolicy | None = None,
                  on_commit: Callable[[IngestJob], None] | None = None, infer_batch: int | None = None,
-                 infer_workers: int | None = None, collection: str | None = None) -> None:
+                 infer_workers: int | None = None, collection: str | None = None, within: Roots = ()) -> None:
         """`infer_workers`: threads running engine batches at the same time (default: the inference gate's
         concurrency; on a CPU, with one ONNX Runtime thread each, that is what keeps every core busy).
         `collection`: the key of its records in the state (default: from the settings and the engine's pack,
-        resolved without loading models for a dry run)."""
+        resolved without loading models for a dry run). `within`: INGEST_ROOTS, for the service's jobs."""
         if service is None and not options.dry_run:
             raise ValueError("an ingest run needs the FaceService unless it is a dry run")
-        self.root = root
+        self.root, self.within = root, within
         self.options = options
         self.service = service
         self.state = state
@@ -180,7 +180,7 @@ class IngestJob:
 
     def _walk(self) -> Iterator[Path]:
         return iter_image_files(self.root, exclude=self.options.exclude, follow_symlinks=self.options.follow_symlinks,
-                                skip_dirs=self._skip_dirs, stop=self._halt)
+                                skip_dirs=self._skip_dirs, stop=self._halt, within=self.within)
 
     def _count_total(self) -> None:
         """A second, cheap walk (names only) so that the progress has a total and an ETA early on."""

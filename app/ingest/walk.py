@@ -14,16 +14,29 @@ from app.imaging import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
+Roots = tuple[Path, ...]  # resolved folders a walk must stay in (INGEST_ROOTS); empty: anywhere
+
+
+def inside(path: str | Path, roots: Roots) -> bool:
+    """Whether the file or folder a path really is (links resolved) lies in one of `roots`."""
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(r) for r in roots)
+
 
 def iter_image_files(root: Path, *, exclude: Sequence[str] = (), follow_symlinks: bool = False,
-                     skip_dirs: Sequence[Path] = (), stop: threading.Event | None = None) -> Iterator[Path]:
+                     skip_dirs: Sequence[Path] = (), stop: threading.Event | None = None,
+                     within: Roots = ()) -> Iterator[Path]:
     """Image files under `root` (recursively; extensions case-insensitive), or `root` itself when it is a
     file. Lazy: each folder is read entry by entry (os.scandir) and files are yielded as they come, so a
     folder of millions of files is never held as a list. Only the folders still to visit are kept.
 
     `exclude`: glob patterns matched against the path relative to `root` and against the bare name; a
     matching folder is not descended into. Symbolic links (files and folders) are skipped unless
-    `follow_symlinks`; followed folders are visited once (loops are cut by device and inode)."""
+    `follow_symlinks`; followed folders are visited once (loops are cut by device and inode). `within`: the
+    root and every followed link must really lie in one of these folders; a link leading out is skipped."""
+    if within and not inside(root, within):
+        logger.warning("not walking %s: it lies outside INGEST_ROOTS", root)
+        return
     if root.is_file():
         yield root
         return
@@ -49,6 +62,9 @@ def iter_image_files(root: Path, *, exclude: Sequence[str] = (), follow_symlinks
                 try:
                     is_link = entry.is_symlink()
                     if is_link and not follow_symlinks:
+                        continue
+                    if is_link and within and not inside(entry.path, within):
+                        logger.warning("skipping %s: the link leads outside INGEST_ROOTS", entry.path)
                         continue
                     is_dir = entry.is_dir(follow_symlinks=True)
                     is_file = not is_dir and entry.is_file(follow_symlinks=True)

@@ -158,3 +158,15 @@ def test_service_refuses_oversized_upload_itself(service: str) -> None:
     r = httpx.post(f"http://{service}/api/search", files={"file": ("big.jpg", big)}, timeout=60)
     assert r.status_code == 413 and "MAX_UPLOAD_MB" in r.json()["detail"]
     assert httpx.get(f"http://{service}/health").status_code == 200
+
+
+def test_nginx_reports_the_client_and_the_request_id(nginx: str) -> None:
+    with httpx.Client(base_url=nginx, timeout=60) as http:
+        assert http.get("/health", headers={"X-Request-ID": "via-nginx-1"}).headers["X-Request-ID"] == "via-nginx-1"
+        made = http.get("/health").headers["X-Request-ID"]  # nginx's own $request_id
+        assert len(made) == 32 and int(made, 16) >= 0
+        # nginx replaces what the client claims with the address it saw (this machine: protected mode lets it
+        # write); appended to, the claim would have been believed.
+        r = http.post("/api/faces", files={"file": ("t1.jpg", Photos.t1.read_bytes())},
+                      headers={"X-Forwarded-For": "203.0.113.9"})
+        assert r.status_code == 201, r.text

@@ -103,7 +103,7 @@ def test_submits_to_the_running_service_and_follows_the_job(tmp_path: Path, monk
                                                             caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "photos"
     face_folder(root, 5)
-    settings = make_settings(tmp_path / "state")
+    settings = make_settings(tmp_path / "state", ingest_roots=str(tmp_path))
     with live_service(settings) as url:
         port = url.rsplit(":", 1)[1]
         for name, value in (("STATE_DIR", settings.state_dir), ("QDRANT_PATH", settings.qdrant_path),
@@ -115,7 +115,7 @@ def test_submits_to_the_running_service_and_follows_the_job(tmp_path: Path, monk
         assert "submitted" in caplog.text and "faces added  5" in caplog.text
         jobs = httpx.get(f"{url}/api/jobs").json()["jobs"]
         assert len(jobs) == 1
-        assert (jobs[0]["path"], jobs[0]["status"], jobs[0]["options"]["batch"]) == (str(root), "completed", 3)
+        assert (jobs[0]["path"], jobs[0]["status"], jobs[0]["options"]["batch"]) == ("photos", "completed", 3)
         assert httpx.get(f"{url}/status").json()["vectors"] == 5
 
         # the embedded store is the service's: an in-process run is refused with a clear message
@@ -131,7 +131,7 @@ def test_submits_to_the_running_service_and_follows_the_job(tmp_path: Path, monk
 def test_ctrl_c_detaches_and_the_job_goes_on(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     face_folder(root, 16)
-    settings = make_settings(tmp_path / "state")
+    settings = make_settings(tmp_path / "state", ingest_roots=str(tmp_path))
     with live_service(settings) as url:
         process = subprocess.Popen([sys.executable, "-m", "app.ingest", "--path", str(root), "--batch", "1"],
                                    env=command_env(settings.state_dir, int(url.rsplit(":", 1)[1])),

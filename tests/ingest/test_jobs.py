@@ -22,6 +22,7 @@ from app.ingest.state import IngestState
 from app.ingest.walk import iter_image_files
 from tests.support import (
     FIVE_FACES,
+    LOOPBACK,
     NO_FACE,
     face_folder,
     make_settings,
@@ -255,7 +256,8 @@ def test_jobs_api_status_transitions_and_queue(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     face_folder(first, 6)
     face_folder(second, 2, start=6)
-    with TestClient(create_app(make_settings(tmp_path / "state"))) as client:
+    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))),
+                    client=LOOPBACK) as client:
         a = client.post("/api/ingest", json={"path": str(first), "batch": 1})
         b = client.post("/api/ingest", json={"path": str(second)})
         assert a.status_code == b.status_code == 202
@@ -284,7 +286,8 @@ def test_jobs_api_cancel(tmp_path: Path) -> None:
     root, other = tmp_path / "photos", tmp_path / "other"
     face_folder(root, 30)
     face_folder(other, 1, start=30)
-    with TestClient(create_app(make_settings(tmp_path / "state"))) as client:
+    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))),
+                    client=LOOPBACK) as client:
         job_id = client.post("/api/ingest", json={"path": str(root), "batch": 1, "workers": 2}).json()["id"]
         queued = client.post("/api/ingest", json={"path": str(other)}).json()["id"]
         cancelled = client.delete(f"/api/jobs/{queued}").json()
@@ -305,34 +308,74 @@ def test_jobs_api_cancel(tmp_path: Path) -> None:
 
 
 def test_jobs_api_refuses_bad_requests(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path / "state"))) as client:
-        relative = client.post("/api/ingest", json={"path": "photos"})
-        assert relative.status_code == 400 and "absolute" in relative.json()["detail"]
+    (tmp_path / "notes.txt").write_text("not a photo")
+    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))),
+                    client=LOOPBACK) as client:
+        relative = client.post("/api/ingest", json={"path": "photos"})  # relative to the root: not there
+        assert relative.status_code == 400 and "does not exist" in relative.json()["detail"]
         missing = client.post("/api/ingest", json={"path": str(tmp_path / "nope")})
         assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
+        text = client.post("/api/ingest", json={"path": str(tmp_path / "notes.txt")})
+        assert text.status_code == 400 and "not an image file" in text.json()["detail"]
         assert client.post("/api/ingest", json={"path": str(tmp_path), "batch": 0}).status_code == 422
         assert client.get("/api/jobs/0123abcd").status_code == 404
         assert client.delete("/api/jobs/0123abcd").status_code == 404
 
 
+def test_ingest_over_http_is_off_without_ingest_roots(tmp_path: Path) -> None:
+    face_folder(tmp_path / "photos", 1)
+    with TestClient(create_app(make_settings(tmp_path / "state")), client=LOOPBACK) as client:
+        r = client.post("/api/ingest", json={"path": str(tmp_path / "photos")})
+        assert r.status_code == 403 and "INGEST_ROOTS" in r.json()["detail"]
+        assert client.get("/api/jobs").json()["jobs"] == []
+
+
 def test_ingest_roots_restrict_what_the_service_reads(tmp_path: Path) -> None:
     allowed, other = tmp_path / "photos", tmp_path / "private"
-    allowed.mkdir()
-    other.mkdir()
+    face_folder(allowed / "2024", 1, nested=False)
+    face_folder(other, 1, nested=False, start=1)
+    (allowed / "door").symlink_to(other, target_is_directory=True)
     settings = make_settings(tmp_path / "state").model_copy(update={"ingest_roots": str(allowed)})
-    with TestClient(create_app(settings)) as client:
-        r = client.post("/api/ingest", json={"path": str(other)})
-        assert r.status_code == 400 and "INGEST_ROOTS" in r.json()["detail"]
-        r = client.post("/api/ingest", json={"path": str(allowed / ".." / "private")})
-        assert r.status_code == 400
-        assert client.post("/api/ingest", json={"path": str(allowed)}).status_code == 202  # accepted: a job
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        for path in (str(other), str(allowed / ".." / "private"), str(allowed / "door"), "../private",
+                     str(tmp_path / "nowhere")):  # nothing is said about a path outside: not even that it is missing
+            r = client.post("/api/ingest", json={"path": path})
+            assert r.status_code == 403 and "INGEST_ROOTS" in r.json()["detail"], (path, r.text)
+        one = client.post("/api/ingest", json={"path": str(allowed / "2024" / "photo000.jpg")})
+        assert one.status_code == 202 and one.json()["path"] == "2024/photo000.jpg"  # relative to its root
+        whole = client.post("/api/ingest", json={"path": "2024"})  # a relative path: under a root
+        assert whole.status_code == 202 and whole.json()["path"] == "2024"
+        wait_for(client, whole.json()["id"], FINISHED)
+        assert {j["path"] for j in client.get("/api/jobs").json()["jobs"]} == {"2024", "2024/photo000.jpg"}
+
+
+def test_followed_links_stay_inside_ingest_roots(tmp_path: Path) -> None:
+    """--follow-symlinks in a job of the service: a link leading out of INGEST_ROOTS is skipped, one inside is
+    followed; the CLI's local run (no roots) follows both."""
+    allowed, other = tmp_path / "photos", tmp_path / "private"
+    face_folder(allowed / "mine", 2, nested=False)
+    face_folder(other, 3, nested=False, start=2)
+    (allowed / "escape").symlink_to(other, target_is_directory=True)
+    (allowed / "escape.jpg").symlink_to(other / "photo002.jpg")
+    (allowed / "alias").symlink_to(allowed / "mine", target_is_directory=True)
+    walked = sorted(p.relative_to(allowed).as_posix()
+                    for p in iter_image_files(allowed, follow_symlinks=True, within=(allowed,)))
+    assert walked == ["mine/photo000.jpg", "mine/photo001.jpg"]  # "alias" is the same folder: visited once
+    assert len(list(iter_image_files(allowed, follow_symlinks=True))) == 6  # no roots: the links are followed
+    settings = make_settings(tmp_path / "state", ingest_roots=str(allowed))
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        job = client.post("/api/ingest", json={"path": str(allowed), "follow_symlinks": True}).json()
+        body = wait_for(client, job["id"], FINISHED)
+        assert body["status"] == "completed" and body["path"] == "."
+        assert (body["counts"]["seen"], body["counts"]["ingested"]) == (2, 2)
+        assert client.get("/status").json()["vectors"] == 2
 
 
 def test_unfinished_job_resumes_when_the_service_starts_again(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     face_folder(root, 20)
-    settings = make_settings(tmp_path / "state")
-    with TestClient(create_app(settings)) as client:
+    settings = make_settings(tmp_path / "state", ingest_roots=str(tmp_path))
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
         job_id = client.post("/api/ingest", json={"path": str(root), "batch": 1, "workers": 2,
                                                   "resume": False}).json()["id"]
         deadline = time.monotonic() + 60
@@ -347,7 +390,7 @@ def test_unfinished_job_resumes_when_the_service_starts_again(tmp_path: Path) ->
     assert view is not None and view.status is JobStatus.PENDING and "resumes" in (view.message or "")
     assert 2 <= done_before < 20
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
         body = wait_for(client, job_id, FINISHED)
         assert body["status"] == "completed" and body["attempts"] == 2
         # --no-resume jobs do not start over after a restart: this job's own files count as done

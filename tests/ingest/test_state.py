@@ -234,7 +234,8 @@ def test_jobs_resume_only_under_their_own_collection(tmp_path: Path, ingest_engi
     v2 = collection_key(make_settings(state_dir, collection_name="faces_v2"), ingest_engine.fingerprint)
     v3 = collection_key(make_settings(state_dir, collection_name="faces_v3"), ingest_engine.fingerprint)
 
-    with workspace(state_dir, ingest_engine) as ws:  # jobs a service on faces_v2 / faces_v3 left unfinished
+    roots = str(tmp_path)  # the service's jobs read only inside INGEST_ROOTS
+    with workspace_for(state_dir, ingest_engine, ingest_roots=roots) as ws:  # jobs faces_v2 / v3 left unfinished
         ws.state.create_job("v2job", str(root), IngestOptions(), collection=v2)
         ws.state.create_job("v3job", str(root), IngestOptions(), collection=v3)
         manager = JobManager(service=ws.service, state=ws.state, settings=ws.settings)
@@ -252,7 +253,7 @@ def test_jobs_resume_only_under_their_own_collection(tmp_path: Path, ingest_engi
         finally:
             manager.shutdown()
 
-    with workspace_for(state_dir, ingest_engine, collection_name="faces_v2") as ws:
+    with workspace_for(state_dir, ingest_engine, collection_name="faces_v2", ingest_roots=roots) as ws:
         manager = JobManager(service=ws.service, state=ws.state, settings=ws.settings)
         manager.start()
         try:

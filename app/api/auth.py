@@ -1,0 +1,168 @@
+"""Who may call what, and how often: the route -> scope table, API keys from the request headers, protected mode,
+rate limits. One middleware (AccessGuard) applies all of it before a request's body is read.
+
+- A route's scope comes from ROUTE_SCOPES (one table; a path missing from it needs `admin`: fail closed).
+- Search routes are open unless AUTH_READS=key. Write and admin routes need a key with the scope (admin covers
+  every scope); while no key exists at all (protected mode), they are accepted from loopback clients only.
+- A key is sent as `X-API-Key: KEY` or `Authorization: Bearer KEY`; an unknown or revoked one is 401 wherever
+  it is sent.
+- RATE_LIMIT counts per key name, or per client address when no valid key is sent; /health and /metrics are
+  not counted. Over it: 429 with Retry-After, from the window's reset."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.access import KeyInfo, KeyStore
+from app.access import Scope as KeyScope
+from app.api.context import is_loopback
+from app.api.errors import error_response
+from app.config import ReadAccess, Settings
+from app.errors import AccessDenied, NotAuthenticated, OceanoError, RateLimited, ShuttingDown
+
+PUBLIC = None  # no key ever needed
+
+# The one table: (method, route path) -> the scope a caller needs. HEAD is looked up as GET.
+ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/"): PUBLIC,  # the page itself holds no data; with AUTH_READS=key it asks for the key
+    ("GET", "/static/{file:path}"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("POST", "/search"): KeyScope.SEARCH,
+    ("POST", "/api/search"): KeyScope.SEARCH,
+    ("POST", "/api/search/batch"): KeyScope.SEARCH,
+    ("POST", "/api/analyze"): KeyScope.SEARCH,
+    ("GET", "/api/heads"): KeyScope.SEARCH,
+    ("GET", "/api/heads/{name}"): KeyScope.SEARCH,
+    ("GET", "/thumbs/{face_id}"): KeyScope.SEARCH,
+    ("GET", "/status"): KeyScope.SEARCH,
+    ("POST", "/api/faces"): KeyScope.WRITE,
+    ("DELETE", "/api/faces/{face_id}"): KeyScope.WRITE,
+    ("DELETE", "/api/faces"): KeyScope.WRITE,
+    ("POST", "/api/ingest"): KeyScope.WRITE,
+    ("GET", "/api/jobs"): KeyScope.WRITE,
+    ("GET", "/api/jobs/{job_id}"): KeyScope.WRITE,
+    ("DELETE", "/api/jobs/{job_id}"): KeyScope.WRITE,
+    ("GET", "/api/keys"): KeyScope.ADMIN,
+    ("POST", "/api/keys"): KeyScope.ADMIN,
+    ("DELETE", "/api/keys/{name}"): KeyScope.ADMIN,
+}
+NOT_COUNTED = frozenset({"/health", "/metrics"})
+HOW_TO_SEND = "send it as `X-API-Key: KEY` or `Authorization: Bearer KEY`"
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    key = headers.get(b"x-api-key")
+    if key:
+        return key.decode("latin-1").strip()
+    scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+_COMPILED = [(method, compile_path(path)[0], needed) for (method, path), needed in ROUTE_SCOPES.items()]
+
+
+def route_scope(method: str, path: str) -> KeyScope | None:
+    """The scope a request needs, from ROUTE_SCOPES; `admin` for anything the table does not name (fail closed:
+    a route added without an entry here is not opened by mistake, and unknown paths tell nothing)."""
+    method = "GET" if method == "HEAD" else method
+    for entry_method, regex, needed in _COMPILED:
+        if entry_method == method and regex.match(path):
+            return needed
+    return KeyScope.ADMIN
+
+
+class RateLimiter:
+    """RATE_LIMIT's items (all must hold) over a moving window, in memory (one process: the service)."""
+
+    def __init__(self, items: list[RateLimitItem]) -> None:
+        self.items = items
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def acquire(self, identity: str) -> float | None:
+        """Counts one request and returns None, or returns the seconds until one is allowed (nothing counted)."""
+        now = time.time()
+        waits = [self._limiter.get_window_stats(item, identity).reset_time - now
+                 for item in self.items if not self._limiter.test(item, identity)]
+        if waits:
+            return max(1.0, math.ceil(max(waits)))
+        for item in self.items:
+            self._limiter.hit(item, identity)
+        return None
+
+
+def decide(needed: KeyScope | None, info: KeyInfo | None, local: bool, store: KeyStore,
+           reads: ReadAccess) -> OceanoError | None:
+    """None when the request may go on, else the error to answer."""
+    if needed is PUBLIC or (needed is KeyScope.SEARCH and reads is ReadAccess.OPEN):
+        return None
+    if info is not None:
+        if info.allows(needed):
+            return None
+        return AccessDenied(f"the API key {info.name!r} lacks the `{needed}` scope this route needs (its scopes: "
+                            f"{', '.join(info.scope_list)}); use a key with `{needed}` or `admin`")
+    if store.has_keys():
+        return NotAuthenticated(f"this route needs an API key with the `{needed}` scope: {HOW_TO_SEND}")
+    if local:
+        return None  # protected mode: no key exists yet, this machine may
+    return AccessDenied("no API key exists yet, so this route answers clients on the service's own machine only "
+                        "(protected mode). Create a key there (python -m app.keys create --name NAME --scope "
+                        f"{needed}) and {HOW_TO_SEND}")
+
+
+class AccessGuard:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.reads = settings.auth_reads
+        self.limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
+        self.limit_text = settings.rate_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # no WebSocket route exists; one added must be mapped here first
+            await self.app(scope, receive, send)
+            return
+        error = self._check(scope)
+        if error is not None:
+            await error_response(error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _check(self, scope: Scope) -> OceanoError | None:
+        needed = route_scope(scope["method"], scope["path"])
+        store: KeyStore | None = getattr(scope["app"].state, "keys", None)
+        if store is None and needed is not PUBLIC:
+            return ShuttingDown("the service is not serving yet")
+        client = scope["client"][0] if scope.get("client") else None
+        state = scope.setdefault("state", {})
+        key = presented_key(dict(scope["headers"])) if needed is not PUBLIC else None
+        info = store.authenticate(key) if store is not None and key is not None else None
+        if info is not None:
+            state["key"] = info.name  # for the access log: every request, writes included, names its key
+        if self.limiter is not None and scope["path"] not in NOT_COUNTED:
+            identity = f"key:{info.name}" if info is not None else f"client:{client}"
+            wait = self.limiter.acquire(identity)
+            if wait is not None:
+                who = f"the key {info.name!r}" if info is not None else f"the client {client}"
+                return RateLimited(f"too many requests from {who} (RATE_LIMIT {self.limit_text}); retry in "
+                                   f"{wait:.0f} s", retry_after=wait)
+        if key is not None and info is None:
+            return NotAuthenticated(f"unknown or revoked API key: {HOW_TO_SEND} with a valid key")
+        if needed is PUBLIC or store is None:
+            return None
+        # Local: the connection itself comes from loopback, and no believed proxy says it came from elsewhere
+        # (a forwarded header alone never makes a client local, whatever FORWARDED_ALLOW_IPS trusts).
+        local = is_loopback(client) and is_loopback(state.get("peer", client))
+        return decide(needed, info, local, store, self.reads)
