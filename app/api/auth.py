@@ -24,6 +24,7 @@ from app.access import KeyInfo, KeyStore
 from app.access import Scope as KeyScope
 from app.api.context import is_loopback
 from app.api.errors import error_response
+from app.api.routing import UNMATCHED, RouteTable, route_path
 from app.config import ReadAccess, Settings
 from app.errors import AccessDenied, NotAuthenticated, OceanoError, RateLimited, ShuttingDown
 
@@ -76,8 +77,8 @@ _COMPILED = [(method, compile_path(path)[0], needed) for (method, path), needed 
 
 
 def route_scope(method: str, path: str) -> KeyScope | None:
-    """The scope a request needs, from ROUTE_SCOPES; `admin` for anything the table does not name (fail closed:
-    a route added without an entry here is not opened by mistake, and unknown paths tell nothing)."""
+    """The scope a request needs, from ROUTE_SCOPES; `admin` for a route the table does not name (fail closed: a
+    route added without an entry here is not opened by mistake). Paths no route serves never get here (404)."""
     method = "GET" if method == "HEAD" else method
     for entry_method, regex, needed in _COMPILED:
         if entry_method == method and regex.match(path):
@@ -133,6 +134,9 @@ class AccessGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # no WebSocket route exists; one added must be mapped here first
             await self.app(scope, receive, send)
+            return
+        if RouteTable.of(scope["app"]).template(route_path(scope)) == UNMATCHED:
+            await self.app(scope, receive, send)  # no route serves this path: the router's 404, nothing to guard
             return
         error = self._check(scope)
         if error is not None:

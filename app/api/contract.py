@@ -16,6 +16,7 @@ DESCRIPTIONS = {
     401: "No API key, or an unknown one",
     403: "The API key may not do this",
     404: "No such resource",
+    409: "The name is taken",
     413: "Over MAX_UPLOAD_MB, MAX_MEGAPIXELS, or MAX_REQUEST_MEGAPIXELS for the images of one request",
     415: "Not an image of a supported format",
     422: "A parameter or field is missing, of the wrong type or out of range",

@@ -180,7 +180,7 @@ def _by_status(name: str, documentation: str, statuses: type[JobStatus] | type[F
 class RequestMetrics:
     """Times every HTTP request (outermost middleware: refusals at the door and 413s count too), labelled by
     route template, never the raw path, so the label set stays bounded. The API key's name comes from
-    `request.state.key_name` when the auth layer set it."""
+    `request.state.key` (set by the auth layer, app/api/auth.py, for a valid key only)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -207,5 +207,5 @@ class RequestMetrics:
             code = str(status)
             method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.http_seconds.labels(method, route, code).observe(time.perf_counter() - started)
-            key = state.get("key_name") if isinstance(state, dict) else getattr(state, "key_name", None)
+            key = state.get("key") if isinstance(state, dict) else getattr(state, "key", None)
             self.metrics.key_requests.labels(str(key or ANONYMOUS), code).inc()

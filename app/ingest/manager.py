@@ -80,15 +80,18 @@ class JobManager:
         allowed = [r for r in real if inside(r, roots)]
         if not allowed:
             raise AccessDenied(f"{path} lies outside the folders this service may ingest from (INGEST_ROOTS)")
-        found = next((r for r in allowed if r.exists()), None)
-        if found is None:
-            raise InvalidRequest(f"{path} does not exist on the service's filesystem (inside its container, if it "
-                                 "runs in one)")
-        if found.is_file():
-            if found.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise InvalidRequest(f"{path} is not an image file ({' '.join(sorted(IMAGE_EXTENSIONS))})")
-        elif not found.is_dir():
-            raise InvalidRequest(f"{path} is neither a folder nor a file")
+        try:
+            found = next((r for r in allowed if r.exists()), None)
+            if found is None:
+                raise InvalidRequest(f"{path} does not exist on the service's filesystem (inside its container, if "
+                                     "it runs in one)")
+            if found.is_file():
+                if found.suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise InvalidRequest(f"{path} is not an image file ({' '.join(sorted(IMAGE_EXTENSIONS))})")
+            elif not found.is_dir():
+                raise InvalidRequest(f"{path} is neither a folder nor a file")
+        except OSError as exc:  # e.g. a name too long for the filesystem (found by Schemathesis: it was a 500)
+            raise InvalidRequest(f"cannot use that path: {exc.strerror}") from exc
         return found
 
     def shown(self, view: JobView) -> JobView:

@@ -160,8 +160,8 @@ def test_service_refuses_oversized_upload_itself(service: str) -> None:
     assert httpx.get(f"http://{service}/health").status_code == 200
 
 
-def test_nginx_reports_the_client_and_the_request_id(nginx: str) -> None:
-    with httpx.Client(base_url=nginx, timeout=60) as http:
+def test_nginx_reports_the_client_and_the_request_id(nginx: Nginx) -> None:
+    with httpx.Client(base_url=nginx.url, timeout=60) as http:
         assert http.get("/health", headers={"X-Request-ID": "via-nginx-1"}).headers["X-Request-ID"] == "via-nginx-1"
         made = http.get("/health").headers["X-Request-ID"]  # nginx's own $request_id
         assert len(made) == 32 and int(made, 16) >= 0

@@ -396,3 +396,12 @@ def test_unfinished_job_resumes_when_the_service_starts_again(tmp_path: Path) ->
         # --no-resume jobs do not start over after a restart: this job's own files count as done
         assert body["counts"]["skipped"] == done_before
         assert client.get("/status").json()["vectors"] == 20  # one face per photo, none twice
+
+
+def test_an_unusable_ingest_path_is_a_400_not_a_500(tmp_path: Path) -> None:
+    """A 4000-character name (found by Schemathesis): the filesystem refuses it, the answer says so."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(root))), client=LOOPBACK) as client:
+        r = client.post("/api/ingest", json={"path": "0" * 4000})
+        assert r.status_code == 400 and "cannot use that path" in r.json()["detail"], r.text

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from app.access import KeyInfo, Scope
 from app.access.keys import NAME_PATTERN
+from app.api.contract import errors
 from app.api.deps import KeysDep
 
 router = APIRouter(tags=["keys"])
@@ -42,20 +43,20 @@ class KeyListOut(BaseModel):
     keys: list[KeyOut]
 
 
-@router.get("/api/keys", response_model=KeyListOut)
+@router.get("/api/keys", response_model=KeyListOut, responses=errors(503))
 async def list_keys(keys: KeysDep) -> KeyListOut:
     """Every key's name, scopes, creation and last use; never the keys themselves."""
     return KeyListOut(keys=[KeyOut.of(i) for i in await run_in_threadpool(keys.list)])
 
 
-@router.post("/api/keys", response_model=NewKeyOut, status_code=201)
+@router.post("/api/keys", response_model=NewKeyOut, status_code=201, responses=errors(409, 422, 503))
 async def create_key(body: KeyIn, keys: KeysDep) -> NewKeyOut:
     """A new key; the answer is the only time it is shown. 409 when the name is taken."""
     info, key = await run_in_threadpool(lambda: keys.create(body.name, body.scopes))
     return NewKeyOut(**KeyOut.of(info).model_dump(), key=key)
 
 
-@router.delete("/api/keys/{name}", response_model=KeyOut)
+@router.delete("/api/keys/{name}", response_model=KeyOut, responses=errors(404, 422, 503))
 async def revoke_key(name: KeyName, keys: KeysDep) -> KeyOut:
     """Revoke a key: refused from the next request on."""
     return KeyOut.of(await run_in_threadpool(lambda: keys.revoke(name)))
