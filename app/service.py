@@ -42,7 +42,7 @@ class Analyzer(Protocol):
     def admit(self, images: int) -> Ticket | None: ...
 
     def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None) -> list[list[Face]]: ...
+                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]: ...
 
 
 @dataclass(slots=True)
@@ -137,9 +137,9 @@ class FaceService:
         the engine is too busy to take them within GPU_ACQUIRE_TIMEOUT (None: no request batcher)."""
         return self.analyzer.admit(images)
 
-    def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head],
-                 ticket: Ticket | None = None) -> list[list[Face]]:
-        return self.analyzer.analyze(images, heads=heads, ticket=ticket)
+    def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head], ticket: Ticket | None = None,
+                 embed: bool = True) -> list[list[Face]]:
+        return self.analyzer.analyze(images, heads=heads, ticket=ticket, embed=embed)
 
     # ------------------------------------------------------------------ inputs
     def decode(self, data: bytes) -> DecodedImage:
@@ -202,8 +202,9 @@ class FaceService:
 
     def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head],
                 ticket: Ticket | None = None) -> list[list[AnalyzedFace]]:
-        """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call."""
-        faces = self._analyze(images, heads, ticket)
+        """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call,
+        without the recognizer: nothing here needs an embedding."""
+        faces = self._analyze(images, heads, ticket, embed=False)
         return [[AnalyzedFace(face, *original_coords(face, image)) for face in row]
                 for image, row in zip(images, faces, strict=True)]
 
@@ -334,5 +335,5 @@ class _EngineAnalyzer:
         return None
 
     def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None) -> list[list[Face]]:
-        return self.engine.analyze_batch(images, heads=heads, timeout=timeout)
+                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]:
+        return self.engine.analyze_batch(images, heads=heads, timeout=timeout, embed=embed)

@@ -66,6 +66,7 @@ class Ticket:
 class _Request:
     images: Sequence[Image]
     heads: tuple[FaceHead, ...]
+    embed: bool
     deadline: float  # monotonic time after which the request has waited too long for the engine
     cancelled: threading.Event | None = None
     future: Future[list[list[Face]]] = field(default_factory=Future)
@@ -122,14 +123,16 @@ class InferenceBatcher:
 
     # ------------------------------------------------------------------ requests
     def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None) -> list[list[Face]]:
+                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]:
         """Same contract as FaceEngine.analyze_batch: EngineBusy when the engine does not take the request
-        within the gate's timeout (GPU_ACQUIRE_TIMEOUT). With a ticket, its reservation becomes this request."""
+        within the gate's timeout (GPU_ACQUIRE_TIMEOUT). With a ticket, its reservation becomes this request.
+        Requests are batched with others that run the same heads and want embeddings alike (`embed`)."""
         wait = self.engine.gate.timeout if timeout is None else timeout
         cancelled = ticket.cancelled if ticket is not None else None
         if cancelled is not None and cancelled.is_set():
             raise RequestTimeout("the request was given up (client gone or REQUEST_TIMEOUT) before inference")
-        request = _Request(images=images, heads=tuple(heads), deadline=time.monotonic() + wait, cancelled=cancelled)
+        request = _Request(images=images, heads=tuple(heads), embed=embed, deadline=time.monotonic() + wait,
+                           cancelled=cancelled)
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the service is shutting down; retry once it is back")
@@ -164,7 +167,7 @@ class InferenceBatcher:
                 r.future.set_exception(self.busy_error(self.estimated_wait()))
 
     def _take(self) -> list[_Request]:
-        """Everything live queued now that shares the oldest request's heads, up to max_images."""
+        """Everything live queued now that shares the oldest request's heads and `embed`, up to max_images."""
         with self._cond:
             self._drop_dead()
             if not self._queue:
@@ -172,7 +175,7 @@ class InferenceBatcher:
             taken = [self._queue.popleft()]
             count = len(taken[0].images)
             while self._queue and count + len(self._queue[0].images) <= self.max_images \
-                    and self._queue[0].heads == taken[0].heads:
+                    and self._queue[0].heads == taken[0].heads and self._queue[0].embed == taken[0].embed:
                 request = self._queue.popleft()
                 taken.append(request)
                 count += len(request.images)
@@ -193,7 +196,7 @@ class InferenceBatcher:
                     images = [img for r in live for img in r.images]
                     started = time.perf_counter()
                     try:
-                        faces = self.engine.analyze_holding_gate(images, heads=live[0].heads)
+                        faces = self.engine.analyze_holding_gate(images, heads=live[0].heads, embed=live[0].embed)
                     except BaseException as exc:  # handed to every waiting request, never lost in this thread
                         for r in live:
                             r.future.set_exception(exc)

@@ -61,16 +61,17 @@ class FaceEngine:
         return self.recognizer.dim
 
     def analyze_batch(self, images: Sequence[Image], *, timeout: float | None = None,
-                      heads: Sequence[FaceHead] = ()) -> list[list[Face]]:
+                      heads: Sequence[FaceHead] = (), embed: bool = True) -> list[list[Face]]:
         """Detect, align and embed every face of every image, then run `heads` on them (answers in
         Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
         (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`.
-        Coordinates are in the pixels of each image (a DecodedImage's `pixels`)."""
+        Coordinates are in the pixels of each image (a DecodedImage's `pixels`). `embed=False` skips the
+        recognizer (faces keep an empty `embedding`): for callers that only need boxes and heads."""
         with self.gate.acquire(timeout):
-            return self.analyze_holding_gate(images, heads=heads)
+            return self.analyze_holding_gate(images, heads=heads, embed=embed)
 
-    def analyze_holding_gate(self, images: Sequence[Image], *,
-                             heads: Sequence[FaceHead] = ()) -> list[list[Face]]:
+    def analyze_holding_gate(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
+                             embed: bool = True) -> list[list[Face]]:
         """analyze_batch for a caller that already holds the gate (the request batcher)."""
         arrays = [img.pixels if isinstance(img, DecodedImage) else img for img in images]
         detections = self.detector.detect(arrays)
@@ -84,9 +85,11 @@ class FaceEngine:
                 crops.append(crop)
                 row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
             faces.append(row)
-        embeddings = self.recognizer.embed(crops)
         for head in heads:
             head.run(arrays, faces)
+        if not embed:
+            return faces
+        embeddings = self.recognizer.embed(crops)
         flat = [f for row in faces for f in row]
         for face, emb in zip(flat, embeddings, strict=True):
             face.embedding = emb
