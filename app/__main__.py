@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         create_app(settings), host=settings.host, port=settings.port, workers=1,
         limit_concurrency=settings.uvicorn_limit_concurrency, backlog=settings.uvicorn_backlog,
         timeout_graceful_shutdown=int(settings.request_timeout), log_level=settings.log_level.lower(),
+        ws_max_size=settings.ws_max_message_bytes,
     )
 
 

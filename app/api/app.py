@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app import __version__
-from app.api import pages
+from app.api import live, pages, ws
 from app.api.admission import AdmissionGuard
 from app.api.errors import BodyLimit, install_error_handlers
 from app.api.metrics import Metrics
@@ -21,6 +21,7 @@ from app.api.routes import faces, heads, jobs, ops, search
 from app.bootstrap import Services, open_services
 from app.config import Settings
 from app.errors import OceanoError
+from app.realtime import RealtimeStats
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Self-hosted face search: upload a photo, find similar faces.")
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.realtime_stats = RealtimeStats()  # /ws counters: GET /api/stats (app.realtime.stats)
     app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(pages.router)
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(heads.router)
     app.include_router(ops.router)
     app.include_router(jobs.router)
+    app.include_router(ws.router)
+    app.include_router(live.router)
     # A multipart envelope adds a little around the file itself.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(AdmissionGuard)  # outermost: a busy engine refuses uploads before anything is read
