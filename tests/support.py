@@ -212,7 +212,8 @@ def workspace(state: Path, engine: FaceEngine) -> Iterator[Workspace]:
 def live_service(settings: Settings) -> Iterator[str]:
     """The real app under uvicorn in a thread, on a free port; yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           ws_max_size=settings.ws_max_message_bytes))  # as python -m app
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 120

@@ -5,6 +5,7 @@ Skips when nginx is not installed (Debian: apt-get install nginx; .ci/run instal
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
-from tests.support import REPO, Photos
+from tests.support import REPO, Photos, b64
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
@@ -125,3 +127,18 @@ def test_service_refuses_oversized_upload_itself(service: str) -> None:
     r = httpx.post(f"http://{service}/api/search", files={"file": ("big.jpg", big)}, timeout=60)
     assert r.status_code == 413 and "MAX_UPLOAD_MB" in r.json()["detail"]
     assert httpx.get(f"http://{service}/health").status_code == 200
+
+
+def test_websocket_round_trip_through_nginx(nginx: str) -> None:
+    """/ws through the proxy: the upgrade is passed on, frames go both ways, the socket survives an error."""
+    with connect(nginx.replace("http://", "ws://") + "/ws", open_timeout=30, max_size=2**22) as ws:
+        assert json.loads(ws.recv(timeout=30))["event"] == "connected"
+        ws.send(json.dumps({"command": "predict", "image": b64(Photos.yaoming)}))
+        answer = json.loads(ws.recv(timeout=60))
+        assert answer["type"] == "prediction" and answer["status"] == "success" and answer["faces"] == 1
+        ws.send("{not json")
+        assert json.loads(ws.recv(timeout=30))["data"]["code"] == "bad_json"
+        ws.send(json.dumps({"event": "process_frame", "data": {"frame": b64(Photos.t1), "timestamp": 7}}))
+        result = json.loads(ws.recv(timeout=60))
+        assert result["event"] == "detection_result" and result["data"]["timestamp"] == 7
+        assert result["data"]["crowd_analysis"]["face_count"] == 6
