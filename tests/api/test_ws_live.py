@@ -50,3 +50,41 @@ def test_live_uvicorn_socket(tmp_path: Path) -> None:
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=30)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+def test_example_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/ws_client.py against a live service: each of its modes prints the service's JSON answers."""
+    import importlib.util
+
+    from tests.support import REPO, no_face_jpeg
+
+    spec = importlib.util.spec_from_file_location("ws_client", REPO / "examples" / "ws_client.py")
+    assert spec is not None and spec.loader is not None
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(Photos.yaoming.read_bytes())
+    (folder / "b.jpg").write_bytes(no_face_jpeg())
+    (folder / "notes.txt").write_text("not an image")
+    with live_service(make_settings(tmp_path / "state")) as url:
+        endpoint = ["--url", url.replace("http://", "ws://") + "/ws", "--compact"]
+
+        def run(*args: str) -> tuple[int, list[dict[str, Any]]]:
+            code = client.main([*args, *endpoint])
+            return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+        code, (health,) = run("--health")
+        assert code == 0 and health["type"] == "health" and health["status"] == "healthy"
+        code, (emotions,) = run("--emotions")
+        assert code == 0 and len(emotions["emotions"]) == 7
+        code, (info,) = run("--model-info")
+        assert code == 0 and info["info"]["num_classes"] == 7
+        code, (prediction,) = run(str(Photos.yaoming))
+        assert code == 0 and prediction["type"] == "prediction" and prediction["status"] == "success"
+        code, answers = run("--folder", str(folder))
+        assert code == 1  # b.jpg has no face
+        assert [(a["file"], a["status"]) for a in answers] == [("a.jpg", "success"), ("b.jpg", "error")]
+        code, (frame,) = run("--frame", "--crowd-threshold", "3", str(Photos.t1))
+        assert code == 0 and frame["data"]["crowd_analysis"]["face_count"] == 6
+        assert frame["data"]["alerts"][0]["type"] == "crowd_warning"
