@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     crowd_threshold: int = Field(default=10, ge=0)
     # Seconds before a connection gets the same kind of alert again (unless its level rises).
     alert_cooldown: float = Field(default=10.0, ge=0, le=86_400)
+    # Frames are reduced to this long side before detection (a frame's settings may ask for another `max_side`):
+    # detection costs about the square of it; smaller faces are found at larger sides.
+    frame_max_side: int = Field(default=640, ge=32, le=4096)
+    # The same for `predict`, which reads the largest face only: a quarter of the detector's work at 320.
+    predict_max_side: int = Field(default=320, ge=32, le=4096)
 
     # uvicorn (python -m app).
     # Connections and tasks uvicorn serves at once (past it: a bare 503). Memory is bounded by admission control

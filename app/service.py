@@ -142,12 +142,13 @@ class FaceService:
         return self.analyzer.analyze(images, heads=heads, ticket=ticket, embed=embed)
 
     # ------------------------------------------------------------------ inputs
-    def decode(self, data: bytes) -> DecodedImage:
+    def decode(self, data: bytes, *, max_side: int | None = None) -> DecodedImage:
         """Validate and decode one upload: refused from its header when over the limits, decoded only when the
-        process-wide decode bound (DECODE_MEGAPIXELS) has room for it."""
+        process-wide decode bound (DECODE_MEGAPIXELS) has room for it. `max_side`: reduce the pixels to at most
+        this long side (detection then costs less; boxes still come back in the original's pixels)."""
         limits = {"max_bytes": self.settings.max_upload_bytes, "max_pixels": int(self.settings.max_megapixels * 1e6)}
         with self.decode_gate.hold(decoded_pixels_estimate(data, **limits)):
-            return decode_image(data, **limits)
+            return decode_image(data, **limits, max_side=max_side)
 
     def check_request_pixels(self, uploads: Sequence[bytes]) -> None:
         """One request's images together, from their headers, before any is decoded: at most

@@ -83,7 +83,8 @@ class Connection:
         self.settings = settings
         self.stats = stats
         self.client_id = uuid.uuid4().hex
-        self.analyzer = FrameAnalyzer(service, CrowdScale.from_settings(settings))
+        self.analyzer = FrameAnalyzer(service, CrowdScale.from_settings(settings),
+                                      predict_max_side=settings.predict_max_side)
         self.throttle = AlertThrottle(settings.alert_cooldown)
         self.pending: Job | None = None
         self.wake = asyncio.Event()

@@ -126,12 +126,15 @@ class FrameSettings(BaseModel):
     top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="matches per face with search")
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum similarity of a match")
     heads: list[str] | str | None = Field(None, description="heads to run (default HEADS); [] or '' for none")
+    max_side: int | None = Field(None, ge=32, le=4096, description="reduce the frame to this long side before "
+                                                                   "detection (default FRAME_MAX_SIDE)")
 
     def options(self, settings: Settings) -> FrameOptions:
         heads = ",".join(self.heads) if isinstance(self.heads, list) else self.heads
         crowd = settings.crowd_threshold if self.crowd_threshold is None else self.crowd_threshold
         return FrameOptions(confidence_threshold=self.confidence_threshold, crowd_threshold=crowd,
-                            search=self.search, top_k=self.top_k, threshold=self.threshold, heads=heads)
+                            search=self.search, top_k=self.top_k, threshold=self.threshold, heads=heads,
+                            max_side=self.max_side or settings.frame_max_side)
 
 
 def frame_options(body: dict[str, Any], settings: Settings) -> FrameOptions:

@@ -40,6 +40,7 @@ class FrameOptions:
     top_k: int = 1
     threshold: float | None = None
     heads: str | None = None
+    max_side: int | None = None  # the frame is reduced to this long side before detection (None: as decoded)
 
 
 @dataclass(slots=True)
@@ -99,9 +100,11 @@ class Prediction:
 
 
 class FrameAnalyzer:
-    def __init__(self, service: FaceService, scale: CrowdScale) -> None:
+    def __init__(self, service: FaceService, scale: CrowdScale, *, predict_max_side: int | None = None) -> None:
+        """`predict_max_side`: predict detects on the image reduced to this long side (PREDICT_MAX_SIDE)."""
         self.service = service
         self.scale = scale
+        self.predict_max_side = predict_max_side
 
     def process(self, data: bytes, options: FrameOptions, ticket: Ticket | None = None) -> FrameResult:
         """Decode one frame and find its faces: heads always, embeddings and matches only with `search` (the
@@ -111,7 +114,7 @@ class FrameAnalyzer:
         heads = service.select_heads(options.heads)
         if options.search:
             service.search_params(options.top_k, options.threshold)  # a bad value costs no decode
-        image = service.decode(data)
+        image = service.decode(data, max_side=options.max_side)
         faces: list[FrameFace]
         if options.search:
             searched = service.search([image], top_k=options.top_k, threshold=options.threshold, heads=heads,
@@ -150,10 +153,10 @@ class FrameAnalyzer:
                             f"{spec.name}-{info.sha256[:12]}", info.providers)
 
     def predict(self, data: bytes, ticket: Ticket | None = None) -> Prediction | None:
-        """The emotion of the image's largest face (detector + emotion head only: no embedding, no search);
-        None when the image has no face."""
+        """The emotion of the image's largest face (detector + emotion head only: no embedding, no search), on
+        the image reduced to `predict_max_side`; None when the image has no face."""
         head = self.emotion_head()
-        image = self.service.decode(data)
+        image = self.service.decode(data, max_side=self.predict_max_side)
         analyzed = self.service.analyze([image], heads=[head], ticket=ticket)[0]
         if not analyzed:
             return None

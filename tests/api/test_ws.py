@@ -36,6 +36,15 @@ def assert_usable(ws: WebSocketTestSession) -> None:
     assert receive(ws) == {"type": "pong", "status": "success", "timestamp": pytest.approx(time.time(), abs=30)}
 
 
+def area(box: list[float]) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    inter = area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
+    return inter / (area(a) + area(b) - inter)
+
+
 def connect(client: TestClient) -> WebSocketTestSession:
     ws = client.websocket_connect("/ws")
     hello = ws.__enter__().receive_json()
@@ -89,8 +98,9 @@ def test_predict_answers_the_largest_face_and_no_face_is_an_error(client: TestCl
         assert crowd["status"] == "success" and crowd["faces"] == 6
         ws.send_json({"event": "process_frame", "data": {"frame": b64(Photos.t1)}})
         boxes = [f["bbox"] for f in ws.receive_json()["data"]["faces"]]
-        largest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-        assert crowd["bbox"] == largest
+        # predict detects on the image reduced to PREDICT_MAX_SIDE (320); its box is the largest face's
+        assert max(boxes, key=area) == max(boxes, key=lambda b: iou(b, crowd["bbox"]))
+        assert iou(max(boxes, key=area), crowd["bbox"]) > 0.8
 
         ws.send_json({"command": "predict", "image": b64(no_face_jpeg())})
         none = ws.receive_json()
@@ -124,6 +134,11 @@ def test_process_frame_event_and_command_alias(client: TestClient) -> None:
         # confidence_threshold drops the faces the detector scored lower
         ws.send_json(frame_event(Photos.t1, confidence_threshold=0.99))
         assert len(ws.receive_json()["data"]["faces"]) < 6
+        # max_side: detected on a smaller copy, boxes still in the frame's pixels
+        ws.send_json(frame_event(Photos.t1, max_side=320, heads=[]))
+        small = ws.receive_json()["data"]
+        assert len(small["faces"]) == 6 and small["frame_size"] == [1280, 886]
+        assert all(max(iou(f["bbox"], g["bbox"]) for g in data["faces"]) > 0.7 for f in small["faces"])
 
 
 def test_process_frame_with_search_names_the_closest_match(client: TestClient) -> None:
@@ -285,8 +300,8 @@ def test_frames_are_decoded_off_the_event_loop(client: TestClient, monkeypatch: 
     service = client.app.state.service
     threads: list[str] = []
     original = service.decode
-    monkeypatch.setattr(service, "decode", lambda data: threads.append(threading.current_thread().name)
-                        or original(data))
+    monkeypatch.setattr(service, "decode", lambda data, **kw: threads.append(threading.current_thread().name)
+                        or original(data, **kw))
     with client.websocket_connect("/ws") as ws:
         ws.receive_json()
         ws.send_json({"command": "predict", "image": b64(Photos.yaoming)})
