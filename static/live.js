@@ -167,6 +167,7 @@
     $("stop").disabled = true;
   }
 
+  window.oceanoLive = state;  // for the console (and the browser test, which drops the socket to see it come back)
   $("camera").addEventListener("click", () => start("camera"));
   $("file").addEventListener("change", (e) => { if (e.target.files.length) start(e.target.files[0]); });
   $("stop").addEventListener("click", () => { stop(); if (state.ws) state.ws.close(1000, "stopped"); });
