@@ -111,8 +111,12 @@ class Connection:
             await self.read()
         finally:
             worker.cancel()
-            with suppress(asyncio.CancelledError):
+            try:
                 await worker
+            except asyncio.CancelledError:
+                pass
+            except (WebSocketDisconnect, RuntimeError) as exc:  # its answer found the socket closed
+                logger.debug("ws %s: answer not sent, socket closed (%r)", self.client_id, exc)
 
     # ------------------------------------------------------------------ reading
     async def read(self) -> None:

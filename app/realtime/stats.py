@@ -1,7 +1,9 @@
 """Live statistics of the real-time socket, kept on app.state.realtime_stats and served by GET /api/stats.
 
-RealtimeStats is a plain object of counters, so that any exporter can read them: /metrics publishes the same
-series (oceano_ws_* in the README). Only the event loop writes them (the WebSocket handler), so no lock."""
+RealtimeStats is a plain object of counters so that any exporter can read them as attributes: /metrics is to
+publish the same series from here (counters: total_*, rejected_connections, processing_seconds; gauges:
+active_connections; the latest processing times in `recent`). Only the event loop writes them (the WebSocket
+handler), so no lock."""
 
 from __future__ import annotations
 

@@ -308,3 +308,33 @@ def test_frames_are_decoded_off_the_event_loop(client: TestClient, monkeypatch: 
         assert ws.receive_json()["status"] == "success"
     loop_thread = client.portal.call(lambda: threading.current_thread().name)  # type: ignore[union-attr]
     assert threads and loop_thread not in threads
+
+
+def test_a_client_leaving_mid_frame_frees_its_place(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = client.app.state.services
+    engine = services.engine
+    calls: list[int] = []
+    original = engine.analyze_holding_gate
+    monkeypatch.setattr(engine, "analyze_holding_gate", lambda images, **kw: calls.append(len(images))
+                        or original(images, **kw))
+    with gate_held(engine.gate):
+        with client.websocket_connect("/ws") as ws:
+            ws.receive_json()
+            ws.send_json(frame_event(Photos.yaoming))
+            deadline = time.monotonic() + 5
+            while services.batcher.estimated_wait() == 0:  # the frame waits for the engine
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        deadline = time.monotonic() + 5
+        while client.get("/api/stats").json()["active_connections"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    # The engine is free again: the closed socket's frame is given up, not run.
+    deadline = time.monotonic() + 5
+    while services.batcher.estimated_wait() > 0:
+        assert time.monotonic() < deadline, "the frame of a closed socket still holds its place"
+        time.sleep(0.02)
+    assert calls == [] and services.batcher.dropped == 1
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        assert_usable(ws)
