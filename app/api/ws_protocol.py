@@ -16,7 +16,7 @@ import binascii
 import json
 import time
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,7 +33,7 @@ SERVICE_NAME = "oceano"
 WS_ERROR_CODES: dict[type[OceanoError], str] = {cls: code for cls, (_, code) in ERROR_STATUS.items()}
 
 
-class CloseCode:
+class CloseCode(IntEnum):
     """WebSocket close codes this service uses (RFC 6455 section 7.4)."""
 
     POLICY_VIOLATION = 1008  # not authorized
