@@ -130,7 +130,6 @@ class Connection:
                 await self.send(proto.error_message("bad_message", "send JSON text messages; a frame goes as "
                                                     "base64 in \"frame\" (binary messages are not read)"))
             elif len(text) > limit:  # not even parsed
-                self.stats.total_frames_failed += 1
                 await self.send(proto.error_message("too_large", f"the message is over the {limit} characters a "
                                                     f"frame of MAX_UPLOAD_MB={self.settings.max_upload_mb:g} "
                                                     "takes", {"max_frame_bytes": self.settings.max_upload_bytes}))

@@ -25,7 +25,7 @@ class RealtimeStats:
     total_frames_received: int = 0  # frames and predict commands received
     total_frames_processed: int = 0  # answered with a result (detection_result or prediction)
     total_frames_dropped: int = 0  # replaced by a newer frame of the same connection before processing
-    total_frames_failed: int = 0  # answered with an error (bad image, busy, timeout, ...)
+    total_frames_failed: int = 0  # taken for processing, answered with an error (bad image, busy, timeout, ...)
     total_predictions: int = 0  # of total_frames_processed: predict commands
     total_alerts: int = 0  # alerts sent (after the cool-down)
     processing_seconds: float = 0.0  # sum over the processed frames
