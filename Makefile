@@ -22,7 +22,7 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check app tests bench tools
+	$(VENV)/bin/ruff check app tests bench tools examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

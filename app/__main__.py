@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         limit_concurrency=settings.uvicorn_limit_concurrency, backlog=settings.uvicorn_backlog,
         timeout_graceful_shutdown=int(settings.request_timeout), log_level=settings.log_level.lower(),
         log_config=None, access_log=False, proxy_headers=False,
+        ws_max_size=settings.ws_max_message_bytes,
     )
 
 

@@ -101,6 +101,24 @@ class Settings(BaseSettings):
     decode_megapixels: float = Field(default=100.0, gt=0)
     thumb_size: int = Field(default=128, ge=32, le=512)
 
+    # Real time (/ws, /live). Sockets open at once: the one over the limit is closed (code 1013) with the reason.
+    max_concurrent_connections: int = Field(default=64, ge=1, le=100_000)
+    # Crowd levels from a frame's face count: the highest counts of `low`, `medium` and `high` (0 is `empty`,
+    # past the last `very_high`). Default 2,5,10: 1-2 low, 3-5 medium, 6-10 high, 11+ very_high.
+    crowd_levels: Annotated[tuple[int, int, int], NoDecode] = (2, 5, 10)
+    # density_score = min(1, face count / CROWD_CAPACITY): the share of a scene's capacity in use.
+    crowd_capacity: int = Field(default=20, ge=1)
+    # A frame with more faces than this raises a crowd_warning alert (a frame's settings may give their own;
+    # 0: no crowd alerts).
+    crowd_threshold: int = Field(default=10, ge=0)
+    # Seconds before a connection gets the same kind of alert again (unless its level rises).
+    alert_cooldown: float = Field(default=10.0, ge=0, le=86_400)
+    # Frames are reduced to this long side before detection (a frame's settings may ask for another `max_side`):
+    # detection costs about the square of it; smaller faces are found at larger sides.
+    frame_max_side: int = Field(default=640, ge=32, le=4096)
+    # The same for `predict`, which reads the largest face only: a quarter of the detector's work at 320.
+    predict_max_side: int = Field(default=320, ge=32, le=4096)
+
     # uvicorn (python -m app).
     # Connections and tasks uvicorn serves at once (past it: a bare 503). Memory is bounded by admission control
     # and the upload limits, not by this; it only stops an unbounded pile of idle sockets.
@@ -139,6 +157,23 @@ class Settings(BaseSettings):
     def _check_det_size(cls, value: tuple[int, int]) -> tuple[int, int]:
         if any(v < 64 or v > 4096 or v % 32 for v in value):
             raise ValueError("DET_SIZE sides must be multiples of 32 between 64 and 4096")
+        return value
+
+    @field_validator("crowd_levels", mode="before")
+    @classmethod
+    def _parse_crowd_levels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if len(parts) != 3 or not all(p.isdigit() for p in parts):
+                raise ValueError("CROWD_LEVELS must be three face counts 'LOW,MEDIUM,HIGH' (e.g. 2,5,10)")
+            value = tuple(int(p) for p in parts)
+        return value
+
+    @field_validator("crowd_levels")
+    @classmethod
+    def _check_crowd_levels(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not 1 <= value[0] < value[1] < value[2]:
+            raise ValueError("CROWD_LEVELS must rise strictly from at least 1 (e.g. 2,5,10)")
         return value
 
     @field_validator("uvicorn_limit_concurrency", mode="before")
@@ -186,6 +221,17 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_frame_chars(self) -> int:
+        """The longest base64 text of one WebSocket frame: MAX_UPLOAD_MB encoded (4 characters per 3 bytes)."""
+        return -(-self.max_upload_bytes // 3) * 4
+
+    @property
+    def ws_max_message_bytes(self) -> int:
+        """uvicorn's WebSocket message cap: a frame at MAX_UPLOAD_MB plus room for its JSON envelope. Messages
+        between the frame limit and this get an error event; past this uvicorn closes the socket (1009)."""
+        return self.max_frame_chars + 1024 * 1024
 
     @property
     def ingest_root_paths(self) -> list[Path]:

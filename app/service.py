@@ -42,7 +42,7 @@ class Analyzer(Protocol):
     def admit(self, images: int) -> Ticket | None: ...
 
     def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None) -> list[list[Face]]: ...
+                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]: ...
 
 
 @dataclass(slots=True)
@@ -137,17 +137,18 @@ class FaceService:
         the engine is too busy to take them within GPU_ACQUIRE_TIMEOUT (None: no request batcher)."""
         return self.analyzer.admit(images)
 
-    def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head],
-                 ticket: Ticket | None = None) -> list[list[Face]]:
-        return self.analyzer.analyze(images, heads=heads, ticket=ticket)
+    def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head], ticket: Ticket | None = None,
+                 embed: bool = True) -> list[list[Face]]:
+        return self.analyzer.analyze(images, heads=heads, ticket=ticket, embed=embed)
 
     # ------------------------------------------------------------------ inputs
-    def decode(self, data: bytes) -> DecodedImage:
+    def decode(self, data: bytes, *, max_side: int | None = None) -> DecodedImage:
         """Validate and decode one upload: refused from its header when over the limits, decoded only when the
-        process-wide decode bound (DECODE_MEGAPIXELS) has room for it."""
+        process-wide decode bound (DECODE_MEGAPIXELS) has room for it. `max_side`: reduce the pixels to at most
+        this long side (detection then costs less; boxes still come back in the original's pixels)."""
         limits = {"max_bytes": self.settings.max_upload_bytes, "max_pixels": int(self.settings.max_megapixels * 1e6)}
         with self.decode_gate.hold(decoded_pixels_estimate(data, **limits)):
-            return decode_image(data, **limits)
+            return decode_image(data, **limits, max_side=max_side)
 
     def check_request_pixels(self, uploads: Sequence[bytes]) -> None:
         """One request's images together, from their headers, before any is decoded: at most
@@ -202,8 +203,9 @@ class FaceService:
 
     def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head],
                 ticket: Ticket | None = None) -> list[list[AnalyzedFace]]:
-        """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call."""
-        faces = self._analyze(images, heads, ticket)
+        """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call,
+        without the recognizer: nothing here needs an embedding."""
+        faces = self._analyze(images, heads, ticket, embed=False)
         return [[AnalyzedFace(face, *original_coords(face, image)) for face in row]
                 for image, row in zip(images, faces, strict=True)]
 
@@ -334,5 +336,5 @@ class _EngineAnalyzer:
         return None
 
     def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None) -> list[list[Face]]:
-        return self.engine.analyze_batch(images, heads=heads, timeout=timeout, source=CallSource.REQUESTS)
+                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]:
+        return self.engine.analyze_batch(images, heads=heads, timeout=timeout, embed=embed, source=CallSource.REQUESTS)

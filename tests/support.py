@@ -313,7 +313,8 @@ def live_service(settings: Settings) -> Iterator[str]:
     port = free_port()
     # As `python -m app` runs it: the app reads forwarded headers itself (FORWARDED_ALLOW_IPS).
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           proxy_headers=False, access_log=False))
+                                           proxy_headers=False, access_log=False,
+                                           ws_max_size=settings.ws_max_message_bytes))
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -325,3 +326,26 @@ def live_service(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+# ------------------------------------------------------------------------------------------------- real time
+
+
+def b64(data: bytes | Path) -> str:
+    """A frame as /ws takes it: base64 text of the image bytes (or of a file's)."""
+    import base64
+
+    return base64.b64encode(data.read_bytes() if isinstance(data, Path) else data).decode()
+
+
+def one_face_frame(width: int = 640, height: int = 480, quality: int = 85) -> bytes:
+    """A camera-sized JPEG with one face: Yao Ming's photo scaled to the frame's height, on grey."""
+    face = read_bgr(Photos.yaoming)
+    scale = height / face.shape[0]
+    face = cv2.resize(face, (min(width, round(face.shape[1] * scale)), height))
+    frame = np.full((height, width, 3), 128, np.uint8)
+    left = (width - face.shape[1]) // 2
+    frame[:, left:left + face.shape[1]] = face
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()

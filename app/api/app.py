@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app import __version__
-from app.api import pages
+from app.api import live, pages, ws
 from app.api.admission import AdmissionGuard
 from app.api.auth import AccessGuard
 from app.api.context import RequestContext
@@ -25,6 +25,7 @@ from app.api.routing import MethodGuard
 from app.bootstrap import Services, open_services
 from app.config import Settings
 from app.errors import OceanoError
+from app.realtime import RealtimeStats
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Self-hosted face search: upload a photo, find similar faces.")
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
+    app.state.realtime_stats = metrics.realtime = RealtimeStats()  # /ws counters: /api/stats and /metrics
     app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(pages.router)
@@ -69,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(jobs.router)
     app.include_router(keys.router)
+    app.include_router(ws.router)
+    app.include_router(live.router)
     # A multipart envelope adds a little around the file itself.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(AdmissionGuard)  # a busy engine refuses uploads before anything is read

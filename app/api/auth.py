@@ -132,7 +132,7 @@ class AccessGuard:
         self.limit_text = settings.rate_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # no WebSocket route exists; one added must be mapped here first
+        if scope["type"] != "http":  # /ws checks its keys itself (app.api.ws.authorize_socket)
             await self.app(scope, receive, send)
             return
         if RouteTable.of(scope["app"]).template(route_path(scope)) == UNMATCHED:

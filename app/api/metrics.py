@@ -22,7 +22,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,6 +34,7 @@ from app.ingest.model import FileStatus, JobStatus
 
 if TYPE_CHECKING:
     from app.bootstrap import Services
+    from app.realtime.stats import RealtimeStats
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +58,7 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         self.services: Services | None = None  # set by the lifespan; the scrape-time gauges read them
+        self.realtime: RealtimeStats | None = None  # /ws counters (app.realtime.stats), set by create_app
         self.http_seconds = Histogram(
             "oceano_http_request_duration_seconds", "HTTP requests by method, route template and status: seconds "
             "from the request to the end of the answer", ["method", "route", "status"], buckets=SECONDS,
@@ -141,6 +143,7 @@ class ServiceGauges(Collector):
         return []  # nothing read at registration
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._realtime()
         services = self.metrics.services
         if services is None:
             return
@@ -165,6 +168,31 @@ class ServiceGauges(Collector):
                                   _safely("ingest jobs", lambda: jobs.state.job_counts(jobs.collection)))
             yield from _by_status("oceano_ingest_files", "Files recorded by ingest for this collection by status",
                                   FileStatus, _safely("ingest files", lambda: jobs.state.file_counts(jobs.collection)))
+
+
+    def _realtime(self) -> Iterator[Metric]:
+        """The series of GET /api/stats (the WebSocket's frames and connections)."""
+        stats = self.metrics.realtime
+        if stats is None:
+            return
+        yield _gauge("oceano_ws_connections_open", "WebSockets open now", stats.active_connections)
+        for name, documentation, value in (
+                ("oceano_ws_connections_accepted", "WebSockets accepted since start", stats.total_connections),
+                ("oceano_ws_connections_rejected", "WebSockets turned away at MAX_CONCURRENT_CONNECTIONS",
+                 stats.rejected_connections),
+                ("oceano_ws_frames_processed", "Frames and predictions answered with a result",
+                 stats.total_frames_processed),
+                ("oceano_ws_frames_dropped", "Frames replaced by a newer one of the same socket before processing",
+                 stats.total_frames_dropped),
+                ("oceano_ws_frames_failed", "Frames answered with an error", stats.total_frames_failed),
+                ("oceano_ws_alerts", "Alerts sent (after the cool-down)", stats.total_alerts),
+                ("oceano_ws_processing_seconds", "Processing time of the answered frames, summed",
+                 stats.processing_seconds)):
+            counter = CounterMetricFamily(name, documentation)
+            counter.add_metric([], value)
+            yield counter
+        yield _gauge("oceano_ws_processing_p95_seconds", "95th percentile of the latest frames' processing time",
+                     stats.p95_processing_time / 1e3)
 
 
 def _by_status(name: str, documentation: str, statuses: type[JobStatus] | type[FileStatus],

@@ -67,6 +67,7 @@ class Ticket:
 class _Request:
     images: Sequence[Image]
     heads: tuple[FaceHead, ...]
+    embed: bool
     deadline: float  # monotonic time after which the request has waited too long for the engine
     cancelled: threading.Event | None = None
     queued_at: float = field(default_factory=time.monotonic)
@@ -135,14 +136,16 @@ class InferenceBatcher:
 
     # ------------------------------------------------------------------ requests
     def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None) -> list[list[Face]]:
+                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]:
         """Same contract as FaceEngine.analyze_batch: EngineBusy when the engine does not take the request
-        within the gate's timeout (GPU_ACQUIRE_TIMEOUT). With a ticket, its reservation becomes this request."""
+        within the gate's timeout (GPU_ACQUIRE_TIMEOUT). With a ticket, its reservation becomes this request.
+        Requests are batched with others that run the same heads and want embeddings alike (`embed`)."""
         wait = self.engine.gate.timeout if timeout is None else timeout
         cancelled = ticket.cancelled if ticket is not None else None
         if cancelled is not None and cancelled.is_set():
             raise RequestTimeout("the request was given up (client gone or REQUEST_TIMEOUT) before inference")
-        request = _Request(images=images, heads=tuple(heads), deadline=time.monotonic() + wait, cancelled=cancelled)
+        request = _Request(images=images, heads=tuple(heads), embed=embed, deadline=time.monotonic() + wait,
+                           cancelled=cancelled)
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the service is shutting down; retry once it is back")
@@ -179,7 +182,7 @@ class InferenceBatcher:
                 r.future.set_exception(self.busy_error(self.estimated_wait()))
 
     def _take(self) -> list[_Request]:
-        """Everything live queued now that shares the oldest request's heads, up to max_images."""
+        """Everything live queued now that shares the oldest request's heads and `embed`, up to max_images."""
         with self._cond:
             self._drop_dead()
             if not self._queue:
@@ -187,7 +190,7 @@ class InferenceBatcher:
             taken = [self._queue.popleft()]
             count = len(taken[0].images)
             while self._queue and count + len(self._queue[0].images) <= self.max_images \
-                    and self._queue[0].heads == taken[0].heads:
+                    and self._queue[0].heads == taken[0].heads and self._queue[0].embed == taken[0].embed:
                 request = self._queue.popleft()
                 taken.append(request)
                 count += len(request.images)
@@ -211,7 +214,7 @@ class InferenceBatcher:
                         self.engine.observer.waited(CallSource.REQUESTS, now - r.queued_at)
                     started = time.perf_counter()
                     try:
-                        faces = self.engine.analyze_holding_gate(images, heads=live[0].heads,
+                        faces = self.engine.analyze_holding_gate(images, heads=live[0].heads, embed=live[0].embed,
                                                                  source=CallSource.REQUESTS)
                     except BaseException as exc:  # handed to every waiting request, never lost in this thread
                         for r in live:

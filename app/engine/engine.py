@@ -63,18 +63,20 @@ class FaceEngine:
         return self.recognizer.dim
 
     def analyze_batch(self, images: Sequence[Image], *, timeout: float | None = None,
-                      heads: Sequence[FaceHead] = (), source: CallSource = CallSource.OTHER) -> list[list[Face]]:
+                      heads: Sequence[FaceHead] = (), source: CallSource = CallSource.OTHER,
+                      embed: bool = True) -> list[list[Face]]:
         """Detect, align and embed every face of every image, then run `heads` on them (answers in
         Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
         (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`.
-        Coordinates are in the pixels of each image (a DecodedImage's `pixels`)."""
+        Coordinates are in the pixels of each image (a DecodedImage's `pixels`). `embed=False` skips the
+        recognizer (faces keep an empty `embedding`): for callers that only need boxes and heads."""
         asked = time.perf_counter()
         with self.gate.acquire(timeout):
             self.observer.waited(source, time.perf_counter() - asked)
-            return self.analyze_holding_gate(images, heads=heads, source=source)
+            return self.analyze_holding_gate(images, heads=heads, source=source, embed=embed)
 
     def analyze_holding_gate(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
-                             source: CallSource = CallSource.OTHER) -> list[list[Face]]:
+                             source: CallSource = CallSource.OTHER, embed: bool = True) -> list[list[Face]]:
         """analyze_batch for a caller that already holds the gate (the request batcher)."""
         arrays = [img.pixels if isinstance(img, DecodedImage) else img for img in images]
         started = time.perf_counter()
@@ -90,13 +92,15 @@ class FaceEngine:
                 crops.append(crop)
                 row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
             faces.append(row)
-        started = time.perf_counter()
-        embeddings = self.recognizer.embed(crops)
-        self._observed("recognizer", source, len(crops), started)
         for head in heads:
             started = time.perf_counter()
             head.run(arrays, faces)
             self._observed(head.name, source, len(crops), started)
+        if not embed:
+            return faces
+        started = time.perf_counter()
+        embeddings = self.recognizer.embed(crops)
+        self._observed("recognizer", source, len(crops), started)
         flat = [f for row in faces for f in row]
         for face, emb in zip(flat, embeddings, strict=True):
             face.embedding = emb

@@ -5,6 +5,7 @@ Skips when nginx is not installed (Debian: apt-get install nginx; .ci/run instal
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
-from tests.support import REPO, Photos, large_face_jpeg
+from tests.support import REPO, Photos, b64, large_face_jpeg
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
@@ -170,3 +172,18 @@ def test_nginx_reports_the_client_and_the_request_id(nginx: Nginx) -> None:
         r = http.post("/api/faces", files={"file": ("t1.jpg", Photos.t1.read_bytes())},
                       headers={"X-Forwarded-For": "203.0.113.9"})
         assert r.status_code == 201, r.text
+
+
+def test_websocket_round_trip_through_nginx(nginx: Nginx) -> None:
+    """/ws through the proxy: the upgrade is passed on, frames go both ways, the socket survives an error."""
+    with connect(nginx.url.replace("http://", "ws://") + "/ws", open_timeout=30, max_size=2**22) as ws:
+        assert json.loads(ws.recv(timeout=30))["event"] == "connected"
+        ws.send(json.dumps({"command": "predict", "image": b64(Photos.yaoming)}))
+        answer = json.loads(ws.recv(timeout=60))
+        assert answer["type"] == "prediction" and answer["status"] == "success" and answer["faces"] == 1
+        ws.send("{not json")
+        assert json.loads(ws.recv(timeout=30))["data"]["code"] == "bad_json"
+        ws.send(json.dumps({"event": "process_frame", "data": {"frame": b64(Photos.t1), "timestamp": 7}}))
+        result = json.loads(ws.recv(timeout=60))
+        assert result["event"] == "detection_result" and result["data"]["timestamp"] == 7
+        assert result["data"]["crowd_analysis"]["face_count"] == 6
