@@ -16,7 +16,10 @@
   function connect() {
     clearTimeout(state.reconnectTimer);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/ws`);
+    // With AUTH_READS=key the search page's key (kept for this tab) goes along as the query parameter `key`.
+    const key = sessionStorage.getItem("oceano-api-key") || "";
+    const query = key ? `?key=${encodeURIComponent(key)}` : "";
+    const ws = new WebSocket(`${scheme}//${location.host}/ws${query}`);
     state.ws = ws;
     ws.onopen = () => { state.retry = 0; state.waiting = false; setStatus("connected"); pump(); };
     ws.onmessage = (event) => handle(JSON.parse(event.data));

@@ -35,6 +35,7 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/"): PUBLIC,  # the page itself holds no data; with AUTH_READS=key it asks for the key
+    ("GET", "/live"): PUBLIC,  # likewise; its socket (/ws) checks the key itself (app.api.ws.authorize_socket)
     ("GET", "/static/{file:path}"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
@@ -48,6 +49,7 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("GET", "/api/heads/{name}"): KeyScope.SEARCH,
     ("GET", "/thumbs/{face_id}"): KeyScope.SEARCH,
     ("GET", "/status"): KeyScope.SEARCH,
+    ("GET", "/api/stats"): KeyScope.SEARCH,
     ("POST", "/api/faces"): KeyScope.WRITE,
     ("DELETE", "/api/faces/{face_id}"): KeyScope.WRITE,
     ("DELETE", "/api/faces"): KeyScope.WRITE,

@@ -32,6 +32,7 @@ from app.access import KeyStore
 from app.access import Scope as KeyScope
 from app.api import ws_protocol as proto
 from app.api.auth import presented_key
+from app.api.contract import errors
 from app.api.ws_protocol import CloseCode, Envelope, Incoming, ProtocolError
 from app.config import ReadAccess, Settings
 from app.engine import Ticket
@@ -364,7 +365,7 @@ class StatsOut(BaseModel):
     max_concurrent_connections: int
 
 
-@router.get("/api/stats", response_model=StatsOut)
+@router.get("/api/stats", response_model=StatsOut, responses=errors())
 async def api_stats(request: Request) -> StatsOut:
     """Live statistics of the real-time socket (/ws): the crowd backend's keys, plus ours."""
     stats: RealtimeStats = request.app.state.realtime_stats

@@ -51,7 +51,7 @@ def test_every_operation_documents_its_error_answers(tmp_path: Path) -> None:
             assert answer["content"]["application/json"]["schema"] == ERROR_OUT, (method, path, code)
             if int(code) in (429, 503):
                 assert "Retry-After" in answer["headers"]
-    assert seen == 20  # 17 + the three key routes
+    assert seen == 21  # 17 + the three key routes + /api/stats
     assert 507 in {int(c) for c in schema["paths"]["/api/faces"]["post"]["responses"]}
 
 
@@ -154,5 +154,5 @@ def test_schemathesis_finds_no_contract_failure(contract_service: str, capsys: p
               + ", ".join(f"{name} {n}" for name, n in sorted(run.checks.items())))
     assert not run.errors, "\n".join(run.errors)
     assert not run.failures, "\n\n".join(run.failures)
-    assert len(run.operations) == 20 and run.cases > 20 * MAX_EXAMPLES // 2
+    assert len(run.operations) == 21 and run.cases > 21 * MAX_EXAMPLES // 2
     assert REQUIRED_CHECKS <= set(run.checks)
