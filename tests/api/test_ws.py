@@ -321,16 +321,16 @@ def test_a_client_leaving_mid_frame_frees_its_place(client: TestClient, monkeypa
         with client.websocket_connect("/ws") as ws:
             ws.receive_json()
             ws.send_json(frame_event(Photos.yaoming))
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30  # a bound for a loaded machine, not a timing claim
             while services.batcher.estimated_wait() == 0:  # the frame waits for the engine
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # a bound for a loaded machine, not a timing claim
         while client.get("/api/stats").json()["active_connections"]:
             assert time.monotonic() < deadline
             time.sleep(0.02)
     # The engine is free again: the closed socket's frame is given up, not run.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a bound for a loaded machine, not a timing claim
     while services.batcher.estimated_wait() > 0:
         assert time.monotonic() < deadline, "the frame of a closed socket still holds its place"
         time.sleep(0.02)
