@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from app.engine.engine import FaceEngine, Image
@@ -63,7 +64,9 @@ class Ticket:
         self.release()
 
 
-@dataclass(slots=True)
+# eq=False: requests are told apart by identity. Compared by fields, removing one from the queue compared
+# numpy pixels, raised, and killed the dispatcher thread (found by bench/soak.py).
+@dataclass(slots=True, eq=False)
 class _Request:
     images: Sequence[Image]
     heads: tuple[FaceHead, ...]
@@ -154,7 +157,15 @@ class InferenceBatcher:
             self._queue.append(request)
             self._queued += len(images)
             self._cond.notify()
-        return request.future.result()
+        try:
+            return request.future.result(timeout=max(0.0, request.deadline - time.monotonic()))
+        except FutureTimeout:
+            with self._cond:
+                if self._forget(request):  # still queued at its deadline: 503 now, not after the batch running
+                    self.dropped += 1
+                    self.engine.observer.dropped(Dropped.DEADLINE)
+                    raise self.busy_error(self.estimated_wait()) from None
+        return request.future.result()  # a dispatcher took it: its answer comes with that engine call
 
     @property
     def queued(self) -> int:
@@ -166,13 +177,21 @@ class InferenceBatcher:
                 self._cond.wait()
             return self._queue[0] if self._queue else None
 
+    def _forget(self, request: _Request) -> bool:
+        """Take a request out of the queue if it is still there; call holding the lock."""
+        for i, queued in enumerate(self._queue):
+            if queued is request:
+                del self._queue[i]
+                self._queued -= len(request.images)
+                return True
+        return False
+
     def _drop_dead(self) -> None:
         """Fail the queued requests whose deadline passed or whose client left; call holding the lock."""
         now = time.monotonic()
         dead = [r for r in self._queue if r.deadline <= now or (r.cancelled is not None and r.cancelled.is_set())]
         for r in dead:
-            self._queue.remove(r)
-            self._queued -= len(r.images)
+            self._forget(r)
             self.dropped += 1
             if r.cancelled is not None and r.cancelled.is_set():
                 self.engine.observer.dropped(Dropped.CLIENT_GONE)
@@ -199,41 +218,51 @@ class InferenceBatcher:
             return taken
 
     def _run(self) -> None:
-        gate = self.engine.gate
         while (oldest := self._wait_for_work()) is not None:
-            # Take the slot first and the requests after: whatever queued while the engine was busy then
-            # goes into this one call.
+            taken: list[_Request] = []
             try:
-                with gate.acquire(max(0.0, oldest.deadline - time.monotonic())):
-                    live = self._take()
-                    if not live:
-                        continue
-                    images = [img for r in live for img in r.images]
-                    now = time.monotonic()
-                    for r in live:
-                        self.engine.observer.waited(CallSource.REQUESTS, now - r.queued_at)
-                    started = time.perf_counter()
-                    try:
-                        faces = self.engine.analyze_holding_gate(images, heads=live[0].heads, embed=live[0].embed,
-                                                                 source=CallSource.REQUESTS)
-                    except BaseException as exc:  # handed to every waiting request, never lost in this thread
-                        for r in live:
-                            r.future.set_exception(exc)
-                        continue
-                    finally:
-                        with self._cond:
-                            self._running -= len(images)
-                    self._measured(time.perf_counter() - started, len(images))
-            except EngineBusy:
-                with self._cond:
-                    self._drop_dead()
-                continue
-            self.batches += 1
-            self.requests += len(live)
-            start = 0
-            for r in live:
-                r.future.set_result(faces[start:start + len(r.images)])
-                start += len(r.images)
+                self._serve(oldest, taken)
+            except Exception as exc:  # this thread must outlive anything: without it no request is ever served
+                logger.exception("inference dispatcher: unexpected error; failing its requests and serving on")
+                for r in taken:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+
+    def _serve(self, oldest: _Request, taken: list[_Request]) -> None:
+        """One engine call for what is queued now. Take the slot first and the requests after: whatever queued
+        while the engine was busy then goes into this one call. `taken` gets the requests this call answers."""
+        gate = self.engine.gate
+        try:
+            with gate.acquire(max(0.0, oldest.deadline - time.monotonic())):
+                taken.extend(self._take())
+                if not taken:
+                    return
+                images = [img for r in taken for img in r.images]
+                now = time.monotonic()
+                for r in taken:
+                    self.engine.observer.waited(CallSource.REQUESTS, now - r.queued_at)
+                started = time.perf_counter()
+                try:
+                    faces = self.engine.analyze_holding_gate(images, heads=taken[0].heads, embed=taken[0].embed,
+                                                             source=CallSource.REQUESTS)
+                except BaseException as exc:  # handed to every waiting request, never lost in this thread
+                    for r in taken:
+                        r.future.set_exception(exc)
+                    return
+                finally:
+                    with self._cond:
+                        self._running -= len(images)
+                self._measured(time.perf_counter() - started, len(images))
+        except EngineBusy:
+            with self._cond:
+                self._drop_dead()
+            return
+        self.batches += 1
+        self.requests += len(taken)
+        start = 0
+        for r in taken:
+            r.future.set_result(faces[start:start + len(r.images)])
+            start += len(r.images)
 
     def _measured(self, seconds: float, images: int) -> None:
         per_image = seconds / max(1, images)

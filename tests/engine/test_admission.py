@@ -101,3 +101,57 @@ def test_max_faces_keeps_the_best_scored_faces(engine: FaceEngine) -> None:
     best = capped.analyze_batch([image])[0]
     assert len(every) == 6 and len(best) == 2
     assert sorted(f.det_score for f in best) == sorted(f.det_score for f in every)[-2:]
+
+
+def test_dropping_a_request_from_mid_queue_keeps_the_dispatcher_alive(batcher: InferenceBatcher) -> None:
+    """Found by bench/soak.py: a client leaving while its request queued behind another one of other image sizes
+    made the queue compare pixels, raise, and kill the only dispatcher thread: no request was served again."""
+    big, small = read_bgr(Photos.t1), read_bgr(Photos.yaoming)  # other shapes
+    outcomes: dict[str, object] = {}
+
+    def ask(name: str, image: object, ticket: object = None) -> None:
+        try:
+            outcomes[name] = len(batcher.analyze([image], ticket=ticket, timeout=30)[0])  # type: ignore[arg-type]
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    with gate_held(batcher.engine.gate):
+        first = threading.Thread(target=ask, args=("first", big))
+        first.start()
+        while batcher.queued < 1:
+            time.sleep(0.01)
+        ticket = batcher.admit(1)
+        second = threading.Thread(target=ask, args=("second", small, ticket))
+        second.start()
+        while batcher.queued < 2:
+            time.sleep(0.01)
+        ticket.cancel()  # the second client leaves: dropped from behind the first
+    first.join(30)
+    second.join(30)
+    assert outcomes["first"] == 6 and isinstance(outcomes["second"], RequestTimeout), outcomes
+    assert len(batcher.analyze([small])[0]) == 1  # the dispatcher serves on
+    assert all(t.is_alive() for t in batcher._threads)
+
+
+def test_a_queued_request_gets_its_503_at_its_deadline_not_after_the_batch_running(
+        batcher: InferenceBatcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by bench/soak.py: a request queued behind a long engine call got its 503 only when that call ended."""
+    image = read_bgr(Photos.yaoming)
+    original = batcher.engine.analyze_holding_gate
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(3.0)  # a long batch, e.g. 32 images on a CPU
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batcher.engine, "analyze_holding_gate", slow)
+    running = threading.Thread(target=lambda: batcher.analyze([image], timeout=30))
+    running.start()
+    while batcher.queued or not batcher.engine.gate.in_use:  # the long call has started
+        time.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(EngineBusy):
+        batcher.analyze([image], timeout=0.3)
+    waited = time.monotonic() - started
+    running.join(30)
+    assert waited < 2.0, waited  # at its deadline (0.3 s), not when the 3 s call ended
+    assert batcher.queued == 0
