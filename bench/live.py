@@ -142,10 +142,11 @@ def stop_server(server: Server) -> None:
 
 @contextmanager
 def live_server(app_dir: Path = REPO, *, env: Mapping[str, str] | None = None, port: int = 0,
-                timeout: float = 180.0, prefix: str = "oceano-bench-") -> Iterator[Server]:
-    """A service with fresh state in a temporary folder, stopped (and the folder removed) on exit."""
+                timeout: float = 180.0, prefix: str = "oceano-bench-", state: Path | None = None) -> Iterator[Server]:
+    """A service with fresh state, stopped on exit: in a temporary folder (removed on exit), or in `state` (kept,
+    for a look at its files and server.log afterwards)."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        server = start_server(app_dir.resolve(), Path(tmp), port, timeout, env)
+        server = start_server(app_dir.resolve(), state or Path(tmp), port, timeout, env)
         try:
             yield server
         finally:
