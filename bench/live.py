@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,19 @@ def app_package_file(app_dir: Path, env: Mapping[str, str] | None = None) -> str
     if out.returncode != 0:
         raise SystemExit(f"cannot import app from {app_dir}: {out.stderr.strip()}")
     return out.stdout.strip()
+
+
+def multipart(fields: dict[str, str], file: tuple[str, bytes, str], field_name: str = "file") -> tuple[bytes, str]:
+    """A multipart/form-data body with `fields` and one file part (name, bytes, content type), and its
+    Content-Type header."""
+    boundary = uuid.uuid4().hex
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
+             for k, v in fields.items()]
+    name, data, ctype = file
+    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{name}\"\r\n"
+                 f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 @dataclass

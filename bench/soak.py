@@ -57,7 +57,7 @@ import numpy as np
 from app.store import point_id
 from bench.common import EVAL_DIR, Photos
 from bench.hostile import zero_png
-from bench.live import REPO, Server, live_server, reset_peak
+from bench.live import REPO, Server, live_server, multipart, reset_peak
 from bench.photos import eval_photos
 
 logger = logging.getLogger("bench.soak")
@@ -68,6 +68,7 @@ WEIGHTS = {"search": 40, "index": 25, "delete_id": 6, "delete_file": 5, "delete_
 HOSTILE = ("bomb", "flat_batch", "truncated", "not_image", "chunked")
 UPLOADS_PER_SUBJECT = 3
 SAMPLE = 50
+GONE_KEYS = 10_000_000  # variant keys of the uploads whose client disconnects
 # The answers each kind may get; anything else is counted as unexpected.
 EXPECTED: dict[str, set[str]] = {
     "search": {"200", "503"},
@@ -133,17 +134,6 @@ class Variants:
         return photo, encode_jpeg(np.ascontiguousarray(image), int(rng.integers(80, 96)), comment)
 
 
-def multipart(fields: dict[str, str], file: tuple[str, bytes, str], field_name: str = "file") -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
-             for k, v in fields.items()]
-    name, data, ctype = file
-    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{name}\"\r\n"
-                 f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
 def chunked_body(size: int, boundary: str) -> Iterator[bytes]:
     yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
            "Content-Type: image/jpeg\r\n\r\n").encode() + b"\xff\xd8\xff\xe0"
@@ -180,11 +170,14 @@ class Ledger:
         self.deleted: set[str] = set()
         self.anomalies: list[str] = []
         self._keys = itertools.count()
+        self._gone_keys = itertools.count()
         self._gone = itertools.count()
 
-    def new_key(self) -> int:
+    def new_key(self, *, gone: bool = False) -> int:
+        """A new variant key; disconnected uploads draw theirs from another range, so that every subject group
+        of ordinary uploads fills up."""
         with self.lock:
-            return next(self._keys)
+            return GONE_KEYS + next(self._gone_keys) if gone else next(self._keys)
 
     def add(self, key: int, photo: int, data: bytes, *, gone: bool = False) -> Upload:
         with self.lock:
@@ -392,7 +385,7 @@ class Traffic:
             path, body, ctype = "/api/search", *multipart({}, ("q.jpg", rng.choice(self.variants.queries),
                                                                 "image/jpeg"))
         else:
-            key = self.ledger.new_key()
+            key = self.ledger.new_key(gone=True)
             photo, data = self.variants.make(key)
             upload = self.ledger.add(key, photo, data, gone=True)
             path, body, ctype = "/api/faces", *multipart({"subject": upload.subject, "source": upload.source},
