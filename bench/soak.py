@@ -39,6 +39,7 @@ import argparse
 import hashlib
 import itertools
 import logging
+import os
 import random
 import re
 import socket
@@ -658,8 +659,9 @@ def main(argv: list[str] | None = None) -> None:
         reset_peak(server.pid)
         logger.info("soak: %d clients for %.1f min against %s (%d photos, run %s)", args.clients, args.minutes,
                     server.base_url, len(variants.images), run)
-        started = time.monotonic()
+        started, load_before = time.monotonic(), os.getloadavg()[0]
         samples = traffic.run(args.minutes * 60)
+        load_after = os.getloadavg()[0]
         seconds = time.monotonic() - started
         alive = server.alive()
         if alive:
@@ -671,7 +673,7 @@ def main(argv: list[str] | None = None) -> None:
         errors = log_errors(server)
 
     print(f"soak: {args.clients} clients, {seconds / 60:.1f} min, service {args.app_dir.resolve()}, settings "
-          f"{env or 'default'}")
+          f"{env or 'default'}; machine load average {load_before:.1f} -> {load_after:.1f} ({os.cpu_count()} CPUs)")
     unexpected = print_answers(traffic.stats, seconds)
     print(f"  {'PASS' if not unexpected else 'FAIL'}  every answer among its kind's expected ones "
           f"({unexpected} unexpected)")
