@@ -206,7 +206,7 @@ class Ledger:
             self.anomalies.append(text)
         logger.warning("anomaly: %s", text)
 
-    # Picking work: each returns the uploads marked busy (the caller calls done()).
+    # Picking deletes: the uploads picked are marked busy until the answer is booked (deleted_ok, uncertain).
     def pick_id(self, rng: random.Random) -> tuple[Upload, str] | None:
         with self.lock:
             ready = [u for u in self.uploads.values() if u.state == "stored" and u.live and not u.busy]
@@ -242,26 +242,28 @@ class Ledger:
             return chosen
 
     def deleted_ok(self, uploads: list[Upload], expected: set[str], answer: list[str], what: str) -> None:
+        """Book a delete answered 200. When it named other faces than expected, that is an anomaly, and every
+        upload it touched is resolved from the service at the end."""
         with self.lock:
             got = set(answer)
+            touched = uploads
             if got != expected:
                 self.anomalies.append(f"{what}: answer named {len(got)} faces, the ledger expected {len(expected)} "
                                       f"(unexpected {sorted(got - expected)[:3]}, missing "
                                       f"{sorted(expected - got)[:3]})")
-            for u in uploads:
-                u.live -= got | expected
+                keys = {u.key for u in uploads}
+                touched = [u for u in self.uploads.values() if u.key in keys or u.live & got]
+            for u in touched:
+                u.live -= got
                 u.busy = False
-            self.deleted |= got | expected
+                if got != expected:
+                    u.state = "uncertain"
+            self.deleted |= got
 
     def uncertain(self, uploads: list[Upload]) -> None:
         with self.lock:
             for u in uploads:
                 u.state, u.busy = "uncertain", False
-
-    def release(self, uploads: list[Upload]) -> None:
-        with self.lock:
-            for u in uploads:
-                u.busy = False
 
 
 # ------------------------------------------------------------------------------------------------ stats
@@ -462,7 +464,7 @@ def settle(http: httpx.Client, seconds: float = 90.0) -> None:
 def resolve(http: httpx.Client, ledger: Ledger) -> tuple[int, int]:
     """The uncertain uploads' live faces, from the service: a face is there when its thumbnail is served.
     Returns (uploads resolved, faces found)."""
-    uploads = [u for u in ledger.uploads.values() if u.state == "uncertain"]
+    uploads = [u for u in ledger.uploads.values() if u.state in ("uncertain", "pending")]
     found = 0
     for u in uploads:
         if u.ids:  # answered, then a delete's outcome was lost: its ids are known
