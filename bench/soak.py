@@ -270,11 +270,14 @@ class Ledger:
 class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.started = time.monotonic()
         self.answers: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        self.last: dict[tuple[str, str], float] = {}  # (kind, status) -> seconds into the run of the latest
 
     def record(self, kind: str, status: str, seconds: float) -> None:
         with self.lock:
             self.answers[kind].append((status, seconds))
+            self.last[kind, status] = time.monotonic() - self.started
 
 
 # ------------------------------------------------------------------------------------------------ traffic
@@ -423,6 +426,7 @@ class Traffic:
     def run(self, seconds: float) -> list[tuple[float, int]]:
         """Traffic for `seconds`; returns the service's RSS (kB) sampled every --sample-s seconds."""
         end = time.monotonic() + seconds
+        self.stats.started = time.monotonic()
         threads = [threading.Thread(target=self.client, args=(i, end), name=f"soak-{i}", daemon=True)
                    for i in range(self.args.clients)]
         for t in threads:
@@ -516,7 +520,10 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
         sample = rng.sample(with_live, min(SAMPLE, len(with_live)))
         sampled = {u.key for u in sample}
         erased_sample = rng.sample(with_deleted, min(SAMPLE, len(with_deleted)))
-        not_found, served_erased, searched, bad_bytes = [], [], 0, 0
+        not_found: list[str] = []
+        failed: list[str] = []
+        served_erased: list[str] = []
+        searched = bad_bytes = found = 0
         for u in sample + erased_sample:
             photo, data = variants.make(u.key)
             if hashlib.sha256(data).hexdigest() != u.sha:
@@ -524,15 +531,19 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
                 continue
             r = http.post("/api/search", params={"top_k": 100}, files={"file": ("own.jpg", data, "image/jpeg")})
             if r.status_code != 200:
-                not_found.append(f"{u.source}: search {r.status_code}")
+                failed.append(f"{u.source}: search {r.status_code}")
                 continue
             searched += 1
             matched = {m["id"] for f in r.json()["faces"] for m in f["matches"]}
-            if u.key in sampled and not u.live <= matched:
-                not_found.append(f"{u.source}: {len(u.live - matched)} of {len(u.live)} faces not found")
+            if u.key in sampled:
+                if u.live <= matched:
+                    found += 1
+                else:
+                    not_found.append(f"{u.source}: {len(u.live - matched)} of {len(u.live)} faces not found")
             served_erased.extend(sorted(matched & deleted))
-        checks.append(Check("found by own photo", not not_found and not bad_bytes and bool(sample),
-                            f"{len(sample) - len(not_found)}/{len(sample)} uploads found all their live faces"
+        checks.append(Check("found by own photo", not not_found and not failed and not bad_bytes and bool(sample),
+                            f"{found}/{len(sample)} uploads found all their live faces; {searched} searches "
+                            f"answered 200, {len(failed)} not" + (f" (e.g. {failed[:2]})" if failed else "")
                             + (f"; {bad_bytes} photos not rebuilt byte for byte" if bad_bytes else "")
                             + (f"; e.g. {not_found[:2]}" if not_found else "")))
 
@@ -598,6 +609,9 @@ def print_answers(stats: Stats, seconds: float) -> int:
               f"{unexpected:>6}  {', '.join(f'{s} x{n}' for s, n in sorted(counts.items()))}")
     total = sum(len(v) for v in stats.answers.values())
     print(f"{'all':<16} {total:>8}   ({total / seconds:.1f} requests/s)")
+    last = [f"{kind} {status} at {stats.last[kind, status]:.0f} s" for kind, status in
+            (("search", "200"), ("index", "201")) if (kind, status) in stats.last]
+    print(f"latest engine answers: {', '.join(last) or 'none'} (of {seconds:.0f} s)")
     return unexpected_total
 
 
