@@ -451,40 +451,83 @@ class Traffic:
 
 
 # ------------------------------------------------------------------------------------------------ checks
-def settle(http: httpx.Client, seconds: float = 90.0) -> None:
+class Prober:
+    """The integrity phase's requests, bounded: each has a timeout, the phase has a deadline, and after
+    BREAKER transport failures in a row the service is taken as unresponsive and the rest are not sent."""
+
+    BREAKER = 5
+
+    def __init__(self, http: httpx.Client, seconds: float) -> None:
+        self.http = http
+        self.deadline = time.monotonic() + seconds
+        self.failures = 0
+        self.unanswered = 0
+
+    @property
+    def given_up(self) -> bool:
+        return self.failures >= self.BREAKER or time.monotonic() > self.deadline
+
+    def send(self, method: str, path: str, *, force: bool = False,
+             **kwargs: object) -> tuple[str, httpx.Response | None]:
+        """(status, response): the status code as text, or why there is none (the error's name, "skipped").
+        force: send it even when the phase has given up."""
+        if self.given_up and not force:
+            self.unanswered += 1
+            return "skipped", None
+        try:
+            response = self.http.request(method, path, **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            self.failures += 1
+            self.unanswered += 1
+            return type(exc).__name__, None
+        self.failures = 0
+        return str(response.status_code), response
+
+    def status(self, method: str, path: str, *, force: bool = False, **kwargs: object) -> str:
+        return self.send(method, path, force=force, **kwargs)[0]
+
+
+def settle(probe: Prober, seconds: float = 90.0) -> None:
     """Wait (bounded) until no inference runs or waits, twice in a row 2 s apart (writes after inference
     finish within that)."""
     deadline = time.monotonic() + seconds
     quiet = 0
-    while time.monotonic() < deadline and quiet < 2:
+    while time.monotonic() < deadline and quiet < 2 and not probe.given_up:
+        status, response = probe.send("GET", "/status")
         try:
-            body = http.get("/status").json()
-            quiet = quiet + 1 if not body.get("inference_in_use") and not body.get("inference_waiting") else 0
-        except (httpx.HTTPError, ValueError):
-            quiet = 0
+            body = response.json() if status == "200" and response is not None else {}
+        except ValueError:
+            body = {}
+        quiet = quiet + 1 if body and not body.get("inference_in_use") and not body.get("inference_waiting") else 0
         time.sleep(2.0)
 
 
-def resolve(http: httpx.Client, ledger: Ledger) -> tuple[int, int]:
-    """The uncertain uploads' live faces, from the service: a face is there when its thumbnail is served.
-    Returns (uploads resolved, faces found)."""
+def resolve(probe: Prober, ledger: Ledger) -> tuple[int, int, int]:
+    """The uncertain uploads' live faces, from the service: a face is there when its thumbnail is served (200),
+    gone when it is not (404). Returns (uploads resolved, faces found, uploads left unresolved: no clear answer)."""
     uploads = [u for u in ledger.uploads.values() if u.state in ("uncertain", "pending")]
-    found = 0
+    found = unresolved = 0
     for u in uploads:
         if u.ids:  # answered, then a delete's outcome was lost: its ids are known
             candidates = set(u.live)
-            u.live = {i for i in candidates if http.get(f"/thumbs/{i}").status_code == 200}
-            ledger.deleted |= candidates - u.live
+            answers = {i: probe.status("GET", f"/thumbs/{i}") for i in sorted(candidates)}
+            u.live = {i for i, status in answers.items() if status == "200"}
+            ledger.deleted |= {i for i, status in answers.items() if status == "404"}
+            unclear = any(status not in ("200", "404") for status in answers.values())
         else:  # no answer to the upload: the faces of one image are written together, ids 0..n-1
             u.live = set()
+            unclear = False
             for index in range(128):
                 pid = point_id(u.sha, index)
-                if http.get(f"/thumbs/{pid}").status_code != 200:
+                status = probe.status("GET", f"/thumbs/{pid}")
+                if status != "200":
+                    unclear = status != "404"
                     break
                 u.live.add(pid)
             u.ids = sorted(u.live)
+        unresolved += unclear
         found += len(u.live)
-    return len(uploads), found
+    return len(uploads), found, unresolved
 
 
 @dataclass
@@ -501,19 +544,21 @@ def stored_files(thumbs: Path) -> tuple[set[str], list[Path]]:
     return ids, pending
 
 
-def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vectors: int,
-              rng: random.Random) -> tuple[list[Check], str]:
-    with httpx.Client(base_url=server.base_url, timeout=120) as http:
-        settle(http)
-        resolved, resolved_faces = resolve(http, ledger)
+def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vectors: int, rng: random.Random,
+              seconds: float) -> tuple[list[Check], str]:
+    with httpx.Client(base_url=server.base_url, timeout=20) as http:
+        probe = Prober(http, seconds)
+        settle(probe)
+        resolved, resolved_faces, unresolved = resolve(probe, ledger)
         live = set().union(*(u.live for u in ledger.uploads.values())) if ledger.uploads else set()
         deleted = ledger.deleted - live
         checks: list[Check] = []
 
-        missing = [i for i in sorted(live) if http.get(f"/thumbs/{i}").status_code != 200]
-        checks.append(Check("live faces served", not missing,
-                            f"{len(live) - len(missing)}/{len(live)} GET /thumbs 200"
-                            + (f"; missing e.g. {missing[:3]}" if missing else "")))
+        answers = Counter(probe.status("GET", f"/thumbs/{i}") for i in sorted(live))
+        checks.append(Check("live faces served", answers["200"] == len(live),
+                            f"{answers['200']}/{len(live)} GET /thumbs 200"
+                            + (f"; others {dict(answers - Counter({'200': answers['200']}))}"
+                               if answers["200"] != len(live) else "")))
 
         with_live = [u for u in ledger.uploads.values() if u.live]
         with_deleted = [u for u in ledger.uploads.values() if set(u.ids) & deleted]
@@ -521,7 +566,7 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
         sampled = {u.key for u in sample}
         erased_sample = rng.sample(with_deleted, min(SAMPLE, len(with_deleted)))
         not_found: list[str] = []
-        failed: list[str] = []
+        failed: Counter[str] = Counter()
         served_erased: list[str] = []
         searched = bad_bytes = found = 0
         for u in sample + erased_sample:
@@ -529,12 +574,13 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
             if hashlib.sha256(data).hexdigest() != u.sha:
                 bad_bytes += 1
                 continue
-            r = http.post("/api/search", params={"top_k": 100}, files={"file": ("own.jpg", data, "image/jpeg")})
-            if r.status_code != 200:
-                failed.append(f"{u.source}: search {r.status_code}")
+            status, response = probe.send("POST", "/api/search", params={"top_k": 100},
+                                          files={"file": ("own.jpg", data, "image/jpeg")})
+            if status != "200" or response is None:
+                failed[status] += 1
                 continue
             searched += 1
-            matched = {m["id"] for f in r.json()["faces"] for m in f["matches"]}
+            matched = {m["id"] for f in response.json()["faces"] for m in f["matches"]}
             if u.key in sampled:
                 if u.live <= matched:
                     found += 1
@@ -543,15 +589,16 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
             served_erased.extend(sorted(matched & deleted))
         checks.append(Check("found by own photo", not not_found and not failed and not bad_bytes and bool(sample),
                             f"{found}/{len(sample)} uploads found all their live faces; {searched} searches "
-                            f"answered 200, {len(failed)} not" + (f" (e.g. {failed[:2]})" if failed else "")
+                            f"answered 200" + (f", others {dict(failed)}" if failed else "")
                             + (f"; {bad_bytes} photos not rebuilt byte for byte" if bad_bytes else "")
                             + (f"; e.g. {not_found[:2]}" if not_found else "")))
 
-        served = [i for i in sorted(deleted) if http.get(f"/thumbs/{i}").status_code != 404]
-        checks.append(Check("erased not served", not served and not served_erased,
-                            f"{len(deleted) - len(served)}/{len(deleted)} deleted ids GET /thumbs 404; "
-                            f"{len(set(served_erased))} deleted ids in {searched} searches"
-                            + (f"; served e.g. {served[:3]}" if served else "")))
+        answers = Counter(probe.status("GET", f"/thumbs/{i}") for i in sorted(deleted))
+        checks.append(Check("erased not served", answers["404"] == len(deleted) and not served_erased,
+                            f"{answers['404']}/{len(deleted)} deleted ids GET /thumbs 404"
+                            + (f" (others {dict(answers - Counter({'404': answers['404']}))})"
+                               if answers["404"] != len(deleted) else "")
+                            + f"; {len(set(served_erased))} deleted ids in {searched} searches"))
 
         checks.append(Check("delete answers", not ledger.anomalies,
                             f"{len(ledger.anomalies)} deletes answered other than the ledger expected"
@@ -559,31 +606,31 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
 
         on_disk, pending = stored_files(server.thumbs_dir)
         extra, absent = on_disk - live, live - on_disk
-        checks.append(Check("files = ledger", not extra and not absent,
+        checks.append(Check("files = ledger", not extra and not absent and not unresolved,
                             f"{len(on_disk)} thumbnail files, {len(live)} live ids; {len(extra)} files without a "
                             f"live id, {len(absent)} live ids without a file"
+                            + (f"; {unresolved} uploads the service could not settle" if unresolved else "")
                             + (f"; orphans e.g. {sorted(extra)[:3]}" if extra else "")))
 
-        vectors = int(http.get("/status").json()["vectors"]) - baseline_vectors
+        status, response = probe.send("GET", "/status")
+        vectors = int(response.json()["vectors"]) - baseline_vectors if status == "200" and response else None
         checks.append(Check("vectors = ledger", vectors == len(live),
-                            f"GET /status vectors {vectors} (+{baseline_vectors} before the run), ledger live "
-                            f"{len(live)}"))
+                            f"GET /status {'vectors ' + str(vectors) if vectors is not None else status} "
+                            f"(+{baseline_vectors} before the run), ledger live {len(live)}"))
         checks.append(Check("nothing pending", not pending,
                             f"{len(pending)} files under THUMBS_DIR/.pending"
                             + (f", e.g. {[p.name for p in pending[:2]]}" if pending else "")))
-        health = http.get("/health")
-        checks.append(Check("healthy", health.status_code == 200, f"GET /health {health.status_code}"))
+        health = probe.status("GET", "/health", force=True)  # these two are asked whatever happened before
+        checks.append(Check("healthy", health == "200", f"GET /health {health}"))
         # /health does not ask the engine: one search must still be answered.
         started = time.perf_counter()
-        try:
-            answer = str(http.post("/api/search", files={"file": ("q.jpg", variants.queries[0], "image/jpeg")},
-                                   timeout=60).status_code)
-        except httpx.HTTPError as exc:
-            answer = type(exc).__name__
+        answer = probe.status("POST", "/api/search", force=True,
+                              files={"file": ("q.jpg", variants.queries[0], "image/jpeg")})
         checks.append(Check("serves a search", answer == "200",
                             f"POST /api/search {answer} in {time.perf_counter() - started:.1f} s"))
     note = (f"{len(ledger.uploads)} uploads, {len(live)} faces live, {len(deleted)} deleted; {resolved} uploads "
-            f"with an unknown outcome resolved from the service ({resolved_faces} faces present)")
+            f"with an unknown outcome resolved from the service ({resolved_faces} faces present, {unresolved} "
+            f"unsettled); {probe.unanswered} check requests unanswered")
     return checks, note
 
 
@@ -650,6 +697,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="client seconds per request (default 60)")
     parser.add_argument("--chunked-mb", type=float, default=30.0, help="size of the chunked upload (default 30)")
     parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples (default 5)")
+    parser.add_argument("--check-minutes", type=float, default=10.0,
+                        help="at most this long for the integrity checks (default 10)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for the service (repeatable), e.g. --env GPU_ACQUIRE_TIMEOUT=2")
     parser.add_argument("--app-dir", type=Path, default=REPO, help="checkout whose `app` is run (default: this)")
@@ -682,7 +731,8 @@ def main(argv: list[str] | None = None) -> None:
         alive = server.alive()
         if alive:
             logger.info("traffic stopped after %.0f s; integrity check", seconds)
-            checks, note = integrity(server, ledger, variants, baseline_vectors, random.Random(args.seed))
+            checks, note = integrity(server, ledger, variants, baseline_vectors, random.Random(args.seed),
+                                     args.check_minutes * 60)
             memory = server.memory_kb()
         else:
             checks, note, memory = [Check("service alive", False, f"exited with {server.proc.returncode}")], "", {}
