@@ -17,12 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import re
-import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -34,8 +29,9 @@ from typing import Any
 
 import httpx
 
+from bench.live import REPO, Server, free_port, proc_status_kb, reset_peak, start_server, stop_server
+
 logger = logging.getLogger("bench.hostile")
-REPO = Path(__file__).resolve().parent.parent
 MB = 2**20
 
 
@@ -73,69 +69,6 @@ async def chunked_multipart(size: int, *, boundary: str) -> AsyncIterator[bytes]
         yield piece[:step]
         sent += step
     yield f"\r\n--{boundary}--\r\n".encode()
-
-
-# ------------------------------------------------------------------------------------------------ server
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def proc_status_kb(pid: int) -> dict[str, int]:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return {key: int(value) for key, value in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
-
-
-def reset_peak(pid: int) -> bool:
-    try:  # "5" resets VmHWM to the current RSS (Linux 4.0+, same user)
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    base_url: str
-    warm_rss_kb: int = 0
-    peak_resettable: bool = False
-
-
-def start_server(app_dir: Path, state: Path, port: int, timeout: float) -> Server:
-    env = {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
-           "THUMBS_DIR": str(state / "thumbs"), "LOG_LEVEL": "warning", "PYTHONPATH": str(app_dir)}
-    log = (state / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=server.base_url, timeout=5) as http:
-        while True:
-            try:
-                if http.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop_server(server)
-                raise SystemExit(f"the service did not start; its log:\n{(state / 'server.log').read_text()}")
-            time.sleep(0.3)
-    time.sleep(1.0)  # let start-up allocations settle before taking the warm figure
-    server.warm_rss_kb = proc_status_kb(proc.pid)["VmRSS"]
-    server.peak_resettable = reset_peak(proc.pid)
-    logger.info("service pid %d up at %s, warm RSS %.0f MB", proc.pid, server.base_url, server.warm_rss_kb / 1024)
-    return server
-
-
-def stop_server(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(30)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait(10)
 
 
 # ------------------------------------------------------------------------------------------------ attacks

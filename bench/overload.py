@@ -1,0 +1,469 @@
+"""Overload against the real service: is it shed fast (503 with Retry-After) while the searches it takes keep
+their latency and throughput?
+
+Starts `python -m app` (GPU_ACQUIRE_TIMEOUT=2, other settings default) on a free port with its state in a
+temporary folder, indexes a few eval photos, then runs closed-loop clients (keep-alive connections on asyncio
+streams, a request encoded once): each POSTs /api/search with the same one-face 640 px JPEG, waits for the answer,
+and sends the next at once (no pause, Retry-After is not honoured:
+the worst case for the service). One run per level (default 50 and 200 clients, 30 s each, after a short warm-up
+that is not counted). Every answer that arrives within the window is recorded: status, latency, Retry-After
+presence; throughput is answers 200 per second of the window.
+
+Printed per level: answers by status, 200 p50/p95 latency, 503 p50/p95 latency, 503s without Retry-After, other
+answers, 200-throughput (answers 200 per second of the window), the CPU seconds the service and this load
+generator spent (they share the machine), the share of 503s answered within 500 ms, how late the service's event
+loop answers (a 404 every 0.5 s from a process of its own: routing only, no thread, no engine), how late the load
+generator's own event loop was (added to every latency it measures), and the machine's load average. Goals, printed
+PASS/FAIL beside the figures: at the highest level only 200s and 503s with Retry-After; 503 p95 <= 500 ms; 200 p95
+<= 3 s; 200-throughput at the highest level >= 0.8 x that at the lowest.
+
+--compare-ref REF (e.g. e362951, before admission control) adds a throughput comparison at 50 clients: a detached
+git worktree of REF in a temporary folder, and the service started from REF's tree and from this tree in turn
+(REF, current, REF, current ...: `--rounds` each, `--compare-duration` s each), each on fresh state with the same
+settings and the same photos; the printed ratio is current / REF (goal: current >= REF within the noise, the
+spread between rounds of one tree). The worktree is removed at the end.
+
+    python -m bench.overload [--duration 30] [--levels 50,200] [--compare-ref e362951 --rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Connection_
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+from bench.common import EVAL_DIR, Photos, read_bgr
+from bench.live import REPO, Server, app_package_file, live_server, multipart, server_env
+
+logger = logging.getLogger("bench.overload")
+
+DEFAULT_PHOTO = EVAL_DIR / "img1.jpg"
+INDEX_PHOTOS = ("img2.jpg", "img3.jpg", "img4.jpg", "img5.jpg", "img6.jpg", "img7.jpg")
+GOAL_503_P95_S = 0.5
+GOAL_200_P95_S = 3.0
+GOAL_THROUGHPUT_RATIO = 0.8
+
+
+# ------------------------------------------------------------------------------------------------ photos
+def jpeg_long_side(path: Path, side: int, quality: int = 90) -> bytes:
+    image = read_bgr(path)
+    scale = side / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise SystemExit(f"cannot encode {path}")
+    return buf.tobytes()
+
+
+def query_photo(path: Path | None) -> tuple[str, bytes]:
+    if path is None:
+        path = DEFAULT_PHOTO if DEFAULT_PHOTO.is_file() else Photos.yaoming
+    return path.name, jpeg_long_side(path, 640)
+
+
+def index_photos() -> list[tuple[str, bytes]]:
+    """A few photos to index (the eval set's when present, else the wheel's), 800 px long side."""
+    paths = [EVAL_DIR / name for name in INDEX_PHOTOS if (EVAL_DIR / name).is_file()] or [Photos.t1, Photos.players]
+    return [(p.name, jpeg_long_side(p, 800)) for p in paths]
+
+
+def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]]) -> int:
+    """Index the photos, then search the query a few times (warm-up); returns the faces found in the query."""
+    with httpx.Client(base_url=server.base_url, timeout=120) as http:
+        for name, data in photos:
+            r = http.post("/api/faces", files={"file": (name, data, "image/jpeg")}, data={"subject": name})
+            if r.status_code != 201:
+                raise SystemExit(f"indexing {name} answered {r.status_code}: {r.text[:300]}")
+        faces = -1
+        for _ in range(3):
+            r = http.post("/api/search", files={"file": ("query.jpg", query, "image/jpeg")})
+            if r.status_code != 200:
+                raise SystemExit(f"warm-up search answered {r.status_code}: {r.text[:300]}")
+            faces = len(r.json()["faces"])
+    return faces
+
+
+# ------------------------------------------------------------------------------------------------ load
+@dataclass(slots=True)
+class Answer:
+    status: str  # the HTTP status, or the name of the transport error
+    latency: float  # seconds
+    retry_after: bool
+    done: float  # monotonic time of the answer
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Level:
+    name: str
+    clients: int
+    duration: float
+    answers: list[Answer] = field(default_factory=list)
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    loop_delays: list[float] = field(default_factory=list)  # the service's event loop (probe_service)
+    generator_late: list[float] = field(default_factory=list)  # this load generator's event loop
+    load: tuple[float, float] = (0.0, 0.0)  # the machine's 1-minute load average before and after
+
+    def statuses(self) -> Counter[str]:
+        return Counter(a.status for a in self.answers)
+
+    def latencies(self, status: str) -> list[float]:
+        return [a.latency for a in self.answers if a.status == status]
+
+    def p(self, status: str, q: float) -> float | None:
+        values = self.latencies(status)
+        return float(np.percentile(values, q)) if values else None
+
+    @property
+    def missing_retry_after(self) -> int:
+        return sum(1 for a in self.answers if a.status == "503" and not a.retry_after)
+
+    def share_within(self, status: str, seconds: float) -> float | None:
+        values = self.latencies(status)
+        return sum(1 for v in values if v <= seconds) / len(values) if values else None
+
+    @property
+    def others(self) -> int:
+        return sum(1 for a in self.answers if a.status not in ("200", "503"))
+
+    @property
+    def throughput(self) -> float:
+        return sum(1 for a in self.answers if a.status == "200") / self.duration
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams, for the load: it sends a request already encoded
+    and reads the status line, the headers and the body (Content-Length or chunked). Much cheaper than an HTTP
+    client library, so that 200 of them in one process do not make the load generator the bottleneck."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, data: bytes) -> tuple[int, dict[str, str]]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+            status = int((await self.reader.readuntil(b"\r\n")).split(b" ", 2)[1])
+            headers: dict[str, str] = {}
+            while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if "content-length" in headers:
+                await self.reader.readexactly(int(headers["content-length"]))
+            elif headers.get("transfer-encoding", "").lower() == "chunked":
+                while (size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)) > 0:
+                    await self.reader.readexactly(size + 2)
+                await self.reader.readuntil(b"\r\n")
+        except BaseException:
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def search_request(host: str, port: int, query: bytes) -> bytes:
+    body, content_type = multipart({}, ("query.jpg", query, "image/jpeg"))
+    return (f"POST /api/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def probe_service(base_url: str, warmup: float, duration: float, out: Connection_) -> None:
+    """In a process of its own (so that the load generator's own delays do not count): GET a path that no route
+    serves every 0.5 s during the window and send back the seconds each 404 took. The 404 is answered on the
+    service's event loop (routing only: no thread, no engine), so this is how late that loop is."""
+    delays: list[float] = []
+    time.sleep(warmup)
+    end = time.monotonic() + duration
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            try:
+                http.get("/__overload_probe__")
+            except httpx.HTTPError:
+                pass
+            delays.append(time.perf_counter() - started)
+            time.sleep(0.5)
+    out.send(delays)
+    out.close()
+
+
+async def closed_loop(base_url: str, query: bytes, clients: int, warmup: float, duration: float,
+                      timeout: float, honor_retry_after: bool = False) -> tuple[list[Answer], list[float]]:
+    """`clients` connections, each POSTing /api/search and sending its next request as soon as the last is
+    answered, for warmup + duration seconds. Kept: the answers that arrived within the window after the warm-up
+    (whenever their request was sent); requests in flight at the end are awaited (at most `timeout`: a client
+    that left would be a disconnect, which is not what this measures) and dropped. Also returns how late this
+    generator's own event loop was (a 0.1 s sleep, over and over: its lateness is added to every latency here).
+    honor_retry_after: after a 503 a client waits what its Retry-After says (at most 10 s) before the next."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    data = search_request(host, int(port), query)  # encoded once, sent by every connection
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    counted_from, end = start + warmup, start + warmup + duration
+    answers: list[Answer] = []
+
+    async def client() -> None:
+        conn = Connection(host, int(port))
+        try:
+            while (sent := loop.time()) < end:
+                headers: dict[str, str] = {}
+                try:
+                    status_code, headers = await asyncio.wait_for(conn.request(data), timeout)
+                    status, retry_after = str(status_code), "retry-after" in headers
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
+                        ValueError, IndexError) as exc:
+                    status, retry_after = type(exc).__name__, False
+                done = loop.time()
+                if counted_from <= done <= end:
+                    answers.append(Answer(status, done - sent, retry_after, done))
+                if honor_retry_after and status == "503":
+                    await asyncio.sleep(min(10.0, max(0.0, end - done), float(headers.get("retry-after") or 1)))
+        finally:
+            conn.close()
+
+    async def ticker() -> list[float]:
+        late: list[float] = []
+        while loop.time() < end:
+            before = loop.time()
+            await asyncio.sleep(0.1)
+            if before >= counted_from:
+                late.append(loop.time() - before - 0.1)
+        return late
+
+    late, *_ = await asyncio.gather(ticker(), *(client() for _ in range(clients)))
+    return answers, late
+
+
+def settle(server: Server, seconds: float = 30.0) -> None:
+    """Wait (bounded) until the service has no inference running or waiting."""
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        while time.monotonic() < deadline:
+            try:
+                body = http.get("/status").json()
+                if not body.get("inference_in_use") and not body.get("inference_waiting"):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.5)
+
+
+def run_level(server: Server, name: str, query: bytes, clients: int, args: argparse.Namespace,
+              duration: float) -> Level:
+    settle(server)
+    level = Level(name, clients, duration)
+    logger.info("%s: %d clients, %.0f s warm-up + %.0f s", name, clients, args.warmup, duration)
+    server_cpu, client_cpu, load = cpu_seconds(server.pid), own_cpu_seconds(), os.getloadavg()[0]
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    probe = context.Process(target=probe_service, args=(server.base_url, args.warmup, duration, sender), daemon=True)
+    probe.start()
+    level.answers, level.generator_late = asyncio.run(closed_loop(server.base_url, query, clients, args.warmup,
+                                                                  duration, args.timeout, args.honor_retry_after))
+    if receiver.poll(60):
+        level.loop_delays = receiver.recv()
+    probe.join(10)
+    level.server_cpu_s = cpu_seconds(server.pid) - server_cpu
+    level.client_cpu_s = own_cpu_seconds() - client_cpu
+    level.load = (load, os.getloadavg()[0])
+    logger.info("  %s", dict(level.statuses()))
+    return level
+
+
+# ------------------------------------------------------------------------------------------------ output
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.0f}"
+
+
+def pct_ms(values: list[float], q: float) -> str:
+    return ms(float(np.percentile(values, q))) if values else "-"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def print_levels(levels: list[Level], acquire_timeout: float, honor_retry_after: bool) -> None:
+    """The per-level table and the goals, PASS/FAIL beside each."""
+    print(f"closed-loop POST /api/search, one-face 640 px JPEG, GPU_ACQUIRE_TIMEOUT={acquire_timeout:g}; "
+          f"after a 503 clients {'wait Retry-After' if honor_retry_after else 'send again at once'}; latencies in "
+          "ms; throughput: answers 200 per second")
+    header = (f"{'clients':>7} {'secs':>5} {'answers':>7} {'200':>6} {'503':>6} {'other':>5} {'200 p50':>7} "
+              f"{'200 p95':>7} {'503 p50':>7} {'503 p95':>7} {'503 no R-A':>10} {'200/s':>7} {'srv CPU s':>9} "
+              f"{'gen CPU s':>9}")
+    print(header)
+    print("-" * len(header))
+    for lv in levels:
+        st = lv.statuses()
+        print(f"{lv.clients:>7} {lv.duration:>5.0f} {len(lv.answers):>7} {st['200']:>6} {st['503']:>6} "
+              f"{lv.others:>5} {ms(lv.p('200', 50)):>7} {ms(lv.p('200', 95)):>7} {ms(lv.p('503', 50)):>7} "
+              f"{ms(lv.p('503', 95)):>7} {lv.missing_retry_after:>10} {lv.throughput:>7.1f} "
+              f"{lv.server_cpu_s:>9.1f} {lv.client_cpu_s:>9.1f}")
+        fast = lv.share_within("503", GOAL_503_P95_S)
+        print(f"{'':>7} 503s within {GOAL_503_P95_S * 1e3:.0f} ms: {'-' if fast is None else f'{fast:.0%}'}; "
+              f"service event loop (404 probe) p50/p95 {pct_ms(lv.loop_delays, 50)}/{pct_ms(lv.loop_delays, 95)} "
+              f"ms; load generator late p50/p95 {pct_ms(lv.generator_late, 50)}/{pct_ms(lv.generator_late, 95)} "
+              f"ms; machine load average {lv.load[0]:.1f} -> {lv.load[1]:.1f} ({os.cpu_count()} CPUs)")
+        if lv.others:
+            other = ", ".join(f"{k} x{v}" for k, v in sorted(st.items()) if k not in ("200", "503"))
+            print(f"{'':>7} other answers: {other}")
+    if not levels:
+        return
+    low, high = levels[0], levels[-1]
+    p95_503, p95_200 = high.p("503", 95), high.p("200", 95)
+    goals = [
+        (f"{high.clients} clients: only 200 and 503 with Retry-After (other {high.others}, 503 without "
+         f"Retry-After {high.missing_retry_after})", high.others == 0 and high.missing_retry_after == 0),
+        (f"{high.clients} clients: 503 p95 {ms(p95_503)} ms <= {GOAL_503_P95_S * 1e3:.0f} ms",
+         p95_503 is None or p95_503 <= GOAL_503_P95_S),
+        (f"{high.clients} clients: 200 p95 {ms(p95_200)} ms <= {GOAL_200_P95_S * 1e3:.0f} ms",
+         p95_200 is not None and p95_200 <= GOAL_200_P95_S),
+    ]
+    if high is not low:
+        ratio = high.throughput / low.throughput if low.throughput else 0.0
+        goals.append((f"200-throughput at {high.clients} clients {high.throughput:.1f}/s >= {GOAL_THROUGHPUT_RATIO} "
+                      f"x {low.throughput:.1f}/s at {low.clients} clients (ratio {ratio:.2f})",
+                      ratio >= GOAL_THROUGHPUT_RATIO))
+    for text, ok in goals:
+        print(f"  {verdict(ok)}  {text}")
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True,
+                          timeout=120).stdout.strip()
+
+
+def compare(ref: str, query: bytes, photos: list[tuple[str, bytes]], env: Mapping[str, str],
+            args: argparse.Namespace) -> None:
+    sha = git("rev-parse", "--short", f"{ref}^{{commit}}")
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    with tempfile.TemporaryDirectory(prefix="oceano-overload-ref-") as tmp:
+        ref_dir = Path(tmp) / f"ref-{sha}"
+        git("worktree", "add", "--detach", str(ref_dir), sha)
+        try:
+            current = args.app_dir.resolve()
+            label = f"current {head}{dirty}" if current == REPO else f"current {current}"
+            trees = [(f"REF {sha}", ref_dir), (label, current)]
+            for label, tree in trees:
+                imported = app_package_file(tree, server_env(tree, Path(tmp) / "probe", env))
+                where = "its own" if Path(imported).resolve().is_relative_to(tree.resolve()) else "NOT its own"
+                print(f"{label}: `python -m app` from {tree} imports {imported} ({where})")
+                if where != "its own":
+                    raise SystemExit(f"{label}: the service would not run the tree under test")
+            runs: dict[str, list[float]] = {label: [] for label, _ in trees}
+            for round_ in range(args.rounds):
+                for label, tree in trees:
+                    with live_server(tree, env=env, prefix="oceano-overload-") as server:
+                        prepare(server, query, photos)
+                        level = run_level(server, f"round {round_ + 1} {label}", query, args.compare_clients, args,
+                                          args.compare_duration)
+                    st = level.statuses()
+                    runs[label].append(level.throughput)
+                    print(f"round {round_ + 1}  {label:<40} 200/s {level.throughput:6.1f}  "
+                          f"({', '.join(f'{k} x{v}' for k, v in sorted(st.items()))}; 200 p50 "
+                          f"{ms(level.p('200', 50))} ms, p95 {ms(level.p('200', 95))} ms; load average "
+                          f"{level.load[0]:.1f} -> {level.load[1]:.1f})")
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(ref_dir)],
+                           capture_output=True, timeout=120)
+            subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True, timeout=120)
+    (ref_label, _), (cur_label, _) = trees
+    ref_runs, cur_runs = runs[ref_label], runs[cur_label]
+    ref_mean, cur_mean = statistics.fmean(ref_runs), statistics.fmean(cur_runs)
+    # Noise: the largest spread between rounds of one tree, relative to its mean.
+    noise = max((max(r) - min(r)) / statistics.fmean(r) if statistics.fmean(r) else 0.0 for r in (ref_runs, cur_runs))
+    ratio = cur_mean / ref_mean if ref_mean else float("inf")
+    print(f"search throughput at {args.compare_clients} clients, {args.rounds} alternated rounds of "
+          f"{args.compare_duration:.0f} s each (answers 200 per second)")
+    print(f"  {ref_label:<40} {' '.join(f'{v:6.1f}' for v in ref_runs)}   mean {ref_mean:6.1f}")
+    print(f"  {cur_label:<40} {' '.join(f'{v:6.1f}' for v in cur_runs)}   mean {cur_mean:6.1f}")
+    print(f"  ratio current / REF {ratio:.2f}; noise (largest spread between rounds of one tree) {noise:.0%}")
+    print(f"  {verdict(ratio >= 1 - noise)}  current >= REF within noise ({ratio:.2f} >= {1 - noise:.2f})")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds counted per level (default 30)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before counting (default 3)")
+    parser.add_argument("--levels", default="50,200", help="client counts, lowest first (default 50,200)")
+    parser.add_argument("--skip-levels", action="store_true", help="only the --compare-ref comparison")
+    parser.add_argument("--acquire-timeout", type=float, default=2.0, help="GPU_ACQUIRE_TIMEOUT (default 2)")
+    parser.add_argument("--photo", type=Path, help="query photo, resized to 640 px long side (default: the eval "
+                                                   "set's img1.jpg, else the wheel's yaoming.jpg)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="client seconds per request (default 60)")
+    parser.add_argument("--honor-retry-after", action="store_true",
+                        help="clients wait what Retry-After says after a 503 (default: they send again at once)")
+    parser.add_argument("--compare-ref", metavar="REF", help="also compare search throughput with this commit")
+    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds per tree (default 2)")
+    parser.add_argument("--compare-duration", type=float, default=20.0, help="seconds per compare run (default 20)")
+    parser.add_argument("--compare-clients", type=int, default=50, help="clients for the comparison (default 50)")
+    parser.add_argument("--app-dir", type=Path, default=REPO,
+                        help="checkout whose `app` is run as the current tree (default: this one)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    levels_n = [int(v) for v in args.levels.split(",") if v.strip()]
+    if not levels_n or any(n < 1 or n > 1000 for n in levels_n) or not 1 <= args.duration <= 600 \
+            or not 1 <= args.rounds <= 10 or not 1 <= args.compare_duration <= 600:
+        parser.error("levels 1..1000 clients, duration 1..600 s, rounds 1..10")
+
+    name, query = query_photo(args.photo)
+    photos = index_photos()
+    env = {"GPU_ACQUIRE_TIMEOUT": str(args.acquire_timeout)}
+    if not args.skip_levels:
+        with live_server(args.app_dir, env=env, prefix="oceano-overload-") as server:
+            faces = prepare(server, query, photos)
+            print(f"query: {name} at 640 px ({len(query) / 1024:.0f} KB), {faces} face(s) found; "
+                  f"{len(photos)} photos indexed")
+            levels = [run_level(server, f"{n} clients", query, n, args, args.duration) for n in levels_n]
+        print_levels(levels, args.acquire_timeout, args.honor_retry_after)
+    if args.compare_ref:
+        compare(args.compare_ref, query, photos, env, args)
+
+
+if __name__ == "__main__":
+    main()
