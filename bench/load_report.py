@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -263,6 +264,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB memory, {gpu}; {platform.system()} {platform.release()}"
 
 
+def copies(n: int) -> str:
+    return f"{n} copy" if n == 1 else f"{n} copies"
+
+
 def fmt_s(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
 
@@ -333,7 +338,30 @@ Per level:
 {chr(10).join(details)}
 """
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    args.out.write_text(wrap_markdown(text))
+
+
+def wrap_markdown(text: str, width: int = 116) -> str:
+    """Paragraphs and list items filled to `width`; headings and tables left as they are."""
+    blocks = []
+    for block in text.strip().split("\n\n"):
+        if block.startswith(("#", "|")):
+            blocks.append(block)
+            continue
+        items: list[list[str]] = []
+        for line in block.splitlines():
+            if line.lstrip().startswith("- ") or not items:
+                items.append([line])
+            else:
+                items[-1].append(line.strip())
+        filled = []
+        for item in items:
+            indent = " " * (len(item[0]) - len(item[0].lstrip()))
+            hang = indent + ("  " if item[0].lstrip().startswith("- ") else "")
+            filled.append(textwrap.fill(" ".join(part.strip() for part in item), width, initial_indent=indent,
+                                        subsequent_indent=hang, break_long_words=False, break_on_hyphens=False))
+        blocks.append("\n".join(filled))
+    return "\n\n".join(blocks) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -368,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.url:
             service = Service(args.url.rstrip("/"))
             seeded = f"{seed(service.url, args.key, photos, args.seed_copies, subjects(args.photos))} faces " \
-                     f"(uploads of {len(photos)} photos, {args.seed_copies} copy(ies) each)" \
+                     f"(uploads of {len(photos)} photos, {copies(args.seed_copies)} each)" \
                 if args.seed_copies else "whatever the running service held"
             info = status(service.url)
             for users in levels_wanted:
@@ -381,8 +409,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"seeding {service.url} ...", flush=True)
                 faces = seed(service.url, key, photos, args.seed_copies, subjects(args.photos))
                 info = status(service.url)
-            seeded = f"{info.get('vectors', faces)} faces (uploads of {len(photos)} photos, {args.seed_copies} " \
-                     "copy(ies) each, every copy with new bytes)"
+            seeded = f"{info.get('vectors', faces)} faces (uploads of {len(photos)} photos, " \
+                     f"{copies(args.seed_copies)} each, every copy with new bytes)"
             print(f"seeded: {seeded}", flush=True)
             for users in levels_wanted:
                 with started_service(args.app_dir, state, {}, work / f"service-{users}.log") as service:
