@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench clean lock
+.PHONY: run test lint bench clean lock load-report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-load: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[load]'
 	touch $@
 
 run: $(VENV)/.installed
@@ -25,6 +29,11 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check app tests bench tools examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# Locust at 10, 50, 100 and 200 users against a service started for it: docs/LOAD.md and docs/load/*.html
+# (about 6 minutes). LOAD_ARGS="--duration 20 --users 10,50" for a shorter run, "--url URL --key KEY" for a running one.
+load-report: $(VENV)/.installed-load
+	$(PY) -m bench.load_report $(LOAD_ARGS)
 
 # Hash-locked requirements for the Docker image (requirements/README.md). uv resolves for the image's Python and
 # platform, whatever this machine runs (wheel-only, so a missing local 3.12 is only a warning); pins already in the

@@ -1,28 +1,40 @@
-"""Production shape for real: `python -m app` (uvicorn, one worker) behind nginx with deploy/nginx.conf.
+"""Production shape for real: `python -m app` (uvicorn, one worker) behind nginx with deploy/nginx.conf, over TLS
+with a self-signed certificate made here by the openssl command.
 
-Skips when nginx is not installed (Debian: apt-get install nginx; .ci/run installs it when it can).
+Skips when nginx or openssl is not installed (Debian: apt-get install nginx openssl; .ci/run installs nginx when
+it can).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.support import REPO, Photos, b64, large_face_jpeg
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+OPENSSL = shutil.which("openssl")
+# Past nginx's oceano_search zone (10 per second, bursts of 20): sent at once, most are answered 429.
+BURST = 80
 
 
 def free_port() -> int:
@@ -31,13 +43,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 90) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 90, *, verify: Any = True) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"process exited with {proc.returncode}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -45,8 +57,22 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 90) -> 
     raise AssertionError(f"{url} not ready after {seconds}s")
 
 
+@dataclass(frozen=True)
+class Service:
+    address: str  # host:port, plain HTTP: nginx's upstream
+    state: Path  # its STATE_DIR: `python -m app.keys` run with it changes the running service's keys
+    log: Path
+
+    def keys(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "STATE_DIR": str(self.state)}
+        done = subprocess.run([sys.executable, "-m", "app.keys", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done
+
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     state = tmp_path_factory.mktemp("state")
     port = free_port()
     env = {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
@@ -57,7 +83,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                 stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_ready(f"http://127.0.0.1:{port}/health", proc)
-            yield f"127.0.0.1:{port}"
+            yield Service(f"127.0.0.1:{port}", state, log)
         finally:
             proc.terminate()  # SIGTERM: uvicorn drains, the lifespan flushes and closes the store
             proc.wait(30)
@@ -66,24 +92,58 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert "store flushed and closed" in text, text[-2000:]
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, valid one day, and its key (no passphrase), by openssl."""
+    cert, key = folder / "fullchain.pem", folder / "privkey.pem"
+    subprocess.run([OPENSSL or "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=oceano-test",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 @dataclass(frozen=True)
 class Nginx:
-    url: str
+    url: str  # https://127.0.0.1:PORT (the config's 443)
+    http_url: str  # http://127.0.0.1:PORT (the config's 80)
+    tls: ssl.SSLContext  # trusts the test's self-signed certificate (and nothing else): verification stays on
     root: Path  # its prefix: error.log and access.log are here
 
     def error_log(self) -> str:
         return (self.root / "error.log").read_text()
 
+    def client(self, **options: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.tls, **{"timeout": 60, **options})
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("https://", "wss://") + "/ws"
+
+
+def site_for_test(site: str, *, upstream: str, http_port: int, https_port: int, cert: Path, key: Path) -> str:
+    """deploy/nginx.conf with the upstream, the ports and the certificate paths of this test; each must be found
+    exactly once, so a change to the file that the test would silently not follow fails here."""
+    for old, new in (("server oceano-api:9100;", f"server {upstream};"),
+                     ("listen 80;", f"listen 127.0.0.1:{http_port};"),
+                     ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+                     ("/etc/nginx/certs/fullchain.pem;", f"{cert};"),
+                     ("/etc/nginx/certs/privkey.pem;", f"{key};")):
+        assert site.count(old) == 1, f"deploy/nginx.conf: expected {old!r} once"
+        site = site.replace(old, new)
+    return site
+
 
 @pytest.fixture(scope="module")
-def nginx(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+def nginx(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install nginx)")
+    if OPENSSL is None:
+        pytest.skip("the openssl command is not installed (apt-get install openssl)")
     root = tmp_path_factory.mktemp("nginx")
-    port = free_port()
-    site = (REPO / "deploy" / "nginx.conf").read_text()
-    site = site.replace("server oceano-api:9100;", f"server {service};")
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    cert, key = self_signed_certificate(root)
+    http_port, https_port = free_port(), free_port()
+    site = site_for_test((REPO / "deploy" / "nginx.conf").read_text(), upstream=service.address,
+                         http_port=http_port, https_port=https_port, cert=cert, key=key)
     (root / "site.conf").write_text(site)
     # As root, nginx's workers would run as nobody, who cannot enter pytest's private tmp folders to write the
     # temp files of bodies over client_body_buffer_size: keep them as the user running the tests.
@@ -104,17 +164,58 @@ http {{
     include {root}/site.conf;
 }}
 """)
+    tls = ssl.create_default_context(cafile=str(cert))
     proc = subprocess.Popen([NGINX, "-c", str(root / "nginx.conf"), "-p", str(root)])
     try:
-        wait_ready(f"http://127.0.0.1:{port}/health", proc, 20)
-        yield Nginx(f"http://127.0.0.1:{port}", root)
+        wait_ready(f"https://127.0.0.1:{https_port}/health", proc, 20, verify=tls)
+        yield Nginx(f"https://127.0.0.1:{https_port}", f"http://127.0.0.1:{http_port}", tls, root)
     finally:
         proc.terminate()
         proc.wait(10)
 
 
+def enforced(nginx: Nginx, *, key_required: bool) -> None:
+    """Wait (bounded) until the running service has picked up a key change made by the CLI: a key-less write-scope
+    read (GET /api/jobs, harmless) through nginx is 401 while a key exists, 200 while none does."""
+    want = 401 if key_required else 200
+    deadline = time.monotonic() + 15
+    with nginx.client() as http:
+        while (status := http.get("/api/jobs").status_code) != want:
+            assert time.monotonic() < deadline, f"GET /api/jobs still {status}, not {want}, after 15 s"
+            time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    key: str
+
+
+@pytest.fixture
+def write_key(service: Service, nginx: Nginx) -> Iterator[Key]:
+    """A `write` key made by `python -m app.keys` in the service's STATE_DIR, in force; revoked afterwards (and
+    the service back in protected mode) so that the key-less tests keep their meaning whatever the order."""
+    name = f"nginx-{uuid.uuid4().hex[:8]}"
+    key = service.keys("create", "--name", name, "--scope", "write").stdout.strip().splitlines()[-1]
+    assert key.startswith("oc_")
+    try:
+        enforced(nginx, key_required=True)
+        yield Key(name, key)
+    finally:
+        service.keys("revoke", name)
+        enforced(nginx, key_required=False)
+
+
+SEARCH_LINE = re.compile(r"app\.access[^:\n]*: POST (?:/api/search|/api/search/batch|/search|/api/analyze) (\d{3}) ")
+
+
+def service_answers(service: Service) -> Counter[int]:
+    """The service's answers to the search routes so far, by status, from its access log (app.access)."""
+    return Counter(int(status) for status in SEARCH_LINE.findall(service.log.read_text()))
+
+
 def test_search_through_nginx(nginx: Nginx) -> None:
-    with httpx.Client(base_url=nginx.url, timeout=60) as http:
+    with nginx.client() as http:
         r = http.post("/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())})
         assert r.status_code == 201, r.text
         r = http.post("/search", files={"file": ("yao.jpg", Photos.yaoming.read_bytes())},
@@ -130,11 +231,52 @@ def test_search_through_nginx(nginx: Nginx) -> None:
         assert page.status_code == 200 and "<form" in page.text
 
 
+def test_tls_versions_and_hsts(nginx: Nginx) -> None:
+    """TLS 1.2 and 1.3 are both served, the certificate verifies against the test's own (no verify=False), and
+    every HTTPS answer, the service's and nginx's own, carries HSTS."""
+    port = int(nginx.url.rsplit(":", 1)[1])
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = ssl.create_default_context(cafile=nginx.root / "fullchain.pem")
+        context.minimum_version = context.maximum_version = version
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() == version.name.replace("_", ".")  # TLSv1_2 -> "TLSv1.2"
+    # A client that does not trust the certificate is refused by the client itself: it is not a public one.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{nginx.url}/health", timeout=10)
+    with nginx.client() as http:
+        for r in (http.get("/health"), http.get("/no-such-page"), http.get("/"),
+                  http.post("/api/search", files={"file": ("x.jpg", b"not an image")})):
+            assert r.headers["strict-transport-security"] == "max-age=63072000", (r.url, r.headers)
+
+
+def test_plain_http_serves_health_redirects_pages_and_refuses_the_api(nginx: Nginx) -> None:
+    """Port 80: /health for probes; a key-less GET is sent to HTTPS; a request with a key, a body or an upgrade is
+    refused with 403 (never redirected: it has crossed the network in clear already)."""
+    with httpx.Client(base_url=nginx.http_url, timeout=30) as http:
+        health = http.get("/health")
+        assert health.status_code == 200 and health.json()["status"]
+        page = http.get("/live?x=1")
+        assert page.status_code == 301 and page.headers["location"] == "https://127.0.0.1/live?x=1"
+        for r in (http.post("/api/search", files={"file": ("yao.jpg", Photos.yaoming.read_bytes())}),
+                  http.delete("/api/faces/00000000-0000-0000-0000-000000000000"),
+                  http.get("/api/heads", headers={"X-API-Key": "oc_" + "a" * 43}),
+                  http.get("/status", headers={"Authorization": "Bearer oc_" + "a" * 43})):
+            assert r.status_code == 403, (r.request.method, r.url, r.status_code)
+            assert r.headers["content-type"] == "application/json"
+            assert r.json()["error"] == "https_required" and "HTTPS" in r.json()["detail"]
+            assert "x-request-id" not in r.headers  # nginx's own answer: the service never saw it
+    with pytest.raises(InvalidStatus) as refused:
+        connect(nginx.http_url.replace("http://", "ws://") + "/ws", open_timeout=30)
+    assert refused.value.response.status_code == 403
+
+
 def test_nginx_refuses_oversized_upload_itself(nginx: Nginx) -> None:
     """Over client_max_body_size nginx answers 413 with its own HTML page: the body never reaches the service
     (whose own 413 is JSON naming MAX_UPLOAD_MB)."""
     big = os.urandom(22 * 2**20)
-    r = httpx.post(f"{nginx.url}/api/search", files={"file": ("big.jpg", big)}, timeout=60)
+    with nginx.client() as http:
+        r = http.post("/api/search", files={"file": ("big.jpg", big)})
     assert r.status_code == 413
     assert r.headers["content-type"].startswith("text/html") and r.headers["server"].startswith("nginx")
     assert "<center>nginx" in r.text and "413 Request Entity Too Large" in r.text
@@ -146,7 +288,8 @@ def test_a_large_valid_photo_goes_through_nginx(nginx: Nginx) -> None:
     """A 12 MP, ~10 MB JPEG (under MAX_UPLOAD_MB and the megapixel cap) is passed on by nginx and searched."""
     photo = large_face_jpeg()
     assert 9 * 2**20 < len(photo) < 20 * 2**20
-    r = httpx.post(f"{nginx.url}/api/search", files={"file": ("big-face.jpg", photo)}, timeout=120)
+    with nginx.client(timeout=120) as http:
+        r = http.post("/api/search", files={"file": ("big-face.jpg", photo)})
     assert r.status_code == 200, r.text[:500]
     body = r.json()
     assert body["model"] == "bundled" and len(body["faces"]) == 1
@@ -155,15 +298,15 @@ def test_a_large_valid_photo_goes_through_nginx(nginx: Nginx) -> None:
     assert body["faces"][0]["det_score"] > 0.5
 
 
-def test_service_refuses_oversized_upload_itself(service: str) -> None:
+def test_service_refuses_oversized_upload_itself(service: Service) -> None:
     big = b"\xff\xd8\xff" + os.urandom(21 * 2**20)
-    r = httpx.post(f"http://{service}/api/search", files={"file": ("big.jpg", big)}, timeout=60)
+    r = httpx.post(f"http://{service.address}/api/search", files={"file": ("big.jpg", big)}, timeout=60)
     assert r.status_code == 413 and "MAX_UPLOAD_MB" in r.json()["detail"]
-    assert httpx.get(f"http://{service}/health").status_code == 200
+    assert httpx.get(f"http://{service.address}/health").status_code == 200
 
 
 def test_nginx_reports_the_client_and_the_request_id(nginx: Nginx) -> None:
-    with httpx.Client(base_url=nginx.url, timeout=60) as http:
+    with nginx.client() as http:
         assert http.get("/health", headers={"X-Request-ID": "via-nginx-1"}).headers["X-Request-ID"] == "via-nginx-1"
         made = http.get("/health").headers["X-Request-ID"]  # nginx's own $request_id
         assert len(made) == 32 and int(made, 16) >= 0
@@ -175,8 +318,9 @@ def test_nginx_reports_the_client_and_the_request_id(nginx: Nginx) -> None:
 
 
 def test_websocket_round_trip_through_nginx(nginx: Nginx) -> None:
-    """/ws through the proxy: the upgrade is passed on, frames go both ways, the socket survives an error."""
-    with connect(nginx.url.replace("http://", "ws://") + "/ws", open_timeout=30, max_size=2**22) as ws:
+    """/ws through the proxy, over TLS (wss): the upgrade is passed on, frames go both ways, the socket survives an
+    error."""
+    with connect(nginx.ws_url, ssl=nginx.tls, open_timeout=30, max_size=2**22) as ws:
         assert json.loads(ws.recv(timeout=30))["event"] == "connected"
         ws.send(json.dumps({"command": "predict", "image": b64(Photos.yaoming)}))
         answer = json.loads(ws.recv(timeout=60))
@@ -187,3 +331,81 @@ def test_websocket_round_trip_through_nginx(nginx: Nginx) -> None:
         result = json.loads(ws.recv(timeout=60))
         assert result["event"] == "detection_result" and result["data"]["timestamp"] == 7
         assert result["data"]["crowd_analysis"]["face_count"] == 6
+
+
+def test_keyed_write_and_401_through_nginx(service: Service, nginx: Nginx, write_key: Key) -> None:
+    """Keys pass through nginx in both spellings. nginx connects to the service from loopback and names the client
+    by its address (127.0.0.1 here), so while no key exists protected mode lets this test write without one (the
+    tests above do); once a key exists, a write needs a key from every client, loopback included: 401."""
+    photo = Photos.tom_hanks.read_bytes()
+    with nginx.client() as http:
+        r = http.post("/api/faces", files={"file": ("tom.png", photo)}, headers={"X-API-Key": write_key.key})
+        assert r.status_code == 201, r.text
+        assert r.json()["faces"]
+        r = http.post("/api/faces", files={"file": ("tom.png", photo)},
+                      headers={"Authorization": f"Bearer {write_key.key}"})
+        assert r.status_code == 201, r.text
+        for headers in ({}, {"X-API-Key": "oc_" + "x" * 43}, {"Authorization": "Bearer oc_" + "x" * 43}):
+            r = http.post("/api/faces", files={"file": ("tom.png", photo)}, headers=headers)
+            assert r.status_code == 401, (headers, r.text)
+            assert r.json()["error"] == "unauthorized" and "X-API-Key" in r.json()["detail"]
+            assert r.headers["www-authenticate"] == 'Bearer realm="oceano"'
+            assert "x-request-id" in r.headers  # the service's answer, passed on
+        # Reads stay open (AUTH_READS=open): a search needs no key.
+        r = http.post("/api/search", files={"file": ("yao.jpg", Photos.yaoming.read_bytes())})
+        assert r.status_code == 200, r.text
+    # The service saw the key (its access log names it, never the key itself) and the client nginx saw.
+    log = service.log.read_text()
+    assert "POST /api/faces 201" in log and f"key={write_key.name} client=127.0.0.1" in log
+    assert write_key.key not in log
+
+
+def test_search_routes_rate_limited_by_nginx(service: Service, nginx: Nginx) -> None:
+    """A burst past nginx's oceano_search zone (10/s, bursts of 20, per client address) over the four search
+    routes: nginx answers the excess itself (429, JSON in the service's error shape, Retry-After, no request id:
+    the service never saw them), the routes share one budget, other routes are not limited, and it recovers."""
+    routes = ["/api/search", "/api/search/batch", "/search", "/api/analyze"]
+    junk = {"file": ("junk.jpg", b"not an image at all")}  # the service refuses it at once (no inference)
+
+    before = service_answers(service)
+    with nginx.client(limits=httpx.Limits(max_connections=BURST)) as http:
+        def post(i: int) -> httpx.Response:
+            return http.post(routes[i % len(routes)], files=junk, headers={"Accept": "application/json"})
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, range(BURST)))
+        elapsed = time.monotonic() - started
+        unlimited = http.get("/api/heads")
+
+    limited = [r for r in answers if r.status_code == 429]
+    passed = [r for r in answers if r.status_code != 429]
+    assert limited, f"no 429 in {BURST} requests over {elapsed:.2f} s"
+    # At most the burst, the first request, and 10 per second of the burst's duration got through (plus slack).
+    assert len(passed) <= 21 + 10 * elapsed + 2, (len(passed), elapsed)
+    assert {r.status_code for r in passed} <= {400, 415, 422}, Counter(r.status_code for r in passed)
+    assert all("x-request-id" in r.headers for r in passed)
+    assert {str(r.url.path) for r in limited} == set(routes)  # one zone for the four routes
+    for r in limited:
+        assert r.headers["retry-after"] == "1" and r.headers["server"].startswith("nginx")
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["strict-transport-security"] == "max-age=63072000"
+        assert "x-request-id" not in r.headers
+        body = r.json()
+        assert body["error"] == "rate_limited" and "(nginx)" in body["detail"] and "127.0.0.1" in body["detail"]
+    assert "limiting requests" in nginx.error_log() and 'zone "oceano_search"' in nginx.error_log()
+    assert unlimited.status_code == 200
+    # The refused requests never reached the service: its access log has the passed ones only (it writes each
+    # line as the answer goes: wait for them, bounded), and no 429 of its own.
+    deadline = time.monotonic() + 10
+    while (seen := service_answers(service) - before) != Counter(r.status_code for r in passed):
+        assert time.monotonic() < deadline, (seen, Counter(r.status_code for r in passed))
+        time.sleep(0.2)
+    # A second later the budget is back (and left drained for whatever runs next).
+    deadline = time.monotonic() + 10
+    with nginx.client() as http:
+        while (status := http.post("/api/search", files=junk).status_code) == 429:
+            assert time.monotonic() < deadline, "still 429 after 10 s"
+            time.sleep(0.2)
+        assert status == 415
+    time.sleep(2.5)
