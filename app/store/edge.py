@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import StorageFull, StoreUnavailable
-from app.store.edge_params import create_config, search_params
+from app.store.edge_params import create_config, keyword_index, search_params
 from app.store.model import (
     INDEXED_KEYS,
     LEGACY_BUILD,
@@ -49,7 +49,7 @@ class EdgeStore:
 
     def __init__(self, path: Path, spec: CollectionSpec, *, index_threshold: int | None = None,
                  min_free_bytes: int = 0, background_index: bool = True) -> None:
-        from qdrant_edge import EdgeShard, PayloadSchemaType, UpdateOperation
+        from qdrant_edge import EdgeShard, UpdateOperation
 
         self.path = path
         self.min_free_bytes = min_free_bytes
@@ -59,7 +59,7 @@ class EdgeStore:
         meta_path = path / META_FILE
         exists = (path / "edge_config.json").exists()
         if exists:
-            meta = _read_meta(meta_path)
+            meta = read_meta(meta_path)
             if meta.get("pack") != spec.pack or meta.get("dim") != spec.dim:
                 raise spec.mismatch(meta.get("pack"), meta.get("dim"), str(path))
             # A collection keeps what it was built with; new settings apply to new collections.
@@ -77,11 +77,13 @@ class EdgeStore:
             else:
                 path.mkdir(parents=True, exist_ok=True)
                 self._shard = EdgeShard.create(str(path), create_config(spec))
-                _write_meta(meta_path, {"pack": spec.pack, "dim": spec.dim, "created": time.time(),
+                write_meta(meta_path, {"pack": spec.pack, "dim": spec.dim, "created": time.time(),
                                         "build": spec.build()})
-            # Also on collections made before these indexes existed (creating an existing index is a no-op).
+            # Also on collections made before these indexes existed; an existing index is left as it was built.
+            present = set(self._shard.info().payload_schema)
             for key in INDEXED_KEYS:
-                self._shard.update(UpdateOperation.create_field_index(key, PayloadSchemaType.Keyword))
+                if key not in present:
+                    self._shard.update(UpdateOperation.create_field_index(key, keyword_index()))
             self._shard.flush()
         except Exception as exc:
             if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
@@ -317,7 +319,7 @@ def _dense(vector: Any, dim: int) -> np.ndarray:
     return np.asarray(vector, dtype=np.float32)
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def read_meta(path: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text()))
     except FileNotFoundError:
@@ -326,7 +328,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise StoreUnavailable(f"cannot read collection metadata {path}: {exc}") from exc
 
 
-def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(path)

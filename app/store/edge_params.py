@@ -70,6 +70,14 @@ def create_config(spec: CollectionSpec) -> Any:
     )
 
 
+def keyword_index() -> Any:
+    """Payload keyword indexes (file, subject, origin) memory-mapped: they live in the page cache, not in the
+    process heap (filters on them are rare: replace and erase)."""
+    from qdrant_edge import KeywordIndexParams, Memory
+
+    return KeywordIndexParams(memory=Memory.Cached)
+
+
 def search_params(spec: CollectionSpec, hnsw_ef: int) -> Any:
     from qdrant_edge import QuantizationSearchParams, SearchParams
 
