@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     # Search defaults.
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
     sim_threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
-    hnsw_ef: int = Field(default=512, ge=1)
+    hnsw_ef: int = Field(default=128, ge=1)
     # Quantized search: candidates rescored on the original vectors = limit x oversampling.
     oversampling: float = Field(default=2.0, ge=1.0, le=16.0)
     rescore: bool = True
@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     # How NEW collections are built (docs/SCALE.md has the measurements behind the defaults). A collection keeps
     # the parameters it was created with; to change them, export it and import it into a new collection.
     hnsw_m: int = Field(default=16, ge=4, le=128)
-    hnsw_ef_construct: int = Field(default=128, ge=4, le=4096)
+    hnsw_ef_construct: int = Field(default=100, ge=4, le=4096)
     quantization: Quantization = Quantization.INT8
     # Original vectors memory-mapped from disk (read for rescoring); the quantized copy is always in RAM.
     vectors_on_disk: bool = True
@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     index_threshold: int = Field(default=20000, ge=0)
     # Embedded store: the largest segment an index build may make, in points (0: Qdrant's own sizing). An index
     # build holds the whole process (Qdrant Edge keeps the GIL), and its time grows with the segment it builds.
-    max_segment_points: int = Field(default=0, ge=0)
+    max_segment_points: int = Field(default=20000, ge=0)
     # Embedded store: the number of segments the optimizer merges towards (0: Qdrant's own, from the CPUs).
     segment_number: int = Field(default=0, ge=0, le=1024)
 

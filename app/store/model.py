@@ -105,12 +105,12 @@ class CollectionSpec:
     dim: int
     pack: str
     hnsw_m: int = 16
-    hnsw_ef_construct: int = 128
+    hnsw_ef_construct: int = 100
     quantile: float = 0.99
     quantization: Quantization = Quantization.INT8
     vectors_on_disk: bool = True
     index_threshold: int = 20000  # points (embedded store)
-    max_segment_points: int = 0  # 0: Qdrant's own sizing (embedded store)
+    max_segment_points: int = 20000  # 0: Qdrant's own sizing (embedded store)
     segment_number: int = 0  # 0: Qdrant's own (embedded store)
     shards: int = 1
     replicas: int = 1
