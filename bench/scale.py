@@ -240,15 +240,18 @@ def query_phase(path: Path, overrides: dict[str, str], points: int, n_queries: i
         store.search(q[None], limit=TOP, threshold=None, hnsw_ef=efs[0])
     per_ef = {}
     for ef in efs:
-        latencies, ids = [], []
+        latencies, cpu, ids = [], [], []
         for q in queries:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             row = store.search(q[None], limit=TOP, threshold=None, hnsw_ef=ef)[0]
             latencies.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)  # all threads: on a busy machine, the work behind the wall time
             ids.append([point_index(m.id) for m in row])
         per_ef[str(ef)] = {"p50_ms": round(percentile_ms(latencies, 50), 2),
-                           "p95_ms": round(percentile_ms(latencies, 95), 2), "ids": ids}
+                           "p95_ms": round(percentile_ms(latencies, 95), 2),
+                           "cpu_p50_ms": round(percentile_ms(cpu, 50), 2), "ids": ids}
     result = {"open_s": round(open_s, 2), "memory_mb": memory(), "per_ef": per_ef,
+              "query_loadavg": round(os.getloadavg()[0], 1),
               "segments": _segments(store)}
     store.close()
     print(json.dumps(result))
@@ -264,14 +267,22 @@ def disk_mb(path: Path) -> int:
 
 
 def run(points: int, overrides: dict[str, str], *, n_queries: int, efs: list[int], probe: bool,
-        keep: Path | None) -> dict[str, Any]:
+        keep: Path | None, measure_only: bool = False) -> dict[str, Any]:
+    """Build (unless measure_only: a collection --keep made earlier, e.g. since compacted), then measure."""
     tmp = keep or Path(tempfile.mkdtemp(prefix="oceano-scale-"))
     settings = bench_settings(tmp, overrides)
     efs = efs or [settings.hnsw_ef]
     data = Data(points)
     result: dict[str, Any] = {"points": points, "set": overrides, "hnsw_ef": settings.hnsw_ef}
-    result.update(load(data, settings, probe=probe))
+    if not measure_only:
+        result.update(load(data, settings, probe=probe))
     result["disk_mb"] = disk_mb(tmp / settings.collection_name)
+    return measure(tmp, data, overrides, result, n_queries=n_queries, efs=efs, keep=keep is not None)
+
+
+def measure(tmp: Path, data: Data, overrides: dict[str, str], result: dict[str, Any], *, n_queries: int,
+            efs: list[int], keep: bool) -> dict[str, Any]:
+    points = data.points
     child = subprocess.run(
         [sys.executable, "-m", "bench.scale", "--query-phase", str(tmp), "--points", str(points),
          "--queries", str(n_queries), "--ef", ",".join(map(str, efs)), "--overrides", json.dumps(overrides)],
@@ -280,13 +291,14 @@ def run(points: int, overrides: dict[str, str], *, n_queries: int, efs: list[int
         raise SystemExit(f"query phase failed:\n{child.stderr[-3000:]}")
     queried = json.loads(child.stdout.strip().splitlines()[-1])
     truth = data.exact_top(data.queries(n_queries))
-    result.update(open_s=queried["open_s"], memory_mb=queried["memory_mb"], segments=queried["segments"])
+    result.update(open_s=queried["open_s"], memory_mb=queried["memory_mb"], segments=queried["segments"],
+                  query_loadavg=queried["query_loadavg"])
     result["per_ef"] = {}
     for ef, row in queried["per_ef"].items():
         hits = sum(len(set(found) & set(exact)) for found, exact in zip(row["ids"], truth.tolist(), strict=True))
-        result["per_ef"][ef] = {"p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"],
+        result["per_ef"][ef] = {"p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"], "cpu_p50_ms": row["cpu_p50_ms"],
                                 "recall": round(hits / (TOP * n_queries), 4)}
-    if keep is None:
+    if not keep:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
@@ -295,14 +307,18 @@ def run(points: int, overrides: dict[str, str], *, n_queries: int, efs: list[int
 
 def summary(r: dict[str, Any]) -> str:
     mem = r["memory_mb"]
-    lines = [f"machine load average at the end of the load: {r['loadavg']} ({os.cpu_count()} cores)",
-             f"{r['points']:,} points {r['set'] or '(defaults)'}: load {r['load_s']}s ({r['rate']}/s), longest stall "
-             f"{r['stall_s']}s ({r['builds']} builds, longest {r['build_max_s']}s), probe search p50/p99/max "
-             f"{r.get('probe_p50_ms')}/{r.get('probe_p99_ms')}/{r.get('probe_max_ms')} ms",
-             f"  re-open {r['open_s']}s, {r['segments']} segments, memory PSS {mem.get('pss')} MB, anonymous "
-             f"{mem.get('anonymous')} MB, disk {r['disk_mb']} MB"]
+    lines = []
+    if "load_s" in r:
+        lines += [f"machine load average at the end of the load: {r['loadavg']} ({os.cpu_count()} cores)",
+                  f"{r['points']:,} points {r['set'] or '(defaults)'}: load {r['load_s']}s ({r['rate']}/s), longest "
+                  f"stall {r['stall_s']}s ({r['builds']} builds, longest {r['build_max_s']}s, "
+                  f"{r['build_cpu_max_s']}s CPU), probe search p50/p99/max {r.get('probe_p50_ms')}/"
+                  f"{r.get('probe_p99_ms')}/{r.get('probe_max_ms')} ms"]
+    lines += [f"  re-open {r['open_s']}s, {r['segments']} segments, memory PSS {mem.get('pss')} MB, anonymous "
+             f"{mem.get('anonymous')} MB, disk {r['disk_mb']} MB (load average {r['query_loadavg']})"]
     for ef, row in r["per_ef"].items():
-        lines.append(f"  ef {ef}: recall@10 {row['recall']:.3f}, p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms")
+        lines.append(f"  ef {ef}: recall@10 {row['recall']:.3f}, p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms "
+                     f"(CPU p50 {row['cpu_p50_ms']} ms)")
     return "\n".join(lines)
 
 
@@ -329,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a Settings field (max_segment_points=50000, hnsw_m=24, quantization=turbo4)")
     parser.add_argument("--no-probe", action="store_true", help="no searches during the load")
     parser.add_argument("--keep", type=Path, help="build the collection here and keep it")
+    parser.add_argument("--measure", action="store_true",
+                        help="with --keep: only re-open and measure a collection built earlier (e.g. compacted)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (for bench.scale_sweep)")
     parser.add_argument("--query-phase", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -338,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.query_phase:
         query_phase(args.query_phase, json.loads(args.overrides), args.points, args.queries, efs)
         return 0
+    if args.measure and not args.keep:
+        parser.error("--measure needs --keep DIR")
     result = run(args.points, parse_sets(args.set), n_queries=args.queries, efs=efs, probe=not args.no_probe,
-                 keep=args.keep)
+                 keep=args.keep, measure_only=args.measure)
     print(json.dumps(result) if args.json else summary(result))
     return 0
 
