@@ -34,8 +34,8 @@ from app.store.transfer import copy_points, export_collection, import_collection
 logger = logging.getLogger("app.collection")
 
 # Build parameters an import may carry over from the export (--keep-build) and the settings they set.
-# Compaction: segments of 250k points with a stronger graph than ingest can afford (docs/SCALE.md: at 300k and 1M
-# points this turned recall@10 0.99 at ef 128 into 0.998 at ef 64, at a fraction of the search CPU).
+# Compaction: segments of 250k points with a stronger graph than ingest can afford (docs/SCALE.md: at 300k points
+# recall@10 at ef 64 went from 0.965 to 0.998; at 1M the search CPU at ef 128 from 23 to 5 ms).
 COMPACT_SEGMENT_POINTS = 250_000
 COMPACT_M = 24
 COMPACT_EF_CONSTRUCT = 200
