@@ -166,8 +166,10 @@ class Settings(BaseSettings):
             raise ValueError(f"QDRANT_READ_CONSISTENCY ({self.qdrant_read_consistency}) cannot exceed "
                              f"QDRANT_REPLICAS ({self.qdrant_replicas})")
         if self.max_segment_points and self.max_segment_points < self.index_threshold:
-            raise ValueError(f"MAX_SEGMENT_POINTS ({self.max_segment_points}) must be 0 or at least "
-                             f"INDEX_THRESHOLD ({self.index_threshold})")
+            if "max_segment_points" in self.model_fields_set:
+                raise ValueError(f"MAX_SEGMENT_POINTS ({self.max_segment_points}) must be 0 or at least "
+                                 f"INDEX_THRESHOLD ({self.index_threshold})")
+            self.max_segment_points = self.index_threshold  # a larger INDEX_THRESHOLD set alone keeps working
         return self
 
     @model_validator(mode="after")

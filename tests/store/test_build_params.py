@@ -166,6 +166,7 @@ def test_cluster_settings_that_cannot_work_are_refused() -> None:
         Settings(qdrant_replicas=2, qdrant_read_consistency="3")
     with pytest.raises(ValidationError, match="MAX_SEGMENT_POINTS"):
         Settings(index_threshold=20000, max_segment_points=10000)
+    assert Settings(index_threshold=50000).max_segment_points == 50000  # set alone (as before), it still starts
     with pytest.raises(ValidationError, match="quantization"):
         Settings(quantization="pq")
     assert Settings(qdrant_read_consistency=" Quorum ").qdrant_read_consistency == "quorum"
