@@ -15,6 +15,24 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MAX_TOP_K = 100
 
 
+class Quantization(StrEnum):
+    """How vectors are compressed for the in-RAM search; originals stay on disk for rescoring."""
+
+    INT8 = "int8"  # scalar int8: 4x smaller than float32 (the default)
+    TURBO4 = "turbo4"  # TurboQuant 4 bits: 8x smaller
+    TURBO2 = "turbo2"  # TurboQuant 2 bits: 16x smaller
+    BINARY2 = "binary2"  # binary quantization, 2 bits per dimension: 16x smaller
+    NONE = "none"  # search the original float32 vectors
+
+
+class ReadConsistency(StrEnum):
+    """Qdrant server/cluster: how many replicas a read asks (or a number, see Settings.qdrant_read_consistency)."""
+
+    ALL = "all"
+    MAJORITY = "majority"
+    QUORUM = "quorum"
+
+
 class ProviderChoice(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
@@ -50,8 +68,12 @@ class Settings(BaseSettings):
     qdrant_url: str = ""
     qdrant_api_key: str = ""
     qdrant_path: Path = Path("state/qdrant")
+    # Server/cluster collections (new ones): shards, copies of each shard, replicas that must confirm a write.
     qdrant_shards: int = Field(default=1, ge=1)
     qdrant_replicas: int = Field(default=1, ge=1)
+    qdrant_write_consistency: int = Field(default=1, ge=1)
+    # Server/cluster reads: a number of replicas ("1": the fastest answer), or all / majority / quorum.
+    qdrant_read_consistency: str = "1"
     qdrant_timeout: int = Field(default=30, ge=1)
     collection_name: str = Field(default="faces", pattern=r"^[A-Za-z0-9_\-]{1,128}$")
 
@@ -75,11 +97,25 @@ class Settings(BaseSettings):
     # Search defaults.
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
     sim_threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
-    hnsw_ef: int = Field(default=512, ge=1)
-    hnsw_m: int = Field(default=16, ge=4)
-    hnsw_ef_construct: int = Field(default=128, ge=4)
-    # Embedded store: points left unindexed before an HNSW build is triggered after an upsert.
+    hnsw_ef: int = Field(default=128, ge=1)
+    # Quantized search: candidates rescored on the original vectors = limit x oversampling.
+    oversampling: float = Field(default=2.0, ge=1.0, le=16.0)
+    rescore: bool = True
+
+    # How NEW collections are built (docs/SCALE.md has the measurements behind the defaults). A collection keeps
+    # the parameters it was created with; to change them, export it and import it into a new collection.
+    hnsw_m: int = Field(default=16, ge=4, le=128)
+    hnsw_ef_construct: int = Field(default=100, ge=4, le=4096)
+    quantization: Quantization = Quantization.INT8
+    # Original vectors memory-mapped from disk (read for rescoring); the quantized copy is always in RAM.
+    vectors_on_disk: bool = True
+    # Embedded store: unindexed points that make a background index build due (0: builds only when asked).
     index_threshold: int = Field(default=20000, ge=0)
+    # Embedded store: the largest segment an index build may make, in points (0: Qdrant's own sizing). An index
+    # build holds the whole process (Qdrant Edge keeps the GIL), and its time grows with the segment it builds.
+    max_segment_points: int = Field(default=20000, ge=0)
+    # Embedded store: the number of segments the optimizer merges towards (0: Qdrant's own, from the CPUs).
+    segment_number: int = Field(default=0, ge=0, le=1024)
 
     # Admission control around the ONNX sessions.
     gpu_concurrency: int = Field(default=1, ge=1)
@@ -210,6 +246,28 @@ class Settings(BaseSettings):
             if item != "*" and not (item.startswith(("http://", "https://")) and host and "/" not in host):
                 raise ValueError(f"CORS_ORIGINS: {item!r} is not an origin like https://app.example.org (no path)")
         return value
+    @field_validator("qdrant_read_consistency")
+    @classmethod
+    def _check_read_consistency(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in {c.value for c in ReadConsistency} or (value.isdigit() and int(value) >= 1):
+            return value
+        raise ValueError("QDRANT_READ_CONSISTENCY must be a number of replicas (1, 2, ...), all, majority or quorum")
+
+    @model_validator(mode="after")
+    def _check_collection_shape(self) -> Settings:
+        if self.qdrant_write_consistency > self.qdrant_replicas:
+            raise ValueError(f"QDRANT_WRITE_CONSISTENCY ({self.qdrant_write_consistency}) cannot exceed "
+                             f"QDRANT_REPLICAS ({self.qdrant_replicas}): writes could never be confirmed")
+        if self.qdrant_read_consistency.isdigit() and int(self.qdrant_read_consistency) > self.qdrant_replicas:
+            raise ValueError(f"QDRANT_READ_CONSISTENCY ({self.qdrant_read_consistency}) cannot exceed "
+                             f"QDRANT_REPLICAS ({self.qdrant_replicas})")
+        if self.max_segment_points and self.max_segment_points < self.index_threshold:
+            if "max_segment_points" in self.model_fields_set:
+                raise ValueError(f"MAX_SEGMENT_POINTS ({self.max_segment_points}) must be 0 or at least "
+                                 f"INDEX_THRESHOLD ({self.index_threshold})")
+            self.max_segment_points = self.index_threshold  # a larger INDEX_THRESHOLD set alone keeps working
+        return self
 
     @model_validator(mode="after")
     def _expand_paths(self) -> Settings:

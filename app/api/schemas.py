@@ -116,6 +116,8 @@ class HealthOut(BaseModel):
     status: str
     ready: bool
     checks: HealthChecks
+    index_building: bool = Field(default=False, description="an index build is running (searches still answer)")
+    unindexed: int = Field(default=0, description="points searched exactly until the next index build")
 
 
 class StatusOut(BaseModel):
@@ -130,6 +132,8 @@ class StatusOut(BaseModel):
     gpu_concurrency: int
     inference_in_use: int
     inference_waiting: int
+    index_building: bool = Field(description="an index build is running (searches still answer)")
+    unindexed: int = Field(description="points searched exactly until the next index build")
 
 
 class IngestIn(BaseModel):

@@ -14,7 +14,7 @@ re-reads the others (same hash: only the record is refreshed; another hash: re-i
 
 Qdrant Edge durability: an update is in its WAL once `update()` returns and survives a SIGKILL (checked by
 bench/crash_ingest.py). We flush anyway before marking files done (~50 ms per --batch of points). Index builds
-(EdgeShard.optimize, which holds the GIL) run from EdgeStore.upsert past INDEX_THRESHOLD, and once at the end.
+(EdgeShard.optimize, which holds the GIL) run on the store's thread past INDEX_THRESHOLD, and once at the end.
 """
 
 from __future__ import annotations

@@ -8,9 +8,13 @@ recorded with it; opening it with another pack is refused. Face thumbnails live 
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from app.config import Settings
-from app.store.edge import EdgeStore
+from app.store.edge import META_FILE, EdgeStore
 from app.store.model import (
+    PACK_KEY,
     POINT_NAMESPACE,
     CollectionInfo,
     CollectionSpec,
@@ -28,17 +32,37 @@ from app.store.thumbs import ThumbnailStore
 
 __all__ = ["POINT_NAMESPACE", "CollectionInfo", "CollectionSpec", "EdgeStore", "FacePoint", "Match", "Origin",
            "PointQuery", "ServerStore", "StoreBackend", "ThumbnailStore", "VectorStore", "open_store", "point_id",
-           "spec_from_settings"]
+           "recorded_identity", "server_client", "spec_from_settings"]
+
+
+def server_client(settings: Settings, url: str | None = None, api_key: str | None = None) -> Any:
+    from qdrant_client import QdrantClient
+
+    return QdrantClient(url=url or settings.qdrant_url, api_key=(settings.qdrant_api_key if api_key is None
+                                                                  else api_key) or None,
+                        timeout=settings.qdrant_timeout)
+
+
+def recorded_identity(settings: Settings, client: Any = None) -> tuple[str, int] | None:
+    """The model pack and dimension an existing collection was built with (None: no such collection), read
+    without opening it (the embedded store's files, or the server collection's metadata)."""
+    if settings.qdrant_url or client is not None:
+        client = client or server_client(settings)
+        if not client.collection_exists(settings.collection_name):
+            return None
+        meta = client.get_collection(settings.collection_name).config.metadata or {}
+        return str(meta.get(PACK_KEY)), int(meta.get("dim") or 0)
+    meta_path = settings.qdrant_path / settings.collection_name / META_FILE
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return str(meta.get("pack")), int(meta.get("dim") or 0)
 
 
 def open_store(settings: Settings, *, dim: int, pack: str) -> VectorStore:
     """Pick the backend from settings: QDRANT_URL set -> server, else the embedded shard."""
     spec = spec_from_settings(settings, dim=dim, pack=pack)
     if settings.qdrant_url:
-        from qdrant_client import QdrantClient
-
-        client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key or None,
-                              timeout=settings.qdrant_timeout)
-        return ServerStore(client, spec)
+        return ServerStore(server_client(settings), spec, consistency=settings.qdrant_read_consistency)
     return EdgeStore(settings.qdrant_path / settings.collection_name, spec,
-                     index_threshold=settings.index_threshold, min_free_bytes=settings.min_free_disk_mb * 2**20)
+                     min_free_bytes=settings.min_free_disk_mb * 2**20)

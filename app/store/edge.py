@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -14,14 +15,17 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.errors import StorageFull, StoreUnavailable
+from app.store.edge_params import create_config, keyword_index, search_params
 from app.store.model import (
     INDEXED_KEYS,
+    LEGACY_BUILD,
     SCROLL_PAGE,
     CollectionInfo,
     CollectionSpec,
     FacePoint,
     Match,
     Origin,
+    Page,
     PointQuery,
     StoreBackend,
 )
@@ -36,61 +40,51 @@ class EdgeStore:
     """Qdrant Edge shard in this process. The shard's WAL lock makes it single-process: a second process
     opening it is refused (the ingest CLI hands its work to the running service instead).
 
-    Qdrant Edge builds HNSW/quantized segments only when `optimize()` is called, and that call holds the
-    GIL for its whole duration; it is therefore run at chosen moments (after an ingest batch crosses
-    INDEX_THRESHOLD unindexed points, at the end of an ingest job, at start-up), never per request.
+    Qdrant Edge builds HNSW/quantized segments only when `optimize()` is called, and that call holds the GIL for
+    its whole duration: every thread of the process waits. Builds therefore run on a background thread of the
+    store once INDEX_THRESHOLD points wait unindexed (never on the caller's path), plus at start-up and at the end
+    of an ingest job; MAX_SEGMENT_POINTS bounds what one build does (see docs/SCALE.md).
     """
 
     backend = StoreBackend.EDGE
 
-    def __init__(self, path: Path, spec: CollectionSpec, *, index_threshold: int = 20000,
-                 min_free_bytes: int = 0) -> None:
-        from qdrant_edge import (
-            Distance,
-            EdgeConfig,
-            EdgeOptimizersConfig,
-            EdgeShard,
-            EdgeVectorParams,
-            HnswIndexConfig,
-            PayloadSchemaType,
-            ScalarQuantizationConfig,
-            ScalarType,
-            UpdateOperation,
-        )
+    def __init__(self, path: Path, spec: CollectionSpec, *, index_threshold: int | None = None,
+                 min_free_bytes: int = 0, background_index: bool = True) -> None:
+        from qdrant_edge import EdgeShard, UpdateOperation
 
-        self.spec = spec
         self.path = path
-        self.index_threshold = index_threshold
         self.min_free_bytes = min_free_bytes
         self._write_lock = threading.Lock()
         self._closed = False
+        self._building = False
         meta_path = path / META_FILE
         exists = (path / "edge_config.json").exists()
         if exists:
-            meta = _read_meta(meta_path)
+            meta = read_meta(meta_path)
             if meta.get("pack") != spec.pack or meta.get("dim") != spec.dim:
                 raise spec.mismatch(meta.get("pack"), meta.get("dim"), str(path))
-        # Qdrant sizes these thresholds in KB of vectors; ours are in points.
-        kb_per_point = spec.dim * 4 / 1024
-        optimizers = EdgeOptimizersConfig(indexing_threshold=max(1, int(index_threshold * kb_per_point)))
-        config = EdgeConfig(
-            vectors=EdgeVectorParams(size=spec.dim, distance=Distance.Cosine),
-            optimizers=optimizers,
-            hnsw_config=HnswIndexConfig(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct,
-                                        full_scan_threshold=10000),
-            quantization_config=ScalarQuantizationConfig(type=ScalarType.Int8, quantile=spec.quantile,
-                                                         always_ram=True),
-        )
+            # A collection keeps what it was built with; new settings apply to new collections.
+            stored = spec.with_build(meta.get("build") or LEGACY_BUILD)
+            if changed := stored.differs(spec):
+                logger.info("collection %s keeps its build parameters: %s", spec.name, ", ".join(changed))
+            spec = stored
+        if index_threshold is not None:
+            spec = dataclasses.replace(spec, index_threshold=index_threshold)
+        self.spec = spec
+        self.index_threshold = spec.index_threshold
         try:
-            if exists:
-                self._shard = EdgeShard.load(str(path), config)
+            if exists:  # no config given: the shard keeps the one it persisted when it was created
+                self._shard = EdgeShard.load(str(path))
             else:
                 path.mkdir(parents=True, exist_ok=True)
-                self._shard = EdgeShard.create(str(path), config)
-                _write_meta(meta_path, {"pack": spec.pack, "dim": spec.dim, "created": time.time()})
-            # Also on collections made before these indexes existed (creating an existing index is a no-op).
+                self._shard = EdgeShard.create(str(path), create_config(spec))
+                write_meta(meta_path, {"pack": spec.pack, "dim": spec.dim, "created": time.time(),
+                                        "build": spec.build()})
+            # Also on collections made before these indexes existed; an existing index is left as it was built.
+            present = set(self._shard.info().payload_schema)
             for key in INDEXED_KEYS:
-                self._shard.update(UpdateOperation.create_field_index(key, PayloadSchemaType.Keyword))
+                if key not in present:
+                    self._shard.update(UpdateOperation.create_field_index(key, keyword_index()))
             self._shard.flush()
         except Exception as exc:
             if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
@@ -99,6 +93,7 @@ class EdgeStore:
                     f"service running?). Submit work to the service (python -m app.ingest does this), or stop it"
                 ) from exc
             raise StoreUnavailable(f"cannot open the embedded Qdrant store at {path}: {exc}") from exc
+        self._indexer = _Indexer(self) if background_index and self.index_threshold else None
         logger.info("embedded Qdrant Edge collection %s at %s: %d points", spec.name, path, self.count())
 
     def _check_open(self) -> None:
@@ -123,7 +118,10 @@ class EdgeStore:
                                       "disk space and retry") from exc
                 raise
         if self.index_threshold and self.unindexed() >= self.index_threshold:
-            self.optimize()
+            if self._indexer is not None:
+                self._indexer.due()  # built on the store's own thread, never on the caller's path
+            else:
+                self.optimize()
 
     def _read(self, call: Callable[[], T]) -> T:
         """A read of the shard: one that met a concurrent close() is StoreUnavailable, not the closed shard's own
@@ -151,12 +149,12 @@ class EdgeStore:
 
     def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None,
                hnsw_ef: int) -> list[list[Match]]:
-        from qdrant_edge import QuantizationSearchParams, Query, QueryBatchRequest, QueryRequest, SearchParams
+        from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
         if len(vectors) == 0:
             return []
         self._check_open()
-        params = SearchParams(hnsw_ef=hnsw_ef, quantization=QuantizationSearchParams(rescore=True, oversampling=2.0))
+        params = search_params(self.spec, hnsw_ef)
         requests = [QueryRequest(limit=limit, query=Query.Nearest(v.astype(np.float32).tolist()), with_payload=True,
                                  score_threshold=threshold, params=params) for v in vectors]
         results = self._read(lambda: self._shard.query_batch(QueryBatchRequest(requests)))
@@ -212,10 +210,11 @@ class EdgeStore:
         self._check_open()
         info = self._read(self._shard.info)
         pending = info.points_count - info.indexed_vectors_count
-        # Mirrors the server's colours: yellow while points wait for indexing past the threshold.
-        status = "yellow" if self.index_threshold and pending >= self.index_threshold else "green"
+        # Mirrors the server's colours: yellow while a build runs or points wait for one past the threshold.
+        due = bool(self.index_threshold) and pending >= self.index_threshold
         return CollectionInfo(name=self.spec.name, vectors=info.points_count, indexed=info.indexed_vectors_count,
-                              status=status, backend=self.backend, pack=self.spec.pack)
+                              status="yellow" if due or self._building else "green", backend=self.backend,
+                              pack=self.spec.pack, index_building=self._building)
 
     def healthy(self) -> bool:
         if self._closed:
@@ -227,14 +226,41 @@ class EdgeStore:
             return False
 
     def optimize(self) -> bool:
+        """Build the pending index segments now (blocks the whole process while Qdrant Edge works)."""
         self._check_open()
-        started = time.perf_counter()
         with self._write_lock:
             self._check_open()
-            changed = bool(self._shard.optimize())
-        if changed:
-            logger.info("built the HNSW index of %s in %.1fs", self.spec.name, time.perf_counter() - started)
+            started, cpu = time.perf_counter(), time.process_time()
+            self._building = True
+            try:
+                changed = bool(self._shard.optimize())
+            finally:
+                self._building = False
+        if changed:  # CPU seconds beside the wall time: on a busy machine the wall time says little of the work
+            logger.info("built the HNSW index of %s in %.2fs (%.2fs CPU)", self.spec.name,
+                        time.perf_counter() - started, time.process_time() - cpu)
         return changed
+
+    def wait_indexed(self, timeout: float = 600.0) -> bool:
+        """Wait until no background build is due or running (tests, benchmarks, the end of an ingest job)."""
+        return self._indexer.idle(timeout) if self._indexer is not None else True
+
+    def page(self, offset: str | None, limit: int) -> Page:
+        from qdrant_edge import ScrollRequest
+
+        self._check_open()
+        records, next_offset = self._shard.scroll(ScrollRequest(offset=offset, limit=limit, with_payload=True,
+                                                                with_vector=True))
+        points = [FacePoint(str(r.id), _dense(r.vector, self.spec.dim), dict(r.payload or {})) for r in records]
+        return Page(points, None if next_offset is None else str(next_offset))
+
+    def snapshot(self, dest: Path) -> Path:
+        """A consistent copy of the collection's folder: flushed, with writes and builds held off meanwhile."""
+        self._check_open()
+        with self._write_lock:
+            self._shard.flush()
+            shutil.copytree(self.path, dest, ignore=shutil.ignore_patterns("*.lock", "*.tmp"))
+        return dest
 
     def flush(self) -> None:
         with self._write_lock:
@@ -244,13 +270,70 @@ class EdgeStore:
     def close(self) -> None:
         if self._closed:
             return
+        if self._indexer is not None:
+            self._indexer.stop()
         with self._write_lock:
             self._shard.flush()
             self._shard.close()
             self._closed = True
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+class _Indexer:
+    """The store's build thread: runs optimize() when upserts report a build due, one build at a time."""
+
+    def __init__(self, store: EdgeStore) -> None:
+        self._store = store
+        self._due = threading.Event()
+        self._stop = False
+        self._running = False
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"index-{store.spec.name}", daemon=True)
+        self._thread.start()
+
+    def due(self) -> None:
+        with self._idle:
+            self._due.set()
+
+    def _run(self) -> None:
+        while True:
+            self._due.wait()
+            with self._idle:
+                if self._stop:
+                    return
+                self._due.clear()
+                self._running = True
+            try:
+                self._store.optimize()
+            except StoreUnavailable:
+                pass  # closing
+            except Exception:
+                logger.exception("background index build of %s failed; retried after the next upsert",
+                                 self._store.spec.name)
+            finally:
+                with self._idle:
+                    self._running = False
+                    self._idle.notify_all()
+
+    def idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._due.is_set() and not self._running, timeout)
+
+    def stop(self) -> None:
+        with self._idle:
+            self._stop = True
+            self._due.set()
+        self._thread.join(timeout=600)
+
+
+def _dense(vector: Any, dim: int) -> np.ndarray:
+    if isinstance(vector, dict):
+        vector = vector.get("", next(iter(vector.values()), None))
+    if vector is None:
+        return np.zeros(dim, dtype=np.float32)
+    return np.asarray(vector, dtype=np.float32)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text()))
     except FileNotFoundError:
@@ -259,7 +342,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise StoreUnavailable(f"cannot read collection metadata {path}: {exc}") from exc
 
 
-def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(path)

@@ -3,15 +3,16 @@ protocol, and deterministic point ids."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
 
-from app.config import Settings
+from app.config import Quantization, Settings
 from app.errors import PackMismatch
 
 # Namespace for deterministic point ids: uuid5(namespace, "<image sha256>:<face index>").
@@ -78,20 +79,59 @@ class CollectionInfo:
     status: str
     backend: StoreBackend
     pack: str | None
+    index_building: bool = False  # an index build (optimization) is running now
+
+    @property
+    def unindexed(self) -> int:
+        """Points searched without the HNSW index (exactly) until the next build."""
+        return max(0, self.vectors - self.indexed)
+
+
+# The build parameters recorded with a collection when it is created (Edge: oceano.json; server: the collection's
+# metadata). A collection keeps them whatever the settings say later.
+BUILD_KEYS = ("hnsw_m", "hnsw_ef_construct", "quantile", "quantization", "vectors_on_disk", "index_threshold",
+              "max_segment_points", "segment_number")
+# What collections made before the parameters were recorded were built with.
+LEGACY_BUILD: dict[str, Any] = {"hnsw_m": 16, "hnsw_ef_construct": 128, "quantile": 0.99, "quantization": "int8",
+                                "vectors_on_disk": False, "max_segment_points": 0, "segment_number": 0}
 
 
 @dataclass(frozen=True, slots=True)
 class CollectionSpec:
-    """How collections are built; one place for both backends."""
+    """How collections are built and searched; one place for both backends. Build parameters (BUILD_KEYS) apply
+    when a collection is created; oversampling and rescore apply to every search."""
 
     name: str
     dim: int
     pack: str
     hnsw_m: int = 16
-    hnsw_ef_construct: int = 128
+    hnsw_ef_construct: int = 100
     quantile: float = 0.99
+    quantization: Quantization = Quantization.INT8
+    vectors_on_disk: bool = True
+    index_threshold: int = 20000  # points (embedded store)
+    max_segment_points: int = 20000  # 0: Qdrant's own sizing (embedded store)
+    segment_number: int = 0  # 0: Qdrant's own (embedded store)
     shards: int = 1
     replicas: int = 1
+    write_consistency: int = 1
+    oversampling: float = 2.0
+    rescore: bool = True
+
+    def build(self) -> dict[str, Any]:
+        """The build parameters, JSON-ready (recorded with the collection and in exports)."""
+        return {key: (str(v) if isinstance(v := getattr(self, key), Quantization) else v) for key in BUILD_KEYS}
+
+    def with_build(self, build: dict[str, Any]) -> CollectionSpec:
+        """This spec with the build parameters a collection was created with (unknown keys ignored)."""
+        known = {k: v for k, v in build.items() if k in BUILD_KEYS}
+        if "quantization" in known:
+            known["quantization"] = Quantization(known["quantization"])
+        return dataclasses.replace(self, **known)
+
+    def differs(self, other: CollectionSpec) -> list[str]:
+        return [f"{k} {getattr(self, k)} (settings: {getattr(other, k)})" for k in BUILD_KEYS
+                if getattr(self, k) != getattr(other, k)]
 
     def mismatch(self, found_pack: str | None, found_dim: int | None, where: str) -> PackMismatch:
         return PackMismatch(
@@ -101,6 +141,14 @@ class CollectionSpec:
             f"MODEL_NAME back to the pack the collection was built with, or delete the collection and re-ingest "
             f"your photos with the new pack."
         )
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of a full scan in id order: the points and where the next page starts (None: the end)."""
+
+    points: list[FacePoint]
+    next_offset: str | None
 
 
 class VectorStore(Protocol):
@@ -121,10 +169,25 @@ class VectorStore(Protocol):
     def optimize(self) -> bool: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+    def page(self, offset: str | None, limit: int) -> Page: ...
+
+
+def iter_pages(store: VectorStore, *, offset: str | None = None, limit: int = SCROLL_PAGE) -> Iterator[Page]:
+    """Every point with its vector and payload, a page at a time, from `offset` (a page's next_offset)."""
+    while True:
+        page = store.page(offset, limit)
+        yield page
+        if page.next_offset is None:
+            return
+        offset = page.next_offset
 
 
 def spec_from_settings(settings: Settings, *, dim: int, pack: str) -> CollectionSpec:
     return CollectionSpec(name=settings.collection_name, dim=dim, pack=pack, hnsw_m=settings.hnsw_m,
-                          hnsw_ef_construct=settings.hnsw_ef_construct, shards=settings.qdrant_shards,
-                          replicas=settings.qdrant_replicas)
+                          hnsw_ef_construct=settings.hnsw_ef_construct, quantization=settings.quantization,
+                          vectors_on_disk=settings.vectors_on_disk, index_threshold=settings.index_threshold,
+                          max_segment_points=settings.max_segment_points, segment_number=settings.segment_number,
+                          shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
+                          write_consistency=settings.qdrant_write_consistency, oversampling=settings.oversampling,
+                          rescore=settings.rescore)
 

@@ -17,9 +17,11 @@ from tenacity import (
     wait_exponential,
 )
 
+from app.config import Quantization
 from app.errors import StoreUnavailable
 from app.store.model import (
     INDEXED_KEYS,
+    LEGACY_BUILD,
     PACK_KEY,
     SCROLL_PAGE,
     CollectionInfo,
@@ -27,9 +29,12 @@ from app.store.model import (
     FacePoint,
     Match,
     Origin,
+    Page,
     PointQuery,
     StoreBackend,
 )
+
+BUILD_KEY = "oceano_build"
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +58,43 @@ def _transient(exc: BaseException) -> bool:
         return False
 
 
+def quantization_config(spec: CollectionSpec) -> Any:
+    """The quantized copy searched in RAM (originals on disk, read for rescoring)."""
+    from qdrant_client import models
+
+    q = spec.quantization
+    if q is Quantization.INT8:
+        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=spec.quantile, always_ram=True))
+    if q in (Quantization.TURBO4, Quantization.TURBO2):
+        bits = models.TurboQuantBitSize.BITS4 if q is Quantization.TURBO4 else models.TurboQuantBitSize.BITS2
+        return models.TurboQuantization(turbo=models.TurboQuantQuantizationConfig(bits=bits, always_ram=True))
+    if q is Quantization.BINARY2:
+        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(
+            always_ram=True, encoding=models.BinaryQuantizationEncoding.TWO_BITS,
+            query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS))
+    return None
+
+
+def read_consistency(value: str) -> Any:
+    """QDRANT_READ_CONSISTENCY: a number of replicas, or all / majority / quorum."""
+    from qdrant_client import models
+
+    return int(value) if value.isdigit() else models.ReadConsistencyType(value)
+
+
 class ServerStore:
-    """A collection on a Qdrant server or cluster (shards and replicas from settings), through qdrant-client.
-    Every call is retried with exponential backoff, bounded in attempts and time."""
+    """A collection on a Qdrant server or cluster (shards, replicas, write consistency from settings), through
+    qdrant-client; reads ask QDRANT_READ_CONSISTENCY replicas. Every call is retried with exponential backoff,
+    bounded in attempts and time."""
 
     backend = StoreBackend.SERVER
 
     def __init__(self, client: Any, spec: CollectionSpec, *, attempts: int = 5, max_delay: float = 30.0,
-                 wait_multiplier: float = 0.2) -> None:
+                 wait_multiplier: float = 0.2, consistency: str = "1") -> None:
         self.client = client
         self.spec = spec
+        self.consistency = read_consistency(consistency)
         self._attempts = attempts
         self._max_delay = max_delay
         self._wait_multiplier = wait_multiplier
@@ -110,21 +142,26 @@ class ServerStore:
             dim = getattr(vectors, "size", None)
             if meta.get(PACK_KEY) != self.spec.pack or dim != self.spec.dim:
                 raise self.spec.mismatch(meta.get(PACK_KEY), dim, "on the Qdrant server")
+            # The collection keeps what it was built with (search parameters follow it: quantization, rescore).
+            self.spec = self.spec.with_build(meta.get(BUILD_KEY) or LEGACY_BUILD)
             self._create_indexes()  # collections made before these indexes existed get them too
             return
+        spec = self.spec
         self._call("collection create", lambda: self.client.create_collection(
             name,
-            vectors_config=models.VectorParams(size=self.spec.dim, distance=models.Distance.COSINE),
-            hnsw_config=models.HnswConfigDiff(m=self.spec.hnsw_m, ef_construct=self.spec.hnsw_ef_construct),
-            quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-                type=models.ScalarType.INT8, quantile=self.spec.quantile, always_ram=True)),
-            shard_number=self.spec.shards,
-            replication_factor=self.spec.replicas,
-            metadata={PACK_KEY: self.spec.pack, "dim": self.spec.dim},
+            vectors_config=models.VectorParams(size=spec.dim, distance=models.Distance.COSINE,
+                                               on_disk=spec.vectors_on_disk),
+            hnsw_config=models.HnswConfigDiff(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct),
+            quantization_config=quantization_config(spec),
+            shard_number=spec.shards,
+            replication_factor=spec.replicas,
+            write_consistency_factor=spec.write_consistency,
+            on_disk_payload=True,
+            metadata={PACK_KEY: spec.pack, "dim": spec.dim, BUILD_KEY: spec.build()},
         ))
         self._create_indexes()
-        logger.info("created collection %s on the Qdrant server (%d shards, %d replicas)", name,
-                    self.spec.shards, self.spec.replicas)
+        logger.info("created collection %s on the Qdrant server (%d shards, %d replicas, writes confirmed by %d)",
+                    name, spec.shards, spec.replicas, spec.write_consistency)
 
     def upsert(self, points: Sequence[FacePoint]) -> None:
         from qdrant_client import models
@@ -141,16 +178,18 @@ class ServerStore:
 
         if len(vectors) == 0:
             return []
-        params = models.SearchParams(hnsw_ef=hnsw_ef, quantization=models.QuantizationSearchParams(
-            rescore=True, oversampling=2.0))
+        quantization = None if self.spec.quantization is Quantization.NONE else models.QuantizationSearchParams(
+            rescore=self.spec.rescore, oversampling=self.spec.oversampling)
+        params = models.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
         requests = [models.QueryRequest(query=v.astype(np.float32).tolist(), limit=limit, with_payload=True,
                                         score_threshold=threshold, params=params) for v in vectors]
-        responses = self._call("search", lambda: self.client.query_batch_points(self.spec.name, requests=requests))
+        responses = self._call("search", lambda: self.client.query_batch_points(
+            self.spec.name, requests=requests, consistency=self.consistency))
         return [[Match(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in responses]
 
     def retrieve(self, ids: Sequence[str]) -> list[Match]:
-        records = self._call("retrieve", lambda: self.client.retrieve(self.spec.name, ids=list(ids),
-                                                                      with_payload=True, with_vectors=False))
+        records = self._call("retrieve", lambda: self.client.retrieve(
+            self.spec.name, ids=list(ids), with_payload=True, with_vectors=False, consistency=self.consistency))
         return [Match(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
     def _create_indexes(self) -> None:
@@ -187,8 +226,21 @@ class ServerStore:
     def _scroll_page(self, flt: Any, offset: Any) -> tuple[list[Any], Any]:
         result: tuple[list[Any], Any] = self._call("scroll", lambda: self.client.scroll(
             self.spec.name, scroll_filter=flt, limit=SCROLL_PAGE, offset=offset, with_payload=False,
-            with_vectors=False))
+            with_vectors=False, consistency=self.consistency))
         return result
+
+    def page(self, offset: str | None, limit: int) -> Page:
+        records, next_offset = self._call("scroll", lambda: self.client.scroll(
+            self.spec.name, limit=limit, offset=offset, with_payload=True, with_vectors=True,
+            consistency=self.consistency))
+        points = [FacePoint(str(r.id), _dense(r.vector), dict(r.payload or {})) for r in records]
+        return Page(points, None if next_offset is None else str(next_offset))
+
+    def snapshot(self) -> str:
+        """A server-side snapshot of the collection (on a cluster: of the shards on the node answering); returns
+        its name. Download it with GET /collections/{name}/snapshots/{snapshot}."""
+        description = self._call("snapshot", lambda: self.client.create_snapshot(self.spec.name, wait=True))
+        return str(description.name)
 
     def delete(self, ids: Sequence[str]) -> None:
         from qdrant_client import models
@@ -202,10 +254,11 @@ class ServerStore:
 
     def info(self) -> CollectionInfo:
         info = self._call("collection info", lambda: self.client.get_collection(self.spec.name))
-        status = getattr(info.status, "value", str(info.status))
+        status = str(getattr(info.status, "value", info.status))
+        # yellow: the server's optimizers are building index segments now (grey: builds pending, not started).
         return CollectionInfo(name=self.spec.name, vectors=int(info.points_count or 0),
-                              indexed=int(info.indexed_vectors_count or 0), status=str(status),
-                              backend=self.backend, pack=self.spec.pack)
+                              indexed=int(info.indexed_vectors_count or 0), status=status,
+                              backend=self.backend, pack=self.spec.pack, index_building=status == "yellow")
 
     def healthy(self) -> bool:
         """The server answers and the collection is there (a vanished collection is not ready)."""
@@ -222,3 +275,9 @@ class ServerStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _dense(vector: Any) -> np.ndarray:
+    if isinstance(vector, dict):
+        vector = vector.get("", next(iter(vector.values()), None))
+    return np.asarray(vector, dtype=np.float32)

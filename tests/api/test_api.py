@@ -113,7 +113,8 @@ def test_health_and_status(client: TestClient) -> None:
     r = client.get("/health")
     assert r.status_code == 200
     assert r.json() == {"status": "healthy", "ready": True,
-                        "checks": {"model_loaded": True, "qdrant_healthy": True, "shutdown_initiated": False}}
+                        "checks": {"model_loaded": True, "qdrant_healthy": True, "shutdown_initiated": False},
+                        "index_building": False, "unindexed": 0}
     status = client.get("/status").json()
     assert status["collection"] == "faces" and status["vectors"] == 0 and status["status"] == "green"
     assert status["model"] == "bundled" and status["backend"] == "edge"

@@ -106,10 +106,12 @@ def test_info_and_health(make_store: Callable[..., VectorStore]) -> None:
 
 
 def test_edge_index_is_built_and_search_stays_exact(tmp_path: Path) -> None:
-    """Past the threshold the shard builds HNSW + int8 segments; rescored search still finds each point."""
+    """Past the threshold the shard builds HNSW + int8 segments on the store's own thread (not in the upsert
+    call); rescored search still finds each point."""
     store = EdgeStore(tmp_path / "faces", SPEC, index_threshold=3000)
     vectors = unit(np.random.default_rng(4), 3500)
     fill(store, vectors, lambda i: f"f{i}.jpg")
+    assert store.wait_indexed(120)
     info = store.info()
     assert info.indexed >= 3000 and info.status == "green"
     results = store.search(vectors[:50], limit=1, threshold=None, hnsw_ef=128)

@@ -11,6 +11,7 @@ from app.api.deps import ServiceDep, run_blocking
 from app.api.metrics import CONTENT_TYPE, Metrics
 from app.api.schemas import HealthChecks, HealthOut, StatusOut
 from app.service import FaceService
+from app.store import CollectionInfo
 
 router = APIRouter(tags=["ops"])
 
@@ -21,11 +22,20 @@ async def health(request: Request) -> JSONResponse:
     state = request.app.state
     service: FaceService | None = getattr(state, "service", None)
     store_ok = bool(service) and await run_in_threadpool(lambda: service.store.healthy() if service else False)
+    info = await run_in_threadpool(_index_info, service) if service and store_ok else None
     checks = HealthChecks(model_loaded=service is not None, qdrant_healthy=store_ok,
                           shutdown_initiated=bool(getattr(state, "shutting_down", False)))
     ready = checks.model_loaded and checks.qdrant_healthy and not checks.shutdown_initiated
-    body = HealthOut(status="healthy" if ready else "unhealthy", ready=ready, checks=checks)
+    body = HealthOut(status="healthy" if ready else "unhealthy", ready=ready, checks=checks,
+                     index_building=bool(info and info.index_building), unindexed=info.unindexed if info else 0)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def _index_info(service: FaceService) -> CollectionInfo | None:
+    try:
+        return service.store.info()
+    except Exception:  # the store went away between the two calls: the next probe says so
+        return None
 
 
 @router.get("/status", response_model=StatusOut, responses=errors(503, 504))
@@ -35,7 +45,8 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
     return StatusOut(collection=info.name, vectors=info.vectors, indexed_vectors=info.indexed, status=info.status,
                      model=engine.pack.name, model_fingerprint=engine.fingerprint, backend=info.backend.value,
                      providers=engine.providers, gpu_concurrency=engine.gate.concurrency,
-                     inference_in_use=engine.gate.in_use, inference_waiting=engine.gate.waiting)
+                     inference_in_use=engine.gate.in_use, inference_waiting=engine.gate.waiting,
+                     index_building=info.index_building, unindexed=info.unindexed)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {

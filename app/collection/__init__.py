@@ -1,0 +1,1 @@
+"""`python -m app.collection`: the command lives with the other entry points (app.cli.collection)."""
