@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     gpu_concurrency: int = Field(default=1, ge=1)
     gpu_acquire_timeout: float = Field(default=5.0, gt=0)
     request_timeout: float = Field(default=30.0, gt=0)
+    # Seconds a refusal at the door (503) is held before it is sent: paces clients that retry at once.
+    shed_delay: float = Field(default=0.25, ge=0.0, le=5.0)
 
     # Files.
     state_dir: Path = Path("state")

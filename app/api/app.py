@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live.router)
     # A multipart envelope adds a little around the file itself.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
-    app.add_middleware(AdmissionGuard)  # a busy engine refuses uploads before anything is read
+    # a busy engine refuses uploads before anything is read (refusals held SHED_DELAY)
+    app.add_middleware(AdmissionGuard, shed_delay=settings.shed_delay)
     app.add_middleware(AccessGuard, settings=settings)  # keys, scopes, rate limits: before admission and bodies
     app.add_middleware(MethodGuard)  # OPTIONS and wrong methods answered with Allow (no key needed to ask)
     if settings.cors_origin_list:  # outside both: a preflight is answered before keys or methods are checked

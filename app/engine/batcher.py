@@ -145,7 +145,10 @@ class InferenceBatcher:
         Requests are batched with others that run the same heads and want embeddings alike (`embed`)."""
         wait = self.engine.gate.timeout if timeout is None else timeout
         cancelled = ticket.cancelled if ticket is not None else None
-        if cancelled is not None and cancelled.is_set():
+        if cancelled is not None and cancelled.is_set():  # given up while its upload was decoded
+            with self._cond:
+                self.dropped += 1
+            self.engine.observer.dropped(Dropped.CLIENT_GONE)
             raise RequestTimeout("the request was given up (client gone or REQUEST_TIMEOUT) before inference")
         request = _Request(images=images, heads=tuple(heads), embed=embed, deadline=time.monotonic() + wait,
                            cancelled=cancelled)
