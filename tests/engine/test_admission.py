@@ -26,15 +26,21 @@ def batcher(engine: FaceEngine) -> Iterator[InferenceBatcher]:
 
 
 def test_admission_refuses_once_the_wait_would_pass_the_timeout(batcher: InferenceBatcher) -> None:
-    batcher.seconds_per_image = 1.0  # as measured on a slow engine
-    first, second, third = batcher.admit(1), batcher.admit(1), batcher.admit(1)  # waits 0, 1 and 2 s
-    with pytest.raises(EngineBusy, match="about 3.0s of work is ahead") as refused:
+    """A ticket is refused once the estimated wait passes GPU_ACQUIRE_TIMEOUT (2 s here); the door refuses
+    earlier, past ADMIT_SHARE (3/4) of it."""
+    batcher.seconds_per_image = 0.5  # as measured on a slow engine
+    first, second, third, fourth = (batcher.admit(1) for _ in range(4))  # waits 0, 0.5, 1 and 1.5 s
+    assert batcher.refusal_at_door() is not None  # 2.0 s ahead: over 3/4 of the timeout
+    batcher.admit(1).release()  # the ticket itself: 2.0 s is still within the timeout
+    fourth_extra = batcher.admit(1)  # 2.0 s ahead: admitted (within the timeout)
+    with pytest.raises(EngineBusy, match="about 2.5s of work is ahead") as refused:
         batcher.admit(1)
-    assert refused.value.retry_after == 3 and batcher.shed == 1
-    third.release()
-    third.release()  # idempotent
+    assert refused.value.retry_after == 3 and batcher.shed == 2
+    fourth_extra.release()
+    fourth.release()
+    fourth.release()  # idempotent
     batcher.admit(1).release()  # room again
-    for ticket in (first, second):
+    for ticket in (first, second, third):
         ticket.release()
     assert batcher.estimated_wait() == 0
 
