@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -349,3 +350,18 @@ def one_face_frame(width: int = 640, height: int = 480, quality: int = 85) -> by
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buf.tobytes()
+
+
+@contextmanager
+def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real, small filesystem to fill up (disk-full tests): a tmpfs of `size` mounted at `mount`. Skips the test
+    where mounting is not allowed (not root)."""
+
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import Photos
+from tests.support import Photos, small_tmpfs
 
 
 def upload(path: Path, name: str | None = None) -> dict[str, tuple[str, bytes, str]]:
@@ -91,20 +89,15 @@ def test_thumbnails_left_staged_by_a_crash_are_settled_at_start(client_factory, 
 
 
 def test_full_thumbnail_disk_answers_507_and_writes_nothing(client_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "64k") as mount:
         client = client_factory(thumbs_dir=mount / "thumbs")
-        (mount / "ballast").write_bytes(b"\0" * (shutil.disk_usage(mount).free - 1024))
-        r = client.post("/api/faces", files=upload(Photos.t1))
-        assert r.status_code == 507 and "no space left" in r.json()["detail"], r.text
-        assert client.get("/status").json()["vectors"] == 0  # no point without its thumbnail
-        assert not [p for p in (mount / "thumbs").rglob("*") if p.is_file()]  # nothing half-written
-        (mount / "ballast").unlink()
-        assert client.post("/api/faces", files=upload(Photos.t1)).status_code == 201
-    finally:
-        client.__exit__(None, None, None)
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        try:
+            (mount / "ballast").write_bytes(b"\0" * (shutil.disk_usage(mount).free - 1024))
+            r = client.post("/api/faces", files=upload(Photos.t1))
+            assert r.status_code == 507 and "no space left" in r.json()["detail"], r.text
+            assert client.get("/status").json()["vectors"] == 0  # no point without its thumbnail
+            assert not [p for p in (mount / "thumbs").rglob("*") if p.is_file()]  # nothing half-written
+            (mount / "ballast").unlink()
+            assert client.post("/api/faces", files=upload(Photos.t1)).status_code == 201
+        finally:
+            client.__exit__(None, None, None)

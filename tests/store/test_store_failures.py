@@ -4,7 +4,6 @@ The server is qdrant-client's local mode (no Qdrant server can run here); the fu
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from qdrant_client import QdrantClient
 
 from app.errors import StorageFull, StoreUnavailable
 from app.store import CollectionSpec, EdgeStore, FacePoint, Origin, PointQuery, ServerStore, VectorStore, point_id
+from tests.support import small_tmpfs
 
 DIM = 64
 SPEC = CollectionSpec(name="faces", dim=DIM, pack="test-pack:abc")
@@ -57,15 +57,8 @@ def test_find_ids_by_subject_and_origin(backend: str, tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "160m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_edge_store_refuses_writes_on_a_nearly_full_disk(small_disk: Path) -> None:

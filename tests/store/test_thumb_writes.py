@@ -3,7 +3,6 @@ nothing half-written (a real tmpfs filled up, mounted for the test)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from app.errors import StorageFull
 from app.store import ThumbnailStore
+from tests.support import small_tmpfs
 
 FACE = "6f0d6a3e-9c1b-5b7e-8a8e-0cea00000001"
 
@@ -29,15 +29,8 @@ def test_concurrent_saves_of_one_face_never_collide(tmp_path: Path) -> None:
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_disk_is_storage_full_and_leaves_nothing(full_disk: Path) -> None:
