@@ -356,7 +356,6 @@ def one_face_frame(width: int = 640, height: int = 480, quality: int = 85) -> by
 def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
     """A real, small filesystem to fill up (disk-full tests): a tmpfs of `size` mounted at `mount`. Skips the test
     where mounting is not allowed (not root)."""
-
     mount.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
