@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)
 INITIAL_SECONDS_PER_IMAGE = 0.05
 EWMA_WEIGHT = 0.2  # weight of the newest batch in the moving average of seconds per image
 # Requests are let in at the door while the estimated wait is under this share of GPU_ACQUIRE_TIMEOUT: the
-# estimate is an average, and one let in at the very edge would often pass its deadline in the queue and get a
-# late 503 (measured at 200 clients: 503 p95 835 ms, 200 p95 3.2 s with the whole timeout).
-ADMIT_SHARE = 0.75
+# estimate is an average, and one let in at the edge would often pass its deadline in the queue and get a late
+# 503. Measured at 200 clients (bench/overload.py): with the whole timeout 503 p95 835 ms and 200 p95 3.2 s; with
+# 3/4 647 ms and 2.8 s; with 1/2 357 ms and 2.5 s, the 200-throughput still 0.86x that at 50 clients.
+ADMIT_SHARE = 0.5
 
 
 class Ticket:

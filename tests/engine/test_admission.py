@@ -27,10 +27,10 @@ def batcher(engine: FaceEngine) -> Iterator[InferenceBatcher]:
 
 def test_admission_refuses_once_the_wait_would_pass_the_timeout(batcher: InferenceBatcher) -> None:
     """A ticket is refused once the estimated wait passes GPU_ACQUIRE_TIMEOUT (2 s here); the door refuses
-    earlier, past ADMIT_SHARE (3/4) of it."""
+    earlier, past ADMIT_SHARE (1/2) of it."""
     batcher.seconds_per_image = 0.5  # as measured on a slow engine
     first, second, third, fourth = (batcher.admit(1) for _ in range(4))  # waits 0, 0.5, 1 and 1.5 s
-    assert batcher.refusal_at_door() is not None  # 2.0 s ahead: over 3/4 of the timeout
+    assert batcher.refusal_at_door() is not None  # 2.0 s ahead: over half the timeout
     batcher.admit(1).release()  # the ticket itself: 2.0 s is still within the timeout
     fourth_extra = batcher.admit(1)  # 2.0 s ahead: admitted (within the timeout)
     with pytest.raises(EngineBusy, match="about 2.5s of work is ahead") as refused:
