@@ -25,9 +25,10 @@ from app.heads import Head, HeadRegistry
 from app.imaging import (
     DecodedImage,
     PixelGate,
+    checked_header,
     crop_thumbnail,
     decode_image,
-    decoded_pixels_estimate,
+    decoded_pixels,
     encode_jpeg,
     read_header,
 )
@@ -147,8 +148,9 @@ class FaceService:
         process-wide decode bound (DECODE_MEGAPIXELS) has room for it. `max_side`: reduce the pixels to at most
         this long side (detection then costs less; boxes still come back in the original's pixels)."""
         limits = {"max_bytes": self.settings.max_upload_bytes, "max_pixels": int(self.settings.max_megapixels * 1e6)}
-        with self.decode_gate.hold(decoded_pixels_estimate(data, **limits)):
-            return decode_image(data, **limits, max_side=max_side)
+        header = checked_header(data, **limits)
+        with self.decode_gate.hold(decoded_pixels(header)):
+            return decode_image(data, **limits, max_side=max_side, header=header)
 
     def check_request_pixels(self, uploads: Sequence[bytes]) -> None:
         """One request's images together, from their headers, before any is decoded: at most

@@ -24,8 +24,8 @@ from app.imaging.header import (
     MIN_DECODE_LONG_SIDE,
     ImageFormat,
     ImageHeader,
-    _checked_header,
     _reduction_for,
+    checked_header,
     read_header,
 )
 from app.imaging.limits import OPENCV_MAX_PIXELS
@@ -182,15 +182,18 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int | None = None) -> DecodedImage:
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int | None = None,
+                 header: ImageHeader | None = None) -> DecodedImage:
     """Validate and decode. Raises ImageTooLarge, UnsupportedImage or BadImage with a message naming why.
 
     Size and pixel caps are checked on the header before any decoder runs. The pixels are reduced by the largest
     power of two that keeps MIN_DECODE_LONG_SIDE (or `max_side`, if smaller) on the long side; with `max_side`
-    they are then area-resized so that the long side is at most `max_side`."""
+    they are then area-resized so that the long side is at most `max_side`. `header`: checked_header's answer for
+    these bytes and limits, when the caller has it already (it is not parsed twice)."""
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be at least 1, got {max_side}")
-    header = _checked_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    if header is None:
+        header = checked_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's guard must not refuse what the caller's cap allows
     target = MIN_DECODE_LONG_SIDE if max_side is None else min(max_side, MIN_DECODE_LONG_SIDE)

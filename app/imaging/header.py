@@ -315,7 +315,9 @@ def read_header(data: bytes) -> ImageHeader:
                        f"({exc})") from exc
 
 
-def _checked_header(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageHeader:
+def checked_header(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageHeader:
+    """read_header, then the size and pixel caps (ImageTooLarge): what decode_image checks before decoding. A
+    caller that needs the header first (to charge a decode budget) passes it on to decode_image."""
     if len(data) > max_bytes:
         raise ImageTooLarge(f"file is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit")
     header = read_header(data)
@@ -343,7 +345,11 @@ def decoded_pixels_estimate(data: bytes, *, max_bytes: int, max_pixels: int) -> 
     per-request budget before decoding. Raises what decode_image would for the same limits (ImageTooLarge,
     UnsupportedImage, BadImage from the header). Baseline JPEG is scaled by libjpeg as it decodes; every other
     format (progressive JPEG included: full-size coefficient buffers) is held in full before being reduced."""
-    header = _checked_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return decoded_pixels(checked_header(data, max_bytes=max_bytes, max_pixels=max_pixels))
+
+
+def decoded_pixels(header: ImageHeader) -> int:
+    """Pixels the decoder will hold at its peak for an image with this header (see decoded_pixels_estimate)."""
     if header.format is ImageFormat.JPEG and not header.progressive:
         factor = _reduction_for(header, MIN_DECODE_LONG_SIDE)
         return math.ceil(header.width / factor) * math.ceil(header.height / factor)
