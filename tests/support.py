@@ -7,9 +7,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import struct
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -364,3 +366,26 @@ def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# ------------------------------------------------------------------------------------------------- images
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def zero_png(width: int, height: int, *, segment: int = 1 << 24) -> bytes:
+    """A grey PNG of zeros (every row: filter byte 0, then zeros), built without holding the raw pixels."""
+    total = (width + 1) * height
+    count, rest = divmod(total, segment)
+    block = b""
+    if count:
+        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+        block = comp.compress(bytes(segment)) + comp.flush(zlib.Z_FULL_FLUSH)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    tail = comp.compress(bytes(rest)) + comp.flush()
+    adler = (total % 65521) << 16 | 1  # adler32 of zeros: a stays 1, b counts the bytes
+    idat = b"\x78\xda" + block * count + tail + struct.pack(">I", adler)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")

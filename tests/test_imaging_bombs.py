@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from PIL import Image
 from app.errors import BadImage, ImageTooLarge, OceanoError, UnsupportedImage
 from app.imaging import ImageFormat, ImageHeader, decode_image, decoded_pixels_estimate, read_header
 from app.imaging.decode import _decode_displayed
+from tests.support import png_chunk, zero_png
 
 MB = 2**20
 LIMITS = {"max_bytes": 20 * MB, "max_pixels": 50_000_000}
@@ -36,26 +36,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------------------------------------ builders
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def zero_png(width: int, height: int, *, segment: int = 1 << 24) -> bytes:
-    """A grey PNG of zeros (every row: filter byte 0, then zeros), built without holding the raw pixels."""
-    total = (width + 1) * height
-    count, rest = divmod(total, segment)
-    block = b""
-    if count:
-        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
-        block = comp.compress(bytes(segment)) + comp.flush(zlib.Z_FULL_FLUSH)
-    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
-    tail = comp.compress(bytes(rest)) + comp.flush()
-    adler = (total % 65521) << 16 | 1  # adler32 of zeros: a stays 1, b counts the bytes
-    idat = b"\x78\xda" + block * count + tail + struct.pack(">I", adler)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
 def rle8_bmp(width: int, height: int) -> bytes:
     """A flat 8-bit BMP, run-length encoded: runs of 255 pixels, an end-of-line per row."""
     runs = [255] * (width // 255) + ([width % 255] if width % 255 else [])

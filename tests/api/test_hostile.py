@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 from collections.abc import Callable, Iterator
 
 from fastapi.testclient import TestClient
 
 from app.imaging import PixelGate
-
-
-def flat_png(width: int, height: int) -> bytes:
-    """A valid grey PNG of any size, a few KB: one zlib stream of zero rows."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    rows = zlib.compress(bytes((width + 1) * height), 9)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+from tests.support import zero_png
 
 
 def test_batch_of_flat_49mp_pngs_is_refused_from_the_headers(client: TestClient) -> None:
-    png = flat_png(7000, 7000)
+    png = zero_png(7000, 7000)
     files = [("files", (f"flat{i}.png", png, "image/png")) for i in range(32)]
     started = time.monotonic()
     r = client.post("/api/search/batch", files=files)
