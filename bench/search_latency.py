@@ -20,8 +20,6 @@ in the original photo's pixels). The check is printed; the exit status is 1 when
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from app.config import Settings
 from app.engine import resolve_pack
 from app.store import EdgeStore, FacePoint, spec_from_settings
 from bench.common import EVAL_DIR, REPO, insightface_baseline, percentile_ms, setup_logging
+from bench.live import start_server, stop_server
 
 DEFAULT_PHOTO = EVAL_DIR / "img1.jpg"
 MIN_IOU = 0.8
@@ -66,26 +65,14 @@ def build_collection(settings: Settings, points: int) -> np.ndarray:
 
 
 @contextmanager
-def running_service(env: dict[str, str], port: int) -> Iterator[httpx.Client]:
-    """`python -m app` in a subprocess, answering /health; stopped on exit."""
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def running_service(state: Path, port: int) -> Iterator[httpx.Client]:
+    """`python -m app` in a subprocess on `state`, answering /health (bench.live); stopped on exit."""
+    server = start_server(REPO, state, port)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    if http.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.time() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"service did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
-                time.sleep(0.3)
+        with httpx.Client(base_url=server.base_url, timeout=30) as http:
             yield http
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_server(server)
 
 
 def search_service(http: httpx.Client, photo: bytes, top_k: int) -> tuple[float, float, np.ndarray]:
@@ -190,12 +177,10 @@ def main() -> None:
     first_disagreement = ""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        env = {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
-               "THUMBS_DIR": str(state / "thumbs"), "LOG_LEVEL": "warning"}
         settings = Settings(state_dir=state, qdrant_path=state / "qdrant", thumbs_dir=state / "thumbs")
         matrix = build_collection(settings, args.points)
         plain = Baseline(matrix, args.top_k)
-        with running_service(env, args.port) as http:
+        with running_service(state, args.port) as http:
             for i in range(args.warmup + args.requests):
                 a_s, a_handler, a_boxes = search_service(http, photo, args.top_k)  # A
                 b_s, b_boxes = plain.search(photo)  # B
