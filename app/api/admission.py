@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.errors import error_response
 
 # The routes that send images to the engine.
 UPLOAD_ROUTES = frozenset({"/api/search", "/api/search/batch", "/api/analyze", "/api/faces", "/search"})
@@ -30,8 +31,6 @@ class AdmissionGuard:
             if error is not None:
                 if self.shed_delay:
                     await asyncio.sleep(self.shed_delay)
-                response = JSONResponse({"detail": error.message, "error": "busy"}, status_code=503,
-                                        headers={"Retry-After": str(int(error.retry_after))})
-                await response(scope, receive, send)
+                await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -81,8 +81,8 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     def _too_large(self) -> JSONResponse:
-        return JSONResponse({"detail": f"request body is over the {self.max_bytes / 2**20:.0f} MB limit "
-                                       "(MAX_UPLOAD_MB)", "error": "too_large"}, status_code=413)
+        return error_response(ImageTooLarge(f"request body is over the {self.max_bytes / 2**20:.0f} MB limit "
+                                            "(MAX_UPLOAD_MB)"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,7 +129,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return templates(request).TemplateResponse(
                 request, "index.html", {"model": service.engine.pack.name if service else "", "faces": None,
                                         "error": exc.message}, status_code=status, headers=headers)
-        return JSONResponse({"detail": exc.message, "error": code}, status_code=status, headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone) -> Response:
