@@ -27,6 +27,7 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check app tests bench tools examples
+	$(VENV)/bin/ruff format --check app tests bench tools examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

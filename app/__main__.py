@@ -14,8 +14,10 @@ from app.logs import configure_logging
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m app", description="Run the Oceano face-search service (settings come from the "
-        "environment: HOST, PORT, QDRANT_URL, MODEL_NAME, ... see README).")
+        prog="python -m app",
+        description="Run the Oceano face-search service (settings come from the "
+        "environment: HOST, PORT, QDRANT_URL, MODEL_NAME, ... see README).",
+    )
     parser.add_argument("--host", help="override HOST")
     parser.add_argument("--port", type=int, help="override PORT")
     args = parser.parse_args(argv)
@@ -28,10 +30,17 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("uvicorn.access").disabled = True  # app.access logs each request, with its id and key
     # The app reads forwarded headers itself (FORWARDED_ALLOW_IPS, app.api.context): uvicorn's own reading off.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, workers=1,
-        limit_concurrency=settings.uvicorn_limit_concurrency, backlog=settings.uvicorn_backlog,
-        timeout_graceful_shutdown=int(settings.request_timeout), log_level=settings.log_level.lower(),
-        log_config=None, access_log=False, proxy_headers=False,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        limit_concurrency=settings.uvicorn_limit_concurrency,
+        backlog=settings.uvicorn_backlog,
+        timeout_graceful_shutdown=int(settings.request_timeout),
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
         ws_max_size=settings.ws_max_message_bytes,
     )
 

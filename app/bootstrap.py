@@ -23,9 +23,15 @@ logger = logging.getLogger(__name__)
 
 def load_heads(settings: Settings, pack: ModelPack) -> HeadRegistry:
     """The classifier heads, loaded beside the face models: a bad head file stops start-up like a bad pack."""
-    return HeadRegistry.load(defaults=settings.heads, heads_dir=settings.heads_dir, genderage=pack.genderage,
-                             pack_name=pack.name, providers=select_providers(settings.providers),
-                             threads=settings.ort_threads, batch=settings.rec_batch)
+    return HeadRegistry.load(
+        defaults=settings.heads,
+        heads_dir=settings.heads_dir,
+        genderage=pack.genderage,
+        pack_name=pack.name,
+        providers=select_providers(settings.providers),
+        threads=settings.ort_threads,
+        batch=settings.rec_batch,
+    )
 
 
 def load_models(settings: Settings, gate: InferenceGate | None = None) -> tuple[FaceEngine, HeadRegistry]:
@@ -55,10 +61,17 @@ class Services:
         self._closer.close()
 
 
-def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry] | None = None,
-                  batcher: bool = True, jobs: bool = True, state: bool = True,
-                  build_index: bool = True, observer: EngineObserver | None = None,
-                  keys: bool = True) -> Services:
+def open_services(
+    settings: Settings,
+    *,
+    models: tuple[FaceEngine, HeadRegistry] | None = None,
+    batcher: bool = True,
+    jobs: bool = True,
+    state: bool = True,
+    build_index: bool = True,
+    observer: EngineObserver | None = None,
+    keys: bool = True,
+) -> Services:
     """Everything a Settings describes, opened in order; on a failure half-way what was opened is closed.
 
     `models`: an engine and heads already loaded (tests share one per session). `batcher`: requests share
@@ -88,8 +101,9 @@ def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry]
         if batcher:
             request_batcher = InferenceBatcher(engine, max_images=settings.request_batch)
             closer.callback(request_batcher.close)
-        service = FaceService(settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs,
-                              analyzer=request_batcher)
+        service = FaceService(
+            settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs, analyzer=request_batcher
+        )
         service.settle_thumbnails()  # before any writer starts
         ingest_state = manager = None
         if state or jobs:
@@ -103,6 +117,16 @@ def open_services(settings: Settings, *, models: tuple[FaceEngine, HeadRegistry]
     except BaseException:
         closer.close()
         raise
-    return Services(settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs, service=service,
-                    batcher=request_batcher, state=ingest_state, jobs=manager, keys=key_store,
-                    _closer=closer)
+    return Services(
+        settings=settings,
+        engine=engine,
+        heads=heads,
+        store=store,
+        thumbs=thumbs,
+        service=service,
+        batcher=request_batcher,
+        state=ingest_state,
+        jobs=manager,
+        keys=key_store,
+        _closer=closer,
+    )

@@ -248,6 +248,7 @@ class Settings(BaseSettings):
             if item != "*" and not (item.startswith(("http://", "https://")) and host and "/" not in host):
                 raise ValueError(f"CORS_ORIGINS: {item!r} is not an origin like https://app.example.org (no path)")
         return value
+
     @field_validator("qdrant_read_consistency")
     @classmethod
     def _check_read_consistency(cls, value: str) -> str:
@@ -259,15 +260,21 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_collection_shape(self) -> Settings:
         if self.qdrant_write_consistency > self.qdrant_replicas:
-            raise ValueError(f"QDRANT_WRITE_CONSISTENCY ({self.qdrant_write_consistency}) cannot exceed "
-                             f"QDRANT_REPLICAS ({self.qdrant_replicas}): writes could never be confirmed")
+            raise ValueError(
+                f"QDRANT_WRITE_CONSISTENCY ({self.qdrant_write_consistency}) cannot exceed "
+                f"QDRANT_REPLICAS ({self.qdrant_replicas}): writes could never be confirmed"
+            )
         if self.qdrant_read_consistency.isdigit() and int(self.qdrant_read_consistency) > self.qdrant_replicas:
-            raise ValueError(f"QDRANT_READ_CONSISTENCY ({self.qdrant_read_consistency}) cannot exceed "
-                             f"QDRANT_REPLICAS ({self.qdrant_replicas})")
+            raise ValueError(
+                f"QDRANT_READ_CONSISTENCY ({self.qdrant_read_consistency}) cannot exceed "
+                f"QDRANT_REPLICAS ({self.qdrant_replicas})"
+            )
         if self.max_segment_points and self.max_segment_points < self.index_threshold:
             if "max_segment_points" in self.model_fields_set:
-                raise ValueError(f"MAX_SEGMENT_POINTS ({self.max_segment_points}) must be 0 or at least "
-                                 f"INDEX_THRESHOLD ({self.index_threshold})")
+                raise ValueError(
+                    f"MAX_SEGMENT_POINTS ({self.max_segment_points}) must be 0 or at least "
+                    f"INDEX_THRESHOLD ({self.index_threshold})"
+                )
             self.max_segment_points = self.index_threshold  # a larger INDEX_THRESHOLD set alone keeps working
         return self
 

@@ -42,8 +42,15 @@ class Analyzer(Protocol):
 
     def admit(self, images: int) -> Ticket | None: ...
 
-    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]: ...
+    def analyze(
+        self,
+        images: Sequence[Image],
+        *,
+        heads: Sequence[FaceHead] = (),
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
+        embed: bool = True,
+    ) -> list[list[Face]]: ...
 
 
 @dataclass(slots=True)
@@ -120,8 +127,16 @@ def original_coords(face: Face, image: DecodedImage) -> tuple[list[float], list[
 
 
 class FaceService:
-    def __init__(self, *, settings: Settings, engine: FaceEngine, heads: HeadRegistry, store: VectorStore,
-                 thumbs: ThumbnailStore, analyzer: Analyzer | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: FaceEngine,
+        heads: HeadRegistry,
+        store: VectorStore,
+        thumbs: ThumbnailStore,
+        analyzer: Analyzer | None = None,
+    ) -> None:
         """`analyzer` runs the models for requests (the request batcher in the service, so that concurrent
         requests share engine batches); `engine` directly when None. Ingest jobs bring their own batches."""
         self.settings = settings
@@ -138,8 +153,9 @@ class FaceService:
         the engine is too busy to take them within GPU_ACQUIRE_TIMEOUT (None: no request batcher)."""
         return self.analyzer.admit(images)
 
-    def _analyze(self, images: Sequence[DecodedImage], heads: Sequence[Head], ticket: Ticket | None = None,
-                 embed: bool = True) -> list[list[Face]]:
+    def _analyze(
+        self, images: Sequence[DecodedImage], heads: Sequence[Head], ticket: Ticket | None = None, embed: bool = True
+    ) -> list[list[Face]]:
         return self.analyzer.analyze(images, heads=heads, ticket=ticket, embed=embed)
 
     # ------------------------------------------------------------------ inputs
@@ -164,8 +180,10 @@ class FaceService:
                 continue
         budget = int(self.settings.max_request_megapixels * 1e6)
         if total > budget:
-            raise ImageTooLarge(f"the images of this request hold {total / 1e6:.0f} megapixels together, over the "
-                                f"{budget / 1e6:.0f} megapixel budget of one request (MAX_REQUEST_MEGAPIXELS)")
+            raise ImageTooLarge(
+                f"the images of this request hold {total / 1e6:.0f} megapixels together, over the "
+                f"{budget / 1e6:.0f} megapixel budget of one request (MAX_REQUEST_MEGAPIXELS)"
+            )
 
     def search_params(self, top_k: int | None, threshold: float | None) -> tuple[int, float]:
         k = self.settings.top_k if top_k is None else top_k
@@ -177,9 +195,15 @@ class FaceService:
         return k, t
 
     # ------------------------------------------------------------------ search
-    def search(self, images: Sequence[DecodedImage], *, top_k: int | None = None,
-               threshold: float | None = None, heads: Sequence[Head] = (),
-               ticket: Ticket | None = None) -> list[list[SearchedFace]]:
+    def search(
+        self,
+        images: Sequence[DecodedImage],
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        heads: Sequence[Head] = (),
+        ticket: Ticket | None = None,
+    ) -> list[list[SearchedFace]]:
         """Every face of every image, with its nearest stored faces (and the answers of `heads`). One engine
         call, one store call."""
         k, t = self.search_params(top_k, threshold)
@@ -203,13 +227,16 @@ class FaceService:
         """Heads by comma-separated names (NoSuchHead names the available ones); None: the HEADS default."""
         return self.heads.select(names)
 
-    def analyze(self, images: Sequence[DecodedImage], *, heads: Sequence[Head],
-                ticket: Ticket | None = None) -> list[list[AnalyzedFace]]:
+    def analyze(
+        self, images: Sequence[DecodedImage], *, heads: Sequence[Head], ticket: Ticket | None = None
+    ) -> list[list[AnalyzedFace]]:
         """Every face of every image with the answers of `heads`; no search, nothing stored. One engine call,
         without the recognizer: nothing here needs an embedding."""
         faces = self._analyze(images, heads, ticket, embed=False)
-        return [[AnalyzedFace(face, *original_coords(face, image)) for face in row]
-                for image, row in zip(images, faces, strict=True)]
+        return [
+            [AnalyzedFace(face, *original_coords(face, image)) for face in row]
+            for image, row in zip(images, faces, strict=True)
+        ]
 
     # ------------------------------------------------------------------ index
     def index(self, items: Sequence[ImageToIndex], *, ticket: Ticket | None = None) -> list[IndexedImage]:
@@ -227,8 +254,9 @@ class FaceService:
             raise
         return results
 
-    def prepare_points(self, items: Sequence[ImageToIndex],
-                       faces: Sequence[Sequence[Face]]) -> tuple[list[FacePoint], list[IndexedImage]]:
+    def prepare_points(
+        self, items: Sequence[ImageToIndex], faces: Sequence[Sequence[Face]]
+    ) -> tuple[list[FacePoint], list[IndexedImage]]:
         """Points and thumbnails for every face; nothing is written to the store yet (see write_points).
         Ingest jobs call this per engine batch and write the points of many batches at once, so that only
         the points, not the decoded images, wait for the next upsert."""
@@ -242,12 +270,21 @@ class FaceService:
                 for index, face in enumerate(row):
                     pid = point_id(item.content_hash, index)
                     bbox, _ = original_coords(face, item.image)
-                    result.staged[pid] = self.thumbs.stage(pid, encode_jpeg(crop_thumbnail(
-                        item.image.pixels, tuple(face.bbox), size=self.settings.thumb_size)))
+                    result.staged[pid] = self.thumbs.stage(
+                        pid,
+                        encode_jpeg(crop_thumbnail(item.image.pixels, tuple(face.bbox), size=self.settings.thumb_size)),
+                    )
                     payload: dict[str, Any] = {
-                        "file": item.file, "face_index": index, "bbox": bbox, "det_score": round(face.det_score, 4),
-                        "thumb": pid, "ingested_at": now, "model": self.engine.pack.name,
-                        "content_hash": item.content_hash, "subject": item.subject, "origin": item.origin.value,
+                        "file": item.file,
+                        "face_index": index,
+                        "bbox": bbox,
+                        "det_score": round(face.det_score, 4),
+                        "thumb": pid,
+                        "ingested_at": now,
+                        "model": self.engine.pack.name,
+                        "content_hash": item.content_hash,
+                        "subject": item.subject,
+                        "origin": item.origin.value,
                         **item.extra,
                     }
                     points.append(FacePoint(id=pid, vector=face.embedding, payload=payload))
@@ -274,8 +311,11 @@ class FaceService:
                 if not result.replace:
                     continue
                 current = set(result.ids)
-                old = [i for i in self.store.find_ids(PointQuery(file=result.file, origin=result.origin))
-                       if i not in current]
+                old = [
+                    i
+                    for i in self.store.find_ids(PointQuery(file=result.file, origin=result.origin))
+                    if i not in current
+                ]
                 result.replaced = old
                 stale.extend(old)
             self.store.upsert(points)
@@ -337,6 +377,13 @@ class _EngineAnalyzer:
     def admit(self, images: int) -> Ticket | None:
         return None
 
-    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]:
+    def analyze(
+        self,
+        images: Sequence[Image],
+        *,
+        heads: Sequence[FaceHead] = (),
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
+        embed: bool = True,
+    ) -> list[list[Face]]:
         return self.engine.analyze_batch(images, heads=heads, timeout=timeout, embed=embed, source=CallSource.REQUESTS)

@@ -52,16 +52,22 @@ def wal_child(path: Path, n: int) -> None:
     rng = np.random.default_rng(0)
     for start in range(0, n, 500):
         vectors = rng.standard_normal((500, 512)).astype(np.float32)
-        store.upsert([FacePoint(point_id(f"wal{start + i}", 0), vectors[i], {"file": f"/wal/{start + i}"})
-                      for i in range(500)])
+        store.upsert(
+            [FacePoint(point_id(f"wal{start + i}", 0), vectors[i], {"file": f"/wal/{start + i}"}) for i in range(500)]
+        )
     print("upserted", flush=True)
     time.sleep(600)  # killed here, flush() never called
 
 
 def wal_check(tmp: Path, n: int) -> tuple[int, int]:
     path = tmp / "wal" / "faces"
-    child = subprocess.Popen([sys.executable, "-m", "bench.crash_ingest", "--wal-child", str(path), str(n)],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bench.crash_ingest", "--wal-child", str(path), str(n)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert child.stdout is not None
     line = child.stdout.readline().strip()
     child.send_signal(signal.SIGKILL)
@@ -78,14 +84,25 @@ def wal_check(tmp: Path, n: int) -> tuple[int, int]:
 
 
 def command_env(state: Path, port: int) -> dict[str, str]:
-    return {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
-            "THUMBS_DIR": str(state / "thumbs"), "PORT": str(port), "LOG_LEVEL": "info"}
+    return {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "QDRANT_PATH": str(state / "qdrant"),
+        "THUMBS_DIR": str(state / "thumbs"),
+        "PORT": str(port),
+        "LOG_LEVEL": "info",
+    }
 
 
 def start(folder: Path, state: Path, batch: int, port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "app.ingest", "--path", str(folder), "--batch", str(batch)],
-                                cwd=REPO, env=command_env(state, port), stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.ingest", "--path", str(folder), "--batch", str(batch)],
+            cwd=REPO,
+            env=command_env(state, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for_work(proc: subprocess.Popen[bytes], log: Path, offset: int, timeout: float = 120.0) -> float | None:
@@ -150,8 +167,9 @@ def points_per_file(state: Path, files: Iterable[str]) -> dict[str, set[str]]:
             ids: set[str] = set()
             offset = None
             while True:
-                records, offset = shard.scroll(ScrollRequest(offset=offset, limit=1000, filter=flt,
-                                                             with_payload=False, with_vector=False))
+                records, offset = shard.scroll(
+                    ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=False, with_vector=False)
+                )
                 ids.update(str(r.id) for r in records)
                 if offset is None:
                     break
@@ -166,9 +184,11 @@ def state_ahead_of_store(state: Path, records: dict[str, FileRecord]) -> list[st
     other ids than point_id(content hash, 0..faces-1)."""
     finished = {p: r for p, r in records.items() if r.status in FINISHED}
     stored = points_per_file(state, finished)
-    return [p for p, r in finished.items()
-            if len(stored[p]) != r.faces
-            or stored[p] != {point_id(r.content_hash or "", i) for i in range(r.faces)}]
+    return [
+        p
+        for p, r in finished.items()
+        if len(stored[p]) != r.faces or stored[p] != {point_id(r.content_hash or "", i) for i in range(r.faces)}
+    ]
 
 
 def collection(state: Path) -> dict[str, Any]:
@@ -280,10 +300,12 @@ def main() -> None:
             ahead = state_ahead_of_store(crash, records)
             invariant_ok = invariant_ok and not ahead
             points = collection(crash) if (crash / "qdrant" / "faces").exists() else {}
-            print(f"kill {kill}: SIGKILL {moment:.1f}s after start ({moment - to_work:.1f}s into the work, {why}): "
-                  f"{done}/{total} files recorded done ({sum(r.faces for r in records.values())} faces), "
-                  f"{'mid-run' if mid_run else 'NOT mid-run'}; {len(points)} points in the collection; files "
-                  f"recorded done whose points in the store are not exactly their recorded faces: {len(ahead)}")
+            print(
+                f"kill {kill}: SIGKILL {moment:.1f}s after start ({moment - to_work:.1f}s into the work, {why}): "
+                f"{done}/{total} files recorded done ({sum(r.faces for r in records.values())} faces), "
+                f"{'mid-run' if mid_run else 'NOT mid-run'}; {len(points)} points in the collection; files "
+                f"recorded done whose points in the store are not exactly their recorded faces: {len(ahead)}"
+            )
             for path in ahead[:5]:
                 print(f"    {path}: {records[path].faces} faces recorded")
 
@@ -301,10 +323,12 @@ def main() -> None:
         statuses_a = {s.value: sum(r.status == s for r in ra.values()) for s in {r.status for r in ra.values()}}
         statuses_b = {s.value: sum(r.status == s for r in rb.values()) for s in {r.status for r in rb.values()}}
         same_records = {p: (r.status, r.faces, r.content_hash) for p, r in ra.items()} == {
-            p: (r.status, r.faces, r.content_hash) for p, r in rb.items()}
+            p: (r.status, r.faces, r.content_hash) for p, r in rb.items()
+        }
         checks = {
             f"Qdrant Edge WAL: all {upserted} points upserted without flush() were there after SIGKILL": (
-                survived == upserted),
+                survived == upserted
+            ),
             "at least one SIGKILL landed mid-run (0 < files recorded done < total)": mid_run_kills > 0,
             "same point ids": set(a) == set(b),
             "same file for every point": a == b,

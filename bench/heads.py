@@ -65,8 +65,10 @@ def median_s(fn: Callable[[], object], repeat: int) -> float:
 
 def latency(engine: FaceEngine, heads: list[Head], repeat: int) -> None:
     pool = face_pool(engine)
-    print(f"providers: {engine.providers[0]}; face pool: {len(pool)} faces from {len(photos())} photos; "
-          f"median of {repeat} runs")
+    print(
+        f"providers: {engine.providers[0]}; face pool: {len(pool)} faces from {len(photos())} photos; "
+        f"median of {repeat} runs"
+    )
     print(f"{'head':<12} {'batch':>5} {'total ms':>9} {'ms/face':>8} {'onnx ms':>8} {'onnx ms/face':>12}")
     for head in heads:
         for batch in BATCHES:
@@ -77,8 +79,10 @@ def latency(engine: FaceEngine, heads: list[Head], repeat: int) -> None:
             blob = head.blob(crops)
             total = median_s(lambda: run_heads([head], images, rows), repeat)  # noqa: B023
             onnx = median_s(lambda: head.infer(blob), repeat)  # noqa: B023
-            print(f"{head.name:<12} {batch:>5} {total * 1e3:>9.2f} {total * 1e3 / batch:>8.3f} "
-                  f"{onnx * 1e3:>8.2f} {onnx * 1e3 / batch:>12.3f}")
+            print(
+                f"{head.name:<12} {batch:>5} {total * 1e3:>9.2f} {total * 1e3 / batch:>8.3f} "
+                f"{onnx * 1e3:>8.2f} {onnx * 1e3 / batch:>12.3f}"
+            )
     image = read_bgr(Photos.t1)
     n = len(engine.analyze_batch([image])[0])
     runs = [0.0] * max(10, repeat // 5)
@@ -87,8 +91,10 @@ def latency(engine: FaceEngine, heads: list[Head], repeat: int) -> None:
         engine.analyze_batch([image])
         runs[i] = time.perf_counter() - started
     # run_heads is exactly what analyze_batch adds; an A/B of whole calls drowns a few ms in run-to-run noise.
-    print(f"\nfor scale: analyze_batch without heads on t1.jpg ({n} faces) takes {min(runs) * 1e3:.1f} ms at best "
-          f"({min(runs) * 1e3 / n:.1f} ms per face), median {np.median(runs) * 1e3:.1f} ms")
+    print(
+        f"\nfor scale: analyze_batch without heads on t1.jpg ({n} faces) takes {min(runs) * 1e3:.1f} ms at best "
+        f"({min(runs) * 1e3 / n:.1f} ms per face), median {np.median(runs) * 1e3:.1f} ms"
+    )
 
 
 def iou(a: np.ndarray, b: tuple[float, float, float, float]) -> float:
@@ -132,8 +138,10 @@ def fer_agreement(engine: FaceEngine, heads: HeadRegistry, reference: Path, fold
     print(f"fer reference: {fer_faces} faces in {len(data)} photos; {matched} matched to a SCRFD face")
     print(f"fer's top labels: {dict(fer_top.most_common())}")
     for variant in variants:
-        print(f"  {variant:<14} top-1 agreement {agree[variant]}/{matched} = {agree[variant] / max(matched, 1):.1%}, "
-              f"mean total-variation distance {np.mean(tv[variant]):.3f} (fer rounds its scores to 2 dp)")
+        print(
+            f"  {variant:<14} top-1 agreement {agree[variant]}/{matched} = {agree[variant] / max(matched, 1):.1%}, "
+            f"mean total-variation distance {np.mean(tv[variant]):.3f} (fer rounds its scores to 2 dp)"
+        )
 
 
 def main() -> None:

@@ -59,8 +59,10 @@ def zero_png(width: int, height: int, *, segment: int = 1 << 24) -> bytes:
 async def chunked_multipart(size: int, *, boundary: str) -> AsyncIterator[bytes]:
     """A multipart body with one `file` part of `size` bytes, produced piece by piece: httpx sends it with
     Transfer-Encoding: chunked, so the server cannot refuse it from a Content-Length."""
-    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
-           "Content-Type: image/jpeg\r\n\r\n").encode()
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
     yield b"\xff\xd8\xff\xe0"
     sent = 4
     piece = bytes(MB)
@@ -112,14 +114,16 @@ async def flat_batch(http: httpx.AsyncClient, count: int) -> tuple[list[tuple[st
 async def chunked_upload(http: httpx.AsyncClient, size_mb: int) -> tuple[list[tuple[str, float, str]], str]:
     boundary = "oceano-hostile-bench"
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    result = await timed(lambda: http.post("/api/search", headers=headers,
-                                           content=chunked_multipart(size_mb * MB, boundary=boundary)))
+    result = await timed(
+        lambda: http.post("/api/search", headers=headers, content=chunked_multipart(size_mb * MB, boundary=boundary))
+    )
     return [result], "Transfer-Encoding: chunked"
 
 
 async def run_attacks(server: Server, args: argparse.Namespace) -> list[Outcome]:
-    plan: list[tuple[str, Callable[[httpx.AsyncClient], Coroutine[Any, Any, tuple[list[tuple[str, float, str]],
-                                                                                     str]]]]] = [
+    plan: list[
+        tuple[str, Callable[[httpx.AsyncClient], Coroutine[Any, Any, tuple[list[tuple[str, float, str]], str]]]]
+    ] = [
         (f"{args.bombs} concurrent 40000x40000 PNG bombs", lambda http: bombs(http, args.bombs)),
         (f"batch of {args.batch} flat 49 MP PNGs", lambda http: flat_batch(http, args.batch)),
         (f"chunked {args.chunked_mb} MB upload", lambda http: chunked_upload(http, args.chunked_mb)),
@@ -134,8 +138,9 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> list[Outcome]
             logger.info("attack: %s", name)
             results, detail = await attack(http)
             status = proc_status_kb(server.proc.pid) if server.proc.poll() is None else {}
-            outcome = Outcome(name, len(results), Counter(r[0] for r in results), max(r[1] for r in results),
-                              detail=detail)
+            outcome = Outcome(
+                name, len(results), Counter(r[0] for r in results), max(r[1] for r in results), detail=detail
+            )
             outcome.rss_before_mb = rss_before_mb
             if status:
                 outcome.peak_growth_mb = (status["VmHWM"] - server.warm_rss_kb) / 1024
@@ -151,31 +156,42 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> list[Outcome]
 
 
 def print_table(server: Server, outcomes: list[Outcome]) -> None:
-    print(f"warm RSS {server.warm_rss_kb / 1024:.0f} MB; peak reset between attacks: "
-          f"{'yes' if server.peak_resettable else 'no (peaks are cumulative)'}")
+    print(
+        f"warm RSS {server.warm_rss_kb / 1024:.0f} MB; peak reset between attacks: "
+        f"{'yes' if server.peak_resettable else 'no (peaks are cumulative)'}"
+    )
     print("peak RSS +MB: the service's peak RSS during the attack minus its warm RSS (VmHWM - warm VmRSS)")
-    header = (f"{'attack':<40} {'status codes':<18} {'slowest s':>9} {'RSS before MB':>13} {'peak RSS +MB':>12} "
-              f"{'RSS after MB':>12}  notes")
+    header = (
+        f"{'attack':<40} {'status codes':<18} {'slowest s':>9} {'RSS before MB':>13} {'peak RSS +MB':>12} "
+        f"{'RSS after MB':>12}  notes"
+    )
     print(header)
     print("-" * len(header))
     for o in outcomes:
         codes = ", ".join(f"{code} x{n}" for code, n in sorted(o.statuses.items()))
-        print(f"{o.name:<40} {codes:<18} {o.slowest_s:>9.2f} {o.rss_before_mb:>13.0f} {o.peak_growth_mb:>12.0f} "
-              f"{o.rss_after_mb:>12.0f}  {o.detail}")
+        print(
+            f"{o.name:<40} {codes:<18} {o.slowest_s:>9.2f} {o.rss_before_mb:>13.0f} {o.peak_growth_mb:>12.0f} "
+            f"{o.rss_after_mb:>12.0f}  {o.detail}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hostile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bombs", type=int, default=8, help="concurrent PNG bombs (default 8)")
     parser.add_argument("--batch", type=int, default=32, help="flat 49 MP PNGs in the batch request (default 32)")
     parser.add_argument("--chunked-mb", type=int, default=40, help="size of the chunked upload in MB (default 40)")
     parser.add_argument("--port", type=int, default=0, help="port for the service (default: a free one)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each answer")
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for /health")
-    parser.add_argument("--app-dir", type=Path, default=REPO,
-                        help="checkout whose `app` package is run (default: this one), e.g. an older commit "
-                             "unpacked with git archive, to compare")
+    parser.add_argument(
+        "--app-dir",
+        type=Path,
+        default=REPO,
+        help="checkout whose `app` package is run (default: this one), e.g. an older commit "
+        "unpacked with git archive, to compare",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

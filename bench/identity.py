@@ -48,8 +48,9 @@ def run_service(labels: list[tuple[Path, str]], distractors: int) -> tuple[int, 
     answer by asking for a few extra matches (equivalent to indexing all but the held-out photo)."""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        settings = Settings(state_dir=state, qdrant_path=state / "qdrant", thumbs_dir=state / "thumbs",
-                            index_threshold=0)
+        settings = Settings(
+            state_dir=state, qdrant_path=state / "qdrant", thumbs_dir=state / "thumbs", index_threshold=0
+        )
         # A loopback peer, as a client on the service's machine: it may index while no API key exists.
         with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
             service = client.app.state.service  # type: ignore[attr-defined]
@@ -58,23 +59,34 @@ def run_service(labels: list[tuple[Path, str]], distractors: int) -> tuple[int, 
                 n = min(5000, distractors - start)
                 vec = rng.standard_normal((n, service.engine.dim)).astype(np.float32)
                 vec /= np.linalg.norm(vec, axis=1, keepdims=True)
-                service.store.upsert([FacePoint(id=str(uuid.uuid4()), vector=v,
-                                                payload={"file": f"distractor{start + j}", "face_index": 0})
-                                      for j, v in enumerate(vec)])
+                service.store.upsert(
+                    [
+                        FacePoint(
+                            id=str(uuid.uuid4()), vector=v, payload={"file": f"distractor{start + j}", "face_index": 0}
+                        )
+                        for j, v in enumerate(vec)
+                    ]
+                )
             for path, identity in labels:
-                r = client.post("/api/faces", files={"file": (path.name, path.read_bytes())},
-                                data={"subject": identity, "source": path.name})
+                r = client.post(
+                    "/api/faces",
+                    files={"file": (path.name, path.read_bytes())},
+                    data={"subject": identity, "source": path.name},
+                )
                 assert r.status_code == 201, r.text
             started = time.perf_counter()
             service.store.optimize()
             build_s = time.perf_counter() - started
             info = client.get("/status").json()
-            logger.warning("service collection: %d points, %d in HNSW/int8 segments (index built in %.1fs)",
-                           info["vectors"], info["indexed_vectors"], build_s)
+            logger.warning(
+                "service collection: %d points, %d in HNSW/int8 segments (index built in %.1fs)",
+                info["vectors"],
+                info["indexed_vectors"],
+                build_s,
+            )
             right = wrong = noface = 0
             for path, identity in folds(labels):
-                r = client.post("/api/search", files={"file": (path.name, path.read_bytes())},
-                                params={"top_k": 20})
+                r = client.post("/api/search", files={"file": (path.name, path.read_bytes())}, params={"top_k": 20})
                 face = largest(r.json()["faces"])
                 if face is None:
                     noface += 1
@@ -84,8 +96,9 @@ def run_service(labels: list[tuple[Path, str]], distractors: int) -> tuple[int, 
                     right += 1
                 else:
                     wrong += 1
-                    logger.warning("  service miss: %s (%s) -> %s", path.name, identity,
-                                   others[0]["subject"] if others else None)
+                    logger.warning(
+                        "  service miss: %s (%s) -> %s", path.name, identity, others[0]["subject"] if others else None
+                    )
             return right, wrong, noface, build_s
 
 
@@ -127,10 +140,14 @@ def main() -> None:
     s_right, s_wrong, s_noface, _ = run_service(labels, args.distractors)
     b_right, b_wrong, b_noface = run_baseline(labels)
     print(f"eval set: {len(labels)} photos, {len({i for _, i in labels})} identities, {queries} held-out queries")
-    print(f"oceano service (Edge, int8+HNSW, {args.distractors} distractors): top-1 {s_right}/{queries} "
-          f"= {s_right / queries:.3f}  (wrong {s_wrong}, no face {s_noface})")
-    print(f"insightface FaceAnalysis + exact numpy:            top-1 {b_right}/{queries} "
-          f"= {b_right / queries:.3f}  (wrong {b_wrong}, no face {b_noface})")
+    print(
+        f"oceano service (Edge, int8+HNSW, {args.distractors} distractors): top-1 {s_right}/{queries} "
+        f"= {s_right / queries:.3f}  (wrong {s_wrong}, no face {s_noface})"
+    )
+    print(
+        f"insightface FaceAnalysis + exact numpy:            top-1 {b_right}/{queries} "
+        f"= {b_right / queries:.3f}  (wrong {b_wrong}, no face {b_noface})"
+    )
 
 
 if __name__ == "__main__":

@@ -57,11 +57,19 @@ class Run:
 
 
 def plain_points(path: Path, faces: list[Any]) -> list[FacePoint]:
-    return [FacePoint(id=str(uuid.uuid5(PLAIN_NAMESPACE, f"{path}:{i}")),
-                      vector=np.asarray(f.normed_embedding, dtype=np.float32),
-                      payload={"file": str(path), "face_index": i, "bbox": [float(v) for v in f.bbox],
-                               "det_score": float(f.det_score)})
-            for i, f in enumerate(faces)]
+    return [
+        FacePoint(
+            id=str(uuid.uuid5(PLAIN_NAMESPACE, f"{path}:{i}")),
+            vector=np.asarray(f.normed_embedding, dtype=np.float32),
+            payload={
+                "file": str(path),
+                "face_index": i,
+                "bbox": [float(v) for v in f.bbox],
+                "det_score": float(f.det_score),
+            },
+        )
+        for i, f in enumerate(faces)
+    ]
 
 
 def run_plain(files: list[Path], analysis: Any, store: EdgeStore) -> Run:
@@ -119,8 +127,7 @@ def run_app_ingest(folder: Path, state_dir: Path, engine: FaceEngine, options: I
     settings = Settings(state_dir=state_dir, qdrant_path=state_dir / "qdrant", thumbs_dir=state_dir / "thumbs")
     services = open_services(settings, models=(engine, HeadRegistry()), batcher=False, jobs=False)
     assert services.state is not None
-    job = IngestJob(root=folder, options=options, service=services.service, state=services.state,
-                    settings=settings)
+    job = IngestJob(root=folder, options=options, service=services.service, state=services.state, settings=settings)
     started, cpu = time.perf_counter(), time.process_time()
     job.run()
     elapsed, cpu_used = time.perf_counter() - started, time.process_time() - cpu
@@ -130,9 +137,11 @@ def run_app_ingest(folder: Path, state_dir: Path, engine: FaceEngine, options: I
 
 
 def report(name: str, run: Run) -> str:
-    return (f"{name:11s} {run.images / run.seconds:6.2f} images/s {run.faces / run.seconds:6.2f} faces/s  "
-            f"({run.images} images, {run.faces} faces in {run.seconds:.1f}s; {run.cpu_seconds / run.seconds:.2f} "
-            f"cores busy)")
+    return (
+        f"{name:11s} {run.images / run.seconds:6.2f} images/s {run.faces / run.seconds:6.2f} faces/s  "
+        f"({run.images} images, {run.faces} faces in {run.seconds:.1f}s; {run.cpu_seconds / run.seconds:.2f} "
+        f"cores busy)"
+    )
 
 
 def ratios(ingest: Run, plain: Run) -> str:
@@ -142,16 +151,24 @@ def ratios(ingest: Run, plain: Run) -> str:
 
 
 def total(runs: list[Run]) -> Run:
-    return Run(sum(r.seconds for r in runs), sum(r.cpu_seconds for r in runs), sum(r.images for r in runs),
-               sum(r.faces for r in runs))
+    return Run(
+        sum(r.seconds for r in runs),
+        sum(r.cpu_seconds for r in runs),
+        sum(r.images for r in runs),
+        sum(r.faces for r in runs),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=4, help="versions of each eval photo (default 4: 252 files)")
     parser.add_argument("--workers", type=int, default=32, help="app.ingest --workers (default 32)")
-    parser.add_argument("--batch", type=int, default=1024,
-                        help="app.ingest --batch, and the threaded loop's points per upsert (default 1024)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1024,
+        help="app.ingest --batch, and the threaded loop's points per upsert (default 1024)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the three (default 2)")
     args = parser.parse_args()
     setup_logging()
@@ -161,18 +178,23 @@ def main() -> None:
         files = make_photo_folder(tmp / "photos", copies=args.copies)
         size_mb = sum(f.stat().st_size for f in files) / 2**20
         cores = os.cpu_count() or 1
-        print(f"folder: {len(files)} files, {size_mb:.0f} MB; {cores} CPU cores "
-              f"({platform.machine()}); load average before: {os.getloadavg()[0]:.2f}")
+        print(
+            f"folder: {len(files)} files, {size_mb:.0f} MB; {cores} CPU cores "
+            f"({platform.machine()}); load average before: {os.getloadavg()[0]:.2f}"
+        )
 
         analysis = insightface_baseline()
         workers = cores  # threaded loop: one worker per core, the cores split evenly between their sessions
         threads = max(1, cores // workers)
         analyses = [insightface_baseline(intra_op_threads=threads) for _ in range(workers)]
         settings = tune_for_throughput(Settings())  # what `python -m app.ingest` runs with
-        engine = FaceEngine.from_settings(settings, InferenceGate(settings.gpu_concurrency,
-                                                                  settings.gpu_acquire_timeout))
-        print(f"app.ingest engine: ORT threads {settings.ort_threads or 'auto'}, {settings.gpu_concurrency} "
-              f"inference workers; threaded loop: {len(analyses)} workers x {threads} ORT intra-op threads")
+        engine = FaceEngine.from_settings(
+            settings, InferenceGate(settings.gpu_concurrency, settings.gpu_acquire_timeout)
+        )
+        print(
+            f"app.ingest engine: ORT threads {settings.ort_threads or 'auto'}, {settings.gpu_concurrency} "
+            f"inference workers; threaded loop: {len(analyses)} workers x {threads} ORT intra-op threads"
+        )
         warm = cv2.imread(str(files[0]))
         assert warm is not None, files[0]
         analysis.get(warm)
@@ -203,22 +225,30 @@ def main() -> None:
             return run_app_ingest(tmp / "photos", tmp / f"state{r}", engine, options)
 
         contenders: list[tuple[str, Callable[[int], Run]]] = [
-            ("app.ingest", ingest), ("sequential", sequential), ("threaded", threaded)]
+            ("app.ingest", ingest),
+            ("sequential", sequential),
+            ("threaded", threaded),
+        ]
         runs: dict[str, list[Run]] = {name: [] for name, _ in contenders}
         for r in range(args.rounds):
             for name, fn in contenders if r % 2 == 0 else contenders[::-1]:
                 runs[name].append(fn(r))
                 print(f"round {r + 1}: {report(name, runs[name][-1])}", flush=True)
-            print(f"round {r + 1}: ratio app.ingest / sequential loop: "
-                  f"{ratios(runs['app.ingest'][-1], runs['sequential'][-1])}; app.ingest / threaded loop: "
-                  f"{ratios(runs['app.ingest'][-1], runs['threaded'][-1])}", flush=True)
+            print(
+                f"round {r + 1}: ratio app.ingest / sequential loop: "
+                f"{ratios(runs['app.ingest'][-1], runs['sequential'][-1])}; app.ingest / threaded loop: "
+                f"{ratios(runs['app.ingest'][-1], runs['threaded'][-1])}",
+                flush=True,
+            )
 
         ingest_all, sequential_all, threaded_all = (total(runs[name]) for name, _ in contenders)
         print(f"over {args.rounds} rounds:")
         print(f"  app.ingest (--workers {args.workers} --batch {args.batch}): {report('', ingest_all).strip()}")
         print(f"  sequential loop (FaceAnalysis.get, one upsert per image): {report('', sequential_all).strip()}")
-        print(f"  threaded loop ({len(analyses)} threads x FaceAnalysis.get, {threads} ORT thread each, upserts of "
-              f"{args.batch} points): {report('', threaded_all).strip()}")
+        print(
+            f"  threaded loop ({len(analyses)} threads x FaceAnalysis.get, {threads} ORT thread each, upserts of "
+            f"{args.batch} points): {report('', threaded_all).strip()}"
+        )
         print(f"  ratio app.ingest / sequential loop: {ratios(ingest_all, sequential_all)}")
         print(f"  ratio app.ingest / threaded loop:   {ratios(ingest_all, threaded_all)}")
         print(f"  (load average after: {os.getloadavg()[0]:.2f})")

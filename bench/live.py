@@ -49,16 +49,28 @@ def reset_peak(pid: int) -> bool:
 
 
 def server_env(app_dir: Path, state: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
-           "THUMBS_DIR": str(state / "thumbs"), "LOG_LEVEL": "warning", "PYTHONPATH": str(app_dir)}
+    env = {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "QDRANT_PATH": str(state / "qdrant"),
+        "THUMBS_DIR": str(state / "thumbs"),
+        "LOG_LEVEL": "warning",
+        "PYTHONPATH": str(app_dir),
+    }
     env.update(extra or {})
     return env
 
 
 def app_package_file(app_dir: Path, env: Mapping[str, str] | None = None) -> str:
     """The `app/__init__.py` that `python -m app` run from `app_dir` imports (it must be app_dir's own)."""
-    out = subprocess.run([sys.executable, "-c", "import app; print(app.__file__)"], cwd=app_dir,
-                         env=dict(env) if env is not None else None, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", "import app; print(app.__file__)"],
+        cwd=app_dir,
+        env=dict(env) if env is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if out.returncode != 0:
         raise SystemExit(f"cannot import app from {app_dir}: {out.stderr.strip()}")
     return out.stdout.strip()
@@ -68,11 +80,16 @@ def multipart(fields: dict[str, str], file: tuple[str, bytes, str], field_name: 
     """A multipart/form-data body with `fields` and one file part (name, bytes, content type), and its
     Content-Type header."""
     boundary = uuid.uuid4().hex
-    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
-             for k, v in fields.items()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
     name, data, ctype = file
-    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{name}\"\r\n"
-                 f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{name}"\r\n'
+        f"Content-Type: {ctype}\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -112,15 +129,21 @@ class Server:
             return ""
 
 
-def start_server(app_dir: Path, state: Path, port: int = 0, timeout: float = 180.0,
-                 env: Mapping[str, str] | None = None) -> Server:
+def start_server(
+    app_dir: Path, state: Path, port: int = 0, timeout: float = 180.0, env: Mapping[str, str] | None = None
+) -> Server:
     """Start `python -m app` from app_dir with its state under `state`, wait for /health 200 (at most `timeout`
     seconds), then record its warm RSS and reset its peak where the kernel allows."""
     port = port or free_port()
     state.mkdir(parents=True, exist_ok=True)
     log = (state / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=app_dir, env=server_env(app_dir, state, env), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=app_dir,
+        env=server_env(app_dir, state, env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()  # the child holds its own descriptor
     server = Server(proc, f"http://127.0.0.1:{port}", state, app_dir)
     deadline = time.monotonic() + timeout
@@ -138,8 +161,9 @@ def start_server(app_dir: Path, state: Path, port: int = 0, timeout: float = 180
     time.sleep(1.0)  # let start-up allocations settle before taking the warm figure
     server.warm_rss_kb = proc_status_kb(proc.pid)["VmRSS"]
     server.peak_resettable = reset_peak(proc.pid)
-    logger.info("service pid %d (%s) up at %s, warm RSS %.0f MB", proc.pid, app_dir, server.base_url,
-                server.warm_rss_kb / 1024)
+    logger.info(
+        "service pid %d (%s) up at %s, warm RSS %.0f MB", proc.pid, app_dir, server.base_url, server.warm_rss_kb / 1024
+    )
     return server
 
 
@@ -155,8 +179,15 @@ def stop_server(server: Server) -> None:
 
 
 @contextmanager
-def live_server(app_dir: Path = REPO, *, env: Mapping[str, str] | None = None, port: int = 0,
-                timeout: float = 180.0, prefix: str = "oceano-bench-", state: Path | None = None) -> Iterator[Server]:
+def live_server(
+    app_dir: Path = REPO,
+    *,
+    env: Mapping[str, str] | None = None,
+    port: int = 0,
+    timeout: float = 180.0,
+    prefix: str = "oceano-bench-",
+    state: Path | None = None,
+) -> Iterator[Server]:
     """A service with fresh state, stopped on exit: in a temporary folder (removed on exit), or in `state` (kept,
     for a look at its files and server.log afterwards)."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:

@@ -113,11 +113,23 @@ class Service:
 def started_service(app_dir: Path, state: Path, env: dict[str, str], log: Path) -> Iterator[Service]:
     """`python -m app` on a free port, until it answers /health (bounded), then warmed by a few searches."""
     port = free_port()
-    full_env = {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
-                "THUMBS_DIR": str(state / "thumbs"), "LOG_LEVEL": "warning", "PYTHONPATH": str(app_dir), **env}
+    full_env = {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "QDRANT_PATH": str(state / "qdrant"),
+        "THUMBS_DIR": str(state / "thumbs"),
+        "LOG_LEVEL": "warning",
+        "PYTHONPATH": str(app_dir),
+        **env,
+    }
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=app_dir, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=app_dir,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 180
@@ -142,8 +154,14 @@ def started_service(app_dir: Path, state: Path, env: dict[str, str], log: Path) 
 
 def create_key(app_dir: Path, state: Path) -> str:
     env = {**os.environ, "STATE_DIR": str(state), "PYTHONPATH": str(app_dir)}
-    done = subprocess.run([sys.executable, "-m", "app.keys", "create", "--name", "load-report", "--scope", "write"],
-                          cwd=app_dir, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "app.keys", "create", "--name", "load-report", "--scope", "write"],
+        cwd=app_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         raise SystemExit(f"python -m app.keys create failed: {done.stderr}")
     return done.stdout.strip().splitlines()[-1]
@@ -209,19 +227,44 @@ class Level:
         return float(np.percentile(np.asarray(self.served), q)) / 1e3 if self.served else math.nan
 
 
-def run_level(users: int, url: str, args: argparse.Namespace, photos_dir: Path, key: str | None,
-              work: Path, service: Service) -> Level:
+def run_level(
+    users: int, url: str, args: argparse.Namespace, photos_dir: Path, key: str | None, work: Path, service: Service
+) -> Level:
     level = Level(users)
     samples = work / f"samples-{users}.json"
     html = args.html_dir / f"users-{users}.html"
     args.html_dir.mkdir(parents=True, exist_ok=True)
     spawn_rate = max(1, math.ceil(users / args.spawn_seconds))
     run_time = args.duration + args.spawn_seconds + 60  # a bound: the locustfile quits --duration s after spawning
-    command = [sys.executable, "-m", "locust", "-f", str(REPO / "bench" / "locustfile.py"), "--headless",
-               "--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", f"{run_time}s", "--reset-stats",
-               "--host", url, "--html", str(html), "--only-summary", "--loglevel", "WARNING"]
-    env = {**os.environ, "OCEANO_LOAD_PHOTOS": str(photos_dir), "OCEANO_LOAD_SAMPLES": str(samples),
-           "OCEANO_WAIT": args.wait, "OCEANO_LOAD_DURATION": str(args.duration)}
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(REPO / "bench" / "locustfile.py"),
+        "--headless",
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(spawn_rate),
+        "--run-time",
+        f"{run_time}s",
+        "--reset-stats",
+        "--host",
+        url,
+        "--html",
+        str(html),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
+    env = {
+        **os.environ,
+        "OCEANO_LOAD_PHOTOS": str(photos_dir),
+        "OCEANO_LOAD_SAMPLES": str(samples),
+        "OCEANO_WAIT": args.wait,
+        "OCEANO_LOAD_DURATION": str(args.duration),
+    }
     if key:
         env["OCEANO_API_KEY"] = key
     level.load_before = os.getloadavg()[0]
@@ -272,32 +315,50 @@ def fmt_s(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
 
 
-def write_report(levels: list[Level], args: argparse.Namespace, info: dict[str, object], seeded: str,
-                 command: str, photo_count: int) -> None:
+def write_report(
+    levels: list[Level], args: argparse.Namespace, info: dict[str, object], seeded: str, command: str, photo_count: int
+) -> None:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     wait = args.wait.replace(",", " to ")
     providers = ", ".join(str(p) for p in info.get("providers", []) or ["?"])  # type: ignore[union-attr]
-    fresh = "Each level ran on a service started afresh and warmed, holding that collection (and the index " \
-            "users' uploads of earlier levels)." if not args.url else f"The service at {args.url}, for every level."
-    columns = ["users", "req/s (answered)", "served req/s", "p50 (served)", "p95 (served)", "failures",
-               "503 shed (Retry-After)", "load avg before / after"]
+    fresh = (
+        "Each level ran on a service started afresh and warmed, holding that collection (and the index "
+        "users' uploads of earlier levels)."
+        if not args.url
+        else f"The service at {args.url}, for every level."
+    )
+    columns = [
+        "users",
+        "req/s (answered)",
+        "served req/s",
+        "p50 (served)",
+        "p95 (served)",
+        "failures",
+        "503 shed (Retry-After)",
+        "load avg before / after",
+    ]
     header = "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
     rows = []
     for lv in levels:
         failures = sum(lv.failures.values())
-        rows.append(f"| {lv.users} | {lv.rate(lv.answered):.1f} | {lv.rate(len(lv.served)):.1f} | "
-                    f"{fmt_s(lv.pct(50))} | {fmt_s(lv.pct(95))} | {failures} ({failures / max(1, lv.answered):.1%}) | "
-                    f"{lv.shed / max(1, lv.answered):.1%} ({lv.shed}) | {lv.load_before:.1f} / {lv.load_after:.1f} |")
+        rows.append(
+            f"| {lv.users} | {lv.rate(lv.answered):.1f} | {lv.rate(len(lv.served)):.1f} | "
+            f"{fmt_s(lv.pct(50))} | {fmt_s(lv.pct(95))} | {failures} ({failures / max(1, lv.answered):.1%}) | "
+            f"{lv.shed / max(1, lv.answered):.1%} ({lv.shed}) | {lv.load_before:.1f} / {lv.load_after:.1f} |"
+        )
     old = [f"| {users} | {rate} | {p95} s |" for users, (rate, p95) in OLD_OCEANO.items()]
     details = []
     for lv in levels:
         routes = ", ".join(f"{name} {count}" for name, count in lv.by_route.most_common())
         failures = "; ".join(f"{name}: {count}" for name, count in lv.failures.most_common()) or "none"
-        line = f"- **{lv.users} users** ({lv.window:.0f} s measured): {lv.answered} answers ({routes}); failures: " \
-               f"{failures}."
+        line = (
+            f"- **{lv.users} users** ({lv.window:.0f} s measured): {lv.answered} answers ({routes}); failures: "
+            f"{failures}."
+        )
         if lv.html:
-            line += f" Locust's report: [{Path(lv.html).name}]({lv.html})." if lv.html.endswith(".html") else \
-                f" {lv.html}"
+            line += (
+                f" Locust's report: [{Path(lv.html).name}]({lv.html})." if lv.html.endswith(".html") else f" {lv.html}"
+            )
         for note in dict.fromkeys(lv.notes):
             line += f"\n  - {note}"
         details.append(line)
@@ -358,26 +419,40 @@ def wrap_markdown(text: str, width: int = 116) -> str:
         for item in items:
             indent = " " * (len(item[0]) - len(item[0].lstrip()))
             hang = indent + ("  " if item[0].lstrip().startswith("- ") else "")
-            filled.append(textwrap.fill(" ".join(part.strip() for part in item), width, initial_indent=indent,
-                                        subsequent_indent=hang, break_long_words=False, break_on_hyphens=False))
+            filled.append(
+                textwrap.fill(
+                    " ".join(part.strip() for part in item),
+                    width,
+                    initial_indent=indent,
+                    subsequent_indent=hang,
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+            )
         blocks.append("\n".join(filled))
     return "\n\n".join(blocks) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.load_report", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load_report",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--users", default="10,50,100,200", help="user counts, one level each")
     parser.add_argument("--duration", type=int, default=60, help="seconds measured per level (after spawning)")
     parser.add_argument("--spawn-seconds", type=int, default=5, help="every user started within this")
     parser.add_argument("--wait", default="1,3", help="seconds each user waits between requests: MIN,MAX")
     parser.add_argument("--url", help="a running service (else one is started here, on a fresh STATE_DIR)")
-    parser.add_argument("--key", default=os.environ.get("OCEANO_API_KEY"),
-                        help="a write key for --url (default $OCEANO_API_KEY; without one, index users rely on "
-                             "protected mode)")
-    parser.add_argument("--photos", type=Path, default=None,
-                        help=f"folder of face photos (default {EVAL_DIR}, else the wheels' photos)")
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("OCEANO_API_KEY"),
+        help="a write key for --url (default $OCEANO_API_KEY; without one, index users rely on protected mode)",
+    )
+    parser.add_argument(
+        "--photos", type=Path, default=None, help=f"folder of face photos (default {EVAL_DIR}, else the wheels' photos)"
+    )
     parser.add_argument("--seed-copies", type=int, default=4, help="uploads of each photo before the levels")
     parser.add_argument("--app-dir", type=Path, default=REPO, help="the checkout whose `python -m app` is run")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "LOAD.md")
@@ -395,9 +470,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.url:
             service = Service(args.url.rstrip("/"))
-            seeded = f"{seed(service.url, args.key, photos, args.seed_copies, subjects(args.photos))} faces " \
-                     f"(uploads of {len(photos)} photos, {copies(args.seed_copies)} each)" \
-                if args.seed_copies else "whatever the running service held"
+            seeded = (
+                f"{seed(service.url, args.key, photos, args.seed_copies, subjects(args.photos))} faces "
+                f"(uploads of {len(photos)} photos, {copies(args.seed_copies)} each)"
+                if args.seed_copies
+                else "whatever the running service held"
+            )
             info = status(service.url)
             for users in levels_wanted:
                 levels.append(run_level(users, service.url, args, args.photos, args.key, work, service))
@@ -409,8 +487,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"seeding {service.url} ...", flush=True)
                 faces = seed(service.url, key, photos, args.seed_copies, subjects(args.photos))
                 info = status(service.url)
-            seeded = f"{info.get('vectors', faces)} faces (uploads of {len(photos)} photos, " \
-                     f"{copies(args.seed_copies)} each, every copy with new bytes)"
+            seeded = (
+                f"{info.get('vectors', faces)} faces (uploads of {len(photos)} photos, "
+                f"{copies(args.seed_copies)} each, every copy with new bytes)"
+            )
             print(f"seeded: {seeded}", flush=True)
             for users in levels_wanted:
                 with started_service(args.app_dir, state, {}, work / f"service-{users}.log") as service:
@@ -420,9 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for lv in levels:
-        print(f"{lv.users:>4} users: {lv.rate(lv.answered):6.1f} req/s, served {lv.rate(len(lv.served)):6.1f}/s, "
-              f"p50 {fmt_s(lv.pct(50))}, p95 {fmt_s(lv.pct(95))}, failures {sum(lv.failures.values())}, "
-              f"shed {lv.shed / max(1, lv.answered):.1%}")
+        print(
+            f"{lv.users:>4} users: {lv.rate(lv.answered):6.1f} req/s, served {lv.rate(len(lv.served)):6.1f}/s, "
+            f"p50 {fmt_s(lv.pct(50))}, p95 {fmt_s(lv.pct(95))}, failures {sum(lv.failures.values())}, "
+            f"shed {lv.shed / max(1, lv.answered):.1%}"
+        )
     print(f"written: {args.out}")
 
 

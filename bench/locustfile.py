@@ -86,10 +86,18 @@ class OceanoUser(HttpUser):
         if not PHOTOS:
             raise SystemExit(f"the photos are not at {PHOTOS_DIR}: set OCEANO_LOAD_PHOTOS")
 
-    def post_photo(self, path: str, name: str, photo: tuple[str, bytes], *, headers: dict[str, str] | None = None,
-                   params: dict[str, str] | None = None) -> None:
-        with self.client.post(path, name=name, files={"file": photo}, params=params, headers=headers,
-                              timeout=TIMEOUT, catch_response=True) as response:
+    def post_photo(
+        self,
+        path: str,
+        name: str,
+        photo: tuple[str, bytes],
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> None:
+        with self.client.post(
+            path, name=name, files={"file": photo}, params=params, headers=headers, timeout=TIMEOUT, catch_response=True
+        ) as response:
             outcome(response)
 
 
@@ -106,8 +114,9 @@ class AnalyzeUser(OceanoUser):
 
     @task
     def analyze(self) -> None:
-        self.post_photo("/api/analyze", "/api/analyze?heads=emotion", random.choice(PHOTOS),
-                        params={"heads": "emotion"})
+        self.post_photo(
+            "/api/analyze", "/api/analyze?heads=emotion", random.choice(PHOTOS), params={"heads": "emotion"}
+        )
 
 
 class IndexUser(OceanoUser):
@@ -120,8 +129,9 @@ class IndexUser(OceanoUser):
         if jpeg[:2] == b"\xff\xd8":
             jpeg = with_comment(jpeg, f"oceano-load {_salt} {n}")
         key = os.environ.get("OCEANO_API_KEY")
-        self.post_photo("/api/faces", "/api/faces", (f"load-{n}-{name}", jpeg),
-                        headers={"X-API-Key": key} if key else None)
+        self.post_photo(
+            "/api/faces", "/api/faces", (f"load-{n}-{name}", jpeg), headers={"X-API-Key": key} if key else None
+        )
 
 
 # ------------------------------------------------------------------------------------------------ samples

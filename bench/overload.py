@@ -202,8 +202,10 @@ class Connection:
 
 def search_request(host: str, port: int, query: bytes) -> bytes:
     body, content_type = multipart({}, ("query.jpg", query, "image/jpeg"))
-    return (f"POST /api/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST /api/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def probe_service(base_url: str, warmup: float, duration: float, out: Connection_) -> None:
@@ -226,8 +228,15 @@ def probe_service(base_url: str, warmup: float, duration: float, out: Connection
     out.close()
 
 
-async def closed_loop(base_url: str, query: bytes, clients: int, warmup: float, duration: float,
-                      timeout: float, honor_retry_after: bool = False) -> tuple[list[Answer], list[float]]:
+async def closed_loop(
+    base_url: str,
+    query: bytes,
+    clients: int,
+    warmup: float,
+    duration: float,
+    timeout: float,
+    honor_retry_after: bool = False,
+) -> tuple[list[Answer], list[float]]:
     """`clients` connections, each POSTing /api/search and sending its next request as soon as the last is
     answered, for warmup + duration seconds. Kept: the answers that arrived within the window after the warm-up
     (whenever their request was sent); requests in flight at the end are awaited (at most `timeout`: a client
@@ -249,8 +258,14 @@ async def closed_loop(base_url: str, query: bytes, clients: int, warmup: float, 
                 try:
                     status_code, headers = await asyncio.wait_for(conn.request(data), timeout)
                     status, retry_after = str(status_code), "retry-after" in headers
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                        ValueError, IndexError) as exc:
+                except (
+                    OSError,
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    TimeoutError,
+                    ValueError,
+                    IndexError,
+                ) as exc:
                     status, retry_after = type(exc).__name__, False
                 done = loop.time()
                 if counted_from <= done <= end:
@@ -287,8 +302,9 @@ def settle(server: Server, seconds: float = 30.0) -> None:
             time.sleep(0.5)
 
 
-def run_level(server: Server, name: str, query: bytes, clients: int, args: argparse.Namespace,
-              duration: float) -> Level:
+def run_level(
+    server: Server, name: str, query: bytes, clients: int, args: argparse.Namespace, duration: float
+) -> Level:
     settle(server)
     level = Level(name, clients, duration)
     logger.info("%s: %d clients, %.0f s warm-up + %.0f s", name, clients, args.warmup, duration)
@@ -297,8 +313,9 @@ def run_level(server: Server, name: str, query: bytes, clients: int, args: argpa
     receiver, sender = context.Pipe(duplex=False)
     probe = context.Process(target=probe_service, args=(server.base_url, args.warmup, duration, sender), daemon=True)
     probe.start()
-    level.answers, level.generator_late = asyncio.run(closed_loop(server.base_url, query, clients, args.warmup,
-                                                                  duration, args.timeout, args.honor_retry_after))
+    level.answers, level.generator_late = asyncio.run(
+        closed_loop(server.base_url, query, clients, args.warmup, duration, args.timeout, args.honor_retry_after)
+    )
     if receiver.poll(60):
         level.loop_delays = receiver.recv()
     probe.join(10)
@@ -324,25 +341,33 @@ def verdict(ok: bool) -> str:
 
 def print_levels(levels: list[Level], acquire_timeout: float, honor_retry_after: bool) -> None:
     """The per-level table and the goals, PASS/FAIL beside each."""
-    print(f"closed-loop POST /api/search, one-face 640 px JPEG, GPU_ACQUIRE_TIMEOUT={acquire_timeout:g}; "
-          f"after a 503 clients {'wait Retry-After' if honor_retry_after else 'send again at once'}; latencies in "
-          "ms; throughput: answers 200 per second")
-    header = (f"{'clients':>7} {'secs':>5} {'answers':>7} {'200':>6} {'503':>6} {'other':>5} {'200 p50':>7} "
-              f"{'200 p95':>7} {'503 p50':>7} {'503 p95':>7} {'503 no R-A':>10} {'200/s':>7} {'srv CPU s':>9} "
-              f"{'gen CPU s':>9}")
+    print(
+        f"closed-loop POST /api/search, one-face 640 px JPEG, GPU_ACQUIRE_TIMEOUT={acquire_timeout:g}; "
+        f"after a 503 clients {'wait Retry-After' if honor_retry_after else 'send again at once'}; latencies in "
+        "ms; throughput: answers 200 per second"
+    )
+    header = (
+        f"{'clients':>7} {'secs':>5} {'answers':>7} {'200':>6} {'503':>6} {'other':>5} {'200 p50':>7} "
+        f"{'200 p95':>7} {'503 p50':>7} {'503 p95':>7} {'503 no R-A':>10} {'200/s':>7} {'srv CPU s':>9} "
+        f"{'gen CPU s':>9}"
+    )
     print(header)
     print("-" * len(header))
     for lv in levels:
         st = lv.statuses()
-        print(f"{lv.clients:>7} {lv.duration:>5.0f} {len(lv.answers):>7} {st['200']:>6} {st['503']:>6} "
-              f"{lv.others:>5} {ms(lv.p('200', 50)):>7} {ms(lv.p('200', 95)):>7} {ms(lv.p('503', 50)):>7} "
-              f"{ms(lv.p('503', 95)):>7} {lv.missing_retry_after:>10} {lv.throughput:>7.1f} "
-              f"{lv.server_cpu_s:>9.1f} {lv.client_cpu_s:>9.1f}")
+        print(
+            f"{lv.clients:>7} {lv.duration:>5.0f} {len(lv.answers):>7} {st['200']:>6} {st['503']:>6} "
+            f"{lv.others:>5} {ms(lv.p('200', 50)):>7} {ms(lv.p('200', 95)):>7} {ms(lv.p('503', 50)):>7} "
+            f"{ms(lv.p('503', 95)):>7} {lv.missing_retry_after:>10} {lv.throughput:>7.1f} "
+            f"{lv.server_cpu_s:>9.1f} {lv.client_cpu_s:>9.1f}"
+        )
         fast = lv.share_within("503", GOAL_503_P95_S)
-        print(f"{'':>7} 503s within {GOAL_503_P95_S * 1e3:.0f} ms: {'-' if fast is None else f'{fast:.0%}'}; "
-              f"service event loop (404 probe) p50/p95 {pct_ms(lv.loop_delays, 50)}/{pct_ms(lv.loop_delays, 95)} "
-              f"ms; load generator late p50/p95 {pct_ms(lv.generator_late, 50)}/{pct_ms(lv.generator_late, 95)} "
-              f"ms; machine load average {lv.load[0]:.1f} -> {lv.load[1]:.1f} ({os.cpu_count()} CPUs)")
+        print(
+            f"{'':>7} 503s within {GOAL_503_P95_S * 1e3:.0f} ms: {'-' if fast is None else f'{fast:.0%}'}; "
+            f"service event loop (404 probe) p50/p95 {pct_ms(lv.loop_delays, 50)}/{pct_ms(lv.loop_delays, 95)} "
+            f"ms; load generator late p50/p95 {pct_ms(lv.generator_late, 50)}/{pct_ms(lv.generator_late, 95)} "
+            f"ms; machine load average {lv.load[0]:.1f} -> {lv.load[1]:.1f} ({os.cpu_count()} CPUs)"
+        )
         if lv.others:
             other = ", ".join(f"{k} x{v}" for k, v in sorted(st.items()) if k not in ("200", "503"))
             print(f"{'':>7} other answers: {other}")
@@ -351,30 +376,43 @@ def print_levels(levels: list[Level], acquire_timeout: float, honor_retry_after:
     low, high = levels[0], levels[-1]
     p95_503, p95_200 = high.p("503", 95), high.p("200", 95)
     goals = [
-        (f"{high.clients} clients: only 200 and 503 with Retry-After (other {high.others}, 503 without "
-         f"Retry-After {high.missing_retry_after})", high.others == 0 and high.missing_retry_after == 0),
-        (f"{high.clients} clients: 503 p95 {ms(p95_503)} ms <= {GOAL_503_P95_S * 1e3:.0f} ms",
-         p95_503 is None or p95_503 <= GOAL_503_P95_S),
-        (f"{high.clients} clients: 200 p95 {ms(p95_200)} ms <= {GOAL_200_P95_S * 1e3:.0f} ms",
-         p95_200 is not None and p95_200 <= GOAL_200_P95_S),
+        (
+            f"{high.clients} clients: only 200 and 503 with Retry-After (other {high.others}, 503 without "
+            f"Retry-After {high.missing_retry_after})",
+            high.others == 0 and high.missing_retry_after == 0,
+        ),
+        (
+            f"{high.clients} clients: 503 p95 {ms(p95_503)} ms <= {GOAL_503_P95_S * 1e3:.0f} ms",
+            p95_503 is None or p95_503 <= GOAL_503_P95_S,
+        ),
+        (
+            f"{high.clients} clients: 200 p95 {ms(p95_200)} ms <= {GOAL_200_P95_S * 1e3:.0f} ms",
+            p95_200 is not None and p95_200 <= GOAL_200_P95_S,
+        ),
     ]
     if high is not low:
         ratio = high.throughput / low.throughput if low.throughput else 0.0
-        goals.append((f"200-throughput at {high.clients} clients {high.throughput:.1f}/s >= {GOAL_THROUGHPUT_RATIO} "
-                      f"x {low.throughput:.1f}/s at {low.clients} clients (ratio {ratio:.2f})",
-                      ratio >= GOAL_THROUGHPUT_RATIO))
+        goals.append(
+            (
+                f"200-throughput at {high.clients} clients {high.throughput:.1f}/s >= {GOAL_THROUGHPUT_RATIO} "
+                f"x {low.throughput:.1f}/s at {low.clients} clients (ratio {ratio:.2f})",
+                ratio >= GOAL_THROUGHPUT_RATIO,
+            )
+        )
     for text, ok in goals:
         print(f"  {verdict(ok)}  {text}")
 
 
 # ------------------------------------------------------------------------------------------------ compare
 def git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True,
-                          timeout=120).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True, timeout=120
+    ).stdout.strip()
 
 
-def compare(ref: str, query: bytes, photos: list[tuple[str, bytes]], env: Mapping[str, str],
-            args: argparse.Namespace) -> None:
+def compare(
+    ref: str, query: bytes, photos: list[tuple[str, bytes]], env: Mapping[str, str], args: argparse.Namespace
+) -> None:
     sha = git("rev-parse", "--short", f"{ref}^{{commit}}")
     head = git("rev-parse", "--short", "HEAD")
     dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
@@ -396,17 +434,28 @@ def compare(ref: str, query: bytes, photos: list[tuple[str, bytes]], env: Mappin
                 for label, tree in trees:
                     with live_server(tree, env=env, prefix="oceano-overload-") as server:
                         prepare(server, query, photos)
-                        level = run_level(server, f"round {round_ + 1} {label}", query, args.compare_clients, args,
-                                          args.compare_duration)
+                        level = run_level(
+                            server,
+                            f"round {round_ + 1} {label}",
+                            query,
+                            args.compare_clients,
+                            args,
+                            args.compare_duration,
+                        )
                     st = level.statuses()
                     runs[label].append(level.throughput)
-                    print(f"round {round_ + 1}  {label:<40} 200/s {level.throughput:6.1f}  "
-                          f"({', '.join(f'{k} x{v}' for k, v in sorted(st.items()))}; 200 p50 "
-                          f"{ms(level.p('200', 50))} ms, p95 {ms(level.p('200', 95))} ms; load average "
-                          f"{level.load[0]:.1f} -> {level.load[1]:.1f})")
+                    print(
+                        f"round {round_ + 1}  {label:<40} 200/s {level.throughput:6.1f}  "
+                        f"({', '.join(f'{k} x{v}' for k, v in sorted(st.items()))}; 200 p50 "
+                        f"{ms(level.p('200', 50))} ms, p95 {ms(level.p('200', 95))} ms; load average "
+                        f"{level.load[0]:.1f} -> {level.load[1]:.1f})"
+                    )
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(ref_dir)],
-                           capture_output=True, timeout=120)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(ref_dir)],
+                capture_output=True,
+                timeout=120,
+            )
             subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True, timeout=120)
     (ref_label, _), (cur_label, _) = trees
     ref_runs, cur_runs = runs[ref_label], runs[cur_label]
@@ -414,8 +463,10 @@ def compare(ref: str, query: bytes, photos: list[tuple[str, bytes]], env: Mappin
     # Noise: the largest spread between rounds of one tree, relative to its mean.
     noise = max((max(r) - min(r)) / statistics.fmean(r) if statistics.fmean(r) else 0.0 for r in (ref_runs, cur_runs))
     ratio = cur_mean / ref_mean if ref_mean else float("inf")
-    print(f"search throughput at {args.compare_clients} clients, {args.rounds} alternated rounds of "
-          f"{args.compare_duration:.0f} s each (answers 200 per second)")
+    print(
+        f"search throughput at {args.compare_clients} clients, {args.rounds} alternated rounds of "
+        f"{args.compare_duration:.0f} s each (answers 200 per second)"
+    )
     print(f"  {ref_label:<40} {' '.join(f'{v:6.1f}' for v in ref_runs)}   mean {ref_mean:6.1f}")
     print(f"  {cur_label:<40} {' '.join(f'{v:6.1f}' for v in cur_runs)}   mean {cur_mean:6.1f}")
     print(f"  ratio current / REF {ratio:.2f}; noise (largest spread between rounds of one tree) {noise:.0%}")
@@ -424,31 +475,45 @@ def compare(ref: str, query: bytes, photos: list[tuple[str, bytes]], env: Mappin
 
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.overload", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds counted per level (default 30)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before counting (default 3)")
     parser.add_argument("--levels", default="50,200", help="client counts, lowest first (default 50,200)")
     parser.add_argument("--skip-levels", action="store_true", help="only the --compare-ref comparison")
     parser.add_argument("--acquire-timeout", type=float, default=2.0, help="GPU_ACQUIRE_TIMEOUT (default 2)")
-    parser.add_argument("--photo", type=Path, help="query photo, resized to 640 px long side (default: the eval "
-                                                   "set's img1.jpg, else the wheel's yaoming.jpg)")
+    parser.add_argument(
+        "--photo",
+        type=Path,
+        help="query photo, resized to 640 px long side (default: the eval "
+        "set's img1.jpg, else the wheel's yaoming.jpg)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="client seconds per request (default 60)")
-    parser.add_argument("--honor-retry-after", action="store_true",
-                        help="clients wait what Retry-After says after a 503 (default: they send again at once)")
+    parser.add_argument(
+        "--honor-retry-after",
+        action="store_true",
+        help="clients wait what Retry-After says after a 503 (default: they send again at once)",
+    )
     parser.add_argument("--compare-ref", metavar="REF", help="also compare search throughput with this commit")
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds per tree (default 2)")
     parser.add_argument("--compare-duration", type=float, default=20.0, help="seconds per compare run (default 20)")
     parser.add_argument("--compare-clients", type=int, default=50, help="clients for the comparison (default 50)")
-    parser.add_argument("--app-dir", type=Path, default=REPO,
-                        help="checkout whose `app` is run as the current tree (default: this one)")
+    parser.add_argument(
+        "--app-dir", type=Path, default=REPO, help="checkout whose `app` is run as the current tree (default: this one)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     levels_n = [int(v) for v in args.levels.split(",") if v.strip()]
-    if not levels_n or any(n < 1 or n > 1000 for n in levels_n) or not 1 <= args.duration <= 600 \
-            or not 1 <= args.rounds <= 10 or not 1 <= args.compare_duration <= 600:
+    if (
+        not levels_n
+        or any(n < 1 or n > 1000 for n in levels_n)
+        or not 1 <= args.duration <= 600
+        or not 1 <= args.rounds <= 10
+        or not 1 <= args.compare_duration <= 600
+    ):
         parser.error("levels 1..1000 clients, duration 1..600 s, rounds 1..10")
 
     name, query = query_photo(args.photo)
@@ -457,8 +522,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_levels:
         with live_server(args.app_dir, env=env, prefix="oceano-overload-") as server:
             faces = prepare(server, query, photos)
-            print(f"query: {name} at 640 px ({len(query) / 1024:.0f} KB), {faces} face(s) found; "
-                  f"{len(photos)} photos indexed")
+            print(
+                f"query: {name} at 640 px ({len(query) / 1024:.0f} KB), {faces} face(s) found; "
+                f"{len(photos)} photos indexed"
+            )
             levels = [run_level(server, f"{n} clients", query, n, args, args.duration) for n in levels_n]
         print_levels(levels, args.acquire_timeout, args.honor_retry_after)
     if args.compare_ref:

@@ -85,8 +85,9 @@ class Data:
         for start, _, vectors in self.chunks():
             scores = queries @ vectors.T
             all_s = np.concatenate([best_s, scores], axis=1)
-            all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(vectors)),
-                                                            scores.shape)], axis=1)
+            all_i = np.concatenate(
+                [best_i, np.broadcast_to(np.arange(start, start + len(vectors)), scores.shape)], axis=1
+            )
             keep = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
             best_s = np.take_along_axis(all_s, keep, axis=1)
             best_i = np.take_along_axis(all_i, keep, axis=1)
@@ -183,10 +184,21 @@ def load(data: Data, settings: Settings, *, probe: bool) -> dict[str, Any]:
         prober.start()
     started = time.perf_counter()
     for start, centre_ids, vectors in data.chunks():
-        store.upsert([FacePoint(point_uuid(start + j), v, {"file": f"/photos/{(start + j) // 3:07d}.jpg",
-                                                          "face_index": (start + j) % 3,
-                                                          "subject": f"person{c}", "origin": "ingest"})
-                      for j, (c, v) in enumerate(zip(centre_ids, vectors, strict=True))])
+        store.upsert(
+            [
+                FacePoint(
+                    point_uuid(start + j),
+                    v,
+                    {
+                        "file": f"/photos/{(start + j) // 3:07d}.jpg",
+                        "face_index": (start + j) % 3,
+                        "subject": f"person{c}",
+                        "origin": "ingest",
+                    },
+                )
+                for j, (c, v) in enumerate(zip(centre_ids, vectors, strict=True))
+            ]
+        )
     upserted = time.perf_counter() - started
     wait = getattr(store, "wait_indexed", None)
     if wait:
@@ -202,18 +214,28 @@ def load(data: Data, settings: Settings, *, probe: bool) -> dict[str, Any]:
     store_logger.removeHandler(builds)
     store_logger.propagate = True
     out: dict[str, Any] = {
-        "load_s": round(load_s, 1), "upsert_s": round(upserted, 1), "rate": round(data.points / load_s),
-        "stall_s": round(ticker.longest, 2), "stalls_over_1s": ticker.stalls_over_1s,
-        "builds": len(builds.seconds), "build_max_s": round(max(builds.seconds, default=0.0), 2),
-        "build_total_s": round(sum(builds.seconds), 1), "build_s": [round(b, 1) for b in builds.seconds],
-        "build_cpu_s": [round(b, 1) for b in builds.cpu], "build_cpu_max_s": round(max(builds.cpu, default=0.0), 2),
-        "loadavg": round(os.getloadavg()[0], 1), "indexed": info.indexed, "vectors": info.vectors,
+        "load_s": round(load_s, 1),
+        "upsert_s": round(upserted, 1),
+        "rate": round(data.points / load_s),
+        "stall_s": round(ticker.longest, 2),
+        "stalls_over_1s": ticker.stalls_over_1s,
+        "builds": len(builds.seconds),
+        "build_max_s": round(max(builds.seconds, default=0.0), 2),
+        "build_total_s": round(sum(builds.seconds), 1),
+        "build_s": [round(b, 1) for b in builds.seconds],
+        "build_cpu_s": [round(b, 1) for b in builds.cpu],
+        "build_cpu_max_s": round(max(builds.cpu, default=0.0), 2),
+        "loadavg": round(os.getloadavg()[0], 1),
+        "indexed": info.indexed,
+        "vectors": info.vectors,
         "close_s": round(time.perf_counter() - closing, 2),
     }
     if prober and prober.latencies:
-        out.update(probe_p50_ms=round(percentile_ms(prober.latencies, 50), 1),
-                   probe_p99_ms=round(percentile_ms(prober.latencies, 99), 1),
-                   probe_max_ms=round(max(prober.latencies) * 1e3))
+        out.update(
+            probe_p50_ms=round(percentile_ms(prober.latencies, 50), 1),
+            probe_p99_ms=round(percentile_ms(prober.latencies, 99), 1),
+            probe_max_ms=round(max(prober.latencies) * 1e3),
+        )
     return out
 
 
@@ -247,12 +269,19 @@ def query_phase(path: Path, overrides: dict[str, str], points: int, n_queries: i
             latencies.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)  # all threads: on a busy machine, the work behind the wall time
             ids.append([point_index(m.id) for m in row])
-        per_ef[str(ef)] = {"p50_ms": round(percentile_ms(latencies, 50), 2),
-                           "p95_ms": round(percentile_ms(latencies, 95), 2),
-                           "cpu_p50_ms": round(percentile_ms(cpu, 50), 2), "ids": ids}
-    result = {"open_s": round(open_s, 2), "memory_mb": memory(), "per_ef": per_ef,
-              "query_loadavg": round(os.getloadavg()[0], 1),
-              "segments": _segments(store)}
+        per_ef[str(ef)] = {
+            "p50_ms": round(percentile_ms(latencies, 50), 2),
+            "p95_ms": round(percentile_ms(latencies, 95), 2),
+            "cpu_p50_ms": round(percentile_ms(cpu, 50), 2),
+            "ids": ids,
+        }
+    result = {
+        "open_s": round(open_s, 2),
+        "memory_mb": memory(),
+        "per_ef": per_ef,
+        "query_loadavg": round(os.getloadavg()[0], 1),
+        "segments": _segments(store),
+    }
     store.close()
     print(json.dumps(result))
 
@@ -266,8 +295,16 @@ def disk_mb(path: Path) -> int:
     return round(sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20)
 
 
-def run(points: int, overrides: dict[str, str], *, n_queries: int, efs: list[int], probe: bool,
-        keep: Path | None, measure_only: bool = False) -> dict[str, Any]:
+def run(
+    points: int,
+    overrides: dict[str, str],
+    *,
+    n_queries: int,
+    efs: list[int],
+    probe: bool,
+    keep: Path | None,
+    measure_only: bool = False,
+) -> dict[str, Any]:
     """Build (unless measure_only: a collection --keep made earlier, e.g. since compacted), then measure."""
     tmp = keep or Path(tempfile.mkdtemp(prefix="oceano-scale-"))
     settings = bench_settings(tmp, overrides)
@@ -280,24 +317,56 @@ def run(points: int, overrides: dict[str, str], *, n_queries: int, efs: list[int
     return measure(tmp, data, overrides, result, n_queries=n_queries, efs=efs, keep=keep is not None)
 
 
-def measure(tmp: Path, data: Data, overrides: dict[str, str], result: dict[str, Any], *, n_queries: int,
-            efs: list[int], keep: bool) -> dict[str, Any]:
+def measure(
+    tmp: Path,
+    data: Data,
+    overrides: dict[str, str],
+    result: dict[str, Any],
+    *,
+    n_queries: int,
+    efs: list[int],
+    keep: bool,
+) -> dict[str, Any]:
     points = data.points
     child = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "--query-phase", str(tmp), "--points", str(points),
-         "--queries", str(n_queries), "--ef", ",".join(map(str, efs)), "--overrides", json.dumps(overrides)],
-        capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-m",
+            "bench.scale",
+            "--query-phase",
+            str(tmp),
+            "--points",
+            str(points),
+            "--queries",
+            str(n_queries),
+            "--ef",
+            ",".join(map(str, efs)),
+            "--overrides",
+            json.dumps(overrides),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if child.returncode:
         raise SystemExit(f"query phase failed:\n{child.stderr[-3000:]}")
     queried = json.loads(child.stdout.strip().splitlines()[-1])
     truth = data.exact_top(data.queries(n_queries))
-    result.update(open_s=queried["open_s"], memory_mb=queried["memory_mb"], segments=queried["segments"],
-                  query_loadavg=queried["query_loadavg"])
+    result.update(
+        open_s=queried["open_s"],
+        memory_mb=queried["memory_mb"],
+        segments=queried["segments"],
+        query_loadavg=queried["query_loadavg"],
+    )
     result["per_ef"] = {}
     for ef, row in queried["per_ef"].items():
         hits = sum(len(set(found) & set(exact)) for found, exact in zip(row["ids"], truth.tolist(), strict=True))
-        result["per_ef"][ef] = {"p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"], "cpu_p50_ms": row["cpu_p50_ms"],
-                                "recall": round(hits / (TOP * n_queries), 4)}
+        result["per_ef"][ef] = {
+            "p50_ms": row["p50_ms"],
+            "p95_ms": row["p95_ms"],
+            "cpu_p50_ms": row["cpu_p50_ms"],
+            "recall": round(hits / (TOP * n_queries), 4),
+        }
     if not keep:
         import shutil
 
@@ -309,16 +378,22 @@ def summary(r: dict[str, Any]) -> str:
     mem = r["memory_mb"]
     lines = []
     if "load_s" in r:
-        lines += [f"machine load average at the end of the load: {r['loadavg']} ({os.cpu_count()} cores)",
-                  f"{r['points']:,} points {r['set'] or '(defaults)'}: load {r['load_s']}s ({r['rate']}/s), longest "
-                  f"stall {r['stall_s']}s ({r['builds']} builds, longest {r['build_max_s']}s, "
-                  f"{r['build_cpu_max_s']}s CPU), probe search p50/p99/max {r.get('probe_p50_ms')}/"
-                  f"{r.get('probe_p99_ms')}/{r.get('probe_max_ms')} ms"]
-    lines += [f"  re-open {r['open_s']}s, {r['segments']} segments, memory PSS {mem.get('pss')} MB, anonymous "
-             f"{mem.get('anonymous')} MB, disk {r['disk_mb']} MB (load average {r['query_loadavg']})"]
+        lines += [
+            f"machine load average at the end of the load: {r['loadavg']} ({os.cpu_count()} cores)",
+            f"{r['points']:,} points {r['set'] or '(defaults)'}: load {r['load_s']}s ({r['rate']}/s), longest "
+            f"stall {r['stall_s']}s ({r['builds']} builds, longest {r['build_max_s']}s, "
+            f"{r['build_cpu_max_s']}s CPU), probe search p50/p99/max {r.get('probe_p50_ms')}/"
+            f"{r.get('probe_p99_ms')}/{r.get('probe_max_ms')} ms",
+        ]
+    lines += [
+        f"  re-open {r['open_s']}s, {r['segments']} segments, memory PSS {mem.get('pss')} MB, anonymous "
+        f"{mem.get('anonymous')} MB, disk {r['disk_mb']} MB (load average {r['query_loadavg']})"
+    ]
     for ef, row in r["per_ef"].items():
-        lines.append(f"  ef {ef}: recall@10 {row['recall']:.3f}, p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms "
-                     f"(CPU p50 {row['cpu_p50_ms']} ms)")
+        lines.append(
+            f"  ef {ef}: recall@10 {row['recall']:.3f}, p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms "
+            f"(CPU p50 {row['cpu_p50_ms']} ms)"
+        )
     return "\n".join(lines)
 
 
@@ -341,12 +416,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300, help="held-out queries for latency and recall")
     parser.add_argument("--ef", default="", help="comma-separated hnsw_ef values to query at (default: HNSW_EF)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a Settings field (max_segment_points=50000, hnsw_m=24, quantization=turbo4)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a Settings field (max_segment_points=50000, hnsw_m=24, quantization=turbo4)",
+    )
     parser.add_argument("--no-probe", action="store_true", help="no searches during the load")
     parser.add_argument("--keep", type=Path, help="build the collection here and keep it")
-    parser.add_argument("--measure", action="store_true",
-                        help="with --keep: only re-open and measure a collection built earlier (e.g. compacted)")
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="with --keep: only re-open and measure a collection built earlier (e.g. compacted)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object (for bench.scale_sweep)")
     parser.add_argument("--query-phase", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -358,8 +441,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.measure and not args.keep:
         parser.error("--measure needs --keep DIR")
-    result = run(args.points, parse_sets(args.set), n_queries=args.queries, efs=efs, probe=not args.no_probe,
-                 keep=args.keep, measure_only=args.measure)
+    result = run(
+        args.points,
+        parse_sets(args.set),
+        n_queries=args.queries,
+        efs=efs,
+        probe=not args.no_probe,
+        keep=args.keep,
+        measure_only=args.measure,
+    )
     print(json.dumps(result) if args.json else summary(result))
     return 0
 

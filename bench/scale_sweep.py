@@ -44,20 +44,26 @@ def run_case(points: int, overrides: dict[str, str], ef: str, queries: int, prob
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| points | settings | load s | stall s (build CPU s) | builds | re-open s | anon MB | PSS MB | disk MB "
-            "| segments | load avg | ef: recall@10 / p50 ms / p95 ms / CPU p50 ms |")
+    head = (
+        "| points | settings | load s | stall s (build CPU s) | builds | re-open s | anon MB | PSS MB | disk MB "
+        "| segments | load avg | ef: recall@10 / p50 ms / p95 ms / CPU p50 ms |"
+    )
     out = [head, "|" + "---|" * 12]
     for r in rows:
         cfg = " ".join(f"{k}={v}" for k, v in r["set"].items()) or "defaults"
         if "error" in r:
             out.append(f"| {r['points']:,} | {cfg} | failed: {r['error']} |||||||||")
             continue
-        efs = "; ".join(f"{ef}: {v['recall']:.3f} / {v['p50_ms']} / {v['p95_ms']} / {v.get('cpu_p50_ms', '-')}"
-                        for ef, v in r["per_ef"].items())
+        efs = "; ".join(
+            f"{ef}: {v['recall']:.3f} / {v['p50_ms']} / {v['p95_ms']} / {v.get('cpu_p50_ms', '-')}"
+            for ef, v in r["per_ef"].items()
+        )
         mem = r["memory_mb"]
-        out.append(f"| {r['points']:,} | {cfg} | {r['load_s']} | {r['stall_s']} ({r.get('build_cpu_max_s', '-')}) "
-                   f"| {r['builds']} | {r['open_s']} | {mem.get('anonymous')} | {mem.get('pss')} | {r['disk_mb']} "
-                   f"| {r['segments']} | {r['loadavg']} | {efs} |")
+        out.append(
+            f"| {r['points']:,} | {cfg} | {r['load_s']} | {r['stall_s']} ({r.get('build_cpu_max_s', '-')}) "
+            f"| {r['builds']} | {r['open_s']} | {mem.get('anonymous')} | {mem.get('pss')} | {r['disk_mb']} "
+            f"| {r['segments']} | {r['loadavg']} | {efs} |"
+        )
     return "\n".join(out)
 
 

@@ -51,17 +51,23 @@ def build_collection(settings: Settings, points: int) -> np.ndarray:
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     started = time.perf_counter()
     for start in range(0, points, 5000):
-        store.upsert([FacePoint(id=str(uuid.uuid4()), vector=v, payload={"file": f"synthetic/{start + j}.jpg",
-                                                                         "face_index": 0})
-                      for j, v in enumerate(matrix[start:start + 5000])])
+        store.upsert(
+            [
+                FacePoint(
+                    id=str(uuid.uuid4()), vector=v, payload={"file": f"synthetic/{start + j}.jpg", "face_index": 0}
+                )
+                for j, v in enumerate(matrix[start : start + 5000])
+            ]
+        )
     upsert_s = time.perf_counter() - started
     store.optimize()
     info = store.info()
-    print(f"collection: {info.vectors} points ({info.indexed} indexed); upsert {upsert_s:.1f}s, "
-          f"index build {time.perf_counter() - started - upsert_s:.1f}s")
+    print(
+        f"collection: {info.vectors} points ({info.indexed} indexed); upsert {upsert_s:.1f}s, "
+        f"index build {time.perf_counter() - started - upsert_s:.1f}s"
+    )
     store.close()
     return matrix
-
 
 
 @contextmanager
@@ -105,7 +111,7 @@ class Baseline:
         faces = self.analysis.get(image)
         for face in faces:
             scores = self.matrix @ face.normed_embedding
-            top = np.argpartition(-scores, self.top_k)[:self.top_k]
+            top = np.argpartition(-scores, self.top_k)[: self.top_k]
             top[np.argsort(-scores[top])]
         elapsed = time.perf_counter() - started
         return elapsed, np.asarray([f.bbox for f in faces], dtype=np.float64).reshape(-1, 4)
@@ -147,8 +153,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed searches of each first (default 5)")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--port", type=int, default=9187)
-    parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO,
-                        help="a photo with faces (default: img1.jpg of the eval set, 1382x1868, one face)")
+    parser.add_argument(
+        "--photo",
+        type=Path,
+        default=DEFAULT_PHOTO,
+        help="a photo with faces (default: img1.jpg of the eval set, 1382x1868, one face)",
+    )
     args = parser.parse_args()
     setup_logging()
     photo_path: Path = args.photo
@@ -160,13 +170,17 @@ def main() -> None:
         sys.exit(f"cannot decode {photo_path}")
     height, width = decoded.shape[:2]
     fit = min(640 / width, 640 / height)
-    print(f"photo: {photo_path.name} ({width}x{height}, {width * height / 1e6:.1f} MP); top_k {args.top_k}, "
-          f"{args.points} points, {args.requests} timed searches of each, interleaved, after {args.warmup} untimed")
+    print(
+        f"photo: {photo_path.name} ({width}x{height}, {width * height / 1e6:.1f} MP); top_k {args.top_k}, "
+        f"{args.points} points, {args.requests} timed searches of each, interleaved, after {args.warmup} untimed"
+    )
     if fit < 1:
         print(f"detector input: both shrink the photo to {round(width * fit)}x{round(height * fit)} (det_size 640)")
     else:
-        print("WARNING: the photo is smaller than the 640 detector input: insightface upscales it to the 640 canvas "
-              "and Oceano does not, so this is not a like-for-like comparison")
+        print(
+            "WARNING: the photo is smaller than the 640 detector input: insightface upscales it to the 640 canvas "
+            "and Oceano does not, so this is not a like-for-like comparison"
+        )
 
     service: list[float] = []
     handler: list[float] = []
@@ -196,22 +210,29 @@ def main() -> None:
                 if ious is None or not ious or min(ious) < MIN_IOU:
                     disagree += 1
                     first_disagreement = first_disagreement or (
-                        f"oceano boxes {np.round(a_boxes, 1).tolist()}, insightface {np.round(b_boxes, 1).tolist()}")
+                        f"oceano boxes {np.round(a_boxes, 1).tolist()}, insightface {np.round(b_boxes, 1).tolist()}"
+                    )
 
     s50, s95 = percentile_ms(service, 50), percentile_ms(service, 95)
     b50, b95 = percentile_ms(baseline, 50), percentile_ms(baseline, 95)
     print(f"oceano POST /api/search (HTTP, Edge int8+HNSW):   p50 {s50:7.1f} ms  p95 {s95:7.1f} ms")
     print(f"insightface FaceAnalysis.get + numpy exact top-k: p50 {b50:7.1f} ms  p95 {b95:7.1f} ms")
     print(f"ratio baseline/oceano: p50 {b50 / s50:.2f}x  p95 {b95 / s95:.2f}x")
-    print(f"(oceano's own took_ms, inside its handler, without HTTP and multipart parsing: "
-          f"p50 {percentile_ms(handler, 50):.1f} ms  p95 {percentile_ms(handler, 95):.1f} ms)")
+    print(
+        f"(oceano's own took_ms, inside its handler, without HTTP and multipart parsing: "
+        f"p50 {percentile_ms(handler, 50):.1f} ms  p95 {percentile_ms(handler, 95):.1f} ms)"
+    )
     found = ", ".join(f"oceano {a} / insightface {b}" for a, b in sorted(counts))
     if disagree == 0:
-        print(f"same faces: OK in all {pairs} pairs of searches (faces found: {found}; each box matched, "
-              f"IoU >= {MIN_IOU}: lowest {worst_iou:.3f})")
+        print(
+            f"same faces: OK in all {pairs} pairs of searches (faces found: {found}; each box matched, "
+            f"IoU >= {MIN_IOU}: lowest {worst_iou:.3f})"
+        )
     else:
-        print(f"same faces: FAIL in {disagree} of {pairs} pairs of searches (faces found: {found}; a face "
-              f"count differs, none was found, or a box matched with IoU < {MIN_IOU}); first: {first_disagreement}")
+        print(
+            f"same faces: FAIL in {disagree} of {pairs} pairs of searches (faces found: {found}; a face "
+            f"count differs, none was found, or a box matched with IoU < {MIN_IOU}); first: {first_disagreement}"
+        )
         sys.exit(1)
 
 

@@ -64,8 +64,15 @@ from bench.photos import eval_photos
 logger = logging.getLogger("bench.soak")
 MB = 2**20
 
-WEIGHTS = {"search": 40, "index": 25, "delete_id": 6, "delete_file": 5, "delete_subject": 4, "hostile": 8,
-           "disconnect": 12}
+WEIGHTS = {
+    "search": 40,
+    "index": 25,
+    "delete_id": 6,
+    "delete_file": 5,
+    "delete_subject": 4,
+    "hostile": 8,
+    "disconnect": 12,
+}
 HOSTILE = ("bomb", "flat_batch", "truncated", "not_image", "chunked")
 UPLOADS_PER_SUBJECT = 3
 SAMPLE = 50
@@ -74,7 +81,9 @@ GONE_KEYS = 10_000_000  # variant keys of the uploads whose client disconnects
 EXPECTED: dict[str, set[str]] = {
     "search": {"200", "503"},
     "index": {"201", "503"},
-    "delete_id": {"200"}, "delete_file": {"200"}, "delete_subject": {"200"},
+    "delete_id": {"200"},
+    "delete_file": {"200"},
+    "delete_subject": {"200"},
     "bomb": {"413", "503"},
     "flat_batch_32": {"413", "503"},
     "flat_batch_4": {"200", "503"},
@@ -82,7 +91,8 @@ EXPECTED: dict[str, set[str]] = {
     "not_image": {"415", "503"},
     # Cut off at the limit: the 413 may arrive, or the connection may be closed while the client still sends.
     "chunked": {"413", "503", "WriteError", "RemoteProtocolError", "ReadError"},
-    "disconnect_half": {"closed"}, "disconnect_sent": {"closed"},
+    "disconnect_half": {"closed"},
+    "disconnect_sent": {"closed"},
 }
 
 
@@ -91,8 +101,9 @@ def shrink(image: np.ndarray, side: int) -> np.ndarray:
     scale = side / max(image.shape[:2])
     if scale >= 1:
         return image
-    return cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
-                      interpolation=cv2.INTER_AREA)
+    return cv2.resize(
+        image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA
+    )
 
 
 def encode_jpeg(image: np.ndarray, quality: int, comment: bytes = b"") -> bytes:
@@ -127,7 +138,7 @@ class Variants:
         h, w = image.shape[:2]
         top, bottom = (int(v) for v in rng.integers(0, max(2, h // 40), 2))
         left, right = (int(v) for v in rng.integers(0, max(2, w // 40), 2))
-        image = image[top:h - bottom, left:w - right]
+        image = image[top : h - bottom, left : w - right]
         if key % 2:
             image = image[:, ::-1]
         image = np.clip(image.astype(np.int16) + int(rng.integers(-12, 13)), 0, 255).astype(np.uint8)
@@ -136,11 +147,13 @@ class Variants:
 
 
 def chunked_body(size: int, boundary: str) -> Iterator[bytes]:
-    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
-           "Content-Type: image/jpeg\r\n\r\n").encode() + b"\xff\xd8\xff\xe0"
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + b"\xff\xd8\xff\xe0"
     piece = bytes(MB)
     for sent in range(0, size, MB):
-        yield piece[:min(MB, size - sent)]
+        yield piece[: min(MB, size - sent)]
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
@@ -184,12 +197,24 @@ class Ledger:
         with self.lock:
             if gone:
                 n = next(self._gone)
-                upload = Upload(key, photo, f"soak/{self.run}/gone-{n}.jpg", f"soak-{self.run}-gone-{n}",
-                                hashlib.sha256(data).hexdigest(), state="uncertain")
+                upload = Upload(
+                    key,
+                    photo,
+                    f"soak/{self.run}/gone-{n}.jpg",
+                    f"soak-{self.run}-gone-{n}",
+                    hashlib.sha256(data).hexdigest(),
+                    state="uncertain",
+                )
             else:
                 group = key // UPLOADS_PER_SUBJECT
-                upload = Upload(key, photo, f"soak/{self.run}/{key}.jpg", f"soak-{self.run}-s{group}",
-                                hashlib.sha256(data).hexdigest(), group=group)
+                upload = Upload(
+                    key,
+                    photo,
+                    f"soak/{self.run}/{key}.jpg",
+                    f"soak-{self.run}-s{group}",
+                    hashlib.sha256(data).hexdigest(),
+                    group=group,
+                )
                 self.groups[group].append(key)
             self.uploads[key] = upload
             return upload
@@ -231,8 +256,11 @@ class Ledger:
             ready = []
             for keys in self.groups.values():
                 ups = [self.uploads[k] for k in keys]
-                if len(ups) == UPLOADS_PER_SUBJECT and all(u.state in ("stored", "refused") and not u.busy
-                                                           for u in ups) and any(u.live for u in ups):
+                if (
+                    len(ups) == UPLOADS_PER_SUBJECT
+                    and all(u.state in ("stored", "refused") and not u.busy for u in ups)
+                    and any(u.live for u in ups)
+                ):
                     ready.append(ups)
             if not ready:
                 return None
@@ -248,9 +276,11 @@ class Ledger:
             got = set(answer)
             touched = uploads
             if got != expected:
-                self.anomalies.append(f"{what}: answer named {len(got)} faces, the ledger expected {len(expected)} "
-                                      f"(unexpected {sorted(got - expected)[:3]}, missing "
-                                      f"{sorted(expected - got)[:3]})")
+                self.anomalies.append(
+                    f"{what}: answer named {len(got)} faces, the ledger expected {len(expected)} "
+                    f"(unexpected {sorted(got - expected)[:3]}, missing "
+                    f"{sorted(expected - got)[:3]})"
+                )
                 keys = {u.key for u in uploads}
                 touched = [u for u in self.uploads.values() if u.key in keys or u.live & got]
             for u in touched:
@@ -295,9 +325,14 @@ class Traffic:
         self.not_image = b"%PDF-1.4\n% not an image at all\n" + bytes(range(256)) * 64
         self.flat_turn = itertools.count()
         self.actions: dict[str, Callable[[httpx.Client, random.Random], None]] = {
-            "search": self.search, "index": self.index, "delete_id": self.delete_id,
-            "delete_file": self.delete_file, "delete_subject": self.delete_subject, "hostile": self.hostile,
-            "disconnect": self.disconnect}
+            "search": self.search,
+            "index": self.index,
+            "delete_id": self.delete_id,
+            "delete_file": self.delete_file,
+            "delete_subject": self.delete_subject,
+            "hostile": self.hostile,
+            "disconnect": self.disconnect,
+        }
 
     def call(self, kind: str, send: Callable[[], httpx.Response]) -> tuple[str, httpx.Response | None]:
         started = time.perf_counter()
@@ -318,9 +353,14 @@ class Traffic:
         key = self.ledger.new_key()
         photo, data = self.variants.make(key)
         upload = self.ledger.add(key, photo, data)
-        status, response = self.call("index", lambda: http.post(
-            "/api/faces", files={"file": (f"{key}.jpg", data, "image/jpeg")},
-            data={"subject": upload.subject, "source": upload.source}))
+        status, response = self.call(
+            "index",
+            lambda: http.post(
+                "/api/faces",
+                files={"file": (f"{key}.jpg", data, "image/jpeg")},
+                data={"subject": upload.subject, "source": upload.source},
+            ),
+        )
         if status == "201" and response is not None:
             self.ledger.answered(upload, "stored", response.json()["ids"])
         elif status in ("503", "400", "413", "415"):
@@ -328,8 +368,16 @@ class Traffic:
         else:  # no answer, a timeout or a server error: resolved at the end
             self.ledger.answered(upload, "uncertain")
 
-    def _delete(self, kind: str, http: httpx.Client, uploads: list[Upload], expected: set[str], path: str,
-                params: dict[str, str] | None, what: str) -> None:
+    def _delete(
+        self,
+        kind: str,
+        http: httpx.Client,
+        uploads: list[Upload],
+        expected: set[str],
+        path: str,
+        params: dict[str, str] | None,
+        what: str,
+    ) -> None:
         status, response = self.call(kind, lambda: http.delete(path, params=params))
         if status == "200" and response is not None:
             self.ledger.deleted_ok(uploads, expected, response.json()["deleted"], what)
@@ -350,8 +398,15 @@ class Traffic:
         upload = self.ledger.pick_file(rng)
         if upload is None:
             return self.index(http, rng)
-        self._delete("delete_file", http, [upload], set(upload.live), "/api/faces", {"file": upload.source},
-                     f"delete file {upload.source}")
+        self._delete(
+            "delete_file",
+            http,
+            [upload],
+            set(upload.live),
+            "/api/faces",
+            {"file": upload.source},
+            f"delete file {upload.source}",
+        )
 
     def delete_subject(self, http: httpx.Client, rng: random.Random) -> None:
         uploads = self.ledger.pick_subject(rng)
@@ -359,8 +414,9 @@ class Traffic:
             return self.index(http, rng)
         expected = set().union(*(u.live for u in uploads))
         subject = uploads[0].subject
-        self._delete("delete_subject", http, uploads, expected, "/api/faces", {"subject": subject},
-                     f"delete subject {subject}")
+        self._delete(
+            "delete_subject", http, uploads, expected, "/api/faces", {"subject": subject}, f"delete subject {subject}"
+        )
 
     def hostile(self, http: httpx.Client, rng: random.Random) -> None:
         which = rng.choice(HOSTILE)
@@ -371,33 +427,46 @@ class Traffic:
             files = [("files", (f"flat{i}.png", self.flat, "image/png")) for i in range(count)]
             self.call(f"flat_batch_{count}", lambda: http.post("/api/search/batch", files=files))
         elif which == "truncated":
-            self.call("truncated", lambda: http.post(
-                "/api/search", files={"file": ("cut.jpg", self.truncated, "image/jpeg")}))
+            self.call(
+                "truncated", lambda: http.post("/api/search", files={"file": ("cut.jpg", self.truncated, "image/jpeg")})
+            )
         elif which == "not_image":
-            self.call("not_image", lambda: http.post(
-                "/api/faces", files={"file": ("doc.jpg", self.not_image, "image/jpeg")}))
+            self.call(
+                "not_image", lambda: http.post("/api/faces", files={"file": ("doc.jpg", self.not_image, "image/jpeg")})
+            )
         else:
             boundary = uuid.uuid4().hex
             size = int(self.args.chunked_mb * MB)
-            self.call("chunked", lambda: http.post(
-                "/api/search", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-                content=chunked_body(size, boundary)))
+            self.call(
+                "chunked",
+                lambda: http.post(
+                    "/api/search",
+                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                    content=chunked_body(size, boundary),
+                ),
+            )
 
     def disconnect(self, http: httpx.Client, rng: random.Random) -> None:
         """A raw socket: the request line and headers, then half the body or all of it, then close."""
         half = rng.random() < 0.5
         kind = "disconnect_half" if half else "disconnect_sent"
         if rng.random() < 0.5:
-            path, body, ctype = "/api/search", *multipart({}, ("q.jpg", rng.choice(self.variants.queries),
-                                                                "image/jpeg"))
+            path, body, ctype = (
+                "/api/search",
+                *multipart({}, ("q.jpg", rng.choice(self.variants.queries), "image/jpeg")),
+            )
         else:
             key = self.ledger.new_key(gone=True)
             photo, data = self.variants.make(key)
             upload = self.ledger.add(key, photo, data, gone=True)
-            path, body, ctype = "/api/faces", *multipart({"subject": upload.subject, "source": upload.source},
-                                                         (f"{key}.jpg", data, "image/jpeg"))
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+            path, body, ctype = (
+                "/api/faces",
+                *multipart({"subject": upload.subject, "source": upload.source}, (f"{key}.jpg", data, "image/jpeg")),
+            )
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         started = time.perf_counter()
         status = "closed"
         try:
@@ -427,8 +496,10 @@ class Traffic:
         """Traffic for `seconds`; returns the service's RSS (kB) sampled every --sample-s seconds."""
         end = time.monotonic() + seconds
         self.stats.started = time.monotonic()
-        threads = [threading.Thread(target=self.client, args=(i, end), name=f"soak-{i}", daemon=True)
-                   for i in range(self.args.clients)]
+        threads = [
+            threading.Thread(target=self.client, args=(i, end), name=f"soak-{i}", daemon=True)
+            for i in range(self.args.clients)
+        ]
         for t in threads:
             t.start()
         started = time.monotonic()
@@ -440,9 +511,13 @@ class Traffic:
                 samples.append((time.monotonic() - started, memory["VmRSS"]))
             if time.monotonic() >= next_log:
                 answered = sum(len(v) for v in self.stats.answers.values())
-                logger.info("%4.0f s: %d requests, %d faces live, RSS %.0f MB", time.monotonic() - started,
-                            answered, sum(len(u.live) for u in list(self.ledger.uploads.values())),
-                            memory.get("VmRSS", 0) / 1024)
+                logger.info(
+                    "%4.0f s: %d requests, %d faces live, RSS %.0f MB",
+                    time.monotonic() - started,
+                    answered,
+                    sum(len(u.live) for u in list(self.ledger.uploads.values())),
+                    memory.get("VmRSS", 0) / 1024,
+                )
                 next_log += 30
             time.sleep(min(self.args.sample_s, max(0.0, end - time.monotonic())))
         for t in threads:
@@ -467,8 +542,9 @@ class Prober:
     def given_up(self) -> bool:
         return self.failures >= self.BREAKER or time.monotonic() > self.deadline
 
-    def send(self, method: str, path: str, *, force: bool = False,
-             **kwargs: object) -> tuple[str, httpx.Response | None]:
+    def send(
+        self, method: str, path: str, *, force: bool = False, **kwargs: object
+    ) -> tuple[str, httpx.Response | None]:
         """(status, response): the status code as text, or why there is none (the error's name, "skipped").
         force: send it even when the phase has given up."""
         if self.given_up and not force:
@@ -544,8 +620,9 @@ def stored_files(thumbs: Path) -> tuple[set[str], list[Path]]:
     return ids, pending
 
 
-def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vectors: int, rng: random.Random,
-              seconds: float) -> tuple[list[Check], str]:
+def integrity(
+    server: Server, ledger: Ledger, variants: Variants, baseline_vectors: int, rng: random.Random, seconds: float
+) -> tuple[list[Check], str]:
     with httpx.Client(base_url=server.base_url, timeout=20) as http:
         probe = Prober(http, seconds)
         settle(probe)
@@ -555,10 +632,18 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
         checks: list[Check] = []
 
         answers = Counter(probe.status("GET", f"/thumbs/{i}") for i in sorted(live))
-        checks.append(Check("live faces served", answers["200"] == len(live),
-                            f"{answers['200']}/{len(live)} GET /thumbs 200"
-                            + (f"; others {dict(answers - Counter({'200': answers['200']}))}"
-                               if answers["200"] != len(live) else "")))
+        checks.append(
+            Check(
+                "live faces served",
+                answers["200"] == len(live),
+                f"{answers['200']}/{len(live)} GET /thumbs 200"
+                + (
+                    f"; others {dict(answers - Counter({'200': answers['200']}))}"
+                    if answers["200"] != len(live)
+                    else ""
+                ),
+            )
+        )
 
         with_live = [u for u in ledger.uploads.values() if u.live]
         with_deleted = [u for u in ledger.uploads.values() if set(u.ids) & deleted]
@@ -574,8 +659,9 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
             if hashlib.sha256(data).hexdigest() != u.sha:
                 bad_bytes += 1
                 continue
-            status, response = probe.send("POST", "/api/search", params={"top_k": 100},
-                                          files={"file": ("own.jpg", data, "image/jpeg")})
+            status, response = probe.send(
+                "POST", "/api/search", params={"top_k": 100}, files={"file": ("own.jpg", data, "image/jpeg")}
+            )
             if status != "200" or response is None:
                 failed[status] += 1
                 continue
@@ -587,50 +673,92 @@ def integrity(server: Server, ledger: Ledger, variants: Variants, baseline_vecto
                 else:
                     not_found.append(f"{u.source}: {len(u.live - matched)} of {len(u.live)} faces not found")
             served_erased.extend(sorted(matched & deleted))
-        checks.append(Check("found by own photo", not not_found and not failed and not bad_bytes and bool(sample),
-                            f"{found}/{len(sample)} uploads found all their live faces; {searched} searches "
-                            f"answered 200" + (f", others {dict(failed)}" if failed else "")
-                            + (f"; {bad_bytes} photos not rebuilt byte for byte" if bad_bytes else "")
-                            + (f"; e.g. {not_found[:2]}" if not_found else "")))
+        checks.append(
+            Check(
+                "found by own photo",
+                not not_found and not failed and not bad_bytes and bool(sample),
+                f"{found}/{len(sample)} uploads found all their live faces; {searched} searches "
+                f"answered 200"
+                + (f", others {dict(failed)}" if failed else "")
+                + (f"; {bad_bytes} photos not rebuilt byte for byte" if bad_bytes else "")
+                + (f"; e.g. {not_found[:2]}" if not_found else ""),
+            )
+        )
 
         answers = Counter(probe.status("GET", f"/thumbs/{i}") for i in sorted(deleted))
-        checks.append(Check("erased not served", answers["404"] == len(deleted) and not served_erased,
-                            f"{answers['404']}/{len(deleted)} deleted ids GET /thumbs 404"
-                            + (f" (others {dict(answers - Counter({'404': answers['404']}))})"
-                               if answers["404"] != len(deleted) else "")
-                            + f"; {len(set(served_erased))} deleted ids in {searched} searches"))
+        checks.append(
+            Check(
+                "erased not served",
+                answers["404"] == len(deleted) and not served_erased,
+                f"{answers['404']}/{len(deleted)} deleted ids GET /thumbs 404"
+                + (
+                    f" (others {dict(answers - Counter({'404': answers['404']}))})"
+                    if answers["404"] != len(deleted)
+                    else ""
+                )
+                + f"; {len(set(served_erased))} deleted ids in {searched} searches",
+            )
+        )
 
-        checks.append(Check("delete answers", not ledger.anomalies,
-                            f"{len(ledger.anomalies)} deletes answered other than the ledger expected"
-                            + (f"; e.g. {ledger.anomalies[:2]}" if ledger.anomalies else "")))
+        checks.append(
+            Check(
+                "delete answers",
+                not ledger.anomalies,
+                f"{len(ledger.anomalies)} deletes answered other than the ledger expected"
+                + (f"; e.g. {ledger.anomalies[:2]}" if ledger.anomalies else ""),
+            )
+        )
 
         on_disk, pending = stored_files(server.thumbs_dir)
         extra, absent = on_disk - live, live - on_disk
-        checks.append(Check("files = ledger", not extra and not absent and not unresolved,
-                            f"{len(on_disk)} thumbnail files, {len(live)} live ids; {len(extra)} files without a "
-                            f"live id, {len(absent)} live ids without a file"
-                            + (f"; {unresolved} uploads the service could not settle" if unresolved else "")
-                            + (f"; orphans e.g. {sorted(extra)[:3]}" if extra else "")))
+        checks.append(
+            Check(
+                "files = ledger",
+                not extra and not absent and not unresolved,
+                f"{len(on_disk)} thumbnail files, {len(live)} live ids; {len(extra)} files without a "
+                f"live id, {len(absent)} live ids without a file"
+                + (f"; {unresolved} uploads the service could not settle" if unresolved else "")
+                + (f"; orphans e.g. {sorted(extra)[:3]}" if extra else ""),
+            )
+        )
 
         status, response = probe.send("GET", "/status")
         vectors = int(response.json()["vectors"]) - baseline_vectors if status == "200" and response else None
-        checks.append(Check("vectors = ledger", vectors == len(live),
-                            f"GET /status {'vectors ' + str(vectors) if vectors is not None else status} "
-                            f"(+{baseline_vectors} before the run), ledger live {len(live)}"))
-        checks.append(Check("nothing pending", not pending,
-                            f"{len(pending)} files under THUMBS_DIR/.pending"
-                            + (f", e.g. {[p.name for p in pending[:2]]}" if pending else "")))
+        checks.append(
+            Check(
+                "vectors = ledger",
+                vectors == len(live),
+                f"GET /status {'vectors ' + str(vectors) if vectors is not None else status} "
+                f"(+{baseline_vectors} before the run), ledger live {len(live)}",
+            )
+        )
+        checks.append(
+            Check(
+                "nothing pending",
+                not pending,
+                f"{len(pending)} files under THUMBS_DIR/.pending"
+                + (f", e.g. {[p.name for p in pending[:2]]}" if pending else ""),
+            )
+        )
         health = probe.status("GET", "/health", force=True)  # these two are asked whatever happened before
         checks.append(Check("healthy", health == "200", f"GET /health {health}"))
         # /health does not ask the engine: one search must still be answered.
         started = time.perf_counter()
-        answer = probe.status("POST", "/api/search", force=True,
-                              files={"file": ("q.jpg", variants.queries[0], "image/jpeg")})
-        checks.append(Check("serves a search", answer == "200",
-                            f"POST /api/search {answer} in {time.perf_counter() - started:.1f} s"))
-    note = (f"{len(ledger.uploads)} uploads, {len(live)} faces live, {len(deleted)} deleted; {resolved} uploads "
-            f"with an unknown outcome resolved from the service ({resolved_faces} faces present, {unresolved} "
-            f"unsettled); {probe.unanswered} check requests unanswered")
+        answer = probe.status(
+            "POST", "/api/search", force=True, files={"file": ("q.jpg", variants.queries[0], "image/jpeg")}
+        )
+        checks.append(
+            Check(
+                "serves a search",
+                answer == "200",
+                f"POST /api/search {answer} in {time.perf_counter() - started:.1f} s",
+            )
+        )
+    note = (
+        f"{len(ledger.uploads)} uploads, {len(live)} faces live, {len(deleted)} deleted; {resolved} uploads "
+        f"with an unknown outcome resolved from the service ({resolved_faces} faces present, {unresolved} "
+        f"unsettled); {probe.unanswered} check requests unanswered"
+    )
     return checks, note
 
 
@@ -641,8 +769,9 @@ def ms(values: list[float], q: float) -> str:
 
 def print_answers(stats: Stats, seconds: float) -> int:
     """Answers per kind; returns how many were unexpected."""
-    print(f"answers per kind over {seconds / 60:.1f} min (latency in ms; unexpected: outside the kind's "
-          "expected answers)")
+    print(
+        f"answers per kind over {seconds / 60:.1f} min (latency in ms; unexpected: outside the kind's expected answers)"
+    )
     header = f"{'kind':<16} {'requests':>8} {'p50':>7} {'p95':>7} {'unexp.':>6}  statuses"
     print(header)
     print("-" * 100)
@@ -652,12 +781,17 @@ def print_answers(stats: Stats, seconds: float) -> int:
         counts = Counter(s for s, _ in answers)
         unexpected = sum(n for s, n in counts.items() if s not in EXPECTED.get(kind, set()))
         unexpected_total += unexpected
-        print(f"{kind:<16} {len(answers):>8} {ms([t for _, t in answers], 50):>7} {ms([t for _, t in answers], 95):>7} "
-              f"{unexpected:>6}  {', '.join(f'{s} x{n}' for s, n in sorted(counts.items()))}")
+        print(
+            f"{kind:<16} {len(answers):>8} {ms([t for _, t in answers], 50):>7} {ms([t for _, t in answers], 95):>7} "
+            f"{unexpected:>6}  {', '.join(f'{s} x{n}' for s, n in sorted(counts.items()))}"
+        )
     total = sum(len(v) for v in stats.answers.values())
     print(f"{'all':<16} {total:>8}   ({total / seconds:.1f} requests/s)")
-    last = [f"{kind} {status} at {stats.last[kind, status]:.0f} s" for kind, status in
-            (("search", "200"), ("index", "201")) if (kind, status) in stats.last]
+    last = [
+        f"{kind} {status} at {stats.last[kind, status]:.0f} s"
+        for kind, status in (("search", "200"), ("index", "201"))
+        if (kind, status) in stats.last
+    ]
     print(f"latest engine answers: {', '.join(last) or 'none'} (of {seconds:.0f} s)")
     return unexpected_total
 
@@ -689,21 +823,29 @@ def log_errors(server: Server) -> Counter[str]:
 
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=5.0, help="minutes of traffic (default 5)")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="client seconds per request (default 60)")
     parser.add_argument("--chunked-mb", type=float, default=30.0, help="size of the chunked upload (default 30)")
     parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples (default 5)")
-    parser.add_argument("--check-minutes", type=float, default=10.0,
-                        help="at most this long for the integrity checks (default 10)")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting for the service (repeatable), e.g. --env GPU_ACQUIRE_TIMEOUT=2")
+    parser.add_argument(
+        "--check-minutes", type=float, default=10.0, help="at most this long for the integrity checks (default 10)"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the service (repeatable), e.g. --env GPU_ACQUIRE_TIMEOUT=2",
+    )
     parser.add_argument("--app-dir", type=Path, default=REPO, help="checkout whose `app` is run (default: this)")
-    parser.add_argument("--state-dir", type=Path, help="the service's state folder, kept afterwards (default: a "
-                                                       "temporary one, removed)")
+    parser.add_argument(
+        "--state-dir", type=Path, help="the service's state folder, kept afterwards (default: a temporary one, removed)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= 120 or not 1 <= args.clients <= 500:
@@ -722,8 +864,14 @@ def main(argv: list[str] | None = None) -> None:
         with httpx.Client(base_url=server.base_url, timeout=30) as http:
             baseline_vectors = int(http.get("/status").json()["vectors"])
         reset_peak(server.pid)
-        logger.info("soak: %d clients for %.1f min against %s (%d photos, run %s)", args.clients, args.minutes,
-                    server.base_url, len(variants.images), run)
+        logger.info(
+            "soak: %d clients for %.1f min against %s (%d photos, run %s)",
+            args.clients,
+            args.minutes,
+            server.base_url,
+            len(variants.images),
+            run,
+        )
         started, load_before = time.monotonic(), os.getloadavg()[0]
         samples = traffic.run(args.minutes * 60)
         load_after = os.getloadavg()[0]
@@ -731,29 +879,38 @@ def main(argv: list[str] | None = None) -> None:
         alive = server.alive()
         if alive:
             logger.info("traffic stopped after %.0f s; integrity check", seconds)
-            checks, note = integrity(server, ledger, variants, baseline_vectors, random.Random(args.seed),
-                                     args.check_minutes * 60)
+            checks, note = integrity(
+                server, ledger, variants, baseline_vectors, random.Random(args.seed), args.check_minutes * 60
+            )
             memory = server.memory_kb()
         else:
             checks, note, memory = [Check("service alive", False, f"exited with {server.proc.returncode}")], "", {}
         errors = log_errors(server)
 
-    print(f"soak: {args.clients} clients, {seconds / 60:.1f} min, service {args.app_dir.resolve()}, settings "
-          f"{env or 'default'}; machine load average {load_before:.1f} -> {load_after:.1f} ({os.cpu_count()} CPUs)")
+    print(
+        f"soak: {args.clients} clients, {seconds / 60:.1f} min, service {args.app_dir.resolve()}, settings "
+        f"{env or 'default'}; machine load average {load_before:.1f} -> {load_after:.1f} ({os.cpu_count()} CPUs)"
+    )
     unexpected = print_answers(traffic.stats, seconds)
-    print(f"  {'PASS' if not unexpected else 'FAIL'}  every answer among its kind's expected ones "
-          f"({unexpected} unexpected)")
+    print(
+        f"  {'PASS' if not unexpected else 'FAIL'}  every answer among its kind's expected ones "
+        f"({unexpected} unexpected)"
+    )
     print(f"integrity ({note})")
     for c in checks:
         print(f"  {'PASS' if c.ok else 'FAIL'}  {c.name:<20} {c.detail}")
     rss = [kb for _, kb in samples]
     if rss:
         quarter = [rss[min(len(rss) - 1, round(q * (len(rss) - 1)))] / 1024 for q in (0, 0.25, 0.5, 0.75, 1)]
-        print(f"memory: warm RSS {server.warm_rss_kb / 1024:.0f} MB; RSS over the run (0/25/50/75/100 %) "
-              f"{' / '.join(f'{v:.0f}' for v in quarter)} MB, max sampled {max(rss) / 1024:.0f} MB")
+        print(
+            f"memory: warm RSS {server.warm_rss_kb / 1024:.0f} MB; RSS over the run (0/25/50/75/100 %) "
+            f"{' / '.join(f'{v:.0f}' for v in quarter)} MB, max sampled {max(rss) / 1024:.0f} MB"
+        )
     if memory:
-        print(f"memory at the end: RSS {memory['VmRSS'] / 1024:.0f} MB, peak (VmHWM, since the traffic began) "
-              f"{memory['VmHWM'] / 1024:.0f} MB")
+        print(
+            f"memory at the end: RSS {memory['VmRSS'] / 1024:.0f} MB, peak (VmHWM, since the traffic began) "
+            f"{memory['VmHWM'] / 1024:.0f} MB"
+        )
     print(f"service log: {sum(errors.values())} errors" + (", by kind:" if errors else ""))
     for text, count in errors.most_common(10):
         print(f"  {count:>5} x {text[:220]}")

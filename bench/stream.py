@@ -40,8 +40,10 @@ GOAL_RATE = 100.0
 MODES = {
     "predict": lambda frame: {"command": "predict", "image": frame},
     "process_frame": lambda frame: {"event": "process_frame", "data": {"frame": frame}},
-    "process_frame+search": lambda frame: {"event": "process_frame", "data": {"frame": frame,
-                                                                              "settings": {"search": True}}},
+    "process_frame+search": lambda frame: {
+        "event": "process_frame",
+        "data": {"frame": frame, "settings": {"search": True}},
+    },
 }
 
 
@@ -51,7 +53,7 @@ def one_face_frame(width: int = 640, height: int = 480) -> bytes:
     face = cv2.resize(face, (min(width, round(face.shape[1] * height / face.shape[0])), height))
     frame = np.full((height, width, 3), 128, np.uint8)
     left = (width - face.shape[1]) // 2
-    frame[:, left:left + face.shape[1]] = face
+    frame[:, left : left + face.shape[1]] = face
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
     assert ok
     return buf.tobytes()
@@ -77,8 +79,9 @@ def server_seconds(answer: dict[str, Any]) -> float | None:
     return None
 
 
-def stream(url: str, message: str, *, frames: int, seconds: float, run: Run, lock: threading.Lock,
-           start: threading.Barrier) -> None:
+def stream(
+    url: str, message: str, *, frames: int, seconds: float, run: Run, lock: threading.Lock, start: threading.Barrier
+) -> None:
     """One client: send, wait for the answer, send the next; until `frames` answers or `seconds` passed."""
     with connect(url, max_size=None, open_timeout=60) as ws:
         json.loads(ws.recv(timeout=60))  # connected
@@ -106,8 +109,14 @@ def stream(url: str, message: str, *, frames: int, seconds: float, run: Run, loc
 def measure(url: str, message: str, clients: int, frames: int, seconds: float) -> Run:
     run, lock = Run(), threading.Lock()
     start = threading.Barrier(clients + 1)
-    threads = [threading.Thread(target=stream, args=(url, message), kwargs={
-        "frames": frames, "seconds": seconds, "run": run, "lock": lock, "start": start}) for _ in range(clients)]
+    threads = [
+        threading.Thread(
+            target=stream,
+            args=(url, message),
+            kwargs={"frames": frames, "seconds": seconds, "run": run, "lock": lock, "start": start},
+        )
+        for _ in range(clients)
+    ]
     for t in threads:
         t.start()
     start.wait()
@@ -123,9 +132,11 @@ def report(name: str, clients: int, run: Run) -> None:
         print(f"{name:22s} {clients:2d} client(s): no answers; errors {run.errors}")
         return
     errors = f"  errors {run.errors}" if run.errors else ""
-    print(f"{name:22s} {clients:2d} client(s): {run.rate:6.1f} frames/s   round trip p50 "
-          f"{percentile_ms(run.round_trips, 50):6.1f} ms  p95 {percentile_ms(run.round_trips, 95):6.1f} ms   "
-          f"server p50 {percentile_ms(run.server, 50):6.1f} ms{errors}")
+    print(
+        f"{name:22s} {clients:2d} client(s): {run.rate:6.1f} frames/s   round trip p50 "
+        f"{percentile_ms(run.round_trips, 50):6.1f} ms  p95 {percentile_ms(run.round_trips, 95):6.1f} ms   "
+        f"server p50 {percentile_ms(run.server, 50):6.1f} ms{errors}"
+    )
 
 
 def profile(frame: bytes, reps: int) -> None:
@@ -158,8 +169,7 @@ def profile(frame: bytes, reps: int) -> None:
     stages = [
         ("base64 decode", lambda: base64.b64decode(text, validate=True)),
         ("JPEG decode", lambda: decode_image(frame, max_bytes=20 << 20, max_pixels=50_000_000)),
-        ("JPEG decode at 320", lambda: decode_image(frame, max_bytes=20 << 20, max_pixels=50_000_000,
-                                                    max_side=320)),
+        ("JPEG decode at 320", lambda: decode_image(frame, max_bytes=20 << 20, max_pixels=50_000_000, max_side=320)),
         ("detect 640x480 (SCRFD)", lambda: engine.detector.detect([decoded.pixels])),
         ("detect 320x240", lambda: engine.detector.detect([small.pixels])),
         ("align (112x112)", lambda: align_face(decoded.pixels, kps[0])),
@@ -195,10 +205,12 @@ def main() -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes) or "predict" not in modes:
         parser.error(f"--modes: give predict and any of {', '.join(MODES)}")
-    print(f"frame: 640x480 JPEG, one face, {len(frame) / 1024:.0f} KB ({len(text) / 1024:.0f} KB base64); "
-          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; service env ORT_THREADS="
-          f"{os.environ.get('ORT_THREADS', '0')} GPU_CONCURRENCY={os.environ.get('GPU_CONCURRENCY', '1')} "
-          f"PREDICT_MAX_SIDE={os.environ.get('PREDICT_MAX_SIDE', '320')}")
+    print(
+        f"frame: 640x480 JPEG, one face, {len(frame) / 1024:.0f} KB ({len(text) / 1024:.0f} KB base64); "
+        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; service env ORT_THREADS="
+        f"{os.environ.get('ORT_THREADS', '0')} GPU_CONCURRENCY={os.environ.get('GPU_CONCURRENCY', '1')} "
+        f"PREDICT_MAX_SIDE={os.environ.get('PREDICT_MAX_SIDE', '320')}"
+    )
 
     def run_all(url: str) -> dict[tuple[str, int], Run]:
         results = {}
@@ -214,26 +226,39 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="oceano-stream-") as state:
             port = free_port()
-            env = {**os.environ, "STATE_DIR": state, "QDRANT_PATH": f"{state}/qdrant",
-                   "THUMBS_DIR": f"{state}/thumbs", "LOG_LEVEL": "warning", "HOST": "127.0.0.1"}
+            env = {
+                **os.environ,
+                "STATE_DIR": state,
+                "QDRANT_PATH": f"{state}/qdrant",
+                "THUMBS_DIR": f"{state}/thumbs",
+                "LOG_LEVEL": "warning",
+                "HOST": "127.0.0.1",
+            }
             with running_service(env, port) as http:
-                r = http.post("/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())},
-                              data={"subject": "team"})
+                r = http.post(
+                    "/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())}, data={"subject": "team"}
+                )
                 if r.status_code != 201:
                     raise SystemExit(f"indexing players.jpg failed: {r.status_code} {r.text[:300]}")
                 results = run_all(f"ws://127.0.0.1:{port}/ws")
                 stats = httpx.get(f"http://127.0.0.1:{port}/api/stats").json()
-                print(f"service /api/stats: {stats['total_frames_processed']} frames processed, "
-                      f"{stats['total_frames_dropped']} dropped, {stats['total_frames_failed']} failed, "
-                      f"average {stats['average_processing_time']} ms, p95 {stats['p95_processing_time']} ms")
+                print(
+                    f"service /api/stats: {stats['total_frames_processed']} frames processed, "
+                    f"{stats['total_frames_dropped']} dropped, {stats['total_frames_failed']} failed, "
+                    f"average {stats['average_processing_time']} ms, p95 {stats['p95_processing_time']} ms"
+                )
 
     one, many = results["predict", 1], results["predict", args.clients]
     p50 = percentile_ms(one.round_trips, 50) if one.round_trips else float("inf")
     print("\ngoals (2-core CPU, bundled pack):")
-    print(f"  predict p50, one client    {p50:7.1f} ms   goal <= {GOAL_P50_MS:.0f} ms   "
-          f"{'PASS' if p50 <= GOAL_P50_MS else 'FAIL'}")
-    print(f"  predictions/s, {args.clients} clients   {many.rate:7.1f}      goal >= {GOAL_RATE:.0f}      "
-          f"{'PASS' if many.rate >= GOAL_RATE else 'FAIL'}")
+    print(
+        f"  predict p50, one client    {p50:7.1f} ms   goal <= {GOAL_P50_MS:.0f} ms   "
+        f"{'PASS' if p50 <= GOAL_P50_MS else 'FAIL'}"
+    )
+    print(
+        f"  predictions/s, {args.clients} clients   {many.rate:7.1f}      goal >= {GOAL_RATE:.0f}      "
+        f"{'PASS' if many.rate >= GOAL_RATE else 'FAIL'}"
+    )
     if args.profile_reps:
         profile(frame, args.profile_reps)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

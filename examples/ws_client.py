@@ -39,8 +39,10 @@ def image_message(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {"search": args.search, "top_k": args.top_k}
     if args.crowd_threshold is not None:
         settings["crowd_threshold"] = args.crowd_threshold
-    return {"event": "process_frame", "data": {"frame": data, "timestamp": round(time.time() * 1000),
-                                               "settings": settings}}
+    return {
+        "event": "process_frame",
+        "data": {"frame": data, "timestamp": round(time.time() * 1000), "settings": settings},
+    }
 
 
 def is_error(answer: dict[str, Any]) -> bool:
@@ -48,8 +50,9 @@ def is_error(answer: dict[str, Any]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("image", nargs="?", type=Path, help="an image to analyse")
     what.add_argument("--health", action="store_true", help="the service's health")
@@ -57,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--model-info", action="store_true", help="the emotion model")
     what.add_argument("--folder", type=Path, help="analyse every image in this folder")
     parser.add_argument("--url", default="ws://localhost:9100/ws", help="the socket (default %(default)s)")
-    parser.add_argument("--frame", action="store_true", help="send images as process_frame (all faces, crowd "
-                                                             "level) instead of predict")
+    parser.add_argument(
+        "--frame", action="store_true", help="send images as process_frame (all faces, crowd level) instead of predict"
+    )
     parser.add_argument("--search", action="store_true", help="with --frame: name each face's closest match")
     parser.add_argument("--top-k", type=int, default=1, help="with --search: matches per face (default 1)")
     parser.add_argument("--crowd-threshold", type=int, help="with --frame: crowd_warning past this many faces")

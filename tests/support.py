@@ -57,8 +57,10 @@ def require_eval_dir(path: Path = EVAL_DIR, env: Mapping[str, str] = os.environ)
     """The labelled eval set, or: in CI a failure (its tests must run there), elsewhere a skip saying why."""
     if (path / "labels.csv").is_file():
         return path
-    where = f"labelled eval set not found at {path} (no labels.csv; put ../shared/eval beside the checkout or set " \
-            f"OCEANO_EVAL_DIR)"
+    where = (
+        f"labelled eval set not found at {path} (no labels.csv; put ../shared/eval beside the checkout or set "
+        f"OCEANO_EVAL_DIR)"
+    )
     if in_ci(env):
         pytest.fail(f"{where}: CI must run the eval-set tests", pytrace=False)
     pytest.skip(f"{where}; skipped outside CI")
@@ -140,8 +142,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def match_boxes(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> list[tuple[int, int, float]]:
     """Pairs (i, j, IoU), one-to-one, greedily from the best overlap down; pairs that do not overlap are left out."""
-    candidates = sorted(((box_iou(a, b), i, j) for i, a in enumerate(ours) for j, b in enumerate(theirs)),
-                        reverse=True)
+    candidates = sorted(((box_iou(a, b), i, j) for i, a in enumerate(ours) for j, b in enumerate(theirs)), reverse=True)
     pairs, used_i, used_j = [], set(), set()
     for iou, i, j in candidates:
         if iou > 0 and i not in used_i and j not in used_j:
@@ -170,7 +171,7 @@ def large_face_jpeg(*, width: int = 4000, height: int = 3000, noise: float = 22.
     scaled = cv2.resize(face, (round(face.shape[1] * height / face.shape[0]), height), interpolation=cv2.INTER_CUBIC)
     canvas = np.full((height, width, 3), 120, np.uint8)
     left = (width - scaled.shape[1]) // 2
-    canvas[:, left:left + scaled.shape[1]] = scaled
+    canvas[:, left : left + scaled.shape[1]] = scaled
     grain = np.random.default_rng(0).standard_normal(canvas.shape, dtype=np.float32) * noise
     noisy = np.clip(canvas + grain, 0, 255).astype(np.uint8)
     ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -239,8 +240,7 @@ class Workspace:
 
     def open(self) -> None:
         # Ingest runs no classifier head: an empty registry.
-        self.services = open_services(self.settings, models=(self.engine, HeadRegistry()), batcher=False,
-                                      jobs=False)
+        self.services = open_services(self.settings, models=(self.engine, HeadRegistry()), batcher=False, jobs=False)
         assert isinstance(self.services.store, EdgeStore)
 
     @property
@@ -265,9 +265,16 @@ class Workspace:
         retry = options.pop("retry", FAST_RETRY)
         on_commit = options.pop("on_commit", None)
         infer_batch = options.pop("infer_batch", None)
-        return IngestJob(root=root, options=IngestOptions(**options), service=self.service,  # type: ignore[arg-type]
-                         state=self.state, settings=self.settings, retry=retry, on_commit=on_commit,  # type: ignore[arg-type]
-                         infer_batch=infer_batch)  # type: ignore[arg-type]
+        return IngestJob(
+            root=root,
+            options=IngestOptions(**options),
+            service=self.service,  # type: ignore[arg-type]
+            state=self.state,
+            settings=self.settings,
+            retry=retry,
+            on_commit=on_commit,  # type: ignore[arg-type]
+            infer_batch=infer_batch,
+        )  # type: ignore[arg-type]
 
     def ids(self) -> set[str]:
         return all_point_ids(self.store)
@@ -294,8 +301,9 @@ def all_point_ids(store: EdgeStore) -> set[str]:
     ids: set[str] = set()
     offset = None
     while True:
-        records, offset = store._shard.scroll(ScrollRequest(offset=offset, limit=1000, with_payload=False,
-                                                            with_vector=False))
+        records, offset = store._shard.scroll(
+            ScrollRequest(offset=offset, limit=1000, with_payload=False, with_vector=False)
+        )
         ids.update(str(r.id) for r in records)
         if offset is None:
             return ids
@@ -315,9 +323,17 @@ def live_service(settings: Settings) -> Iterator[str]:
     """The real app under uvicorn in a thread, on a free port; yields its URL."""
     port = free_port()
     # As `python -m app` runs it: the app reads forwarded headers itself (FORWARDED_ALLOW_IPS).
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           proxy_headers=False, access_log=False,
-                                           ws_max_size=settings.ws_max_message_bytes))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            proxy_headers=False,
+            access_log=False,
+            ws_max_size=settings.ws_max_message_bytes,
+        )
+    )
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -348,7 +364,7 @@ def one_face_frame(width: int = 640, height: int = 480, quality: int = 85) -> by
     face = cv2.resize(face, (min(width, round(face.shape[1] * scale)), height))
     frame = np.full((height, width, 3), 128, np.uint8)
     left = (width - face.shape[1]) // 2
-    frame[:, left:left + face.shape[1]] = face
+    frame[:, left : left + face.shape[1]] = face
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buf.tobytes()

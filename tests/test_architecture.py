@@ -25,8 +25,9 @@ def test_import_contracts_are_kept() -> None:
 
 
 def test_no_module_is_over_the_size_limit() -> None:
-    sizes = {path.relative_to(REPO).as_posix(): len(path.read_text().splitlines())
-             for path in (REPO / "app").rglob("*.py")}
+    sizes = {
+        path.relative_to(REPO).as_posix(): len(path.read_text().splitlines()) for path in (REPO / "app").rglob("*.py")
+    }
     assert sizes, "no modules found"
     too_long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"

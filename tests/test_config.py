@@ -24,15 +24,19 @@ def test_default_search_uses_top_k_from_the_environment(client_factory, photos) 
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("RATE_LIMIT", "5/fortnight", "RATE_LIMIT"),
-    ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,proxy.local", "FORWARDED_ALLOW_IPS"),
-    ("CORS_ORIGINS", "app.example.org", "CORS_ORIGINS"),
-    ("AUTH_READS", "sometimes", "auth_reads"),
-    ("LOG_FORMAT", "xml", "log_format"),
-])
-def test_access_settings_are_checked_at_start_up(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RATE_LIMIT", "5/fortnight", "RATE_LIMIT"),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,proxy.local", "FORWARDED_ALLOW_IPS"),
+        ("CORS_ORIGINS", "app.example.org", "CORS_ORIGINS"),
+        ("AUTH_READS", "sometimes", "auth_reads"),
+        ("LOG_FORMAT", "xml", "log_format"),
+    ],
+)
+def test_access_settings_are_checked_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message):
         Settings()

@@ -38,16 +38,20 @@ def photo(photos) -> Image.Image:  # type: ignore[no-untyped-def]
     return Image.open(photos.yaoming).convert("RGB")
 
 
-@pytest.mark.parametrize(("fmt", "expected", "kwargs"), [
-    ("JPEG", ImageFormat.JPEG, {}),
-    ("PNG", ImageFormat.PNG, {}),
-    ("WEBP", ImageFormat.WEBP, {"quality": 90}),
-    ("BMP", ImageFormat.BMP, {}),
-    ("TIFF", ImageFormat.TIFF, {}),
-    ("GIF", ImageFormat.GIF, {}),
-])
-def test_each_format_decodes_to_bgr(photo: Image.Image, fmt: str, expected: ImageFormat,
-                                    kwargs: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "expected", "kwargs"),
+    [
+        ("JPEG", ImageFormat.JPEG, {}),
+        ("PNG", ImageFormat.PNG, {}),
+        ("WEBP", ImageFormat.WEBP, {"quality": 90}),
+        ("BMP", ImageFormat.BMP, {}),
+        ("TIFF", ImageFormat.TIFF, {}),
+        ("GIF", ImageFormat.GIF, {}),
+    ],
+)
+def test_each_format_decodes_to_bgr(
+    photo: Image.Image, fmt: str, expected: ImageFormat, kwargs: dict[str, object]
+) -> None:
     data = pil_bytes(photo, fmt, **kwargs)
     decoded = decode_image(data, **LIMITS)
     assert decoded.format is expected
@@ -63,7 +67,7 @@ def test_each_format_decodes_to_bgr(photo: Image.Image, fmt: str, expected: Imag
 def test_grey_16bit_cmyk_and_alpha_become_bgr(photo: Image.Image) -> None:
     grey = decode_image(pil_bytes(photo.convert("L"), "PNG"), **LIMITS)
     assert grey.pixels.shape[2] == 3
-    arr16 = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257)
+    arr16 = np.asarray(photo.convert("L"), dtype=np.uint16) * 257
     sixteen = decode_image(pil_bytes(Image.fromarray(arr16), "PNG"), **LIMITS)
     assert sixteen.pixels.dtype == np.uint8 and sixteen.pixels.shape[2] == 3
     assert abs(float(sixteen.pixels.mean()) - float(np.asarray(photo.convert("L")).mean())) < 3
@@ -171,15 +175,19 @@ def test_big_endian_exif_in_jpeg(photo: Image.Image) -> None:
     assert np.array_equal(decoded.pixels, expected)
 
 
-@pytest.mark.parametrize(("fmt", "kwargs", "tolerance"), [
-    ("JPEG", {"quality": 95}, 4.0),
-    ("PNG", {}, 0.0),
-    ("WEBP", {"lossless": True}, 0.0),
-    ("TIFF", {}, 0.0),
-])
+@pytest.mark.parametrize(
+    ("fmt", "kwargs", "tolerance"),
+    [
+        ("JPEG", {"quality": 95}, 4.0),
+        ("PNG", {}, 0.0),
+        ("WEBP", {"lossless": True}, 0.0),
+        ("TIFF", {}, 0.0),
+    ],
+)
 @pytest.mark.parametrize(("orientation", "turns"), [(6, -1), (8, 1)])
-def test_orientation_turns_the_pixels(photo: Image.Image, fmt: str, kwargs: dict[str, object], tolerance: float,
-                                      orientation: int, turns: int) -> None:
+def test_orientation_turns_the_pixels(
+    photo: Image.Image, fmt: str, kwargs: dict[str, object], tolerance: float, orientation: int, turns: int
+) -> None:
     data = pil_bytes(photo, fmt, exif=exif_with(orientation), **kwargs)
     decoded = decode_image(data, **LIMITS)
     expected = np.rot90(bgr(photo), k=turns)
@@ -196,12 +204,19 @@ def test_every_orientation_matches_pillow(photo: Image.Image, orientation: int) 
     assert np.array_equal(decode_image(data, **LIMITS).pixels, expected)
 
 
-@pytest.mark.parametrize(("fmt", "kwargs"), [
-    ("PNG", {"compress_level": 1}), ("WEBP", {"quality": 90, "method": 0}), ("BMP", {}), ("TIFF", {}),
-    ("GIF", {}),
-])
-def test_every_format_is_reduced_early_and_decodes_finer(photo: Image.Image, fmt: str,
-                                                         kwargs: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "kwargs"),
+    [
+        ("PNG", {"compress_level": 1}),
+        ("WEBP", {"quality": 90, "method": 0}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("GIF", {}),
+    ],
+)
+def test_every_format_is_reduced_early_and_decodes_finer(
+    photo: Image.Image, fmt: str, kwargs: dict[str, object]
+) -> None:
     big = photo.resize((2600, 1800))
     data = pil_bytes(big, fmt, **kwargs)
     decoded = decode_image(data, **LIMITS)

@@ -216,7 +216,7 @@ def test_garbage_in_headers_never_raises_anything_else(name: str) -> None:
             mutated[at] = rng.choice((0x00, 0xFF, 0x7F, 0x80, rng.randrange(256)))
         if rng.random() < 0.3:  # a length field pointing far beyond the data
             at = rng.randrange(min(len(mutated) - 4, 160))
-            mutated[at:at + 4] = b"\xff\xff\xff\xf0"
+            mutated[at : at + 4] = b"\xff\xff\xff\xf0"
         try:
             header = read_header(bytes(mutated))
             assert header.width > 0 and header.height > 0 and 1 <= header.orientation <= 8
@@ -235,8 +235,7 @@ def test_pure_garbage_is_refused() -> None:
         blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
         with pytest.raises((BadImage, UnsupportedImage)):
             decode_image(blob, **LIMITS)
-    for signature in (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBP", b"BM", b"II*\0", b"MM\0*",
-                      b"GIF89a"):
+    for signature in (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBP", b"BM", b"II*\0", b"MM\0*", b"GIF89a"):
         with pytest.raises(BadImage, match="corrupt or truncated"):
             decode_image(signature + b"\0" * 3, **LIMITS)
 
@@ -283,10 +282,10 @@ def two_frame_headers_jpeg() -> bytes:
     first, Pillow the last."""
     plain = pil_bytes(Image.new("RGB", (64, 48), (10, 200, 30)), "JPEG")
     at = plain.index(b"\xff\xc0")
-    (length,) = struct.unpack(">H", plain[at + 2:at + 4])
-    huge = bytearray(plain[at:at + 2 + length])
+    (length,) = struct.unpack(">H", plain[at + 2 : at + 4])
+    huge = bytearray(plain[at : at + 2 + length])
     huge[5:9] = struct.pack(">HH", 30_000, 30_000)
-    return plain[:at + 2 + length] + bytes(huge) + plain[at + 2 + length:]
+    return plain[: at + 2 + length] + bytes(huge) + plain[at + 2 + length :]
 
 
 def webp_canvas_smaller_than_frame() -> bytes:
@@ -358,8 +357,9 @@ print(json.dumps(out))
 def test_opencv_limit_follows_max_megapixels_when_imaging_comes_first() -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
     env["MAX_MEGAPIXELS"] = "1"
-    run = subprocess.run([sys.executable, "-c", OPENCV_LIMIT_SCRIPT], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", OPENCV_LIMIT_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["limit"] == 1_000_000

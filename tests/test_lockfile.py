@@ -114,7 +114,8 @@ def test_pins_satisfy_pyproject(lock: tuple[str, list[str], dict[str, Pin]]) -> 
         if pin is None:
             continue  # reported by test_every_dependency_is_pinned
         assert req.specifier.contains(pin.version, prereleases=True), (
-            f"requirements/{kind}.txt pins {pin.name}=={pin.version}, outside pyproject's {req}: run `make lock`")
+            f"requirements/{kind}.txt pins {pin.name}=={pin.version}, outside pyproject's {req}: run `make lock`"
+        )
 
 
 def test_locks_are_wheel_only_and_say_how_to_regenerate(lock: tuple[str, list[str], dict[str, Pin]]) -> None:
@@ -181,10 +182,14 @@ def test_dockerfile_installs_from_the_lock(stage: str) -> None:
     assert all("--require-hashes" in c for c in from_lock), from_lock
     for cmd in installs:  # anything else installs only the package itself, without pulling dependencies
         assert cmd in from_lock or ("--no-deps" in cmd and re.search(r"(-e|--editable) \.(\s|$)", cmd)), (
-            f"{stage} stage installs outside the lock: {cmd}")
+            f"{stage} stage installs outside the lock: {cmd}"
+        )
     # The lock is copied on its own before the app, so that the dependency layer survives code changes.
-    copies = [(i, [a.removeprefix("./").rstrip("/") for a in args.split() if not a.startswith("--")][:-1])
-              for i, (kw, args) in enumerate(instructions) if kw == "COPY"]
+    copies = [
+        (i, [a.removeprefix("./").rstrip("/") for a in args.split() if not a.startswith("--")][:-1])
+        for i, (kw, args) in enumerate(instructions)
+        if kw == "COPY"
+    ]
     lock_copy = [i for i, sources in copies if lock in sources or "requirements" in sources]
     app_copy = [i for i, sources in copies if "app" in sources]
     install_at = next(i for i, (kw, args) in enumerate(instructions) if kw == "RUN" and f"-r {lock}" in args)

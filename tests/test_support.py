@@ -9,8 +9,19 @@ import pytest
 from tests.support import in_ci, require_eval_dir
 
 
-@pytest.mark.parametrize(("value", "ci"), [(None, False), ("", False), ("0", False), ("false", False),
-                                           ("true", True), ("True", True), ("1", True), ("yes", True)])
+@pytest.mark.parametrize(
+    ("value", "ci"),
+    [
+        (None, False),
+        ("", False),
+        ("0", False),
+        ("false", False),
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        ("yes", True),
+    ],
+)
 def test_ci_is_recognised_from_the_environment(value: str | None, ci: bool) -> None:
     assert in_ci({} if value is None else {"CI": value}) is ci
 

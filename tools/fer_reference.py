@@ -38,9 +38,13 @@ def main() -> None:
         if image is None:
             print(f"skipped {path.name}: unreadable", file=sys.stderr)
             continue
-        out[path.name] = [{"box": [int(v) for v in face["box"]],  # x, y, w, h (Haar box, before fer's offsets)
-                           "emotions": {k: float(v) for k, v in face["emotions"].items()}}
-                          for face in detector.detect_emotions(image)]
+        out[path.name] = [
+            {
+                "box": [int(v) for v in face["box"]],  # x, y, w, h (Haar box, before fer's offsets)
+                "emotions": {k: float(v) for k, v in face["emotions"].items()},
+            }
+            for face in detector.detect_emotions(image)
+        ]
     json.dump(out, sys.stdout, indent=1)
     sys.stdout.write("\n")
 

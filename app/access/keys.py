@@ -69,8 +69,9 @@ def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
             try:
                 scopes.add(Scope(part.strip().lower()))
             except ValueError:
-                raise InvalidRequest(f"unknown scope {part.strip()!r}: use "
-                                     f"{', '.join(s.value for s in Scope)}") from None
+                raise InvalidRequest(
+                    f"unknown scope {part.strip()!r}: use {', '.join(s.value for s in Scope)}"
+                ) from None
     if not scopes:
         raise InvalidRequest(f"give at least one scope: {', '.join(s.value for s in Scope)}")
     return frozenset(scopes)
@@ -78,8 +79,10 @@ def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
 
 def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
-        raise InvalidRequest("a key name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
-                             f"digit; got {name[:80]!r}")
+        raise InvalidRequest(
+            "a key name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"digit; got {name[:80]!r}"
+        )
     return name
 
 
@@ -116,8 +119,10 @@ class KeyStore:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f"{self.path}{suffix}", 0o600)
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS api_keys (name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, "
-                   "scopes TEXT NOT NULL, created REAL NOT NULL, last_used REAL)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS api_keys (name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, "
+            "scopes TEXT NOT NULL, created REAL NOT NULL, last_used REAL)"
+        )
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
         return db
@@ -126,9 +131,15 @@ class KeyStore:
         """Read every key (the table is small); the caller holds the lock or is the constructor."""
         rows = self._db.execute("SELECT name, hash, scopes, created, last_used FROM api_keys").fetchall()
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        self._by_hash = {h: KeyInfo(name=name, scopes=frozenset(Scope(s) for s in scopes.split(",") if s),
-                                    created=created, last_used=last_used)
-                         for name, h, scopes, created, last_used in rows}
+        self._by_hash = {
+            h: KeyInfo(
+                name=name,
+                scopes=frozenset(Scope(s) for s in scopes.split(",") if s),
+                created=created,
+                last_used=last_used,
+            )
+            for name, h, scopes, created, last_used in rows
+        }
         self._by_prefix = {h[:16]: h for h in self._by_hash}
 
     def refresh(self) -> bool:
@@ -154,8 +165,10 @@ class KeyStore:
                 used, self._used = self._used, {}
             self._last_touch = time.monotonic()
             if used:
-                self._db.executemany("UPDATE api_keys SET last_used = max(coalesce(last_used, 0), ?) WHERE hash = ?",
-                                     [(t, h) for h, t in used.items()])
+                self._db.executemany(
+                    "UPDATE api_keys SET last_used = max(coalesce(last_used, 0), ?) WHERE hash = ?",
+                    [(t, h) for h, t in used.items()],
+                )
 
     # ------------------------------------------------------------------ watcher (the service)
     def watch(self) -> None:
@@ -192,11 +205,14 @@ class KeyStore:
         info = KeyInfo(name=name, scopes=chosen, created=time.time())
         with self._lock:
             try:
-                self._db.execute("INSERT INTO api_keys (name, hash, scopes, created) VALUES (?, ?, ?, ?)",
-                                 (name, key_hash(key), ",".join(info.scope_list), info.created))
+                self._db.execute(
+                    "INSERT INTO api_keys (name, hash, scopes, created) VALUES (?, ?, ?, ?)",
+                    (name, key_hash(key), ",".join(info.scope_list), info.created),
+                )
             except sqlite3.IntegrityError:
-                raise Conflict(f"a key named {name!r} exists already: revoke it first, or choose another "
-                               "name") from None
+                raise Conflict(
+                    f"a key named {name!r} exists already: revoke it first, or choose another name"
+                ) from None
             self._reload()
         logger.info("API key %r created (scopes: %s)", name, ",".join(info.scope_list))
         return info, key
@@ -221,8 +237,9 @@ class KeyStore:
             infos = self._list()
             with self._used_lock:
                 pending = {self._by_hash[h].name: t for h, t in self._used.items() if h in self._by_hash}
-        return [replace(i, last_used=max(i.last_used or 0.0, pending[i.name])) if i.name in pending else i
-                for i in infos]
+        return [
+            replace(i, last_used=max(i.last_used or 0.0, pending[i.name])) if i.name in pending else i for i in infos
+        ]
 
     def has_keys(self) -> bool:
         """Whether any key exists (no key at all: the service is in protected mode)."""

@@ -47,8 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = services.jobs
         metrics.services = services
         app.state.keys = services.keys
-        logger.info("Oceano ready: collection %s, backend %s", settings.collection_name,
-                    services.store.backend.value)
+        logger.info("Oceano ready: collection %s, backend %s", settings.collection_name, services.store.backend.value)
         try:
             yield
         finally:
@@ -57,8 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stopping.close()
             logger.info("Oceano stopped: store flushed and closed")
 
-    app = FastAPI(title="Oceano", version=__version__, lifespan=lifespan,
-                  description="Self-hosted face search: upload a photo, find similar faces.")
+    app = FastAPI(
+        title="Oceano",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-hosted face search: upload a photo, find similar faces.",
+    )
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
     app.state.realtime_stats = metrics.realtime = RealtimeStats()  # /ws counters: /api/stats and /metrics
@@ -80,9 +83,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AccessGuard, settings=settings)  # keys, scopes, rate limits: before admission and bodies
     app.add_middleware(MethodGuard)  # OPTIONS and wrong methods answered with Allow (no key needed to ask)
     if settings.cors_origin_list:  # outside both: a preflight is answered before keys or methods are checked
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, max_age=600,
-                           allow_methods=["GET", "POST", "DELETE"], expose_headers=["Retry-After", "X-Request-ID"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            max_age=600,
+            allow_methods=["GET", "POST", "DELETE"],
+            expose_headers=["Retry-After", "X-Request-ID"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)  # every answer is counted
     app.add_middleware(RequestContext, proxies=settings.forwarded_networks)  # outermost: client, request id, log
     install_error_handlers(app)

@@ -98,8 +98,11 @@ class RateLimiter:
     def acquire(self, identity: str) -> float | None:
         """Counts one request and returns None, or returns the seconds until one is allowed (nothing counted)."""
         now = time.time()
-        waits = [self._limiter.get_window_stats(item, identity).reset_time - now
-                 for item in self.items if not self._limiter.test(item, identity)]
+        waits = [
+            self._limiter.get_window_stats(item, identity).reset_time - now
+            for item in self.items
+            if not self._limiter.test(item, identity)
+        ]
         if waits:
             return max(1.0, math.ceil(max(waits)))
         for item in self.items:
@@ -107,23 +110,28 @@ class RateLimiter:
         return None
 
 
-def decide(needed: KeyScope | None, info: KeyInfo | None, local: bool, store: KeyStore,
-           reads: ReadAccess) -> OceanoError | None:
+def decide(
+    needed: KeyScope | None, info: KeyInfo | None, local: bool, store: KeyStore, reads: ReadAccess
+) -> OceanoError | None:
     """None when the request may go on, else the error to answer."""
     if needed is PUBLIC or (needed is KeyScope.SEARCH and reads is ReadAccess.OPEN):
         return None
     if info is not None:
         if info.allows(needed):
             return None
-        return AccessDenied(f"the API key {info.name!r} lacks the `{needed}` scope this route needs (its scopes: "
-                            f"{', '.join(info.scope_list)}); use a key with `{needed}` or `admin`")
+        return AccessDenied(
+            f"the API key {info.name!r} lacks the `{needed}` scope this route needs (its scopes: "
+            f"{', '.join(info.scope_list)}); use a key with `{needed}` or `admin`"
+        )
     if store.has_keys():
         return NotAuthenticated(f"this route needs an API key with the `{needed}` scope: {HOW_TO_SEND}")
     if local:
         return None  # protected mode: no key exists yet, this machine may
-    return AccessDenied("no API key exists yet, so this route answers clients on the service's own machine only "
-                        "(protected mode). Create a key there (python -m app.keys create --name NAME --scope "
-                        f"{needed}) and {HOW_TO_SEND}")
+    return AccessDenied(
+        "no API key exists yet, so this route answers clients on the service's own machine only "
+        "(protected mode). Create a key there (python -m app.keys create --name NAME --scope "
+        f"{needed}) and {HOW_TO_SEND}"
+    )
 
 
 class AccessGuard:
@@ -162,8 +170,10 @@ class AccessGuard:
             wait = self.limiter.acquire(identity)
             if wait is not None:
                 who = f"the key {info.name!r}" if info is not None else f"the client {client}"
-                return RateLimited(f"too many requests from {who} (RATE_LIMIT {self.limit_text}); retry in "
-                                   f"{wait:.0f} s", retry_after=wait)
+                return RateLimited(
+                    f"too many requests from {who} (RATE_LIMIT {self.limit_text}); retry in {wait:.0f} s",
+                    retry_after=wait,
+                )
         if key is not None and info is None:
             return NotAuthenticated(f"unknown or revoked API key: {HOW_TO_SEND} with a valid key")
         if needed is PUBLIC or store is None:

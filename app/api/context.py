@@ -103,8 +103,21 @@ class RequestContext:
                 duration = round((time.perf_counter() - started) * 1e3, 1)
                 key = scope["state"].get("key")
                 client = scope["client"][0] if scope.get("client") else None
-                access_log.info("%s %s %d %.1f ms key=%s client=%s", scope["method"], scope["path"], status,
-                                duration, key or "-", client,
-                                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                                       "duration_ms": duration, "key": key, "client": client})
+                access_log.info(
+                    "%s %s %d %.1f ms key=%s client=%s",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    duration,
+                    key or "-",
+                    client,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": duration,
+                        "key": key,
+                        "client": client,
+                    },
+                )
             request_id.reset(token)

@@ -48,10 +48,15 @@ KeysDep = Annotated[KeyStore, Depends(get_keys)]
 TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="matches per face (default TOP_K)")]
 Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]
 Upload = Annotated[UploadFile | None, File(description="an image: JPEG, PNG, WebP, BMP, TIFF or GIF")]
-HeadsQuery = Annotated[str | None, Query(max_length=512, description="comma-separated classifier heads to run "
-                                                                     "on each face, e.g. emotion,genderage "
-                                                                     "(GET /api/heads lists them)")]
-
+HeadsQuery = Annotated[
+    str | None,
+    Query(
+        max_length=512,
+        description="comma-separated classifier heads to run "
+        "on each face, e.g. emotion,genderage "
+        "(GET /api/heads lists them)",
+    ),
+]
 
 
 class ClientGone(Exception):
@@ -96,4 +101,3 @@ async def read_upload(file: UploadFile | None, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ImageTooLarge(f"upload is over the {max_bytes / 2**20:.0f} MB limit (MAX_UPLOAD_MB)")
     return data
-

@@ -33,8 +33,15 @@ from app.errors import (
 )
 
 # Short codes of the router's own answers (unknown path, wrong method, unparsable body).
-HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 413: "too_large", 429: "rate_limited"}
+HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    429: "rate_limited",
+}
 
 # Domain error -> (status, short code). Only this layer knows about status codes.
 ERROR_STATUS: dict[type[OceanoError], tuple[int, str]] = {
@@ -81,8 +88,9 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     def _too_large(self) -> JSONResponse:
-        return error_response(ImageTooLarge(f"request body is over the {self.max_bytes / 2**20:.0f} MB limit "
-                                            "(MAX_UPLOAD_MB)"))
+        return error_response(
+            ImageTooLarge(f"request body is over the {self.max_bytes / 2**20:.0f} MB limit (MAX_UPLOAD_MB)")
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,8 +135,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if request.url.path == "/search" and not wants_json(request):
             service = getattr(app.state, "service", None)
             return templates(request).TemplateResponse(
-                request, "index.html", {"model": service.engine.pack.name if service else "", "faces": None,
-                                        "error": exc.message}, status_code=status, headers=headers)
+                request,
+                "index.html",
+                {"model": service.engine.pack.name if service else "", "faces": None, "error": exc.message},
+                status_code=status,
+                headers=headers,
+            )
         return error_response(exc)
 
     @app.exception_handler(ClientGone)
@@ -140,11 +152,13 @@ def install_error_handlers(app: FastAPI) -> None:
         """The router's and the framework's own errors in the API's error body (ErrorOut)."""
         if exc.status_code < 400:
             return Response(status_code=exc.status_code, headers=exc.headers)
-        return JSONResponse({"detail": str(exc.detail), "error": HTTP_CODES.get(exc.status_code, "http_error")},
-                            status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            {"detail": str(exc.detail), "error": HTTP_CODES.get(exc.status_code, "http_error")},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"detail": f"invalid request: {problems}", "error": "invalid_request"},
-                            status_code=422)
+        return JSONResponse({"detail": f"invalid request: {problems}", "error": "invalid_request"}, status_code=422)

@@ -14,6 +14,12 @@ router = APIRouter()
 
 @router.get("/live", response_class=HTMLResponse, include_in_schema=False)
 async def live(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
-    return templates(request).TemplateResponse(request, "live.html", {
-        "model": service.engine.pack.name, "heads": [h.name for h in service.select_heads(None)],
-        "crowd_threshold": settings.crowd_threshold})
+    return templates(request).TemplateResponse(
+        request,
+        "live.html",
+        {
+            "model": service.engine.pack.name,
+            "heads": [h.name for h in service.select_heads(None)],
+            "crowd_threshold": settings.crowd_threshold,
+        },
+    )

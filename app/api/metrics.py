@@ -60,36 +60,70 @@ class Metrics:
         self.services: Services | None = None  # set by the lifespan; the scrape-time gauges read them
         self.realtime: RealtimeStats | None = None  # /ws counters (app.realtime.stats), set by create_app
         self.http_seconds = Histogram(
-            "oceano_http_request_duration_seconds", "HTTP requests by method, route template and status: seconds "
-            "from the request to the end of the answer", ["method", "route", "status"], buckets=SECONDS,
-            registry=registry)
-        self.key_requests = Counter("oceano_http_requests_by_key", "HTTP requests by API key name (anonymous "
-                                    "without one) and status", ["key", "status"], registry=registry)
-        self.searches = Counter("oceano_search_requests", "Searches answered (POST /api/search and /search)",
-                                registry=registry)
+            "oceano_http_request_duration_seconds",
+            "HTTP requests by method, route template and status: seconds from the request to the end of the answer",
+            ["method", "route", "status"],
+            buckets=SECONDS,
+            registry=registry,
+        )
+        self.key_requests = Counter(
+            "oceano_http_requests_by_key",
+            "HTTP requests by API key name (anonymous without one) and status",
+            ["key", "status"],
+            registry=registry,
+        )
+        self.searches = Counter(
+            "oceano_search_requests", "Searches answered (POST /api/search and /search)", registry=registry
+        )
         self.search_faces = Counter("oceano_search_faces", "Faces found in searched photos", registry=registry)
-        self.search_seconds = Histogram("oceano_search_seconds", "Seconds per answered search, upload to answer",
-                                        buckets=SECONDS, registry=registry)
-        self.faces_indexed = Counter("oceano_faces_indexed", "Faces indexed by uploads (POST /api/faces)",
-                                     registry=registry)
-        self.errors = Counter("oceano_errors", "Requests answered with a domain error, by its code (e.g. busy, "
-                              "bad_image, not_found)", ["error"], registry=registry)
+        self.search_seconds = Histogram(
+            "oceano_search_seconds", "Seconds per answered search, upload to answer", buckets=SECONDS, registry=registry
+        )
+        self.faces_indexed = Counter(
+            "oceano_faces_indexed", "Faces indexed by uploads (POST /api/faces)", registry=registry
+        )
+        self.errors = Counter(
+            "oceano_errors",
+            "Requests answered with a domain error, by its code (e.g. busy, bad_image, not_found)",
+            ["error"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
-            "oceano_inference_batch_size", "Items per model run: images for the detector, faces for the recognizer "
-            "and each head; by model and by who asked (requests, ingest)", ["model", "source"], buckets=BATCH_SIZES,
-            registry=registry)
-        self.batch_seconds = Histogram("oceano_inference_batch_duration_seconds", "Seconds per model run, by model "
-                                       "and source", ["model", "source"], buckets=ENGINE_SECONDS, registry=registry)
+            "oceano_inference_batch_size",
+            "Items per model run: images for the detector, faces for the recognizer "
+            "and each head; by model and by who asked (requests, ingest)",
+            ["model", "source"],
+            buckets=BATCH_SIZES,
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "oceano_inference_batch_duration_seconds",
+            "Seconds per model run, by model and source",
+            ["model", "source"],
+            buckets=ENGINE_SECONDS,
+            registry=registry,
+        )
         self.wait_seconds = Histogram(
-            "oceano_inference_wait_seconds", "Seconds a caller waited for its engine call to start: queue and "
-            "inference slot (requests), inference slot (ingest)", ["source"], buckets=SECONDS, registry=registry)
+            "oceano_inference_wait_seconds",
+            "Seconds a caller waited for its engine call to start: queue and "
+            "inference slot (requests), inference slot (ingest)",
+            ["source"],
+            buckets=SECONDS,
+            registry=registry,
+        )
         self.shed_requests = Counter(
-            "oceano_requests_shed", "Uploads refused with 503 because the engine had more work ahead than "
-            "GPU_ACQUIRE_TIMEOUT: at the door (body unread) or at admission (before decoding)", ["stage"],
-            registry=registry)
+            "oceano_requests_shed",
+            "Uploads refused with 503 because the engine had more work ahead than "
+            "GPU_ACQUIRE_TIMEOUT: at the door (body unread) or at admission (before decoding)",
+            ["stage"],
+            registry=registry,
+        )
         self.dropped_requests = Counter(
-            "oceano_requests_dropped", "Queued requests dropped before inference: waited past their deadline, or "
-            "their client left", ["reason"], registry=registry)
+            "oceano_requests_dropped",
+            "Queued requests dropped before inference: waited past their deadline, or their client left",
+            ["reason"],
+            registry=registry,
+        )
         for stage in Shed:  # every label at 0 from the start: rate() sees the first one
             self.shed_requests.labels(stage.value)
         for reason in Dropped:
@@ -147,8 +181,11 @@ class ServiceGauges(Collector):
         services = self.metrics.services
         if services is None:
             return
-        info = GaugeMetricFamily("oceano_info", "The running service: version, model pack, store backend",
-                                 labels=["version", "model", "backend"])
+        info = GaugeMetricFamily(
+            "oceano_info",
+            "The running service: version, model pack, store backend",
+            labels=["version", "model", "backend"],
+        )
         info.add_metric([__version__, services.engine.pack.name, services.store.backend.value], 1)
         yield info
         gate = services.engine.gate
@@ -156,19 +193,29 @@ class ServiceGauges(Collector):
         yield _gauge("oceano_inference_in_use", "Inference slots running a model now", gate.in_use)
         yield _gauge("oceano_inference_waiting", "Callers waiting for an inference slot now", gate.waiting)
         if services.batcher is not None:
-            yield _gauge("oceano_inference_estimated_wait_seconds", "Seconds a request arriving now would wait "
-                         "for the engine (it is shed over GPU_ACQUIRE_TIMEOUT)", services.batcher.estimated_wait())
+            yield _gauge(
+                "oceano_inference_estimated_wait_seconds",
+                "Seconds a request arriving now would wait for the engine (it is shed over GPU_ACQUIRE_TIMEOUT)",
+                services.batcher.estimated_wait(),
+            )
         count = _safely("the collection size", services.store.count)
         yield _gauge("oceano_store_up", "1 when the vector store answered this scrape, else 0", count is not None)
         if count is not None:
             yield _gauge("oceano_collection_vectors", "Faces (vectors) in the collection", count)
         jobs = services.jobs
         if jobs is not None:
-            yield from _by_status("oceano_ingest_jobs", "Ingest jobs of this collection by status", JobStatus,
-                                  _safely("ingest jobs", lambda: jobs.state.job_counts(jobs.collection)))
-            yield from _by_status("oceano_ingest_files", "Files recorded by ingest for this collection by status",
-                                  FileStatus, _safely("ingest files", lambda: jobs.state.file_counts(jobs.collection)))
-
+            yield from _by_status(
+                "oceano_ingest_jobs",
+                "Ingest jobs of this collection by status",
+                JobStatus,
+                _safely("ingest jobs", lambda: jobs.state.job_counts(jobs.collection)),
+            )
+            yield from _by_status(
+                "oceano_ingest_files",
+                "Files recorded by ingest for this collection by status",
+                FileStatus,
+                _safely("ingest files", lambda: jobs.state.file_counts(jobs.collection)),
+            )
 
     def _realtime(self) -> Iterator[Metric]:
         """The series of GET /api/stats (the WebSocket's frames and connections)."""
@@ -177,26 +224,43 @@ class ServiceGauges(Collector):
             return
         yield _gauge("oceano_ws_connections_open", "WebSockets open now", stats.active_connections)
         for name, documentation, value in (
-                ("oceano_ws_connections_accepted", "WebSockets accepted since start", stats.total_connections),
-                ("oceano_ws_connections_rejected", "WebSockets turned away at MAX_CONCURRENT_CONNECTIONS",
-                 stats.rejected_connections),
-                ("oceano_ws_frames_processed", "Frames and predictions answered with a result",
-                 stats.total_frames_processed),
-                ("oceano_ws_frames_dropped", "Frames replaced by a newer one of the same socket before processing",
-                 stats.total_frames_dropped),
-                ("oceano_ws_frames_failed", "Frames answered with an error", stats.total_frames_failed),
-                ("oceano_ws_alerts", "Alerts sent (after the cool-down)", stats.total_alerts),
-                ("oceano_ws_processing_seconds", "Processing time of the answered frames, summed",
-                 stats.processing_seconds)):
+            ("oceano_ws_connections_accepted", "WebSockets accepted since start", stats.total_connections),
+            (
+                "oceano_ws_connections_rejected",
+                "WebSockets turned away at MAX_CONCURRENT_CONNECTIONS",
+                stats.rejected_connections,
+            ),
+            (
+                "oceano_ws_frames_processed",
+                "Frames and predictions answered with a result",
+                stats.total_frames_processed,
+            ),
+            (
+                "oceano_ws_frames_dropped",
+                "Frames replaced by a newer one of the same socket before processing",
+                stats.total_frames_dropped,
+            ),
+            ("oceano_ws_frames_failed", "Frames answered with an error", stats.total_frames_failed),
+            ("oceano_ws_alerts", "Alerts sent (after the cool-down)", stats.total_alerts),
+            (
+                "oceano_ws_processing_seconds",
+                "Processing time of the answered frames, summed",
+                stats.processing_seconds,
+            ),
+        ):
             counter = CounterMetricFamily(name, documentation)
             counter.add_metric([], value)
             yield counter
-        yield _gauge("oceano_ws_processing_p95_seconds", "95th percentile of the latest frames' processing time",
-                     stats.p95_processing_time / 1e3)
+        yield _gauge(
+            "oceano_ws_processing_p95_seconds",
+            "95th percentile of the latest frames' processing time",
+            stats.p95_processing_time / 1e3,
+        )
 
 
-def _by_status(name: str, documentation: str, statuses: type[JobStatus] | type[FileStatus],
-               counts: dict[str, int] | None) -> Iterator[Metric]:
+def _by_status(
+    name: str, documentation: str, statuses: type[JobStatus] | type[FileStatus], counts: dict[str, int] | None
+) -> Iterator[Metric]:
     if counts is None:
         return
     family = GaugeMetricFamily(name, documentation, labels=["status"])

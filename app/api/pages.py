@@ -48,15 +48,27 @@ def head_summary(head: Head, attributes: dict[str, Any]) -> str | None:
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def index(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
     """The page; with AUTH_READS=key it asks for a key once (kept in the browser's session) and sends it."""
-    return templates(request).TemplateResponse(request, "index.html", {
-        "model": service.engine.pack.name, "faces": None, "error": None,
-        "key_needed": settings.auth_reads is ReadAccess.KEY})
-
+    return templates(request).TemplateResponse(
+        request,
+        "index.html",
+        {
+            "model": service.engine.pack.name,
+            "faces": None,
+            "error": None,
+            "key_needed": settings.auth_reads is ReadAccess.KEY,
+        },
+    )
 
 
 @router.post("/search", tags=["search"], response_model=SearchOut, responses=or_html(errors(*UPLOAD)))
-async def search_page(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
-                      top_k: TopK = None, threshold: Threshold = None) -> Response:
+async def search_page(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    file: Upload = None,
+    top_k: TopK = None,
+    threshold: Threshold = None,
+) -> Response:
     """The page's form target: HTML results, or JSON with `Accept: application/json`. The default heads (HEADS,
     e.g. emotion) run on each face and are shown next to its matches."""
     started = time.perf_counter()
@@ -70,10 +82,22 @@ async def search_page(request: Request, service: ServiceDep, settings: SettingsD
         body = SearchOut(faces=[face_out(f) for f in faces], took_ms=took, model=service.engine.pack.name)
         return JSONResponse(body.model_dump())
     crops = await run_blocking(request, lambda: [f.thumbnail(settings.thumb_size) for f in faces])
-    view = [{"out": face_out(f), "crop": base64.b64encode(crop).decode(),
-             "tags": [t for h in heads if (t := head_summary(h, f.face.attributes))]}
-            for f, crop in zip(faces, crops, strict=True)]
-    return templates(request).TemplateResponse(request, "index.html", {
-        "model": service.engine.pack.name, "faces": view, "error": None, "took_ms": took,
-        "filename": file.filename if file else None})
-
+    view = [
+        {
+            "out": face_out(f),
+            "crop": base64.b64encode(crop).decode(),
+            "tags": [t for h in heads if (t := head_summary(h, f.face.attributes))],
+        }
+        for f, crop in zip(faces, crops, strict=True)
+    ]
+    return templates(request).TemplateResponse(
+        request,
+        "index.html",
+        {
+            "model": service.engine.pack.name,
+            "faces": view,
+            "error": None,
+            "took_ms": took,
+            "filename": file.filename if file else None,
+        },
+    )

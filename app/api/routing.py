@@ -64,8 +64,8 @@ def route_path(scope: Scope) -> str:
     """The path the router matches: scope["path"] without the root path the app is mounted under."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
-        return path[len(root):] or "/"
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
     return path
 
 
@@ -89,8 +89,14 @@ class MethodGuard:
                 if method == "OPTIONS":
                     response = Response(status_code=204, headers={"Allow": allow})
                 else:
-                    response = JSONResponse({"detail": f"{method} is not allowed on {path} (allowed: {allow})",
-                                             "error": "method_not_allowed"}, status_code=405, headers={"Allow": allow})
+                    response = JSONResponse(
+                        {
+                            "detail": f"{method} is not allowed on {path} (allowed: {allow})",
+                            "error": "method_not_allowed",
+                        },
+                        status_code=405,
+                        headers={"Allow": allow},
+                    )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -13,8 +13,10 @@ class ErrorOut(BaseModel):
     """Every error answer of the API (4xx, 5xx), whatever raised it."""
 
     detail: str = Field(description="what went wrong and what to do about it, for a person")
-    error: str = Field(description="a short stable code for programs, e.g. bad_image, too_large, busy, not_found, "
-                                   "invalid_request, method_not_allowed")
+    error: str = Field(
+        description="a short stable code for programs, e.g. bad_image, too_large, busy, not_found, "
+        "invalid_request, method_not_allowed"
+    )
 
 
 class MatchOut(BaseModel):
@@ -137,15 +139,18 @@ class StatusOut(BaseModel):
 
 
 class IngestIn(BaseModel):
-    path: str = Field(min_length=1, max_length=4096,
-                      description="absolute path of a folder (walked recursively) or of one image, as the "
-                                  "service sees it")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="absolute path of a folder (walked recursively) or of one image, as the service sees it",
+    )
     batch: int = Field(DEFAULT_BATCH, ge=1, le=MAX_BATCH, description="points per upsert")
     workers: int = Field(DEFAULT_WORKERS, ge=1, le=MAX_WORKERS, description="decode threads")
     resume: bool = Field(True, description="skip files already done (false: reprocess everything)")
     dry_run: bool = Field(False, description="only count what would be ingested")
-    exclude: list[str] = Field(default_factory=list, max_length=100,
-                               description="glob patterns (relative path or name) to leave out")
+    exclude: list[str] = Field(
+        default_factory=list, max_length=100, description="glob patterns (relative path or name) to leave out"
+    )
     follow_symlinks: bool = False
 
 
@@ -155,21 +160,37 @@ class JobListOut(BaseModel):
 
 def face_out(face: SearchedFace) -> FaceOut:
     return FaceOut(
-        bbox=face.bbox, det_score=round(face.face.det_score, 4), kps=face.kps,
-        matches=[MatchOut(id=m.id, score=round(m.score, 4), file=m.payload.get("file"),
-                          face_index=m.payload.get("face_index"), subject=m.payload.get("subject"),
-                          thumb_url=f"/thumbs/{m.id}") for m in face.matches],
+        bbox=face.bbox,
+        det_score=round(face.face.det_score, 4),
+        kps=face.kps,
+        matches=[
+            MatchOut(
+                id=m.id,
+                score=round(m.score, 4),
+                file=m.payload.get("file"),
+                face_index=m.payload.get("face_index"),
+                subject=m.payload.get("subject"),
+                thumb_url=f"/thumbs/{m.id}",
+            )
+            for m in face.matches
+        ],
         **face.face.attributes,
     )
 
 
 def analyzed_out(face: AnalyzedFace) -> AnalyzedFaceOut:
-    return AnalyzedFaceOut(bbox=face.bbox, det_score=round(face.face.det_score, 4), kps=face.kps,
-                           **face.face.attributes)
-
+    return AnalyzedFaceOut(
+        bbox=face.bbox, det_score=round(face.face.det_score, 4), kps=face.kps, **face.face.attributes
+    )
 
 
 def head_out(entry: HeadListing) -> HeadOut:
-    return HeadOut(name=entry.spec.name, available=entry.available, reason=entry.reason, default=entry.default,
-                   origin=entry.origin, output_keys=list(entry.spec.output_keys), spec=entry.spec)
-
+    return HeadOut(
+        name=entry.spec.name,
+        available=entry.available,
+        reason=entry.reason,
+        default=entry.default,
+        origin=entry.origin,
+        output_keys=list(entry.spec.output_keys),
+        spec=entry.spec,
+    )

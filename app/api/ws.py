@@ -103,15 +103,15 @@ class Job:
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, *, service: FaceService, settings: Settings,
-                 stats: RealtimeStats) -> None:
+    def __init__(self, websocket: WebSocket, *, service: FaceService, settings: Settings, stats: RealtimeStats) -> None:
         self.websocket = websocket
         self.service = service
         self.settings = settings
         self.stats = stats
         self.client_id = uuid.uuid4().hex
-        self.analyzer = FrameAnalyzer(service, CrowdScale.from_settings(settings),
-                                      predict_max_side=settings.predict_max_side)
+        self.analyzer = FrameAnalyzer(
+            service, CrowdScale.from_settings(settings), predict_max_side=settings.predict_max_side
+        )
         self.throttle = AlertThrottle(settings.alert_cooldown)
         self.pending: Job | None = None
         self.wake = asyncio.Event()
@@ -127,12 +127,24 @@ class Connection:
 
     async def run(self) -> None:
         service = self.service
-        await self.send(proto.event("connected", {
-            "client_id": self.client_id, "server_time": proto.now_ms(), "model": service.engine.pack.name,
-            "heads": service.heads.available(), "default_heads": [h.name for h in service.select_heads(None)],
-            "version": __version__, "max_frame_bytes": self.settings.max_upload_bytes,
-            "crowd_levels": list(self.settings.crowd_levels), "crowd_capacity": self.settings.crowd_capacity,
-            "crowd_threshold": self.settings.crowd_threshold, "alert_cooldown": self.settings.alert_cooldown}))
+        await self.send(
+            proto.event(
+                "connected",
+                {
+                    "client_id": self.client_id,
+                    "server_time": proto.now_ms(),
+                    "model": service.engine.pack.name,
+                    "heads": service.heads.available(),
+                    "default_heads": [h.name for h in service.select_heads(None)],
+                    "version": __version__,
+                    "max_frame_bytes": self.settings.max_upload_bytes,
+                    "crowd_levels": list(self.settings.crowd_levels),
+                    "crowd_capacity": self.settings.crowd_capacity,
+                    "crowd_threshold": self.settings.crowd_threshold,
+                    "alert_cooldown": self.settings.alert_cooldown,
+                },
+            )
+        )
         worker = asyncio.create_task(self.work(), name=f"ws-{self.client_id}")
         try:
             await self.read()
@@ -154,31 +166,46 @@ class Connection:
                 return
             text = message.get("text")
             if text is None:
-                await self.send(proto.error_message("bad_message", "send JSON text messages; a frame goes as "
-                                                    "base64 in \"frame\" (binary messages are not read)"))
+                await self.send(
+                    proto.error_message(
+                        "bad_message",
+                        'send JSON text messages; a frame goes as base64 in "frame" (binary messages are not read)',
+                    )
+                )
             elif len(text) > limit:  # not even parsed
-                await self.send(proto.error_message("too_large", f"the message is over the {limit} characters a "
-                                                    f"frame of MAX_UPLOAD_MB={self.settings.max_upload_mb:g} "
-                                                    "takes", {"max_frame_bytes": self.settings.max_upload_bytes}))
+                await self.send(
+                    proto.error_message(
+                        "too_large",
+                        f"the message is over the {limit} characters a "
+                        f"frame of MAX_UPLOAD_MB={self.settings.max_upload_mb:g} "
+                        "takes",
+                        {"max_frame_bytes": self.settings.max_upload_bytes},
+                    )
+                )
             else:
                 await self.handle(text)
 
     async def handle(self, text: str) -> None:
         incoming: Incoming | None = None
         try:
-            obj = proto.parse_json(text) if len(text) <= INLINE_JSON_CHARS else \
-                await run_in_threadpool(proto.parse_json, text)
+            obj = (
+                proto.parse_json(text)
+                if len(text) <= INLINE_JSON_CHARS
+                else await run_in_threadpool(proto.parse_json, text)
+            )
             incoming = proto.parse_message(obj)
             if incoming.name in proto.FRAME_MESSAGES:
                 self.enqueue(self.job(incoming))
             else:
                 await self.send(await self.answer(incoming))
         except ProtocolError as exc:
-            await self.send(proto.error_message(exc.code, exc.message, exc.details,
-                                                incoming.reply_type if incoming else None))
+            await self.send(
+                proto.error_message(exc.code, exc.message, exc.details, incoming.reply_type if incoming else None)
+            )
         except OceanoError as exc:
-            await self.send(proto.error_message(proto.error_code(exc), exc.message, {},
-                                                incoming.reply_type if incoming else None))
+            await self.send(
+                proto.error_message(proto.error_code(exc), exc.message, {}, incoming.reply_type if incoming else None)
+            )
 
     def job(self, incoming: Incoming) -> Job:
         body = incoming.body
@@ -207,11 +234,19 @@ class Connection:
             return proto.model_info(self.analyzer.emotion_model(), detector=self.service.engine.pack.name)
         if name == "health":
             app_state = self.websocket.app.state
-            healthy = not getattr(app_state, "shutting_down", False) and \
-                await run_in_threadpool(self.service.store.healthy)
-            return {"type": "health", "status": "healthy" if healthy else "unhealthy", "service": proto.SERVICE_NAME,
-                    "version": __version__, "model": self.service.engine.pack.name, "model_loaded": True,
-                    "clients_connected": stats.active_connections, "timestamp": time.time()}
+            healthy = not getattr(app_state, "shutting_down", False) and await run_in_threadpool(
+                self.service.store.healthy
+            )
+            return {
+                "type": "health",
+                "status": "healthy" if healthy else "unhealthy",
+                "service": proto.SERVICE_NAME,
+                "version": __version__,
+                "model": self.service.engine.pack.name,
+                "model_loaded": True,
+                "clients_connected": stats.active_connections,
+                "timestamp": time.time(),
+            }
         if name in ("stats", "get_stats"):
             if incoming.envelope is Envelope.EVENT:
                 return proto.event("stats", stats.snapshot())
@@ -240,11 +275,13 @@ class Connection:
             ticket = self.service.admit(1)  # a busy engine answers `busy` at once: no queue of frames
             if job.options is None:
                 outcome: FrameResult | Prediction | None = await self.blocking(
-                    lambda: self.analyzer.predict(proto.decode_base64(job.text), ticket), ticket)
+                    lambda: self.analyzer.predict(proto.decode_base64(job.text), ticket), ticket
+                )
             else:
                 options = job.options
                 outcome = await self.blocking(
-                    lambda: self.analyzer.process(proto.decode_base64(job.text), options, ticket), ticket)
+                    lambda: self.analyzer.process(proto.decode_base64(job.text), options, ticket), ticket
+                )
         except ProtocolError as exc:
             await self.failed(exc.code, exc.message, exc.details, reply_type)
             return
@@ -254,28 +291,41 @@ class Connection:
             return
         except Exception:  # a bug must not end the socket silently
             logger.exception("frame %d of %s failed", job.frame_id, self.client_id)
-            await self.failed("internal", "the frame could not be processed (internal error, logged)", {},
-                              reply_type)
+            await self.failed("internal", "the frame could not be processed (internal error, logged)", {}, reply_type)
             return
         seconds = time.perf_counter() - started
         self.stats.observe(seconds, prediction=job.options is None)
         if isinstance(outcome, FrameResult):
             await self.send(self.result(job, outcome, seconds))
         else:
-            await self.send(proto.prediction(outcome, model=self.analyzer.emotion_model(),
-                                             processing_ms=seconds * 1e3, frames_dropped=self.frames_dropped))
+            await self.send(
+                proto.prediction(
+                    outcome,
+                    model=self.analyzer.emotion_model(),
+                    processing_ms=seconds * 1e3,
+                    frames_dropped=self.frames_dropped,
+                )
+            )
 
     def result(self, job: Job, result: FrameResult, seconds: float) -> dict[str, Any]:
         assert job.options is not None
-        alerts = [crowd_alert(result.crowd.face_count, job.options.crowd_threshold),
-                  connection_alert(self.stats.active_connections, self.settings.max_concurrent_connections)]
+        alerts = [
+            crowd_alert(result.crowd.face_count, job.options.crowd_threshold),
+            connection_alert(self.stats.active_connections, self.settings.max_concurrent_connections),
+        ]
         if self.failures:
             alerts.append(processing_alert(self.failures, *self.last_failure))
             self.failures = 0
         sent = self.throttle.admit(alerts)
         self.stats.total_alerts += len(sent)
-        return proto.detection_result(result, alerts=sent, frames_dropped=self.frames_dropped,
-                                      processing_ms=seconds * 1e3, timestamp=job.timestamp, frame_id=job.frame_id)
+        return proto.detection_result(
+            result,
+            alerts=sent,
+            frames_dropped=self.frames_dropped,
+            processing_ms=seconds * 1e3,
+            timestamp=job.timestamp,
+            frame_id=job.frame_id,
+        )
 
     async def failed(self, code: str, message: str, details: dict[str, Any], reply_type: str | None) -> None:
         self.stats.total_frames_failed += 1
@@ -312,37 +362,51 @@ async def realtime_socket(websocket: WebSocket) -> None:
     await websocket.accept()
     service: FaceService | None = getattr(state, "service", None)
     if service is None or getattr(state, "shutting_down", False):
-        await close_with_error(websocket, "shutting_down", "the service is shutting down; reconnect once it is "
-                               "back", CloseCode.SERVICE_RESTART)
+        await close_with_error(
+            websocket,
+            "shutting_down",
+            "the service is shutting down; reconnect once it is back",
+            CloseCode.SERVICE_RESTART,
+        )
         return
     limit = settings.max_concurrent_connections
     if stats.active_connections >= limit:
         stats.rejected_connections += 1
-        await close_with_error(websocket, "connection_limit", f"too many connections: the service serves "
-                               f"{limit} at once (MAX_CONCURRENT_CONNECTIONS); retry later",
-                               CloseCode.TRY_AGAIN_LATER, {"max_concurrent_connections": limit})
+        await close_with_error(
+            websocket,
+            "connection_limit",
+            f"too many connections: the service serves {limit} at once (MAX_CONCURRENT_CONNECTIONS); retry later",
+            CloseCode.TRY_AGAIN_LATER,
+            {"max_concurrent_connections": limit},
+        )
         return
     stats.active_connections += 1  # before any await: the limit holds however many connect at once
     try:
         identity = await authorize_socket(websocket)
         if identity is None:
-            await close_with_error(websocket, "unauthorized", "this socket is not authorized",
-                                   CloseCode.POLICY_VIOLATION)
+            await close_with_error(
+                websocket, "unauthorized", "this socket is not authorized", CloseCode.POLICY_VIOLATION
+            )
             return
         stats.total_connections += 1
         connection = Connection(websocket, service=service, settings=settings, stats=stats)
         logger.info("ws %s connected (%s, %d active)", connection.client_id, identity, stats.active_connections)
         await connection.run()
-        logger.info("ws %s closed: %d frames, %d dropped", connection.client_id, connection.frames_received,
-                    connection.frames_dropped)
+        logger.info(
+            "ws %s closed: %d frames, %d dropped",
+            connection.client_id,
+            connection.frames_received,
+            connection.frames_dropped,
+        )
     except WebSocketDisconnect:
         pass
     finally:
         stats.active_connections -= 1
 
 
-async def close_with_error(websocket: WebSocket, code: str, message: str, close_code: int,
-                           details: dict[str, Any] | None = None) -> None:
+async def close_with_error(
+    websocket: WebSocket, code: str, message: str, close_code: int, details: dict[str, Any] | None = None
+) -> None:
     """An error event, then the close with a reason (at most 123 bytes by the protocol)."""
     with suppress(WebSocketDisconnect, RuntimeError):
         await websocket.send_json(proto.error_message(code, message, details))
@@ -369,5 +433,6 @@ class StatsOut(BaseModel):
 async def api_stats(request: Request) -> StatsOut:
     """Live statistics of the real-time socket (/ws): the crowd backend's keys, plus ours."""
     stats: RealtimeStats = request.app.state.realtime_stats
-    return StatsOut(**stats.snapshot(), max_concurrent_connections=request.app.state.settings
-                    .max_concurrent_connections)
+    return StatsOut(
+        **stats.snapshot(), max_concurrent_connections=request.app.state.settings.max_concurrent_connections
+    )

@@ -68,8 +68,16 @@ EVENTS = ("process_frame", "ping", "get_stats")
 COMMANDS = ("predict", "process_frame", "emotions", "model_info", "health", "stats", "ping", "auth")
 FRAME_MESSAGES = frozenset({"process_frame", "predict"})
 # The `type` of a command's answer, also used in its error answers.
-REPLY_TYPES = {"predict": "prediction", "process_frame": "detection_result", "emotions": "emotions",
-               "model_info": "model_info", "health": "health", "stats": "stats", "ping": "pong", "auth": "auth"}
+REPLY_TYPES = {
+    "predict": "prediction",
+    "process_frame": "detection_result",
+    "emotions": "emotions",
+    "model_info": "model_info",
+    "health": "health",
+    "stats": "stats",
+    "ping": "pong",
+    "auth": "auth",
+}
 ENVELOPE_SLACK = 64 * 1024  # characters a frame message may hold beyond its base64 frame
 
 
@@ -93,23 +101,33 @@ def parse_json(text: str) -> Any:
 
 def parse_message(obj: Any) -> Incoming:
     if not isinstance(obj, dict):
-        raise ProtocolError("bad_message", "a message must be a JSON object: {\"event\": NAME, \"data\": {...}} or "
-                                           "{\"command\": NAME, ...}")
+        raise ProtocolError(
+            "bad_message", 'a message must be a JSON object: {"event": NAME, "data": {...}} or {"command": NAME, ...}'
+        )
     if isinstance(obj.get("event"), str):
         data = obj.get("data", {})
         if not isinstance(data, dict):
-            raise ProtocolError("bad_message", "an event's \"data\" must be a JSON object")
+            raise ProtocolError("bad_message", 'an event\'s "data" must be a JSON object')
         if obj["event"] not in EVENTS:
-            raise ProtocolError("unknown_event", f"unknown event {obj['event'][:64]!r}",
-                                {"events": list(EVENTS), "commands": list(COMMANDS)})
+            raise ProtocolError(
+                "unknown_event",
+                f"unknown event {obj['event'][:64]!r}",
+                {"events": list(EVENTS), "commands": list(COMMANDS)},
+            )
         return Incoming(obj["event"], Envelope.EVENT, data)
     if isinstance(obj.get("command"), str):
         if obj["command"] not in COMMANDS:
-            raise ProtocolError("unknown_command", f"unknown command {obj['command'][:64]!r}",
-                                {"commands": list(COMMANDS), "events": list(EVENTS)})
+            raise ProtocolError(
+                "unknown_command",
+                f"unknown command {obj['command'][:64]!r}",
+                {"commands": list(COMMANDS), "events": list(EVENTS)},
+            )
         return Incoming(obj["command"], Envelope.COMMAND, obj)
-    raise ProtocolError("bad_message", "a message needs \"event\" (with \"data\") or \"command\"",
-                        {"events": list(EVENTS), "commands": list(COMMANDS)})
+    raise ProtocolError(
+        "bad_message",
+        'a message needs "event" (with "data") or "command"',
+        {"events": list(EVENTS), "commands": list(COMMANDS)},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- frames
@@ -119,28 +137,35 @@ class FrameSettings(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     confidence_threshold: float = Field(0.0, ge=0.0, le=1.0, description="minimum detector score of a face")
-    crowd_threshold: int | None = Field(None, ge=0, le=1_000_000,
-                                        description="crowd_warning past this many faces (default CROWD_THRESHOLD; "
-                                                    "0: none)")
+    crowd_threshold: int | None = Field(
+        None, ge=0, le=1_000_000, description="crowd_warning past this many faces (default CROWD_THRESHOLD; 0: none)"
+    )
     search: bool = Field(False, description="embed each face and find its nearest stored faces")
     top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="matches per face with search")
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum similarity of a match")
     heads: list[str] | str | None = Field(None, description="heads to run (default HEADS); [] or '' for none")
-    max_side: int | None = Field(None, ge=32, le=4096, description="reduce the frame to this long side before "
-                                                                   "detection (default FRAME_MAX_SIDE)")
+    max_side: int | None = Field(
+        None, ge=32, le=4096, description="reduce the frame to this long side before detection (default FRAME_MAX_SIDE)"
+    )
 
     def options(self, settings: Settings) -> FrameOptions:
         heads = ",".join(self.heads) if isinstance(self.heads, list) else self.heads
         crowd = settings.crowd_threshold if self.crowd_threshold is None else self.crowd_threshold
-        return FrameOptions(confidence_threshold=self.confidence_threshold, crowd_threshold=crowd,
-                            search=self.search, top_k=self.top_k, threshold=self.threshold, heads=heads,
-                            max_side=self.max_side or settings.frame_max_side)
+        return FrameOptions(
+            confidence_threshold=self.confidence_threshold,
+            crowd_threshold=crowd,
+            search=self.search,
+            top_k=self.top_k,
+            threshold=self.threshold,
+            heads=heads,
+            max_side=self.max_side or settings.frame_max_side,
+        )
 
 
 def frame_options(body: dict[str, Any], settings: Settings) -> FrameOptions:
     raw = body.get("settings") or {}
     if not isinstance(raw, dict):
-        raise ProtocolError("invalid_request", "\"settings\" must be a JSON object")
+        raise ProtocolError("invalid_request", '"settings" must be a JSON object')
     try:
         return FrameSettings.model_validate(raw).options(settings)
     except ValidationError as exc:
@@ -153,15 +178,16 @@ def frame_text(body: dict[str, Any], settings: Settings, keys: tuple[str, ...] =
     anything is decoded."""
     value = next((body[k] for k in keys if k in body), None)
     if value is None:
-        raise ProtocolError("invalid_request", f"the message has no frame: give the image as base64 in "
-                                               f"\"{keys[0]}\"")
+        raise ProtocolError("invalid_request", f'the message has no frame: give the image as base64 in "{keys[0]}"')
     if not isinstance(value, str):
-        raise ProtocolError("bad_base64", f"\"{keys[0]}\" must be a base64 string (JPEG, PNG, WebP, ...)")
+        raise ProtocolError("bad_base64", f'"{keys[0]}" must be a base64 string (JPEG, PNG, WebP, ...)')
     if value.startswith("data:"):
         value = value.partition(",")[2]
     if len(value) > settings.max_frame_chars:
-        raise ImageTooLarge(f"the frame is over the {settings.max_upload_mb:g} MB limit (MAX_UPLOAD_MB): "
-                            f"{len(value)} base64 characters, at most {settings.max_frame_chars}")
+        raise ImageTooLarge(
+            f"the frame is over the {settings.max_upload_mb:g} MB limit (MAX_UPLOAD_MB): "
+            f"{len(value)} base64 characters, at most {settings.max_frame_chars}"
+        )
     return value
 
 
@@ -196,8 +222,9 @@ def event(name: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"event": name, "data": data}
 
 
-def error_message(code: str, message: str, details: dict[str, Any] | None = None,
-                  reply_type: str | None = None) -> dict[str, Any]:
+def error_message(
+    code: str, message: str, details: dict[str, Any] | None = None, reply_type: str | None = None
+) -> dict[str, Any]:
     out = event("error", {"code": code, "message": message, "details": details or {}})
     if reply_type is not None:  # the emotion service's error shape, for command clients
         out.update({"type": reply_type, "status": "error", "error": message})
@@ -211,53 +238,112 @@ def face_json(face: FrameFace) -> dict[str, Any]:
             value = {"label": value["label"], "confidence": value["scores"][value["label"]], "scores": value["scores"]}
         out[key] = value
     if face.matches is not None:
-        out["matches"] = [{"id": m.id, "score": round(m.score, 4), "subject": m.payload.get("subject"),
-                           "file": m.payload.get("file"), "face_index": m.payload.get("face_index"),
-                           "thumb_url": f"/thumbs/{m.id}"} for m in face.matches]
+        out["matches"] = [
+            {
+                "id": m.id,
+                "score": round(m.score, 4),
+                "subject": m.payload.get("subject"),
+                "file": m.payload.get("file"),
+                "face_index": m.payload.get("face_index"),
+                "thumb_url": f"/thumbs/{m.id}",
+            }
+            for m in face.matches
+        ]
     return out
 
 
-def detection_result(result: FrameResult, *, alerts: list[Alert], frames_dropped: int, processing_ms: float,
-                     timestamp: float | int, frame_id: int) -> dict[str, Any]:
-    return event("detection_result", {
-        "faces": [face_json(f) for f in result.faces],
-        "crowd_analysis": result.crowd.as_dict(),
-        "alerts": [a.as_dict() for a in alerts],
+def detection_result(
+    result: FrameResult,
+    *,
+    alerts: list[Alert],
+    frames_dropped: int,
+    processing_ms: float,
+    timestamp: float | int,
+    frame_id: int,
+) -> dict[str, Any]:
+    return event(
+        "detection_result",
+        {
+            "faces": [face_json(f) for f in result.faces],
+            "crowd_analysis": result.crowd.as_dict(),
+            "alerts": [a.as_dict() for a in alerts],
+            "frames_dropped": frames_dropped,
+            "processing_time": round(processing_ms, 2),
+            "timestamp": timestamp,
+            "frame_id": frame_id,
+            "frame_size": [result.width, result.height],
+            "heads": result.heads,
+            "server_time": now_ms(),
+        },
+    )
+
+
+def prediction(
+    answer: Prediction | None, *, model: EmotionModel, processing_ms: float, frames_dropped: int
+) -> dict[str, Any]:
+    common = {
+        "type": "prediction",
+        "model_version_tag": model.version_tag,
+        "processing_time_ms": round(processing_ms, 2),
+        "timestamp": time.time(),
         "frames_dropped": frames_dropped,
-        "processing_time": round(processing_ms, 2),
-        "timestamp": timestamp,
-        "frame_id": frame_id,
-        "frame_size": [result.width, result.height],
-        "heads": result.heads,
-        "server_time": now_ms(),
-    })
-
-
-def prediction(answer: Prediction | None, *, model: EmotionModel, processing_ms: float,
-               frames_dropped: int) -> dict[str, Any]:
-    common = {"type": "prediction", "model_version_tag": model.version_tag, "processing_time_ms":
-              round(processing_ms, 2), "timestamp": time.time(), "frames_dropped": frames_dropped}
+    }
     if answer is None:
-        return {**common, "status": "error", "code": "no_face", "faces": 0,
-                "error": "no face found in the image: send a photo or frame that shows a face"}
-    return {**common, "status": "success", "emotion_name": answer.emotion_name, "emotion_id": answer.emotion_id,
-            "confidence": answer.confidence, "scores": answer.scores, "bbox": answer.bbox,
-            "face_confidence": answer.det_score, "faces": answer.faces}
+        return {
+            **common,
+            "status": "error",
+            "code": "no_face",
+            "faces": 0,
+            "error": "no face found in the image: send a photo or frame that shows a face",
+        }
+    return {
+        **common,
+        "status": "success",
+        "emotion_name": answer.emotion_name,
+        "emotion_id": answer.emotion_id,
+        "confidence": answer.confidence,
+        "scores": answer.scores,
+        "bbox": answer.bbox,
+        "face_confidence": answer.det_score,
+        "faces": answer.faces,
+    }
 
 
 def emotions(model: EmotionModel) -> dict[str, Any]:
     if not model.available:
-        return {"type": "emotions", "status": "error", "error": f"the emotion head is unavailable: {model.reason}",
-                "emotions": []}
-    return {"type": "emotions", "status": "success",
-            "emotions": [{"id": c.id, "name": c.name, "description": c.description} for c in model.classes]}
+        return {
+            "type": "emotions",
+            "status": "error",
+            "error": f"the emotion head is unavailable: {model.reason}",
+            "emotions": [],
+        }
+    return {
+        "type": "emotions",
+        "status": "success",
+        "emotions": [{"id": c.id, "name": c.name, "description": c.description} for c in model.classes],
+    }
 
 
 def model_info(model: EmotionModel, *, detector: str) -> dict[str, Any]:
     if not model.available:
-        return {"type": "model_info", "status": "error", "error": f"the emotion head is unavailable: {model.reason}",
-                "info": {"status": "unavailable", "reason": model.reason}}
-    return {"type": "model_info", "status": "success", "info": {
-        "status": "loaded", "name": model.name, "input_shape": model.input_shape, "num_classes": len(model.classes),
-        "total_params": model.total_params, "labels": [c.name for c in model.classes],
-        "model_version_tag": model.version_tag, "providers": model.providers, "detector": detector}}
+        return {
+            "type": "model_info",
+            "status": "error",
+            "error": f"the emotion head is unavailable: {model.reason}",
+            "info": {"status": "unavailable", "reason": model.reason},
+        }
+    return {
+        "type": "model_info",
+        "status": "success",
+        "info": {
+            "status": "loaded",
+            "name": model.name,
+            "input_shape": model.input_shape,
+            "num_classes": len(model.classes),
+            "total_params": model.total_params,
+            "labels": [c.name for c in model.classes],
+            "model_version_tag": model.version_tag,
+            "providers": model.providers,
+            "detector": detector,
+        },
+    }

@@ -39,8 +39,15 @@ logger = logging.getLogger("app.collection")
 COMPACT_SEGMENT_POINTS = 250_000
 COMPACT_M = 24
 COMPACT_EF_CONSTRUCT = 200
-BUILD_SETTINGS = ("hnsw_m", "hnsw_ef_construct", "quantization", "vectors_on_disk", "index_threshold",
-                  "max_segment_points", "segment_number")
+BUILD_SETTINGS = (
+    "hnsw_m",
+    "hnsw_ef_construct",
+    "quantization",
+    "vectors_on_disk",
+    "index_threshold",
+    "max_segment_points",
+    "segment_number",
+)
 
 EPILOG = """\
 examples:
@@ -66,9 +73,11 @@ def _service_holds_store(settings: Settings, url: str | None) -> None:
         return
     where = (url or f"http://127.0.0.1:{settings.port}").rstrip("/")
     if probe_service(where):
-        raise Refused(f"the Oceano service at {where} is running and owns the embedded store "
-                      f"{settings.qdrant_path / settings.collection_name}; stop it (e.g. docker compose stop "
-                      f"oceano-api), run this command, then start it again")
+        raise Refused(
+            f"the Oceano service at {where} is running and owns the embedded store "
+            f"{settings.qdrant_path / settings.collection_name}; stop it (e.g. docker compose stop "
+            f"oceano-api), run this command, then start it again"
+        )
 
 
 def open_existing(settings: Settings) -> VectorStore:
@@ -95,8 +104,10 @@ def cmd_info(settings: Settings, args: argparse.Namespace) -> int:
     store = open_existing(settings)
     try:
         info = store.info()
-        print(f"collection {info.name} ({info.backend.value}): {info.vectors} points, {info.unindexed} unindexed, "
-              f"status {info.status}\npack {info.pack}, dim {store.spec.dim}\nbuilt with {store.spec.build()}")
+        print(
+            f"collection {info.name} ({info.backend.value}): {info.vectors} points, {info.unindexed} unindexed, "
+            f"status {info.status}\npack {info.pack}, dim {store.spec.dim}\nbuilt with {store.spec.build()}"
+        )
     finally:
         store.close()
     return EXIT_OK
@@ -117,10 +128,12 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     identity = recorded_identity(settings)
     target_pack = identity[0] if identity else resolve_pack(settings).fingerprint
     if manifest.pack != target_pack:
-        raise Refused(f"the export holds embeddings of model pack '{manifest.pack}', but collection "
-                      f"'{settings.collection_name}' {'holds' if identity else 'would hold'} '{target_pack}': "
-                      f"embeddings of different models cannot be compared. Import into another COLLECTION_NAME "
-                      f"with MODEL_NAME set to the export's pack")
+        raise Refused(
+            f"the export holds embeddings of model pack '{manifest.pack}', but collection "
+            f"'{settings.collection_name}' {'holds' if identity else 'would hold'} '{target_pack}': "
+            f"embeddings of different models cannot be compared. Import into another COLLECTION_NAME "
+            f"with MODEL_NAME set to the export's pack"
+        )
     if args.keep_build:
         settings = settings.model_copy(update={k: manifest.build[k] for k in BUILD_SETTINGS if k in manifest.build})
     store = open_store(settings, dim=manifest.dim, pack=manifest.pack)
@@ -146,8 +159,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     try:
         target_settings = settings.model_copy(update={"collection_name": name})
         spec = spec_from_settings(target_settings, dim=source.spec.dim, pack=source.spec.pack)
-        target = ServerStore(server_client(settings, args.to, args.api_key), spec,
-                             consistency=settings.qdrant_read_consistency)
+        target = ServerStore(
+            server_client(settings, args.to, args.api_key), spec, consistency=settings.qdrant_read_consistency
+        )
         try:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             report = copy_points(source, target, checkpoint, on_page=_progress("copied"))
@@ -157,9 +171,11 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         source.close()
     resumed = f", resumed from {report.resumed_from}" if report.resumed_from else ""
-    print(f"copied {report.copied} points{resumed}; source {report.source_count}, target {report.target_count}; "
-          f"{report.found_self}/{report.samples} sampled points found themselves in the target, top-10 overlap "
-          f"{report.overlap_at_10:.3f}")
+    print(
+        f"copied {report.copied} points{resumed}; source {report.source_count}, target {report.target_count}; "
+        f"{report.found_self}/{report.samples} sampled points found themselves in the target, top-10 overlap "
+        f"{report.overlap_at_10:.3f}"
+    )
     if not report.verified:
         print("verification FAILED: counts or sampled searches differ (run again to resume, or --restart)")
         return EXIT_FAILED
@@ -176,13 +192,17 @@ def cmd_snapshot(settings: Settings, args: argparse.Namespace) -> int:
             if args.path.exists():
                 raise Refused(f"{args.path} exists: snapshot into a new folder")
             store.snapshot(args.path)
-            print(f"consistent copy of {store.path} in {args.path} (restore: python -m app.collection restore "
-                  f"{args.path})")
+            print(
+                f"consistent copy of {store.path} in {args.path} (restore: python -m app.collection restore "
+                f"{args.path})"
+            )
         elif isinstance(store, ServerStore):
             name = store.snapshot()
-            print(f"snapshot {name} of '{settings.collection_name}' created on the server answering "
-                  f"{settings.qdrant_url} (a cluster: run it against every node). Download it from "
-                  f"{settings.qdrant_url}/collections/{settings.collection_name}/snapshots/{name}")
+            print(
+                f"snapshot {name} of '{settings.collection_name}' created on the server answering "
+                f"{settings.qdrant_url} (a cluster: run it against every node). Download it from "
+                f"{settings.qdrant_url}/collections/{settings.collection_name}/snapshots/{name}"
+            )
     finally:
         store.close()
     return EXIT_OK
@@ -192,11 +212,14 @@ def cmd_compact(settings: Settings, args: argparse.Namespace) -> int:
     if settings.qdrant_url:
         raise Refused("a Qdrant server compacts its own segments in the background; compact is for the embedded store")
     path = settings.qdrant_path / settings.collection_name
-    logger.info("compacting %s into segments of %d points (the service must stay stopped meanwhile)", path,
-                args.segment_points)
+    logger.info(
+        "compacting %s into segments of %d points (the service must stay stopped meanwhile)", path, args.segment_points
+    )
     report = compact(path, segment_points=args.segment_points, hnsw_m=args.m, ef_construct=args.ef_construct)
-    print(f"compacted {report.points} points: {report.segments_before} -> {report.segments_after} segments in "
-          f"{report.seconds:.0f}s")
+    print(
+        f"compacted {report.points} points: {report.segments_before} -> {report.segments_after} segments in "
+        f"{report.seconds:.0f}s"
+    )
     return EXIT_OK
 
 
@@ -222,9 +245,12 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app.collection", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Export, import, migrate, snapshot or restore the collection.")
+    parser = argparse.ArgumentParser(
+        prog="python -m app.collection",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export, import, migrate, snapshot or restore the collection.",
+    )
     parser.add_argument("--url", help="where the Oceano service would answer (default http://127.0.0.1:$PORT)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="the collection: points, pack, build parameters")
@@ -246,15 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", help="embedded: merge small index segments into large ones (service stopped)")
     p.add_argument("--segment-points", type=int, default=COMPACT_SEGMENT_POINTS, help="points per merged segment")
     p.add_argument("--m", type=int, default=COMPACT_M, help="HNSW m of the merged segments")
-    p.add_argument("--ef-construct", type=int, default=COMPACT_EF_CONSTRUCT, help="HNSW ef_construct of the merged "
-                   "segments")
+    p.add_argument(
+        "--ef-construct", type=int, default=COMPACT_EF_CONSTRUCT, help="HNSW ef_construct of the merged segments"
+    )
     p = sub.add_parser("restore", help="embedded: a snapshot folder back in place; server: recover a snapshot")
     p.add_argument("path_or_url")
     return parser
 
 
-COMMANDS = {"info": cmd_info, "export": cmd_export, "import": cmd_import, "migrate": cmd_migrate,
-            "snapshot": cmd_snapshot, "restore": cmd_restore, "compact": cmd_compact}
+COMMANDS = {
+    "info": cmd_info,
+    "export": cmd_export,
+    "import": cmd_import,
+    "migrate": cmd_migrate,
+    "snapshot": cmd_snapshot,
+    "restore": cmd_restore,
+    "compact": cmd_compact,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

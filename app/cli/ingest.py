@@ -68,37 +68,73 @@ def _positive(value: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m app.ingest", allow_abbrev=False, epilog=EPILOG,
+        prog="python -m app.ingest",
+        allow_abbrev=False,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Index every face of a folder of photos into Oceano. Resumable: progress is kept per file "
-                    "in STATE_DIR, so the command can be killed and run again without losing or duplicating "
-                    "anything. Submits the work to the running service when there is one.")
-    parser.add_argument("--path", "--folder", dest="path", metavar="PATH",
-                        help="a folder (walked recursively; .jpg .jpeg .png .webp .bmp .tif .tiff .gif, any case) "
-                             "or a single image file. --folder is an alias")
-    parser.add_argument("--batch", type=_positive, default=DEFAULT_BATCH, metavar="N",
-                        help="faces (points) per upsert into the vector store; files are marked done after each "
-                             "upsert (default %(default)s)")
-    parser.add_argument("--workers", type=_positive, default=DEFAULT_WORKERS, metavar="N",
-                        help="threads reading and decoding images ahead of the face models (default %(default)s)")
-    parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="reprocess every file, also those already done (idempotent: the same faces get the "
-                             "same ids)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="only walk the folder and report how many files would be ingested and how many are "
-                             "already done; loads no model, writes nothing")
-    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                        help="leave out files and folders whose path relative to PATH, or whose name, matches "
-                             "this glob (e.g. '*.gif', 'tmp/*', '.*'); repeatable")
-    parser.add_argument("--follow-symlinks", action="store_true",
-                        help="follow symbolic links to files and folders (each folder is visited once); by "
-                             "default links are skipped")
-    parser.add_argument("--url", metavar="URL",
-                        help="URL of the running service (default http://127.0.0.1:$PORT); when given, the "
-                             "service must answer")
-    parser.add_argument("--local", action="store_true",
-                        help="run in this process even when the service answers (for QDRANT_URL set-ups; the "
-                             "embedded store refuses a second process)")
+        "in STATE_DIR, so the command can be killed and run again without losing or duplicating "
+        "anything. Submits the work to the running service when there is one.",
+    )
+    parser.add_argument(
+        "--path",
+        "--folder",
+        dest="path",
+        metavar="PATH",
+        help="a folder (walked recursively; .jpg .jpeg .png .webp .bmp .tif .tiff .gif, any case) "
+        "or a single image file. --folder is an alias",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_positive,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help="faces (points) per upsert into the vector store; files are marked done after each "
+        "upsert (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help="threads reading and decoding images ahead of the face models (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="reprocess every file, also those already done (idempotent: the same faces get the same ids)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only walk the folder and report how many files would be ingested and how many are "
+        "already done; loads no model, writes nothing",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out files and folders whose path relative to PATH, or whose name, matches "
+        "this glob (e.g. '*.gif', 'tmp/*', '.*'); repeatable",
+    )
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="follow symbolic links to files and folders (each folder is visited once); by default links are skipped",
+    )
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        help="URL of the running service (default http://127.0.0.1:$PORT); when given, the service must answer",
+    )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="run in this process even when the service answers (for QDRANT_URL set-ups; the "
+        "embedded store refuses a second process)",
+    )
     parser.add_argument("--attach", metavar="JOB_ID", help="follow a job already submitted to the service")
     parser.add_argument("--cancel", metavar="JOB_ID", help="cancel a job of the service")
     return parser
@@ -108,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per progress poll
     url = (args.url or f"http://127.0.0.1:{settings.port}").rstrip("/")
     if args.attach or args.cancel:
@@ -127,8 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s does not exist", root)
         return EXIT_USAGE
     try:
-        options = IngestOptions(batch=args.batch, workers=args.workers, resume=args.resume, dry_run=args.dry_run,
-                                exclude=tuple(args.exclude), follow_symlinks=args.follow_symlinks)
+        options = IngestOptions(
+            batch=args.batch,
+            workers=args.workers,
+            resume=args.resume,
+            dry_run=args.dry_run,
+            exclude=tuple(args.exclude),
+            follow_symlinks=args.follow_symlinks,
+        )
     except InvalidRequest as exc:
         parser.error(exc.message)
     if options.dry_run:
@@ -142,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_local(root, options, settings)
 
 
-
-
 def run_dry(root: Path, options: IngestOptions, settings: Settings) -> int:
     state = IngestState(settings.state_dir / STATE_FILE)
     try:
@@ -152,8 +193,13 @@ def run_dry(root: Path, options: IngestOptions, settings: Settings) -> int:
     finally:
         state.close()
     c = job.progress().counts
-    logger.info("dry run over %s: %d image files, %d to read (new or changed), %d already done; nothing written",
-                root, c.seen, c.ingested, c.skipped)
+    logger.info(
+        "dry run over %s: %d image files, %d to read (new or changed), %d already done; nothing written",
+        root,
+        c.seen,
+        c.ingested,
+        c.skipped,
+    )
     return EXIT_OK
 
 
@@ -181,8 +227,7 @@ def run_local(root: Path, options: IngestOptions, settings: Settings) -> int:
         return EXIT_FAILED
     try:
         assert services.state is not None
-        job = IngestJob(root=root, options=options, service=services.service, state=services.state,
-                        settings=settings)
+        job = IngestJob(root=root, options=options, service=services.service, state=services.state, settings=settings)
         outcome, error = run_with_progress(job)
     finally:
         services.close()
@@ -191,8 +236,15 @@ def run_local(root: Path, options: IngestOptions, settings: Settings) -> int:
         logger.error("%s", format_summary(str(root), progress, "stopped", error))
         return EXIT_FAILED
     if outcome is RunOutcome.STOPPED:
-        logger.info("%s", format_summary(str(root), progress, "interrupted",
-                                         "everything done so far is kept; run the same command again to resume"))
+        logger.info(
+            "%s",
+            format_summary(
+                str(root),
+                progress,
+                "interrupted",
+                "everything done so far is kept; run the same command again to resume",
+            ),
+        )
         return EXIT_INTERRUPTED
     logger.info("%s", format_summary(str(root), progress, "completed", None))
     return EXIT_OK

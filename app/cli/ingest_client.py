@@ -55,14 +55,19 @@ def submit_job(url: str, root: Path, options: IngestOptions) -> int:
             return EXIT_FAILED
         if response.status_code != 202:
             detail = _detail(response)
-            hint = (f"\n  set {API_KEY_ENV} to a key with the write scope" if response.status_code == 401 else
-                    "\n  or stop the service and run this command again: it then runs in this process"
-                    if "INGEST_ROOTS" in detail else "")
+            hint = (
+                f"\n  set {API_KEY_ENV} to a key with the write scope"
+                if response.status_code == 401
+                else "\n  or stop the service and run this command again: it then runs in this process"
+                if "INGEST_ROOTS" in detail
+                else ""
+            )
             logger.error("the service refused the job (%d): %s%s", response.status_code, detail, hint)
             return EXIT_FAILED
         job = JobView.from_out(JobOut.model_validate(response.json()))
-        logger.info("the service at %s is running: submitted %s as job %s (the job runs inside the service)",
-                    url, root, job.id)
+        logger.info(
+            "the service at %s is running: submitted %s as job %s (the job runs inside the service)", url, root, job.id
+        )
         return follow_job(client, job.id, url)
 
 
@@ -79,8 +84,13 @@ def follow_job(client: httpx.Client, job_id: str, url: str) -> int:
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > RECONNECT_FOR:
                     renderer.close()
-                    logger.error("the service at %s stopped answering (%s). An unfinished job resumes when the "
-                                 "service starts again; follow it with --attach %s", url, exc, job_id)
+                    logger.error(
+                        "the service at %s stopped answering (%s). An unfinished job resumes when the "
+                        "service starts again; follow it with --attach %s",
+                        url,
+                        exc,
+                        job_id,
+                    )
                     return EXIT_FAILED
                 time.sleep(POLL_INTERVAL)
                 continue
@@ -95,10 +105,18 @@ def follow_job(client: httpx.Client, job_id: str, url: str) -> int:
             time.sleep(POLL_INTERVAL)
     except KeyboardInterrupt:
         renderer.close()
-        logger.info("detached from job %s; it keeps running inside the service.\n"
-                    "  follow it:  python -m app.ingest --attach %s   (or: curl %s/api/jobs/%s)\n"
-                    "  cancel it:  python -m app.ingest --cancel %s   (or: curl -X DELETE %s/api/jobs/%s)",
-                    job_id, job_id, url, job_id, job_id, url, job_id)
+        logger.info(
+            "detached from job %s; it keeps running inside the service.\n"
+            "  follow it:  python -m app.ingest --attach %s   (or: curl %s/api/jobs/%s)\n"
+            "  cancel it:  python -m app.ingest --cancel %s   (or: curl -X DELETE %s/api/jobs/%s)",
+            job_id,
+            job_id,
+            url,
+            job_id,
+            job_id,
+            url,
+            job_id,
+        )
         return EXIT_OK
     renderer.close()
     message = None if view.status is JobStatus.COMPLETED else view.message
@@ -121,4 +139,3 @@ def _detail(response: httpx.Response) -> str:
         return str(response.json().get("detail", response.text))
     except ValueError:
         return response.text[:500]
-

@@ -35,20 +35,37 @@ The keys live in STATE_DIR/{KEYS_FILE} (STATE_DIR from the environment, as for t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app.keys", epilog=EPILOG, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Manage the API keys of an Oceano service.")
+    parser = argparse.ArgumentParser(
+        prog="python -m app.keys",
+        epilog=EPILOG,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Manage the API keys of an Oceano service.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{create,list,revoke}")
-    create = commands.add_parser("create", help="create a key and print it (once)", allow_abbrev=False,
-                                 description="Create a key. The key is printed alone on the last line of stdout, "
-                                             "and never shown again: only its hash is stored.")
+    create = commands.add_parser(
+        "create",
+        help="create a key and print it (once)",
+        allow_abbrev=False,
+        description="Create a key. The key is printed alone on the last line of stdout, "
+        "and never shown again: only its hash is stored.",
+    )
     create.add_argument("--name", required=True, help="a name for logs and revocation (letters, digits, . _ -)")
-    create.add_argument("--scope", action="append", required=True, metavar="SCOPE",
-                        help=f"{SCOPES}; repeatable (or comma-separated)")
-    commands.add_parser("list", help="list the keys (never the keys themselves)", allow_abbrev=False,
-                        description="Name, scopes, creation and last use of every key.")
-    revoke = commands.add_parser("revoke", help="revoke a key", allow_abbrev=False,
-                                 description="Revoke a key: a running service refuses it within seconds.")
+    create.add_argument(
+        "--scope", action="append", required=True, metavar="SCOPE", help=f"{SCOPES}; repeatable (or comma-separated)"
+    )
+    commands.add_parser(
+        "list",
+        help="list the keys (never the keys themselves)",
+        allow_abbrev=False,
+        description="Name, scopes, creation and last use of every key.",
+    )
+    revoke = commands.add_parser(
+        "revoke",
+        help="revoke a key",
+        allow_abbrev=False,
+        description="Revoke a key: a running service refuses it within seconds.",
+    )
     revoke.add_argument("name", help="the key's name")
     return parser
 
@@ -64,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "create":
             info, key = store.create(args.name, args.scope)
-            print(f"created API key {info.name!r} (scopes: {', '.join(info.scope_list)}) in {path}. It is shown "
-                  "this once; a running service accepts it within seconds. Send it as `X-API-Key: KEY`:",
-                  file=sys.stderr)
+            print(
+                f"created API key {info.name!r} (scopes: {', '.join(info.scope_list)}) in {path}. It is shown "
+                "this once; a running service accepts it within seconds. Send it as `X-API-Key: KEY`:",
+                file=sys.stderr,
+            )
             print(key, flush=True)
         elif args.command == "list":
             rows = [(i.name, ",".join(i.scope_list), _when(i.created), _when(i.last_used)) for i in store.list()]

@@ -8,6 +8,23 @@ from app.engine.observe import CallSource, Dropped, EngineObserver, NullObserver
 from app.engine.packs import BUNDLED_PACK, PRODUCTION_PACK, ModelPack, bundled_model_dir, resolve_pack
 from app.engine.runtime import InferenceGate, create_session, dynamic_batch_model, select_providers
 
-__all__ = ["BUNDLED_PACK", "PRODUCTION_PACK", "CallSource", "Dropped", "EngineObserver", "FaceEngine", "Image",
-           "InferenceBatcher", "InferenceGate", "ModelPack", "NullObserver", "Shed", "bundled_model_dir",
-           "create_session", "dynamic_batch_model", "resolve_pack", "select_providers", "Ticket"]
+__all__ = [
+    "BUNDLED_PACK",
+    "PRODUCTION_PACK",
+    "CallSource",
+    "Dropped",
+    "EngineObserver",
+    "FaceEngine",
+    "Image",
+    "InferenceBatcher",
+    "InferenceGate",
+    "ModelPack",
+    "NullObserver",
+    "Shed",
+    "bundled_model_dir",
+    "create_session",
+    "dynamic_batch_model",
+    "resolve_pack",
+    "select_providers",
+    "Ticket",
+]

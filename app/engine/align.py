@@ -41,9 +41,9 @@ def align_face(image: np.ndarray, kps: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(image, m, (CROP_SIZE, CROP_SIZE), borderValue=(0, 0, 0))
 
 
-
-def alignment_source(image: np.ndarray | DecodedImage, pixels: np.ndarray,
-                     boxes: np.ndarray) -> tuple[np.ndarray, float]:
+def alignment_source(
+    image: np.ndarray | DecodedImage, pixels: np.ndarray, boxes: np.ndarray
+) -> tuple[np.ndarray, float]:
     """The pixels to cut the 112x112 crops from. A JPEG decoded reduced is decoded again, only as fine as its
     smallest face needs to span at least CROP_SIZE pixels, so that no crop is upsampled for want of detail."""
     if not isinstance(image, DecodedImage) or image.factor == 1 or len(boxes) == 0:

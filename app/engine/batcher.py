@@ -97,8 +97,10 @@ class InferenceBatcher:
         self.requests = 0
         self.shed = 0  # requests refused at admission
         self.dropped = 0  # queued requests dropped: deadline passed or client gone
-        self._threads = [threading.Thread(target=self._run, name=f"inference-batcher-{i}", daemon=True)
-                         for i in range(engine.gate.concurrency)]
+        self._threads = [
+            threading.Thread(target=self._run, name=f"inference-batcher-{i}", daemon=True)
+            for i in range(engine.gate.concurrency)
+        ]
         for t in self._threads:
             t.start()
 
@@ -110,9 +112,11 @@ class InferenceBatcher:
 
     def busy_error(self, wait: float) -> EngineBusy:
         gate = self.engine.gate
-        return EngineBusy(f"the inference engine is busy: about {wait:.1f}s of work is ahead, over the "
-                          f"{gate.timeout:.1f}s a request may wait (GPU_ACQUIRE_TIMEOUT); retry shortly",
-                          retry_after=max(1.0, math.ceil(wait)))
+        return EngineBusy(
+            f"the inference engine is busy: about {wait:.1f}s of work is ahead, over the "
+            f"{gate.timeout:.1f}s a request may wait (GPU_ACQUIRE_TIMEOUT); retry shortly",
+            retry_after=max(1.0, math.ceil(wait)),
+        )
 
     def refusal_at_door(self) -> EngineBusy | None:
         """The EngineBusy a request arriving now gets before its body is read (counted as shed), or None when
@@ -145,8 +149,15 @@ class InferenceBatcher:
             self._reserved -= images
 
     # ------------------------------------------------------------------ requests
-    def analyze(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (), timeout: float | None = None,
-                ticket: Ticket | None = None, embed: bool = True) -> list[list[Face]]:
+    def analyze(
+        self,
+        images: Sequence[Image],
+        *,
+        heads: Sequence[FaceHead] = (),
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
+        embed: bool = True,
+    ) -> list[list[Face]]:
         """Same contract as FaceEngine.analyze_batch: EngineBusy when the engine does not take the request
         within the gate's timeout (GPU_ACQUIRE_TIMEOUT). With a ticket, its reservation becomes this request.
         Requests are batched with others that run the same heads and want embeddings alike (`embed`)."""
@@ -157,8 +168,9 @@ class InferenceBatcher:
                 self.dropped += 1
             self.engine.observer.dropped(Dropped.CLIENT_GONE)
             raise RequestTimeout("the request was given up (client gone or REQUEST_TIMEOUT) before inference")
-        request = _Request(images=images, heads=tuple(heads), embed=embed, deadline=time.monotonic() + wait,
-                           cancelled=cancelled)
+        request = _Request(
+            images=images, heads=tuple(heads), embed=embed, deadline=time.monotonic() + wait, cancelled=cancelled
+        )
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the service is shutting down; retry once it is back")
@@ -218,8 +230,12 @@ class InferenceBatcher:
                 return []
             taken = [self._queue.popleft()]
             count = len(taken[0].images)
-            while self._queue and count + len(self._queue[0].images) <= self.max_images \
-                    and self._queue[0].heads == taken[0].heads and self._queue[0].embed == taken[0].embed:
+            while (
+                self._queue
+                and count + len(self._queue[0].images) <= self.max_images
+                and self._queue[0].heads == taken[0].heads
+                and self._queue[0].embed == taken[0].embed
+            ):
                 request = self._queue.popleft()
                 taken.append(request)
                 count += len(request.images)
@@ -253,8 +269,9 @@ class InferenceBatcher:
                     self.engine.observer.waited(CallSource.REQUESTS, now - r.queued_at)
                 started = time.perf_counter()
                 try:
-                    faces = self.engine.analyze_holding_gate(images, heads=taken[0].heads, embed=taken[0].embed,
-                                                             source=CallSource.REQUESTS)
+                    faces = self.engine.analyze_holding_gate(
+                        images, heads=taken[0].heads, embed=taken[0].embed, source=CallSource.REQUESTS
+                    )
                 except BaseException as exc:  # handed to every waiting request, never lost in this thread
                     for r in taken:
                         r.future.set_exception(exc)
@@ -271,7 +288,7 @@ class InferenceBatcher:
         self.requests += len(taken)
         start = 0
         for r in taken:
-            r.future.set_result(faces[start:start + len(r.images)])
+            r.future.set_result(faces[start : start + len(r.images)])
             start += len(r.images)
 
     def _measured(self, seconds: float, images: int) -> None:

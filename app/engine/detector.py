@@ -39,8 +39,16 @@ class ScrfdDetector:
     STRIDES = (8, 16, 32)
     NMS_IOU = 0.4
 
-    def __init__(self, session: ort.InferenceSession, *, det_size: tuple[int, int], threshold: float,
-                 batch: int, fixed_canvas: bool = False, max_faces: int = 0) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        det_size: tuple[int, int],
+        threshold: float,
+        batch: int,
+        fixed_canvas: bool = False,
+        max_faces: int = 0,
+    ) -> None:
         self.session = session
         self.input_name = session.get_inputs()[0].name
         outputs = session.get_outputs()
@@ -89,20 +97,22 @@ class ScrfdDetector:
         """Per image: boxes (N, 4), scores (N,), keypoints (N, 5, 2) in the image's pixels."""
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, len(images), self.batch):
-            chunk = images[start:start + self.batch]
+            chunk = images[start : start + self.batch]
             fixed = self.fixed_canvas or len(chunk) > 1
             boxed = [self._letterbox(img, fixed) for img in chunk]
             canvas_h, canvas_w = boxed[0][0].shape[:2]
-            blob = cv2.dnn.blobFromImages([b[0] for b in boxed], 1.0 / 128.0, (canvas_w, canvas_h),
-                                          (127.5, 127.5, 127.5), swapRB=True)
+            blob = cv2.dnn.blobFromImages(
+                [b[0] for b in boxed], 1.0 / 128.0, (canvas_w, canvas_h), (127.5, 127.5, 127.5), swapRB=True
+            )
             outs = self.session.run(self.output_names, {self.input_name: blob})
             for i, (_, det_scale) in enumerate(boxed):
                 per_image = [o[i] if self.batched else o for o in outs]
                 results.append(self._decode(per_image, det_scale, canvas_w, canvas_h))
         return results
 
-    def _decode(self, outs: list[np.ndarray], det_scale: float, width: int,
-                height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _decode(
+        self, outs: list[np.ndarray], det_scale: float, width: int, height: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         all_scores, all_boxes, all_kps = [], [], []
         for idx, stride in enumerate(self.STRIDES):
             scores = outs[idx].reshape(-1)
@@ -124,6 +134,5 @@ class ScrfdDetector:
         kps = np.concatenate(all_kps) / det_scale
         keep = _nms(boxes, scores, self.NMS_IOU)  # best score first
         if self.max_faces:
-            keep = keep[:self.max_faces]  # bounds the recognizer's and the heads' work per image
+            keep = keep[: self.max_faces]  # bounds the recognizer's and the heads' work per image
         return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), kps[keep].astype(np.float32)
-

@@ -29,16 +29,32 @@ Image = np.ndarray | DecodedImage
 class FaceEngine:
     """Loads a pack once; `analyze_batch` is the one entry point for search, indexing and ingest."""
 
-    def __init__(self, pack: ModelPack, *, providers: list[str], det_size: tuple[int, int],
-                 det_threshold: float, det_batch: int, rec_batch: int, threads: int,
-                 gate: InferenceGate, max_faces: int = 0) -> None:
+    def __init__(
+        self,
+        pack: ModelPack,
+        *,
+        providers: list[str],
+        det_size: tuple[int, int],
+        det_threshold: float,
+        det_batch: int,
+        rec_batch: int,
+        threads: int,
+        gate: InferenceGate,
+        max_faces: int = 0,
+    ) -> None:
         started = time.perf_counter()
         self.pack = pack
         self.gate = gate
         det_session = create_session(pack.detector, providers=providers, threads=threads, name=pack.detector.name)
         on_gpu = uses_gpu(det_session)
-        self.detector = ScrfdDetector(det_session, det_size=det_size, threshold=det_threshold, max_faces=max_faces,
-                                      batch=det_batch or (16 if on_gpu else 1), fixed_canvas=on_gpu)
+        self.detector = ScrfdDetector(
+            det_session,
+            det_size=det_size,
+            threshold=det_threshold,
+            max_faces=max_faces,
+            batch=det_batch or (16 if on_gpu else 1),
+            fixed_canvas=on_gpu,
+        )
         self.recognizer = ArcFaceRecognizer(pack.recognizer, providers=providers, threads=threads, batch=rec_batch)
         self.providers = det_session.get_providers()
         self.on_gpu = on_gpu
@@ -46,25 +62,44 @@ class FaceEngine:
         self.observer: EngineObserver = NullObserver()  # the HTTP layer installs its metrics here
         logger.warning(
             "MODEL PACK IN USE: %s (detector %s, recognizer %s, %d-d embeddings) from %s on %s; loaded in %.1fs",
-            pack.name, pack.detector.name, pack.recognizer.name, self.recognizer.dim, pack.directory,
-            self.providers[0], time.perf_counter() - started,
+            pack.name,
+            pack.detector.name,
+            pack.recognizer.name,
+            self.recognizer.dim,
+            pack.directory,
+            self.providers[0],
+            time.perf_counter() - started,
         )
 
     @classmethod
     def from_settings(cls, settings: Settings, gate: InferenceGate) -> FaceEngine:
         """The face models only; the classifier heads are loaded beside them (app.bootstrap.load_heads)."""
         pack = resolve_pack(settings)
-        return cls(pack, providers=select_providers(settings.providers), det_size=settings.det_size,
-                   det_threshold=settings.det_threshold, det_batch=settings.det_batch, rec_batch=settings.rec_batch,
-                   threads=settings.ort_threads, gate=gate, max_faces=settings.max_faces)
+        return cls(
+            pack,
+            providers=select_providers(settings.providers),
+            det_size=settings.det_size,
+            det_threshold=settings.det_threshold,
+            det_batch=settings.det_batch,
+            rec_batch=settings.rec_batch,
+            threads=settings.ort_threads,
+            gate=gate,
+            max_faces=settings.max_faces,
+        )
 
     @property
     def dim(self) -> int:
         return self.recognizer.dim
 
-    def analyze_batch(self, images: Sequence[Image], *, timeout: float | None = None,
-                      heads: Sequence[FaceHead] = (), source: CallSource = CallSource.OTHER,
-                      embed: bool = True) -> list[list[Face]]:
+    def analyze_batch(
+        self,
+        images: Sequence[Image],
+        *,
+        timeout: float | None = None,
+        heads: Sequence[FaceHead] = (),
+        source: CallSource = CallSource.OTHER,
+        embed: bool = True,
+    ) -> list[list[Face]]:
         """Detect, align and embed every face of every image, then run `heads` on them (answers in
         Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
         (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`.
@@ -75,8 +110,14 @@ class FaceEngine:
             self.observer.waited(source, time.perf_counter() - asked)
             return self.analyze_holding_gate(images, heads=heads, source=source, embed=embed)
 
-    def analyze_holding_gate(self, images: Sequence[Image], *, heads: Sequence[FaceHead] = (),
-                             source: CallSource = CallSource.OTHER, embed: bool = True) -> list[list[Face]]:
+    def analyze_holding_gate(
+        self,
+        images: Sequence[Image],
+        *,
+        heads: Sequence[FaceHead] = (),
+        source: CallSource = CallSource.OTHER,
+        embed: bool = True,
+    ) -> list[list[Face]]:
         """analyze_batch for a caller that already holds the gate (the request batcher)."""
         arrays = [img.pixels if isinstance(img, DecodedImage) else img for img in images]
         started = time.perf_counter()

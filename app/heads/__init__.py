@@ -21,6 +21,22 @@ from app.heads.spec import (
     read_spec,
 )
 
-__all__ = ["ASSETS_DIR", "GENDERAGE", "ColorMode", "CropSource", "Head", "HeadListing", "HeadRegistry", "HeadSpec",
-           "Layout", "ModelInfo", "Normalize", "OutputKind", "box_crop", "genderage_spec", "parse_names",
-           "read_spec", "run_heads"]
+__all__ = [
+    "ASSETS_DIR",
+    "GENDERAGE",
+    "ColorMode",
+    "CropSource",
+    "Head",
+    "HeadListing",
+    "HeadRegistry",
+    "HeadSpec",
+    "Layout",
+    "ModelInfo",
+    "Normalize",
+    "OutputKind",
+    "box_crop",
+    "genderage_spec",
+    "parse_names",
+    "read_spec",
+    "run_heads",
+]

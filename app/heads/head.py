@@ -21,6 +21,7 @@ from app.heads.spec import ColorMode, CropSource, HeadSpec, Layout, OutputKind
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+
 def box_crop(image: np.ndarray, bbox: np.ndarray, size: tuple[int, int], margin: float) -> np.ndarray:
     """The square box of side max(w, h) * (1 + 2 * margin) around the box centre, resized to `size` (w, h).
     For a non-square input the box spans the shorter input side. Pixels outside the image repeat the edge
@@ -38,7 +39,7 @@ def box_crop(image: np.ndarray, bbox: np.ndarray, size: tuple[int, int], margin:
     left = min(max(left, 1 - region_w), img_w - 1)
     top = min(max(top, 1 - region_h), img_h - 1)
     right, bottom = left + region_w, top + region_h
-    roi = image[max(top, 0):min(bottom, img_h), max(left, 0):min(right, img_w)]
+    roi = image[max(top, 0) : min(bottom, img_h), max(left, 0) : min(right, img_w)]
     pads = (max(0, -top), max(0, bottom - img_h), max(0, -left), max(0, right - img_w))
     if any(pads):
         roi = cv2.copyMakeBorder(roi, *pads, cv2.BORDER_REPLICATE)
@@ -65,15 +66,15 @@ class ModelInfo:
 
 
 def dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim]
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
 
 
 class Head:
     """One loaded head. `predict` takes prepared crops (H x W x C uint8) and returns the model's output rows."""
 
-    def __init__(self, spec: HeadSpec, path: Path, *, providers: list[str], threads: int, batch: int,
-                 origin: str) -> None:
+    def __init__(
+        self, spec: HeadSpec, path: Path, *, providers: list[str], threads: int, batch: int, origin: str
+    ) -> None:
         self.spec = spec
         self.path = path
         self.origin = origin
@@ -87,34 +88,44 @@ class Head:
         initializers = {t.name for t in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in initializers]
         if len(inputs) != 1 or not model.graph.output:
-            raise ModelPackError(f"{where}: a head takes one input tensor and gives one output; the model has "
-                                 f"{len(inputs)} inputs and {len(model.graph.output)} outputs")
+            raise ModelPackError(
+                f"{where}: a head takes one input tensor and gives one output; the model has "
+                f"{len(inputs)} inputs and {len(model.graph.output)} outputs"
+            )
         if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise ModelPackError(f"{where}: the model input must be float32")
         declared = dims(inputs[0])
         expected = self._expected_input()
-        if len(declared) != 4 or any(isinstance(d, int) and d != e for d, e in zip(declared[1:], expected[1:],
-                                                                                     strict=True)):
-            raise ModelPackError(f"{where}: the model input is {declared}, but the spec ({spec.layout.value}, "
-                                 f"{spec.color.value}, {spec.input_size[0]}x{spec.input_size[1]}) gives "
-                                 f"{['N', *expected[1:]]}")
+        if len(declared) != 4 or any(
+            isinstance(d, int) and d != e for d, e in zip(declared[1:], expected[1:], strict=True)
+        ):
+            raise ModelPackError(
+                f"{where}: the model input is {declared}, but the spec ({spec.layout.value}, "
+                f"{spec.color.value}, {spec.input_size[0]}x{spec.input_size[1]}) gives "
+                f"{['N', *expected[1:]]}"
+            )
         output = model.graph.output[0]
         producer = {out: node for node in model.graph.node for out in node.output}.get(output.name)
         # A softmax head whose graph stops at the logits still answers probabilities.
-        self._apply_softmax = spec.output is OutputKind.SOFTMAX and (producer is None or producer.op_type
-                                                                       != "Softmax")
+        self._apply_softmax = spec.output is OutputKind.SOFTMAX and (producer is None or producer.op_type != "Softmax")
         batched, changed = dynamic_batch_model(model)
-        self.session: ort.InferenceSession = create_session(model.SerializeToString() if changed else path,
-                                                            providers=providers, threads=threads, name=path.name)
+        self.session: ort.InferenceSession = create_session(
+            model.SerializeToString() if changed else path, providers=providers, threads=threads, name=path.name
+        )
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.batch = batch if batched else 1
         self.info = ModelInfo(
-            file=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), input_name=self.input_name,
-            input_shape=declared, output_name=output.name, output_shape=dims(output),
+            file=path.name,
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            input_name=self.input_name,
+            input_shape=declared,
+            output_name=output.name,
+            output_shape=dims(output),
             parameters=sum(int(np.prod(t.dims)) for t in model.graph.initializer),
             opset=max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
-            providers=self.session.get_providers())
+            providers=self.session.get_providers(),
+        )
         self._check_output(where)
 
     def _expected_input(self) -> list[int]:
@@ -133,11 +144,14 @@ class Head:
             raise ModelPackError(f"{where}: a trial run on a blank input failed: {exc}") from exc
         if out.ndim != 2 or out.shape != (n, self.spec.output_width):
             want = f"[N, {self.spec.output_width}]"
-            what = {OutputKind.GENDERAGE: "female, male, age/100",
-                    OutputKind.SOFTMAX: f"one score per label: {len(self.spec.labels)}",
-                    OutputKind.REGRESSION: "one value per label, or one value without labels"}[self.spec.output]
-            raise ModelPackError(f"{where}: the model answers shape {list(out.shape)} for {n} input(s); the spec "
-                                 f"needs {want} ({what})")
+            what = {
+                OutputKind.GENDERAGE: "female, male, age/100",
+                OutputKind.SOFTMAX: f"one score per label: {len(self.spec.labels)}",
+                OutputKind.REGRESSION: "one value per label, or one value without labels",
+            }[self.spec.output]
+            raise ModelPackError(
+                f"{where}: the model answers shape {list(out.shape)} for {n} input(s); the spec needs {want} ({what})"
+            )
 
     @property
     def name(self) -> str:
@@ -151,8 +165,11 @@ class Head:
         else:
             if face.crop is None:
                 raise ValueError("face has no aligned crop")
-            crop = face.crop if face.crop.shape[1::-1] == size else cv2.resize(face.crop, size,
-                                                                                 interpolation=cv2.INTER_AREA)
+            crop = (
+                face.crop
+                if face.crop.shape[1::-1] == size
+                else cv2.resize(face.crop, size, interpolation=cv2.INTER_AREA)
+            )
         if self.spec.color is ColorMode.GRAY:
             return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)[..., None]
         if self.spec.color is ColorMode.RGB:
@@ -174,7 +191,7 @@ class Head:
 
     def predict(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Output rows for prepared crops, in batches of at most `batch`."""
-        rows = [self.infer(self.blob(crops[i:i + self.batch])) for i in range(0, len(crops), self.batch)]
+        rows = [self.infer(self.blob(crops[i : i + self.batch])) for i in range(0, len(crops), self.batch)]
         out = np.concatenate(rows) if rows else np.zeros((0, self.spec.output_width), np.float32)
         return _softmax(out) if self._apply_softmax else out
 

@@ -49,11 +49,21 @@ class HeadRegistry:
         self._listings = {entry.spec.name: entry for entry in listings}
 
     @classmethod
-    def load(cls, *, defaults: str, heads_dir: Path | None, genderage: Path | None, pack_name: str,
-             providers: list[str], threads: int, batch: int) -> HeadRegistry:
+    def load(
+        cls,
+        *,
+        defaults: str,
+        heads_dir: Path | None,
+        genderage: Path | None,
+        pack_name: str,
+        providers: list[str],
+        threads: int,
+        batch: int,
+    ) -> HeadRegistry:
         """Built-in heads, then HEADS_DIR (a user head of the same name replaces a built-in one). Any bad spec
         or model is a ModelPackError naming the file; an absent genderage.onnx only marks genderage
         unavailable."""
+
         def load_head(spec: HeadSpec, path: Path, origin: str) -> Head:
             return Head(spec, path, providers=providers, threads=threads, batch=batch, origin=origin)
 
@@ -65,29 +75,40 @@ class HeadRegistry:
             found[GENDERAGE] = (genderage_spec(_static_size(genderage)), genderage, f"model pack {pack_name}")
         else:
             unavailable[GENDERAGE] = HeadListing(
-                spec=genderage_spec(), origin=f"model pack {pack_name}",
-                reason=f"model pack '{pack_name}' has no genderage.onnx (antelopev2 and buffalo_l have it)")
+                spec=genderage_spec(),
+                origin=f"model pack {pack_name}",
+                reason=f"model pack '{pack_name}' has no genderage.onnx (antelopev2 and buffalo_l have it)",
+            )
         if heads_dir is not None:
             user: dict[str, Path] = {}
             for spec, path in _user_specs(heads_dir):
                 if spec.name in user:
-                    raise ModelPackError(f"head spec {path}: head name {spec.name!r} is already used by "
-                                         f"{user[spec.name]}")
+                    raise ModelPackError(
+                        f"head spec {path}: head name {spec.name!r} is already used by {user[spec.name]}"
+                    )
                 if spec.name in found or spec.name in unavailable:
                     logger.warning("head %s from %s replaces the built-in head of that name", spec.name, path)
                 user[spec.name] = path
                 unavailable.pop(spec.name, None)
                 found[spec.name] = (spec, heads_dir / (spec.model or path.with_suffix(".onnx").name), str(path))
 
-        listings = [HeadListing(spec=spec, origin=origin, head=load_head(spec, model, origin))
-                    for spec, model, origin in found.values()]
+        listings = [
+            HeadListing(spec=spec, origin=origin, head=load_head(spec, model, origin))
+            for spec, model, origin in found.values()
+        ]
         _check_keys(listings)
         registry = cls([*listings, *unavailable.values()])
         registry._set_defaults(defaults)
         for entry in registry._listings.values():
             if entry.head is not None:
-                logger.info("head %s loaded from %s (%s, %d parameters)%s", entry.spec.name, entry.head.path,
-                            entry.origin, entry.head.info.parameters, " [default]" if entry.default else "")
+                logger.info(
+                    "head %s loaded from %s (%s, %d parameters)%s",
+                    entry.spec.name,
+                    entry.head.path,
+                    entry.origin,
+                    entry.head.info.parameters,
+                    " [default]" if entry.default else "",
+                )
         return registry
 
     def _set_defaults(self, defaults: str) -> None:
@@ -160,6 +181,8 @@ def _check_keys(listings: Sequence[HeadListing]) -> None:
     for entry in listings:
         for key in entry.spec.output_keys:
             if key in owner:
-                raise ModelPackError(f"head {entry.spec.name!r} ({entry.origin}) and head {owner[key]!r} both "
-                                     f"answer {key!r}; rename one or remove it")
+                raise ModelPackError(
+                    f"head {entry.spec.name!r} ({entry.origin}) and head {owner[key]!r} both "
+                    f"answer {key!r}; rename one or remove it"
+                )
             owner[key] = entry.spec.name

@@ -70,8 +70,9 @@ class HeadSpec(BaseModel):
     color: ColorMode = ColorMode.RGB
     normalize: Normalize = Normalize()
     crop: CropSource = CropSource.ALIGNED
-    margin: float = Field(default=0.0, ge=0.0, le=2.0, description="box crop only: fraction of the side added "
-                                                                    "on each side")
+    margin: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="box crop only: fraction of the side added on each side"
+    )
     output: OutputKind
     labels: tuple[str, ...] = ()
     description: str = ""
@@ -131,11 +132,19 @@ def genderage_spec(input_size: tuple[int, int] = (96, 96)) -> HeadSpec:
     """InsightFace's attribute model as its Attribute class feeds it: the box's longer side * 1.5 fills the
     input, centred on the box centre; RGB; no normalisation (the graph normalises itself)."""
     return HeadSpec(
-        name=GENDERAGE, input_size=input_size, layout=Layout.NCHW, color=ColorMode.RGB,
-        normalize=Normalize(mean=0.0, std=1.0), crop=CropSource.BOX, margin=0.25, output=OutputKind.GENDERAGE,
-        labels=("F", "M"), description="InsightFace gender and age (genderage.onnx of the model pack): "
+        name=GENDERAGE,
+        input_size=input_size,
+        layout=Layout.NCHW,
+        color=ColorMode.RGB,
+        normalize=Normalize(mean=0.0, std=1.0),
+        crop=CropSource.BOX,
+        margin=0.25,
+        output=OutputKind.GENDERAGE,
+        labels=("F", "M"),
+        description="InsightFace gender and age (genderage.onnx of the model pack): "
         "gender = the larger of the [female, male] scores, age = round(100 * third output).",
-        source="InsightFace model pack (antelopev2, buffalo_l, ...)")
+        source="InsightFace model pack (antelopev2, buffalo_l, ...)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- spec files
@@ -149,8 +158,9 @@ def _load_mapping(path: Path) -> Any:
     try:
         yaml = importlib.import_module("yaml")
     except ImportError as exc:
-        raise ModelPackError(f"head spec {path}: YAML specs need PyYAML (pip install pyyaml), or write the spec "
-                             "as JSON") from exc
+        raise ModelPackError(
+            f"head spec {path}: YAML specs need PyYAML (pip install pyyaml), or write the spec as JSON"
+        ) from exc
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -177,4 +187,3 @@ def read_spec(path: Path) -> HeadSpec:
         return HeadSpec.model_validate(data)
     except ValidationError as exc:
         raise ModelPackError(f"head spec {path}: {_problems(exc)}") from exc
-

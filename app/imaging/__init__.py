@@ -35,7 +35,24 @@ from app.imaging.header import (
     sniff_format,
 )
 
-__all__ = ["IMAGE_EXTENSIONS", "MIN_DECODE_LONG_SIDE", "OPENCV_MAX_PIXELS", "DecodedImage", "ImageFormat",
-           "ImageHeader", "PixelGate", "checked_header", "configure_pixel_limits", "crop_thumbnail", "decode_image",
-           "decoded_pixels", "decoded_pixels_estimate", "encode_jpeg", "pixel_limit_from_env", "read_header",
-           "read_image_bytes", "read_image_file", "sniff_format"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MIN_DECODE_LONG_SIDE",
+    "OPENCV_MAX_PIXELS",
+    "DecodedImage",
+    "ImageFormat",
+    "ImageHeader",
+    "PixelGate",
+    "checked_header",
+    "configure_pixel_limits",
+    "crop_thumbnail",
+    "decode_image",
+    "decoded_pixels",
+    "decoded_pixels_estimate",
+    "encode_jpeg",
+    "pixel_limit_from_env",
+    "read_header",
+    "read_image_bytes",
+    "read_image_file",
+    "sniff_format",
+]

@@ -33,7 +33,6 @@ from app.imaging.limits import OPENCV_MAX_PIXELS
 logger = logging.getLogger("app.imaging")
 
 
-
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
     """A BGR uint8 image. `scale` maps its pixel coordinates back to the original: orig = px * scale."""
@@ -58,16 +57,21 @@ class DecodedImage:
             return self.pixels
 
 
-
 # ---------------------------------------------------------------------------------------------- decoding
-_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 _OPENCV_FORMATS = frozenset({ImageFormat.JPEG, ImageFormat.PNG, ImageFormat.WEBP, ImageFormat.BMP})
 
 
 def _header_mismatch(header: ImageHeader, got: tuple[int, int]) -> BadImage:
-    return BadImage(f"the {header.format.value.upper()} header says {header.width}x{header.height} but the "
-                    f"data decodes as {got[0]}x{got[1]}: the file is corrupt")
+    return BadImage(
+        f"the {header.format.value.upper()} header says {header.width}x{header.height} but the "
+        f"data decodes as {got[0]}x{got[1]}: the file is corrupt"
+    )
 
 
 def _area_reduce(pixels: np.ndarray, factor: int) -> np.ndarray:
@@ -92,8 +96,9 @@ def _decode_displayed(data: bytes, header: ImageHeader, factor: int) -> np.ndarr
         except OceanoError:
             raise
         except Exception as exc:  # Pillow raises many types (OSError, ValueError, SyntaxError, ...) for bad data
-            raise BadImage(f"cannot decode the {header.format.value.upper()} data: the file is corrupt or "
-                           "truncated") from exc
+            raise BadImage(
+                f"cannot decode the {header.format.value.upper()} data: the file is corrupt or truncated"
+            ) from exc
     return pixels if oriented else _apply_orientation(pixels, header.orientation)
 
 
@@ -108,8 +113,9 @@ def _decode_with_opencv(data: bytes, header: ImageHeader, factor: int) -> np.nda
     try:  # the orientation comes from our header
         pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:  # OpenCV's own limit: its parser saw more pixels than ours did
-        raise BadImage(f"the {header.format.value.upper()} data is larger than its header says: the file is "
-                       "corrupt") from exc
+        raise BadImage(
+            f"the {header.format.value.upper()} data is larger than its header says: the file is corrupt"
+        ) from exc
     if pixels is None:
         logger.debug("OpenCV could not decode this %s; trying Pillow", header.format.value)
         return None
@@ -139,8 +145,11 @@ def _decode_with_pillow(data: bytes, header: ImageHeader, factor: int) -> tuple[
                 raise _header_mismatch(header, opened.size)
             opened.seek(0)  # first frame of animations
             opened.load()
-            oriented = (header.format is ImageFormat.TIFF and header.orientation != 1
-                        and _ORIENTATION_TAG not in getattr(opened, "tag_v2", {_ORIENTATION_TAG: 0}))
+            oriented = (
+                header.format is ImageFormat.TIFF
+                and header.orientation != 1
+                and _ORIENTATION_TAG not in getattr(opened, "tag_v2", {_ORIENTATION_TAG: 0})
+            )
             im: Image.Image = opened
             if im.mode.startswith("I;16") or im.mode == "I":
                 values = np.asarray(im, dtype=np.float32)
@@ -182,8 +191,9 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int | None = None,
-                 header: ImageHeader | None = None) -> DecodedImage:
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, max_side: int | None = None, header: ImageHeader | None = None
+) -> DecodedImage:
     """Validate and decode. Raises ImageTooLarge, UnsupportedImage or BadImage with a message naming why.
 
     Size and pixel caps are checked on the header before any decoder runs. The pixels are reduced by the largest
@@ -206,8 +216,14 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int 
     width, height = header.display_size
     scale = width / pixels.shape[1]
     factor = 1 << max(0, math.ceil(math.log2(scale) - 1e-9))  # for the default path: the decode factor itself
-    return DecodedImage(pixels=np.ascontiguousarray(pixels), format=header.format, original_size=(width, height),
-                        scale=scale, factor=factor, encoded=data if factor > 1 else None)
+    return DecodedImage(
+        pixels=np.ascontiguousarray(pixels),
+        format=header.format,
+        original_size=(width, height),
+        scale=scale,
+        factor=factor,
+        encoded=data if factor > 1 else None,
+    )
 
 
 def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
@@ -230,8 +246,9 @@ def read_image_file(path: Path, *, max_bytes: int, max_pixels: int, max_side: in
     return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side)
 
 
-def crop_thumbnail(image: np.ndarray, bbox: tuple[float, float, float, float], *, size: int,
-                   margin: float = 0.25) -> np.ndarray:
+def crop_thumbnail(
+    image: np.ndarray, bbox: tuple[float, float, float, float], *, size: int, margin: float = 0.25
+) -> np.ndarray:
     """A square crop around a face box with some context, resized to size x size."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = bbox
@@ -271,11 +288,15 @@ class PixelGate:
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         with self._cond:
-            room = self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.max_pixels,
-                                       timeout=self.timeout)
+            room = self._cond.wait_for(
+                lambda: self.in_use == 0 or self.in_use + pixels <= self.max_pixels, timeout=self.timeout
+            )
             if not room:
-                raise EngineBusy(f"{self.in_use / 1e6:.0f} megapixels are being decoded already (DECODE_MEGAPIXELS="
-                                 f"{self.max_pixels / 1e6:.0f}); retry shortly", retry_after=1.0)
+                raise EngineBusy(
+                    f"{self.in_use / 1e6:.0f} megapixels are being decoded already (DECODE_MEGAPIXELS="
+                    f"{self.max_pixels / 1e6:.0f}); retry shortly",
+                    retry_after=1.0,
+                )
             self.in_use += pixels
         try:
             yield

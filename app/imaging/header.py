@@ -50,7 +50,6 @@ class ImageHeader:
         return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
 
 
-
 def sniff_format(data: bytes) -> ImageFormat | None:
     """Recognise the format from the first bytes."""
     if data.startswith(b"\xff\xd8\xff"):
@@ -151,13 +150,14 @@ def _jpeg_header(data: bytes) -> ImageHeader:
         (length,) = _unpack(">H", data, pos)
         if length < 2 or pos + length > len(data):
             raise _Corrupt("bad segment length")
-        segment = data[pos + 2:pos + length]
+        segment = data[pos + 2 : pos + length]
         if marker in _JPEG_SOF:
             _, height, width, components = _unpack(">BHHB", segment, 0)
             if width == 0 or height == 0 or components == 0:
                 raise _Corrupt(f"invalid dimensions {width}x{height}")
-            return ImageHeader(ImageFormat.JPEG, width, height, orientation or 1,
-                               progressive=marker in _JPEG_PROGRESSIVE)
+            return ImageHeader(
+                ImageFormat.JPEG, width, height, orientation or 1, progressive=marker in _JPEG_PROGRESSIVE
+            )
         if marker == 0xE1 and orientation is None and segment.startswith(b"Exif\x00\x00"):
             orientation = _exif_orientation(segment)  # the first Exif APP1 counts, as for libjpeg users
         pos += length
@@ -190,7 +190,7 @@ def _png_header(data: bytes) -> ImageHeader:
         elif before_image and kind == b"tRNS":
             has_alpha = True
         elif before_image and kind == b"eXIf":
-            orientation = _exif_orientation(data[pos + 8:pos + 8 + length])
+            orientation = _exif_orientation(data[pos + 8 : pos + 8 + length])
         pos += 12 + length
     else:
         raise _Corrupt("too many chunks")
@@ -222,7 +222,7 @@ def _webp_header(data: bytes) -> ImageHeader:
         if pos + 8 > end:
             break
         kind, length = struct.unpack_from("<4sI", data, pos)
-        payload = data[pos + 8:min(pos + 8 + length, end)]
+        payload = data[pos + 8 : min(pos + 8 + length, end)]
         if kind == b"VP8X":
             flags, _, w_lo, w_hi, h_lo, h_hi = _unpack("<B3sHBHB", payload, 0)  # sides - 1, 24-bit LE
             canvas = ((w_lo | w_hi << 16) + 1, (h_lo | h_hi << 16) + 1)
@@ -296,8 +296,14 @@ def _bmp_header(data: bytes) -> ImageHeader:
     return ImageHeader(ImageFormat.BMP, width, height)
 
 
-_PARSERS = {ImageFormat.JPEG: _jpeg_header, ImageFormat.PNG: _png_header, ImageFormat.WEBP: _webp_header,
-            ImageFormat.TIFF: _tiff_header, ImageFormat.GIF: _gif_header, ImageFormat.BMP: _bmp_header}
+_PARSERS = {
+    ImageFormat.JPEG: _jpeg_header,
+    ImageFormat.PNG: _png_header,
+    ImageFormat.WEBP: _webp_header,
+    ImageFormat.TIFF: _tiff_header,
+    ImageFormat.GIF: _gif_header,
+    ImageFormat.BMP: _bmp_header,
+}
 
 
 def read_header(data: bytes) -> ImageHeader:
@@ -311,8 +317,7 @@ def read_header(data: bytes) -> ImageHeader:
     try:
         return _PARSERS[fmt](data)
     except (_Corrupt, struct.error) as exc:
-        raise BadImage(f"cannot read the {fmt.value.upper()} header: the file is corrupt or truncated "
-                       f"({exc})") from exc
+        raise BadImage(f"cannot read the {fmt.value.upper()} header: the file is corrupt or truncated ({exc})") from exc
 
 
 def checked_header(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageHeader:
@@ -354,5 +359,3 @@ def decoded_pixels(header: ImageHeader) -> int:
         factor = _reduction_for(header, MIN_DECODE_LONG_SIDE)
         return math.ceil(header.width / factor) * math.ceil(header.height / factor)
     return header.pixels
-
-

@@ -62,7 +62,11 @@ def configure_pixel_limits(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
     if OPENCV_MAX_PIXELS != max_pixels:
         level = logging.WARNING if OPENCV_MAX_PIXELS < max_pixels else logging.INFO
-        logger.log(level, "OpenCV's pixel limit is %d, the configured limit %d: set MAX_MEGAPIXELS (or %s) in "
-                   "the environment before the service starts so that they agree", OPENCV_MAX_PIXELS, max_pixels,
-                   OPENCV_MAX_PIXELS_ENV)
-
+        logger.log(
+            level,
+            "OpenCV's pixel limit is %d, the configured limit %d: set MAX_MEGAPIXELS (or %s) in "
+            "the environment before the service starts so that they agree",
+            OPENCV_MAX_PIXELS,
+            max_pixels,
+            OPENCV_MAX_PIXELS_ENV,
+        )

@@ -44,8 +44,14 @@ class CommitBuffer:
     them, called under `lock` in the same step as they stop being in progress, so a progress snapshot taken
     under `lock` never sees a file in neither place."""
 
-    def __init__(self, *, batch: int, write: Callable[[list[Entry]], None],
-                 written: Callable[[list[Entry]], None], interval: float = COMMIT_INTERVAL) -> None:
+    def __init__(
+        self,
+        *,
+        batch: int,
+        write: Callable[[list[Entry]], None],
+        written: Callable[[list[Entry]], None],
+        interval: float = COMMIT_INTERVAL,
+    ) -> None:
         self.batch = batch
         self.interval = interval
         self.lock = threading.Lock()
@@ -78,8 +84,11 @@ class CommitBuffer:
         with self.lock:
             pending = self._pending
             cut = 0
-            if force or len(pending) >= self.batch or (
-                    pending and time.monotonic() - self._pending_since >= self.interval):
+            if (
+                force
+                or len(pending) >= self.batch
+                or (pending and time.monotonic() - self._pending_since >= self.interval)
+            ):
                 cut = len(pending)
             else:
                 points = 0
@@ -120,17 +129,24 @@ class CommitBuffer:
         return written
 
 
-def write_with_retry(fn: Callable[[], None], *, policy: RetryPolicy, stop: threading.Event, what: str,
-                     run: str) -> None:
+def write_with_retry(
+    fn: Callable[[], None], *, policy: RetryPolicy, stop: threading.Event, what: str, run: str
+) -> None:
     """Store writes retried with exponential backoff, bounded by `policy`. A stopping run does not wait for the
     store (`stop` set): its uncommitted files are simply redone next time. Re-raises the last error."""
     retrying = Retrying(
-        stop=stop_any(stop_after_attempt(policy.attempts), stop_after_delay(policy.max_delay),
-                      stop_when_event_set(stop)),
+        stop=stop_any(
+            stop_after_attempt(policy.attempts), stop_after_delay(policy.max_delay), stop_when_event_set(stop)
+        ),
         wait=wait_exponential(multiplier=policy.wait_initial, max=policy.wait_max),
         reraise=True,
         before_sleep=lambda s: logger.warning(
-            "ingest %s: store %s failed (attempt %d of %d), retrying: %s", run, what, s.attempt_number,
-            policy.attempts, s.outcome.exception() if s.outcome else None),
+            "ingest %s: store %s failed (attempt %d of %d), retrying: %s",
+            run,
+            what,
+            s.attempt_number,
+            policy.attempts,
+            s.outcome.exception() if s.outcome else None,
+        ),
     )
     retrying(fn)

@@ -32,8 +32,15 @@ class JobManager:
     stopped is resumed by `start()`. Those of other keys (another COLLECTION_NAME, backend or model pack) are
     left as they are, for a service that writes to their collection."""
 
-    def __init__(self, *, service: FaceService, state: IngestState, settings: Settings,
-                 retry: RetryPolicy | None = None, persist_every: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        service: FaceService,
+        state: IngestState,
+        settings: Settings,
+        retry: RetryPolicy | None = None,
+        persist_every: float = 1.0,
+    ) -> None:
         self.service = service
         self.state = state
         self.settings = settings
@@ -49,8 +56,9 @@ class JobManager:
         self._last_log = 0.0
 
     def start(self) -> None:
-        unfinished = self.state.jobs(statuses=[JobStatus.PENDING, JobStatus.PROCESSING], oldest_first=True,
-                                     limit=1_000_000)
+        unfinished = self.state.jobs(
+            statuses=[JobStatus.PENDING, JobStatus.PROCESSING], oldest_first=True, limit=1_000_000
+        )
         with self._cv:
             for job in unfinished:
                 if job.collection != self.collection:
@@ -72,8 +80,10 @@ class JobManager:
         anything about the path itself is said, so nothing outside the roots can be probed."""
         roots = self.roots
         if not roots:
-            raise AccessDenied("ingest over HTTP is off: set INGEST_ROOTS to the folders the service may read "
-                               "(e.g. INGEST_ROOTS=/data/images) and restart it")
+            raise AccessDenied(
+                "ingest over HTTP is off: set INGEST_ROOTS to the folders the service may read "
+                "(e.g. INGEST_ROOTS=/data/images) and restart it"
+            )
         given = Path(path)
         candidates = [given] if given.is_absolute() else [r / given for r in roots]
         real = [Path(os.path.realpath(c)) for c in candidates]
@@ -83,8 +93,9 @@ class JobManager:
         try:
             found = next((r for r in allowed if r.exists()), None)
             if found is None:
-                raise InvalidRequest(f"{path} does not exist on the service's filesystem (inside its container, if "
-                                     "it runs in one)")
+                raise InvalidRequest(
+                    f"{path} does not exist on the service's filesystem (inside its container, if it runs in one)"
+                )
             if found.is_file():
                 if found.suffix.lower() not in IMAGE_EXTENSIONS:
                     raise InvalidRequest(f"{path} is not an image file ({' '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -96,11 +107,13 @@ class JobManager:
 
     def shown(self, view: JobView) -> JobView:
         """A job as answers show it: its path and its failed files' paths relative to their INGEST_ROOTS root."""
+
         def relative(path: str) -> str:
             for root in self.roots:
                 if Path(path).is_relative_to(root):
                     return Path(path).relative_to(root).as_posix()
             return Path(path).name
+
         errors = [{**e, "path": relative(e["path"])} for e in view.progress.last_errors]
         return replace(view, path=relative(view.path), progress=replace(view.progress, last_errors=errors))
 
@@ -109,8 +122,9 @@ class JobManager:
         with self._cv:
             if self._closing:
                 raise ShuttingDown("the service is shutting down; submit the job again once it is back")
-            for job in self.state.jobs(statuses=[JobStatus.PENDING, JobStatus.PROCESSING], limit=1_000_000,
-                                       collection=self.collection):
+            for job in self.state.jobs(
+                statuses=[JobStatus.PENDING, JobStatus.PROCESSING], limit=1_000_000, collection=self.collection
+            ):
                 if job.path == path and job.options == options:
                     return self.get(job.id)  # the same work is already queued or running
             job_id = uuid.uuid4().hex
@@ -131,8 +145,9 @@ class JobManager:
         return self.shown(view)
 
     def list(self, limit: int = 50) -> list[JobView]:
-        return [self.get(job.id) if not job.status.finished else self.shown(job)
-                for job in self.state.jobs(limit=limit)]
+        return [
+            self.get(job.id) if not job.status.finished else self.shown(job) for job in self.state.jobs(limit=limit)
+        ]
 
     def cancel(self, job_id: str, *, wait: float = 30.0) -> JobView:
         """Stop a job for good: a queued one at once, the running one after its current batch is committed."""
@@ -142,16 +157,18 @@ class JobManager:
         with self._cv:
             if job_id in self._queue:
                 self._queue.remove(job_id)
-                self.state.update_job(job_id, status=JobStatus.CANCELLED, finished_at=time.time(),
-                                      message="cancelled before it started")
+                self.state.update_job(
+                    job_id, status=JobStatus.CANCELLED, finished_at=time.time(), message="cancelled before it started"
+                )
                 return self.get(job_id)
             active = self._active
             if active is not None and active.run_id == job_id:
                 active.cancel()
                 self._cv.wait_for(lambda: self._active is None or self._active.run_id != job_id, timeout=wait)
             elif view.collection != self.collection:  # left unfinished for another collection: never run here
-                self.state.update_job(job_id, status=JobStatus.CANCELLED, finished_at=time.time(),
-                                      message="cancelled before it started")
+                self.state.update_job(
+                    job_id, status=JobStatus.CANCELLED, finished_at=time.time(), message="cancelled before it started"
+                )
         return self.get(job_id)
 
     def shutdown(self, timeout: float = 60.0) -> None:
@@ -182,11 +199,20 @@ class JobManager:
                     # Requests share the engine: leave them one inference slot when there are several, and
                     # keep engine calls short on a CPU.
                     engine = self.service.engine
-                    job = IngestJob(root=Path(view.path), options=view.options, service=self.service,
-                                    state=self.state, settings=self.settings, run_id=job_id, retry=self.retry,
-                                    collection=self.collection, within=self.roots,
-                                    on_commit=self._persist, infer_workers=max(1, engine.gate.concurrency - 1),
-                                    infer_batch=None if engine.on_gpu else INFER_BATCH_SHARED_CPU)
+                    job = IngestJob(
+                        root=Path(view.path),
+                        options=view.options,
+                        service=self.service,
+                        state=self.state,
+                        settings=self.settings,
+                        run_id=job_id,
+                        retry=self.retry,
+                        collection=self.collection,
+                        within=self.roots,
+                        on_commit=self._persist,
+                        infer_workers=max(1, engine.gate.concurrency - 1),
+                        infer_batch=None if engine.on_gpu else INFER_BATCH_SHARED_CPU,
+                    )
                     self._active = job
                 except Exception:
                     logger.exception("ingest job %s could not be started", job_id)
@@ -202,11 +228,17 @@ class JobManager:
 
     def _run_job(self, job: IngestJob, attempts: int) -> None:
         job_id = job.run_id
-        self.state.update_job(job_id, status=JobStatus.PROCESSING, started_at=time.time(), attempts=attempts + 1,
-                              message=None)
+        self.state.update_job(
+            job_id, status=JobStatus.PROCESSING, started_at=time.time(), attempts=attempts + 1, message=None
+        )
         status, message = self._run(job)
-        self.state.update_job(job_id, status=status, progress=job.progress(), message=message,
-                              finished_at=time.time() if status.finished else None)
+        self.state.update_job(
+            job_id,
+            status=status,
+            progress=job.progress(),
+            message=message,
+            finished_at=time.time() if status.finished else None,
+        )
         logger.info("ingest job %s %s: %s", job_id, status.value, message)
 
     def _run(self, job: IngestJob) -> tuple[JobStatus, str]:
@@ -239,11 +271,19 @@ class JobManager:
             logger.info("ingest job %s: %s", job.run_id, progress_line(job.progress()))
 
 
-
 def _log_not_resumed(job: JobView) -> None:
     if job.collection == LEGACY_KEY:
-        logger.warning("ingest job %s (%s) was left unfinished by an older Oceano, for a collection it did not "
-                       "record: not resumed; submit it again if it is still wanted", job.id, job.path)
+        logger.warning(
+            "ingest job %s (%s) was left unfinished by an older Oceano, for a collection it did not "
+            "record: not resumed; submit it again if it is still wanted",
+            job.id,
+            job.path,
+        )
     else:
-        logger.info("ingest job %s (%s) is unfinished for another collection or model pack (%s): left as it is; "
-                    "it resumes when the service runs with that collection", job.id, job.path, job.collection)
+        logger.info(
+            "ingest job %s (%s) is unfinished for another collection or model pack (%s): left as it is; "
+            "it resumes when the service runs with that collection",
+            job.id,
+            job.path,
+            job.collection,
+        )

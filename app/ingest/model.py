@@ -102,14 +102,27 @@ class Counts:
         return self.done + self.skipped + self.failed + self.in_progress
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "seen": self.seen, "done": self.done, "ingested": self.ingested,
-                "no_face": self.no_face, "skipped": self.skipped, "failed": self.failed,
-                "faces_added": self.faces_added, "in_progress": self.in_progress}
+        return {
+            "total": self.total,
+            "seen": self.seen,
+            "done": self.done,
+            "ingested": self.ingested,
+            "no_face": self.no_face,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "faces_added": self.faces_added,
+            "in_progress": self.in_progress,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counts:
-        return cls(**{k: data[k] for k in ("total", "seen", "ingested", "no_face", "skipped", "failed",
-                                           "faces_added", "in_progress") if k in data})
+        return cls(
+            **{
+                k: data[k]
+                for k in ("total", "seen", "ingested", "no_face", "skipped", "failed", "faces_added", "in_progress")
+                if k in data
+            }
+        )
 
 
 @dataclass(slots=True)
@@ -125,17 +138,27 @@ class Progress:
     top_reasons: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"counts": self.counts.to_dict(), "elapsed_s": round(self.elapsed, 2),
-                "files_per_s": round(self.files_per_s, 2), "faces_per_s": round(self.faces_per_s, 2),
-                "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
-                "last_errors": self.last_errors, "top_reasons": self.top_reasons}
+        return {
+            "counts": self.counts.to_dict(),
+            "elapsed_s": round(self.elapsed, 2),
+            "files_per_s": round(self.files_per_s, 2),
+            "faces_per_s": round(self.faces_per_s, 2),
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "last_errors": self.last_errors,
+            "top_reasons": self.top_reasons,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
-        return cls(counts=Counts.from_dict(data.get("counts", {})), elapsed=float(data.get("elapsed_s", 0.0)),
-                   files_per_s=float(data.get("files_per_s", 0.0)), faces_per_s=float(data.get("faces_per_s", 0.0)),
-                   eta_s=data.get("eta_s"), last_errors=list(data.get("last_errors", [])),
-                   top_reasons=list(data.get("top_reasons", [])))
+        return cls(
+            counts=Counts.from_dict(data.get("counts", {})),
+            elapsed=float(data.get("elapsed_s", 0.0)),
+            files_per_s=float(data.get("files_per_s", 0.0)),
+            faces_per_s=float(data.get("faces_per_s", 0.0)),
+            eta_s=data.get("eta_s"),
+            last_errors=list(data.get("last_errors", [])),
+            top_reasons=list(data.get("top_reasons", [])),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +171,7 @@ class FileRecord:
     reason: str | None = None
     faces: int = 0
     run_id: str | None = None
+
 
 # ------------------------------------------------------------------------------------------------- wire schema
 
@@ -219,14 +243,33 @@ class JobView:
     collection: str | None = None  # its collection key (app.ingest.state); not on the wire
 
     def to_out(self) -> JobOut:
-        return JobOut.model_validate({
-            "id": self.id, "path": self.path, "status": self.status, "options": self.options.to_dict(),
-            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
-            **self.progress.to_dict(), "message": self.message, "attempts": self.attempts})
+        return JobOut.model_validate(
+            {
+                "id": self.id,
+                "path": self.path,
+                "status": self.status,
+                "options": self.options.to_dict(),
+                "created_at": self.created_at,
+                "started_at": self.started_at,
+                "finished_at": self.finished_at,
+                **self.progress.to_dict(),
+                "message": self.message,
+                "attempts": self.attempts,
+            }
+        )
 
     @classmethod
     def from_out(cls, out: JobOut) -> JobView:
         data = out.model_dump()
-        return cls(id=out.id, path=out.path, status=out.status, options=IngestOptions.from_dict(data["options"]),
-                   created_at=out.created_at, started_at=out.started_at, finished_at=out.finished_at,
-                   progress=Progress.from_dict(data), message=out.message, attempts=out.attempts)
+        return cls(
+            id=out.id,
+            path=out.path,
+            status=out.status,
+            options=IngestOptions.from_dict(data["options"]),
+            created_at=out.created_at,
+            started_at=out.started_at,
+            finished_at=out.finished_at,
+            progress=Progress.from_dict(data),
+            message=out.message,
+            attempts=out.attempts,
+        )

@@ -80,10 +80,22 @@ class IngestJob:
     """One run over a folder (or one file). `run()` blocks; `cancel()` and `stop()` may be called from any
     thread and take effect at the next batch boundary, after what was inferred so far has been committed."""
 
-    def __init__(self, *, root: Path, options: IngestOptions, service: FaceService | None, state: IngestState,
-                 settings: Settings, run_id: str | None = None, retry: RetryPolicy | None = None,
-                 on_commit: Callable[[IngestJob], None] | None = None, infer_batch: int | None = None,
-                 infer_workers: int | None = None, collection: str | None = None, within: Roots = ()) -> None:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        options: IngestOptions,
+        service: FaceService | None,
+        state: IngestState,
+        settings: Settings,
+        run_id: str | None = None,
+        retry: RetryPolicy | None = None,
+        on_commit: Callable[[IngestJob], None] | None = None,
+        infer_batch: int | None = None,
+        infer_workers: int | None = None,
+        collection: str | None = None,
+        within: Roots = (),
+    ) -> None:
         """`infer_workers`: threads running engine batches at the same time (default: the inference gate's
         concurrency; on a CPU, with one ONNX Runtime thread each, that is what keeps every core busy).
         `collection`: the key of its records in the state (default: from the settings and the engine's pack,
@@ -96,7 +108,8 @@ class IngestJob:
         self.state = state
         self.settings = settings
         self.collection = collection or collection_key(
-            settings, service.engine.fingerprint if service is not None else resolve_pack(settings).fingerprint)
+            settings, service.engine.fingerprint if service is not None else resolve_pack(settings).fingerprint
+        )
         self.run_id = run_id or uuid.uuid4().hex
         self.retry = retry or RetryPolicy()
         self.on_commit = on_commit
@@ -116,8 +129,11 @@ class IngestJob:
         self._started: float | None = None
         self._finished: float | None = None
         self._buffer = CommitBuffer(batch=options.batch, write=self._write, written=self._written)
-        self._skip_dirs = [p for p in (settings.state_dir.resolve(), settings.thumbs_dir.resolve(),
-                                       settings.qdrant_path.resolve()) if p.is_relative_to(root)]
+        self._skip_dirs = [
+            p
+            for p in (settings.state_dir.resolve(), settings.thumbs_dir.resolve(), settings.qdrant_path.resolve())
+            if p.is_relative_to(root)
+        ]
 
     # ------------------------------------------------------------------ control
     def cancel(self) -> None:
@@ -143,19 +159,32 @@ class IngestJob:
         eta = None
         if counts.total is not None and self._finished is None and work_rate > 0:
             eta = max(0, counts.total - counts.handled) / work_rate
-        return Progress(counts=counts, elapsed=elapsed, files_per_s=work_rate,
-                        faces_per_s=(counts.faces_added + faces_pending) / elapsed, eta_s=eta, last_errors=errors,
-                        top_reasons=reasons)
+        return Progress(
+            counts=counts,
+            elapsed=elapsed,
+            files_per_s=work_rate,
+            faces_per_s=(counts.faces_added + faces_pending) / elapsed,
+            eta_s=eta,
+            last_errors=errors,
+            top_reasons=reasons,
+        )
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunOutcome:
         """Blocks until the folder is done, or the run is stopped or cancelled. Raises StoreUnavailable when
         the store stays down past the retry policy; everything committed before is kept."""
         self._started = time.monotonic()
-        logger.info("ingest %s: %s (batch %d points, %d decode workers, %d inference workers x %d images, "
-                    "resume %s%s)", self.run_id[:8], self.root, self.options.batch, self.options.workers,
-                    self.infer_workers, self.infer_batch, "on" if self.options.resume else "off",
-                    ", dry run" if self.options.dry_run else "")
+        logger.info(
+            "ingest %s: %s (batch %d points, %d decode workers, %d inference workers x %d images, resume %s%s)",
+            self.run_id[:8],
+            self.root,
+            self.options.batch,
+            self.options.workers,
+            self.infer_workers,
+            self.infer_batch,
+            "on" if self.options.resume else "off",
+            ", dry run" if self.options.dry_run else "",
+        )
         threading.Thread(target=self._count_total, name="ingest-count", daemon=True).start()
         try:
             if self.options.dry_run:
@@ -179,8 +208,14 @@ class IngestJob:
         return self.outcome
 
     def _walk(self) -> Iterator[Path]:
-        return iter_image_files(self.root, exclude=self.options.exclude, follow_symlinks=self.options.follow_symlinks,
-                                skip_dirs=self._skip_dirs, stop=self._halt, within=self.within)
+        return iter_image_files(
+            self.root,
+            exclude=self.options.exclude,
+            follow_symlinks=self.options.follow_symlinks,
+            skip_dirs=self._skip_dirs,
+            stop=self._halt,
+            within=self.within,
+        )
 
     def _count_total(self) -> None:
         """A second, cheap walk (names only) so that the progress has a total and an ETA early on."""
@@ -195,8 +230,14 @@ class IngestJob:
             st = path.stat()
         except OSError:
             return None, None, False
-        return st, *self.state.resume_check(self.collection, str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                            resume=self.options.resume, run_id=self.run_id)
+        return st, *self.state.resume_check(
+            self.collection,
+            str(path),
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            resume=self.options.resume,
+            run_id=self.run_id,
+        )
 
     def _dry_run(self) -> None:
         for path in self._walk():
@@ -213,8 +254,10 @@ class IngestJob:
         futures: queue.Queue[Future[_Loaded] | None] = queue.Queue(maxsize=self.queue_size)
         pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="ingest-decode")
         feeder = threading.Thread(target=self._feed, args=(pool, futures), name="ingest-feed", daemon=True)
-        others = [threading.Thread(target=self._infer_loop, args=(futures,), name=f"ingest-infer-{i}", daemon=True)
-                  for i in range(1, self.infer_workers)]
+        others = [
+            threading.Thread(target=self._infer_loop, args=(futures,), name=f"ingest-infer-{i}", daemon=True)
+            for i in range(1, self.infer_workers)
+        ]
         feeder.start()
         for thread in others:
             thread.start()
@@ -272,8 +315,11 @@ class IngestJob:
         try:
             self.service.store.optimize()
         except Exception as exc:  # the points are in; an index build can be redone at any time
-            logger.warning("ingest %s: building the index at the end failed (%s); the service builds it at its "
-                           "next start", self.run_id[:8], exc)
+            logger.warning(
+                "ingest %s: building the index at the end failed (%s); the service builds it at its next start",
+                self.run_id[:8],
+                exc,
+            )
 
     def _feed(self, pool: ThreadPoolExecutor, futures: queue.Queue[Future[_Loaded] | None]) -> None:
         try:
@@ -306,8 +352,9 @@ class IngestJob:
 
     def _load(self, path: Path, st: os.stat_result | None, previous: FileRecord | None) -> _Loaded:
         """Decode worker: read once, hash, decode (reduced-size JPEG decoding for big photos)."""
-        loaded = _Loaded(path=str(path), size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1,
-                         previous=previous)
+        loaded = _Loaded(
+            path=str(path), size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1, previous=previous
+        )
         if self._halt.is_set():
             loaded.error = "stopped"
             return loaded
@@ -323,8 +370,9 @@ class IngestJob:
             if previous is not None and previous.content_hash == loaded.content_hash:
                 loaded.unchanged = True
                 return loaded
-            loaded.image = decode_image(data, max_bytes=self.settings.max_upload_bytes,
-                                        max_pixels=int(self.settings.max_megapixels * 1e6))
+            loaded.image = decode_image(
+                data, max_bytes=self.settings.max_upload_bytes, max_pixels=int(self.settings.max_megapixels * 1e6)
+            )
         except OceanoError as exc:
             loaded.error = exc.message.replace(str(path), "the file")
         except Exception as exc:  # a decoder crash on one file must not stop the run
@@ -336,13 +384,31 @@ class IngestJob:
         if loaded.error == "stopped":
             return  # not recorded: redone next time
         if loaded.unchanged and loaded.previous is not None:
-            entry = Entry(FileRecord(
-                path=loaded.path, size=loaded.size, mtime_ns=loaded.mtime_ns, content_hash=loaded.content_hash,
-                status=loaded.previous.status, faces=loaded.previous.faces, run_id=self.run_id), EntryKind.SKIPPED)
+            entry = Entry(
+                FileRecord(
+                    path=loaded.path,
+                    size=loaded.size,
+                    mtime_ns=loaded.mtime_ns,
+                    content_hash=loaded.content_hash,
+                    status=loaded.previous.status,
+                    faces=loaded.previous.faces,
+                    run_id=self.run_id,
+                ),
+                EntryKind.SKIPPED,
+            )
         else:
-            entry = Entry(FileRecord(
-                path=loaded.path, size=loaded.size, mtime_ns=loaded.mtime_ns, content_hash=loaded.content_hash,
-                status=FileStatus.FAILED, reason=loaded.error or "unknown error", run_id=self.run_id), EntryKind.FAILED)
+            entry = Entry(
+                FileRecord(
+                    path=loaded.path,
+                    size=loaded.size,
+                    mtime_ns=loaded.mtime_ns,
+                    content_hash=loaded.content_hash,
+                    status=FileStatus.FAILED,
+                    reason=loaded.error or "unknown error",
+                    run_id=self.run_id,
+                ),
+                EntryKind.FAILED,
+            )
         self._buffer.add(entry)
 
     def _analyze(self, images: list[DecodedImage]) -> list[list[Face]] | None:
@@ -366,16 +432,25 @@ class IngestJob:
                 batch[0].error = f"face analysis failed: {type(exc).__name__}: {exc}"
                 self._record_unread(batch[0])
                 return
-            logger.warning("ingest %s: an engine batch failed (%s); retrying its images one by one",
-                           self.run_id[:8], exc)
+            logger.warning(
+                "ingest %s: an engine batch failed (%s); retrying its images one by one", self.run_id[:8], exc
+            )
             for item in batch:
                 self._infer([item])
             return
         if faces is None:
             return  # stopped: these files stay unrecorded and are redone next time
-        items = [ImageToIndex(image=item.image, content_hash=item.content_hash or "", file=item.path,
-                              origin=Origin.INGEST, replace=True)
-                 for item in batch if item.image is not None]
+        items = [
+            ImageToIndex(
+                image=item.image,
+                content_hash=item.content_hash or "",
+                file=item.path,
+                origin=Origin.INGEST,
+                replace=True,
+            )
+            for item in batch
+            if item.image is not None
+        ]
         points, results = self.service.prepare_points(items, faces)  # thumbnails written here
         by_file: dict[str, list[FacePoint]] = {}
         for point in points:
@@ -383,11 +458,20 @@ class IngestJob:
         entries = []
         for item, row, result in zip(batch, faces, results, strict=True):
             item.image = None  # release the pixels now; only the points wait for the upsert
-            record = FileRecord(path=item.path, size=item.size, mtime_ns=item.mtime_ns,
-                                content_hash=item.content_hash, status=FileStatus.DONE if row else FileStatus.NO_FACE,
-                                faces=len(row), run_id=self.run_id)
-            entries.append(Entry(record, EntryKind.INGESTED if row else EntryKind.NO_FACE, result,
-                                  tuple(by_file.get(item.path, ()))))
+            record = FileRecord(
+                path=item.path,
+                size=item.size,
+                mtime_ns=item.mtime_ns,
+                content_hash=item.content_hash,
+                status=FileStatus.DONE if row else FileStatus.NO_FACE,
+                faces=len(row),
+                run_id=self.run_id,
+            )
+            entries.append(
+                Entry(
+                    record, EntryKind.INGESTED if row else EntryKind.NO_FACE, result, tuple(by_file.get(item.path, ()))
+                )
+            )
         self._buffer.add(*entries)
 
     def _commit_due(self) -> None:
@@ -404,6 +488,7 @@ class IngestJob:
         assert service is not None
         writes = [e for e in entries if e.result is not None]
         if writes:
+
             def write() -> None:
                 service.write_points([p for e in writes for p in e.points], [e.result for e in writes if e.result])
                 service.store.flush()
@@ -414,7 +499,8 @@ class IngestJob:
                 detail = exc.message if isinstance(exc, OceanoError) else f"{type(exc).__name__}: {exc}"
                 raise StoreUnavailable(
                     f"the vector store failed during upsert and stayed down: {detail}. The {self._counts.done} "
-                    f"files ingested before are kept; run the same ingest again to resume") from exc
+                    f"files ingested before are kept; run the same ingest again to resume"
+                ) from exc
         self.state.record_files(self.collection, [e.record for e in entries])
 
     def _written(self, entries: list[Entry]) -> None:

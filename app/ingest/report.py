@@ -19,16 +19,20 @@ def progress_line(progress: Progress) -> str:
     c = progress.counts
     total = "?" if c.total is None else str(c.total)
     eta = "" if progress.eta_s is None else f", ETA {format_duration(progress.eta_s)}"
-    return (f"{c.handled}/{total} files ({c.done} done, {c.in_progress} in progress, {c.skipped} skipped, "
-            f"{c.failed} failed), {c.faces_added} faces added, {progress.files_per_s:.1f} files/s, "
-            f"{progress.faces_per_s:.1f} faces/s{eta}")
+    return (
+        f"{c.handled}/{total} files ({c.done} done, {c.in_progress} in progress, {c.skipped} skipped, "
+        f"{c.failed} failed), {c.faces_added} faces added, {progress.files_per_s:.1f} files/s, "
+        f"{progress.faces_per_s:.1f} faces/s{eta}"
+    )
 
 
 def summary_line(progress: Progress) -> str:
     c = progress.counts
-    return (f"{c.seen} files seen: {c.ingested} ingested, {c.skipped} skipped (already done), {c.no_face} without "
-            f"faces, {c.failed} failed; {c.faces_added} faces added in {format_duration(progress.elapsed)} "
-            f"({progress.files_per_s:.1f} images/s)")
+    return (
+        f"{c.seen} files seen: {c.ingested} ingested, {c.skipped} skipped (already done), {c.no_face} without "
+        f"faces, {c.failed} failed; {c.faces_added} faces added in {format_duration(progress.elapsed)} "
+        f"({progress.files_per_s:.1f} images/s)"
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -53,15 +57,23 @@ class ProgressRenderer:
             from tqdm import tqdm
 
             if self._bar is None:
-                self._bar = tqdm(total=c.total, unit="file", dynamic_ncols=True, file=sys.stderr,
-                                 desc="ingest", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                 "[{elapsed}{postfix}]")
+                self._bar = tqdm(
+                    total=c.total,
+                    unit="file",
+                    dynamic_ncols=True,
+                    file=sys.stderr,
+                    desc="ingest",
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+                )
             if c.total is not None and self._bar.total != c.total:
                 self._bar.total = c.total
             self._bar.n = c.handled
             eta = "?" if progress.eta_s is None else format_duration(progress.eta_s)
-            self._bar.set_postfix_str(f"{progress.files_per_s:.1f} files/s, {progress.faces_per_s:.1f} faces/s, "
-                                      f"ETA {eta}, {c.faces_added} faces, {c.failed} failed", refresh=True)
+            self._bar.set_postfix_str(
+                f"{progress.files_per_s:.1f} files/s, {progress.faces_per_s:.1f} faces/s, "
+                f"ETA {eta}, {c.faces_added} faces, {c.failed} failed",
+                refresh=True,
+            )
         elif self._clock() - self._last_log >= LOG_INTERVAL:
             self._last_log = self._clock()
             prefix = f"[{status.value}] " if status is not None else ""
@@ -88,4 +100,3 @@ def format_summary(path: str, progress: Progress, outcome: str, message: str | N
         f"  wall time    {format_duration(progress.elapsed)} ({progress.elapsed:.1f}s), {images_per_s:.2f} images/s",
     ]
     return "\n".join(lines)
-

@@ -113,8 +113,11 @@ class IngestState:
         if "files" in tables:  # schema 1 (or 0: version 1's tables, killed before it set user_version)
             self._db.execute("ALTER TABLE files RENAME TO files_v1")
             self._db.execute(_FILES)
-            self._db.execute(f"INSERT INTO files (collection, {_FILE_COLUMNS}, updated_at) "
-                             f"SELECT ?, {_FILE_COLUMNS}, updated_at FROM files_v1", (LEGACY_KEY,))
+            self._db.execute(
+                f"INSERT INTO files (collection, {_FILE_COLUMNS}, updated_at) "
+                f"SELECT ?, {_FILE_COLUMNS}, updated_at FROM files_v1",
+                (LEGACY_KEY,),
+            )
             self._db.execute("DROP TABLE files_v1")
         else:
             self._db.execute(_FILES)
@@ -138,12 +141,14 @@ class IngestState:
     # files
     def lookup(self, collection: str, path: str) -> FileRecord | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE collection = ? AND path = ?",
-                                   (collection, path)).fetchone()
+            row = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE collection = ? AND path = ?", (collection, path)
+            ).fetchone()
         return None if row is None else _file_from_row(row)
 
-    def resume_check(self, collection: str, path: str, *, size: int, mtime_ns: int, resume: bool,
-                     run_id: str) -> tuple[FileRecord | None, bool]:
+    def resume_check(
+        self, collection: str, path: str, *, size: int, mtime_ns: int, resume: bool, run_id: str
+    ) -> tuple[FileRecord | None, bool]:
         """(usable earlier record, skip) for a file about to be ingested into `collection`. A file recorded done
         or no_face there with the same size and mtime is skipped without being read. Records of other runs count
         only when resuming; those of this very run always do (a --no-resume job interrupted by a restart does
@@ -158,14 +163,21 @@ class IngestState:
         if not records:
             return
         now = time.time()
-        rows = [(collection, r.path, r.size, r.mtime_ns, r.content_hash, r.status.value, r.reason, r.faces,
-                 r.run_id, now) for r in records]
+        rows = [
+            (collection, r.path, r.size, r.mtime_ns, r.content_hash, r.status.value, r.reason, r.faces, r.run_id, now)
+            for r in records
+        ]
         with self._lock:
-            self._transaction(lambda: self._db.executemany(
-                f"INSERT INTO files (collection, {_FILE_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(collection, path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
-                "content_hash=excluded.content_hash, status=excluded.status, reason=excluded.reason, "
-                "faces=excluded.faces, run_id=excluded.run_id, updated_at=excluded.updated_at", rows))
+            self._transaction(
+                lambda: self._db.executemany(
+                    f"INSERT INTO files (collection, {_FILE_COLUMNS}, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(collection, path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                    "content_hash=excluded.content_hash, status=excluded.status, reason=excluded.reason, "
+                    "faces=excluded.faces, run_id=excluded.run_id, updated_at=excluded.updated_at",
+                    rows,
+                )
+            )
 
     def file_counts(self, collection: str | None = None) -> dict[str, int]:
         """Files per status, of one collection key (of all of them when None)."""
@@ -186,23 +198,27 @@ class IngestState:
         files)."""
         where, args = _where_collection(collection)
         with self._lock:
-            rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files {where} ORDER BY path, collection",
-                                    args).fetchall()
+            rows = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files {where} ORDER BY path, collection", args
+            ).fetchall()
         return [_file_from_row(r) for r in rows]
 
     # jobs
     def create_job(self, job_id: str, path: str, options: IngestOptions, *, collection: str) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO jobs (id, path, options, status, created_at, collection) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", (job_id, path, json.dumps(options.to_dict()),
-                                                           JobStatus.PENDING.value, time.time(), collection))
+            self._db.execute(
+                "INSERT INTO jobs (id, path, options, status, created_at, collection) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, path, json.dumps(options.to_dict()), JobStatus.PENDING.value, time.time(), collection),
+            )
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         allowed = {"status", "started_at", "finished_at", "progress", "message", "attempts"}
         if not fields or set(fields) - allowed:
             raise ValueError(f"cannot update job fields {sorted(set(fields) - allowed)}")
-        values = [v.value if isinstance(v, StrEnum) else json.dumps(v.to_dict()) if isinstance(v, Progress)
-                  else v for v in fields.values()]
+        values = [
+            v.value if isinstance(v, StrEnum) else json.dumps(v.to_dict()) if isinstance(v, Progress) else v
+            for v in fields.values()
+        ]
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
@@ -212,8 +228,14 @@ class IngestState:
             row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job_from_row(row)
 
-    def jobs(self, *, limit: int = 50, statuses: Sequence[JobStatus] | None = None, oldest_first: bool = False,
-             collection: str | None = None) -> list[JobView]:
+    def jobs(
+        self,
+        *,
+        limit: int = 50,
+        statuses: Sequence[JobStatus] | None = None,
+        oldest_first: bool = False,
+        collection: str | None = None,
+    ) -> list[JobView]:
         """Jobs newest first (or oldest), of one collection key (of all of them when None)."""
         where, args = _where_collection(collection)
         if statuses:
@@ -221,8 +243,9 @@ class IngestState:
             args = [*args, *(s.value for s in statuses)]
         order = "ASC" if oldest_first else "DESC"
         with self._lock:
-            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created_at {order} LIMIT ?",
-                                    (*args, limit)).fetchall()
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created_at {order} LIMIT ?", (*args, limit)
+            ).fetchall()
         return [_job_from_row(r) for r in rows]
 
     def close(self) -> None:
@@ -235,12 +258,29 @@ def _where_collection(collection: str | None) -> tuple[str, list[Any]]:
 
 
 def _file_from_row(row: Sequence[Any]) -> FileRecord:
-    return FileRecord(path=row[0], size=row[1], mtime_ns=row[2], content_hash=row[3], status=FileStatus(row[4]),
-                      reason=row[5], faces=row[6], run_id=row[7])
+    return FileRecord(
+        path=row[0],
+        size=row[1],
+        mtime_ns=row[2],
+        content_hash=row[3],
+        status=FileStatus(row[4]),
+        reason=row[5],
+        faces=row[6],
+        run_id=row[7],
+    )
 
 
 def _job_from_row(row: Sequence[Any]) -> JobView:
-    return JobView(id=row[0], path=row[1], options=IngestOptions.from_dict(json.loads(row[2])),
-                   status=JobStatus(row[3]), created_at=row[4], started_at=row[5], finished_at=row[6],
-                   progress=Progress.from_dict(json.loads(row[7] or "{}")), message=row[8], attempts=row[9],
-                   collection=row[10])
+    return JobView(
+        id=row[0],
+        path=row[1],
+        options=IngestOptions.from_dict(json.loads(row[2])),
+        status=JobStatus(row[3]),
+        created_at=row[4],
+        started_at=row[5],
+        finished_at=row[6],
+        progress=Progress.from_dict(json.loads(row[7] or "{}")),
+        message=row[8],
+        attempts=row[9],
+        collection=row[10],
+    )

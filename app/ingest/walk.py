@@ -23,9 +23,15 @@ def inside(path: str | Path, roots: Roots) -> bool:
     return any(real.is_relative_to(r) for r in roots)
 
 
-def iter_image_files(root: Path, *, exclude: Sequence[str] = (), follow_symlinks: bool = False,
-                     skip_dirs: Sequence[Path] = (), stop: threading.Event | None = None,
-                     within: Roots = ()) -> Iterator[Path]:
+def iter_image_files(
+    root: Path,
+    *,
+    exclude: Sequence[str] = (),
+    follow_symlinks: bool = False,
+    skip_dirs: Sequence[Path] = (),
+    stop: threading.Event | None = None,
+    within: Roots = (),
+) -> Iterator[Path]:
     """Image files under `root` (recursively; extensions case-insensitive), or `root` itself when it is a
     file. Lazy: each folder is read entry by entry (os.scandir) and files are yielded as they come, so a
     folder of millions of files is never held as a list. Only the folders still to visit are kept.
@@ -85,4 +91,3 @@ def iter_image_files(root: Path, *, exclude: Sequence[str] = (), follow_symlinks
 def _excluded(path: Path, root: Path, patterns: Sequence[str]) -> bool:
     relative = path.relative_to(root).as_posix()
     return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(path.name, p) for p in patterns)
-

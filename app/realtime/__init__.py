@@ -17,6 +17,23 @@ from app.realtime.frames import (
 )
 from app.realtime.stats import RealtimeStats
 
-__all__ = ["EMOTION_HEAD", "Alert", "AlertLevel", "AlertThrottle", "AlertType", "CrowdAnalysis", "CrowdLevel",
-           "CrowdScale", "EmotionClass", "EmotionModel", "FrameAnalyzer", "FrameFace", "FrameOptions",
-           "FrameResult", "Prediction", "RealtimeStats", "connection_alert", "crowd_alert"]
+__all__ = [
+    "EMOTION_HEAD",
+    "Alert",
+    "AlertLevel",
+    "AlertThrottle",
+    "AlertType",
+    "CrowdAnalysis",
+    "CrowdLevel",
+    "CrowdScale",
+    "EmotionClass",
+    "EmotionModel",
+    "FrameAnalyzer",
+    "FrameFace",
+    "FrameOptions",
+    "FrameResult",
+    "Prediction",
+    "RealtimeStats",
+    "connection_alert",
+    "crowd_alert",
+]

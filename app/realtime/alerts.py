@@ -36,8 +36,13 @@ class Alert:
     timestamp: float = field(default_factory=lambda: round(time.time() * 1000))  # ms since the epoch
 
     def as_dict(self) -> dict[str, Any]:
-        return {"type": self.type.value, "level": self.level.value, "message": self.message,
-                "timestamp": self.timestamp, "details": self.details}
+        return {
+            "type": self.type.value,
+            "level": self.level.value,
+            "message": self.message,
+            "timestamp": self.timestamp,
+            "details": self.details,
+        }
 
 
 def crowd_alert(face_count: int, threshold: int) -> Alert | None:
@@ -45,14 +50,22 @@ def crowd_alert(face_count: int, threshold: int) -> Alert | None:
     if threshold <= 0 or face_count <= threshold:
         return None
     level = AlertLevel.CRITICAL if face_count > 2 * threshold else AlertLevel.WARNING
-    return Alert(AlertType.CROWD_WARNING, level, f"{face_count} faces in view, over the crowd threshold of "
-                 f"{threshold}", {"face_count": face_count, "crowd_threshold": threshold})
+    return Alert(
+        AlertType.CROWD_WARNING,
+        level,
+        f"{face_count} faces in view, over the crowd threshold of {threshold}",
+        {"face_count": face_count, "crowd_threshold": threshold},
+    )
 
 
 def processing_alert(failures: int, code: str, message: str) -> Alert:
-    return Alert(AlertType.PROCESSING_ERROR, AlertLevel.ERROR,
-                 f"{failures} frame{'s' if failures != 1 else ''} of this connection failed since its last "
-                 f"result; last: {message}", {"failed_frames": failures, "last_code": code})
+    return Alert(
+        AlertType.PROCESSING_ERROR,
+        AlertLevel.ERROR,
+        f"{failures} frame{'s' if failures != 1 else ''} of this connection failed since its last "
+        f"result; last: {message}",
+        {"failed_frames": failures, "last_code": code},
+    )
 
 
 def connection_alert(active: int, limit: int) -> Alert | None:
@@ -61,9 +74,13 @@ def connection_alert(active: int, limit: int) -> Alert | None:
     if active < 0.9 * limit:
         return None
     level = AlertLevel.CRITICAL if active >= limit else AlertLevel.WARNING
-    return Alert(AlertType.CONNECTION_LIMIT, level, f"{active} of {limit} connections in use"
-                 f"{': new connections are refused' if active >= limit else ''} (MAX_CONCURRENT_CONNECTIONS)",
-                 {"active_connections": active, "max_concurrent_connections": limit})
+    return Alert(
+        AlertType.CONNECTION_LIMIT,
+        level,
+        f"{active} of {limit} connections in use"
+        f"{': new connections are refused' if active >= limit else ''} (MAX_CONCURRENT_CONNECTIONS)",
+        {"active_connections": active, "max_concurrent_connections": limit},
+    )
 
 
 class AlertThrottle:

@@ -24,8 +24,11 @@ class CrowdAnalysis:
     density_score: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"face_count": self.face_count, "crowd_level": self.crowd_level.value,
-                "density_score": self.density_score}
+        return {
+            "face_count": self.face_count,
+            "crowd_level": self.crowd_level.value,
+            "density_score": self.density_score,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,5 +63,6 @@ class CrowdScale:
         return round(min(1.0, max(0, face_count) / self.capacity), 3)
 
     def analyze(self, face_count: int) -> CrowdAnalysis:
-        return CrowdAnalysis(face_count=face_count, crowd_level=self.level(face_count),
-                             density_score=self.density(face_count))
+        return CrowdAnalysis(
+            face_count=face_count, crowd_level=self.level(face_count), density_score=self.density(face_count)
+        )

@@ -117,17 +117,20 @@ class FrameAnalyzer:
         image = service.decode(data, max_side=options.max_side)
         faces: list[FrameFace]
         if options.search:
-            searched = service.search([image], top_k=options.top_k, threshold=options.threshold, heads=heads,
-                                      ticket=ticket)[0]
-            faces = [FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes, f.matches)
-                     for f in searched]
+            searched = service.search(
+                [image], top_k=options.top_k, threshold=options.threshold, heads=heads, ticket=ticket
+            )[0]
+            faces = [
+                FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes, f.matches) for f in searched
+            ]
         else:
             analyzed = service.analyze([image], heads=heads, ticket=ticket)[0]
             faces = [FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes) for f in analyzed]
         faces = [f for f in faces if f.confidence >= options.confidence_threshold]
         width, height = image.original_size
-        return FrameResult(faces=faces, crowd=self.scale.analyze(len(faces)), width=width, height=height,
-                           heads=[h.name for h in heads])
+        return FrameResult(
+            faces=faces, crowd=self.scale.analyze(len(faces)), width=width, height=height, heads=[h.name for h in heads]
+        )
 
     # ------------------------------------------------------------------ the emotion service
     def emotion_head(self) -> Head:
@@ -149,8 +152,16 @@ class FrameAnalyzer:
         if head is None:
             return EmotionModel(spec.name, False, entry.reason, classes, [], 0, "", [])
         info = head.info
-        return EmotionModel(spec.name, True, None, classes, info.input_shape, info.parameters,
-                            f"{spec.name}-{info.sha256[:12]}", info.providers)
+        return EmotionModel(
+            spec.name,
+            True,
+            None,
+            classes,
+            info.input_shape,
+            info.parameters,
+            f"{spec.name}-{info.sha256[:12]}",
+            info.providers,
+        )
 
     def predict(self, data: bytes, ticket: Ticket | None = None) -> Prediction | None:
         """The emotion of the image's largest face (detector + emotion head only: no embedding, no search), on
@@ -164,6 +175,12 @@ class FrameAnalyzer:
         main = max(faces, key=lambda f: f.area)
         answer = main.attributes[head.name]
         labels = list(head.spec.labels)
-        return Prediction(emotion_id=labels.index(answer["label"]), emotion_name=answer["label"],
-                          confidence=float(answer["scores"][answer["label"]]), scores=answer["scores"],
-                          bbox=main.bbox, det_score=main.confidence, faces=len(faces))
+        return Prediction(
+            emotion_id=labels.index(answer["label"]),
+            emotion_name=answer["label"],
+            confidence=float(answer["scores"][answer["label"]]),
+            scores=answer["scores"],
+            bbox=main.bbox,
+            det_score=main.confidence,
+            faces=len(faces),
+        )

@@ -30,17 +30,35 @@ from app.store.model import (
 from app.store.server import ServerStore
 from app.store.thumbs import ThumbnailStore
 
-__all__ = ["POINT_NAMESPACE", "CollectionInfo", "CollectionSpec", "EdgeStore", "FacePoint", "Match", "Origin",
-           "PointQuery", "ServerStore", "StoreBackend", "ThumbnailStore", "VectorStore", "open_store", "point_id",
-           "recorded_identity", "server_client", "spec_from_settings"]
+__all__ = [
+    "POINT_NAMESPACE",
+    "CollectionInfo",
+    "CollectionSpec",
+    "EdgeStore",
+    "FacePoint",
+    "Match",
+    "Origin",
+    "PointQuery",
+    "ServerStore",
+    "StoreBackend",
+    "ThumbnailStore",
+    "VectorStore",
+    "open_store",
+    "point_id",
+    "recorded_identity",
+    "server_client",
+    "spec_from_settings",
+]
 
 
 def server_client(settings: Settings, url: str | None = None, api_key: str | None = None) -> Any:
     from qdrant_client import QdrantClient
 
-    return QdrantClient(url=url or settings.qdrant_url, api_key=(settings.qdrant_api_key if api_key is None
-                                                                  else api_key) or None,
-                        timeout=settings.qdrant_timeout)
+    return QdrantClient(
+        url=url or settings.qdrant_url,
+        api_key=(settings.qdrant_api_key if api_key is None else api_key) or None,
+        timeout=settings.qdrant_timeout,
+    )
 
 
 def recorded_identity(settings: Settings, client: Any = None) -> tuple[str, int] | None:
@@ -64,5 +82,6 @@ def open_store(settings: Settings, *, dim: int, pack: str) -> VectorStore:
     spec = spec_from_settings(settings, dim=dim, pack=pack)
     if settings.qdrant_url:
         return ServerStore(server_client(settings), spec, consistency=settings.qdrant_read_consistency)
-    return EdgeStore(settings.qdrant_path / settings.collection_name, spec,
-                     min_free_bytes=settings.min_free_disk_mb * 2**20)
+    return EdgeStore(
+        settings.qdrant_path / settings.collection_name, spec, min_free_bytes=settings.min_free_disk_mb * 2**20
+    )

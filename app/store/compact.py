@@ -29,8 +29,9 @@ class CompactReport:
     seconds: float
 
 
-def compact(path: Path, *, segment_points: int, hnsw_m: int | None = None,
-            ef_construct: int | None = None) -> CompactReport:
+def compact(
+    path: Path, *, segment_points: int, hnsw_m: int | None = None, ef_construct: int | None = None
+) -> CompactReport:
     """Merge the collection at `path` (closed: nobody else may hold it) into segments of `segment_points`,
     built with `hnsw_m` / `ef_construct` (default: the collection's own)."""
     from qdrant_edge import EdgeShard
@@ -39,8 +40,10 @@ def compact(path: Path, *, segment_points: int, hnsw_m: int | None = None,
     if not meta:
         raise InvalidRequest(f"there is no embedded collection at {path}")
     if "build" not in meta:
-        raise InvalidRequest(f"the collection at {path} predates recorded build parameters: export it and import "
-                             f"it into a new collection (python -m app.collection export/import) instead")
+        raise InvalidRequest(
+            f"the collection at {path} predates recorded build parameters: export it and import "
+            f"it into a new collection (python -m app.collection export/import) instead"
+        )
     spec = CollectionSpec(name=path.name, dim=int(meta["dim"]), pack=str(meta["pack"])).with_build(meta["build"])
     started = time.perf_counter()
     try:
@@ -50,9 +53,14 @@ def compact(path: Path, *, segment_points: int, hnsw_m: int | None = None,
     info = shard.info()
     points, before = int(info.points_count), int(info.segments_count)
     shard.close()
-    big = dataclasses.replace(spec, max_segment_points=segment_points, index_threshold=0,
-                              segment_number=max(1, math.ceil(points / segment_points)),
-                              hnsw_m=hnsw_m or spec.hnsw_m, hnsw_ef_construct=ef_construct or spec.hnsw_ef_construct)
+    big = dataclasses.replace(
+        spec,
+        max_segment_points=segment_points,
+        index_threshold=0,
+        segment_number=max(1, math.ceil(points / segment_points)),
+        hnsw_m=hnsw_m or spec.hnsw_m,
+        hnsw_ef_construct=ef_construct or spec.hnsw_ef_construct,
+    )
     shard = EdgeShard.load(str(path), create_config(big))
     try:
         shard.optimize()
@@ -63,7 +71,13 @@ def compact(path: Path, *, segment_points: int, hnsw_m: int | None = None,
     after = int(shard.info().segments_count)
     shard.close()
     seconds = time.perf_counter() - started
-    meta["compacted"] = {"at": time.time(), "segment_points": segment_points, "hnsw_m": big.hnsw_m,
-                         "hnsw_ef_construct": big.hnsw_ef_construct, "segments": after, "seconds": round(seconds, 1)}
+    meta["compacted"] = {
+        "at": time.time(),
+        "segment_points": segment_points,
+        "hnsw_m": big.hnsw_m,
+        "hnsw_ef_construct": big.hnsw_ef_construct,
+        "segments": after,
+        "seconds": round(seconds, 1),
+    }
     write_meta(path / META_FILE, meta)
     return CompactReport(points=points, segments_before=before, segments_after=after, seconds=seconds)

@@ -48,8 +48,15 @@ class EdgeStore:
 
     backend = StoreBackend.EDGE
 
-    def __init__(self, path: Path, spec: CollectionSpec, *, index_threshold: int | None = None,
-                 min_free_bytes: int = 0, background_index: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: CollectionSpec,
+        *,
+        index_threshold: int | None = None,
+        min_free_bytes: int = 0,
+        background_index: bool = True,
+    ) -> None:
         from qdrant_edge import EdgeShard, UpdateOperation
 
         self.path = path
@@ -78,8 +85,9 @@ class EdgeStore:
             else:
                 path.mkdir(parents=True, exist_ok=True)
                 self._shard = EdgeShard.create(str(path), create_config(spec))
-                write_meta(meta_path, {"pack": spec.pack, "dim": spec.dim, "created": time.time(),
-                                        "build": spec.build()})
+                write_meta(
+                    meta_path, {"pack": spec.pack, "dim": spec.dim, "created": time.time(), "build": spec.build()}
+                )
             # Also on collections made before these indexes existed; an existing index is left as it was built.
             present = set(self._shard.info().payload_schema)
             for key in INDEXED_KEYS:
@@ -114,8 +122,9 @@ class EdgeStore:
                 self._shard.update(UpdateOperation.upsert_points(batch))
             except Exception as exc:
                 if "no space left" in str(exc).lower():
-                    raise StorageFull(f"no space left on the device of {self.path} for the collection; free some "
-                                      "disk space and retry") from exc
+                    raise StorageFull(
+                        f"no space left on the device of {self.path} for the collection; free some disk space and retry"
+                    ) from exc
                 raise
         if self.index_threshold and self.unindexed() >= self.index_threshold:
             if self._indexer is not None:
@@ -140,23 +149,32 @@ class EdgeStore:
             return
         free = shutil.disk_usage(self.path).free
         if free < self.min_free_bytes:
-            raise StorageFull(f"only {free / 2**20:.0f} MB free on the disk of {self.path}, under MIN_FREE_DISK_MB="
-                              f"{self.min_free_bytes / 2**20:.0f}: writes are refused until space is freed")
+            raise StorageFull(
+                f"only {free / 2**20:.0f} MB free on the disk of {self.path}, under MIN_FREE_DISK_MB="
+                f"{self.min_free_bytes / 2**20:.0f}: writes are refused until space is freed"
+            )
 
     def unindexed(self) -> int:
         info = self._read(self._shard.info)
         return max(0, info.points_count - info.indexed_vectors_count)
 
-    def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None,
-               hnsw_ef: int) -> list[list[Match]]:
+    def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None, hnsw_ef: int) -> list[list[Match]]:
         from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
         if len(vectors) == 0:
             return []
         self._check_open()
         params = search_params(self.spec, hnsw_ef)
-        requests = [QueryRequest(limit=limit, query=Query.Nearest(v.astype(np.float32).tolist()), with_payload=True,
-                                 score_threshold=threshold, params=params) for v in vectors]
+        requests = [
+            QueryRequest(
+                limit=limit,
+                query=Query.Nearest(v.astype(np.float32).tolist()),
+                with_payload=True,
+                score_threshold=threshold,
+                params=params,
+            )
+            for v in vectors
+        ]
         results = self._read(lambda: self._shard.query_batch(QueryBatchRequest(requests)))
         return [[Match(str(p.id), float(p.score), dict(p.payload or {})) for p in row] for row in results]
 
@@ -172,8 +190,11 @@ class EdgeStore:
         from qdrant_edge import FieldCondition, Filter, MatchValue, ScrollRequest
 
         self._check_open()
-        must: list[Any] = [FieldCondition(key=key, match=MatchValue(value))
-                           for key, value in (("file", query.file), ("subject", query.subject)) if value is not None]
+        must: list[Any] = [
+            FieldCondition(key=key, match=MatchValue(value))
+            for key, value in (("file", query.file), ("subject", query.subject))
+            if value is not None
+        ]
         must_not: list[Any] = []
         if query.origin is Origin.UPLOAD:
             must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
@@ -183,8 +204,7 @@ class EdgeStore:
         ids: list[str] = []
         offset = None
         while True:
-            request = ScrollRequest(offset=offset, limit=SCROLL_PAGE, filter=flt, with_payload=False,
-                                    with_vector=False)
+            request = ScrollRequest(offset=offset, limit=SCROLL_PAGE, filter=flt, with_payload=False, with_vector=False)
             records, offset = self._read(lambda: self._shard.scroll(request))  # noqa: B023 (called at once)
             ids.extend(str(r.id) for r in records)
             if offset is None:
@@ -212,9 +232,15 @@ class EdgeStore:
         pending = info.points_count - info.indexed_vectors_count
         # Mirrors the server's colours: yellow while a build runs or points wait for one past the threshold.
         due = bool(self.index_threshold) and pending >= self.index_threshold
-        return CollectionInfo(name=self.spec.name, vectors=info.points_count, indexed=info.indexed_vectors_count,
-                              status="yellow" if due or self._building else "green", backend=self.backend,
-                              pack=self.spec.pack, index_building=self._building)
+        return CollectionInfo(
+            name=self.spec.name,
+            vectors=info.points_count,
+            indexed=info.indexed_vectors_count,
+            status="yellow" if due or self._building else "green",
+            backend=self.backend,
+            pack=self.spec.pack,
+            index_building=self._building,
+        )
 
     def healthy(self) -> bool:
         if self._closed:
@@ -237,8 +263,12 @@ class EdgeStore:
             finally:
                 self._building = False
         if changed:  # CPU seconds beside the wall time: on a busy machine the wall time says little of the work
-            logger.info("built the HNSW index of %s in %.2fs (%.2fs CPU)", self.spec.name,
-                        time.perf_counter() - started, time.process_time() - cpu)
+            logger.info(
+                "built the HNSW index of %s in %.2fs (%.2fs CPU)",
+                self.spec.name,
+                time.perf_counter() - started,
+                time.process_time() - cpu,
+            )
         return changed
 
     def wait_indexed(self, timeout: float = 600.0) -> bool:
@@ -249,8 +279,9 @@ class EdgeStore:
         from qdrant_edge import ScrollRequest
 
         self._check_open()
-        records, next_offset = self._shard.scroll(ScrollRequest(offset=offset, limit=limit, with_payload=True,
-                                                                with_vector=True))
+        records, next_offset = self._shard.scroll(
+            ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=True)
+        )
         points = [FacePoint(str(r.id), _dense(r.vector, self.spec.dim), dict(r.payload or {})) for r in records]
         return Page(points, None if next_offset is None else str(next_offset))
 
@@ -307,8 +338,9 @@ class _Indexer:
             except StoreUnavailable:
                 pass  # closing
             except Exception:
-                logger.exception("background index build of %s failed; retried after the next upsert",
-                                 self._store.spec.name)
+                logger.exception(
+                    "background index build of %s failed; retried after the next upsert", self._store.spec.name
+                )
             finally:
                 with self._idle:
                     self._running = False
@@ -346,4 +378,3 @@ def write_meta(path: Path, meta: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(path)
-

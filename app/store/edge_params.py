@@ -37,9 +37,11 @@ def quantization_config(spec: CollectionSpec) -> Any:
     if q is Quantization.TURBO2:
         return TurboQuantQuantizationConfig(bits=TurboQuantBitSize.Bits2, memory=Memory.Pinned)
     if q is Quantization.BINARY2:
-        return BinaryQuantizationConfig(encoding=BinaryQuantizationEncoding.TwoBits,
-                                        query_encoding=BinaryQuantizationQueryEncoding.Scalar8Bits,
-                                        memory=Memory.Pinned)
+        return BinaryQuantizationConfig(
+            encoding=BinaryQuantizationEncoding.TwoBits,
+            query_encoding=BinaryQuantizationQueryEncoding.Scalar8Bits,
+            memory=Memory.Pinned,
+        )
     return None
 
 
@@ -61,11 +63,13 @@ def create_config(spec: CollectionSpec) -> Any:
         default_segment_number=spec.segment_number or None,
     )
     return EdgeConfig(
-        vectors=EdgeVectorParams(size=spec.dim, distance=Distance.Cosine,
-                                 memory=Memory.Cold if spec.vectors_on_disk else Memory.Cached),
+        vectors=EdgeVectorParams(
+            size=spec.dim, distance=Distance.Cosine, memory=Memory.Cold if spec.vectors_on_disk else Memory.Cached
+        ),
         optimizers=optimizers,
-        hnsw_config=HnswIndexConfig(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct,
-                                    full_scan_threshold=FULL_SCAN_KB),
+        hnsw_config=HnswIndexConfig(
+            m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_KB
+        ),
         quantization_config=quantization_config(spec),
     )
 
@@ -83,5 +87,6 @@ def search_params(spec: CollectionSpec, hnsw_ef: int) -> Any:
 
     if spec.quantization is Quantization.NONE:
         return SearchParams(hnsw_ef=hnsw_ef)
-    return SearchParams(hnsw_ef=hnsw_ef, quantization=QuantizationSearchParams(rescore=spec.rescore,
-                                                                               oversampling=spec.oversampling))
+    return SearchParams(
+        hnsw_ef=hnsw_ef, quantization=QuantizationSearchParams(rescore=spec.rescore, oversampling=spec.oversampling)
+    )

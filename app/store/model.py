@@ -89,11 +89,26 @@ class CollectionInfo:
 
 # The build parameters recorded with a collection when it is created (Edge: oceano.json; server: the collection's
 # metadata). A collection keeps them whatever the settings say later.
-BUILD_KEYS = ("hnsw_m", "hnsw_ef_construct", "quantile", "quantization", "vectors_on_disk", "index_threshold",
-              "max_segment_points", "segment_number")
+BUILD_KEYS = (
+    "hnsw_m",
+    "hnsw_ef_construct",
+    "quantile",
+    "quantization",
+    "vectors_on_disk",
+    "index_threshold",
+    "max_segment_points",
+    "segment_number",
+)
 # What collections made before the parameters were recorded were built with.
-LEGACY_BUILD: dict[str, Any] = {"hnsw_m": 16, "hnsw_ef_construct": 128, "quantile": 0.99, "quantization": "int8",
-                                "vectors_on_disk": False, "max_segment_points": 0, "segment_number": 0}
+LEGACY_BUILD: dict[str, Any] = {
+    "hnsw_m": 16,
+    "hnsw_ef_construct": 128,
+    "quantile": 0.99,
+    "quantization": "int8",
+    "vectors_on_disk": False,
+    "max_segment_points": 0,
+    "segment_number": 0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +145,11 @@ class CollectionSpec:
         return dataclasses.replace(self, **known)
 
     def differs(self, other: CollectionSpec) -> list[str]:
-        return [f"{k} {getattr(self, k)} (settings: {getattr(other, k)})" for k in BUILD_KEYS
-                if getattr(self, k) != getattr(other, k)]
+        return [
+            f"{k} {getattr(self, k)} (settings: {getattr(other, k)})"
+            for k in BUILD_KEYS
+            if getattr(self, k) != getattr(other, k)
+        ]
 
     def mismatch(self, found_pack: str | None, found_dim: int | None, where: str) -> PackMismatch:
         return PackMismatch(
@@ -183,11 +201,20 @@ def iter_pages(store: VectorStore, *, offset: str | None = None, limit: int = SC
 
 
 def spec_from_settings(settings: Settings, *, dim: int, pack: str) -> CollectionSpec:
-    return CollectionSpec(name=settings.collection_name, dim=dim, pack=pack, hnsw_m=settings.hnsw_m,
-                          hnsw_ef_construct=settings.hnsw_ef_construct, quantization=settings.quantization,
-                          vectors_on_disk=settings.vectors_on_disk, index_threshold=settings.index_threshold,
-                          max_segment_points=settings.max_segment_points, segment_number=settings.segment_number,
-                          shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
-                          write_consistency=settings.qdrant_write_consistency, oversampling=settings.oversampling,
-                          rescore=settings.rescore)
-
+    return CollectionSpec(
+        name=settings.collection_name,
+        dim=dim,
+        pack=pack,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construct=settings.hnsw_ef_construct,
+        quantization=settings.quantization,
+        vectors_on_disk=settings.vectors_on_disk,
+        index_threshold=settings.index_threshold,
+        max_segment_points=settings.max_segment_points,
+        segment_number=settings.segment_number,
+        shards=settings.qdrant_shards,
+        replicas=settings.qdrant_replicas,
+        write_consistency=settings.qdrant_write_consistency,
+        oversampling=settings.oversampling,
+        rescore=settings.rescore,
+    )

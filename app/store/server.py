@@ -64,15 +64,20 @@ def quantization_config(spec: CollectionSpec) -> Any:
 
     q = spec.quantization
     if q is Quantization.INT8:
-        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-            type=models.ScalarType.INT8, quantile=spec.quantile, always_ram=True))
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=spec.quantile, always_ram=True)
+        )
     if q in (Quantization.TURBO4, Quantization.TURBO2):
         bits = models.TurboQuantBitSize.BITS4 if q is Quantization.TURBO4 else models.TurboQuantBitSize.BITS2
         return models.TurboQuantization(turbo=models.TurboQuantQuantizationConfig(bits=bits, always_ram=True))
     if q is Quantization.BINARY2:
-        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(
-            always_ram=True, encoding=models.BinaryQuantizationEncoding.TWO_BITS,
-            query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS))
+        return models.BinaryQuantization(
+            binary=models.BinaryQuantizationConfig(
+                always_ram=True,
+                encoding=models.BinaryQuantizationEncoding.TWO_BITS,
+                query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS,
+            )
+        )
     return None
 
 
@@ -90,8 +95,16 @@ class ServerStore:
 
     backend = StoreBackend.SERVER
 
-    def __init__(self, client: Any, spec: CollectionSpec, *, attempts: int = 5, max_delay: float = 30.0,
-                 wait_multiplier: float = 0.2, consistency: str = "1") -> None:
+    def __init__(
+        self,
+        client: Any,
+        spec: CollectionSpec,
+        *,
+        attempts: int = 5,
+        max_delay: float = 30.0,
+        wait_multiplier: float = 0.2,
+        consistency: str = "1",
+    ) -> None:
         self.client = client
         self.spec = spec
         self.consistency = read_consistency(consistency)
@@ -107,8 +120,11 @@ class ServerStore:
             wait=wait_exponential(multiplier=self._wait_multiplier, max=5.0),
             reraise=False,
             before_sleep=lambda state: logger.warning(
-                "Qdrant %s failed (attempt %d), retrying: %s", what, state.attempt_number,
-                state.outcome and state.outcome.exception()),
+                "Qdrant %s failed (attempt %d), retrying: %s",
+                what,
+                state.attempt_number,
+                state.outcome and state.outcome.exception(),
+            ),
         )
         try:
             return retrying(fn)
@@ -122,7 +138,8 @@ class ServerStore:
                 raise StoreUnavailable(
                     f"collection '{self.spec.name}' no longer exists on the Qdrant server (during {what}): it was "
                     f"deleted behind Oceano's back. Restore it from a snapshot, or restart Oceano to create it "
-                    f"empty and re-ingest") from exc
+                    f"empty and re-ingest"
+                ) from exc
             raise
 
     def _collection_exists(self) -> bool:
@@ -147,57 +164,87 @@ class ServerStore:
             self._create_indexes()  # collections made before these indexes existed get them too
             return
         spec = self.spec
-        self._call("collection create", lambda: self.client.create_collection(
-            name,
-            vectors_config=models.VectorParams(size=spec.dim, distance=models.Distance.COSINE,
-                                               on_disk=spec.vectors_on_disk),
-            hnsw_config=models.HnswConfigDiff(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct),
-            quantization_config=quantization_config(spec),
-            shard_number=spec.shards,
-            replication_factor=spec.replicas,
-            write_consistency_factor=spec.write_consistency,
-            on_disk_payload=True,
-            metadata={PACK_KEY: spec.pack, "dim": spec.dim, BUILD_KEY: spec.build()},
-        ))
+        self._call(
+            "collection create",
+            lambda: self.client.create_collection(
+                name,
+                vectors_config=models.VectorParams(
+                    size=spec.dim, distance=models.Distance.COSINE, on_disk=spec.vectors_on_disk
+                ),
+                hnsw_config=models.HnswConfigDiff(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct),
+                quantization_config=quantization_config(spec),
+                shard_number=spec.shards,
+                replication_factor=spec.replicas,
+                write_consistency_factor=spec.write_consistency,
+                on_disk_payload=True,
+                metadata={PACK_KEY: spec.pack, "dim": spec.dim, BUILD_KEY: spec.build()},
+            ),
+        )
         self._create_indexes()
-        logger.info("created collection %s on the Qdrant server (%d shards, %d replicas, writes confirmed by %d)",
-                    name, spec.shards, spec.replicas, spec.write_consistency)
+        logger.info(
+            "created collection %s on the Qdrant server (%d shards, %d replicas, writes confirmed by %d)",
+            name,
+            spec.shards,
+            spec.replicas,
+            spec.write_consistency,
+        )
 
     def upsert(self, points: Sequence[FacePoint]) -> None:
         from qdrant_client import models
 
         if not points:
             return
-        structs = [models.PointStruct(id=p.id, vector=p.vector.astype(np.float32).tolist(), payload=p.payload)
-                   for p in points]
+        structs = [
+            models.PointStruct(id=p.id, vector=p.vector.astype(np.float32).tolist(), payload=p.payload) for p in points
+        ]
         self._call("upsert", lambda: self.client.upsert(self.spec.name, points=structs, wait=True))
 
-    def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None,
-               hnsw_ef: int) -> list[list[Match]]:
+    def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None, hnsw_ef: int) -> list[list[Match]]:
         from qdrant_client import models
 
         if len(vectors) == 0:
             return []
-        quantization = None if self.spec.quantization is Quantization.NONE else models.QuantizationSearchParams(
-            rescore=self.spec.rescore, oversampling=self.spec.oversampling)
+        quantization = (
+            None
+            if self.spec.quantization is Quantization.NONE
+            else models.QuantizationSearchParams(rescore=self.spec.rescore, oversampling=self.spec.oversampling)
+        )
         params = models.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
-        requests = [models.QueryRequest(query=v.astype(np.float32).tolist(), limit=limit, with_payload=True,
-                                        score_threshold=threshold, params=params) for v in vectors]
-        responses = self._call("search", lambda: self.client.query_batch_points(
-            self.spec.name, requests=requests, consistency=self.consistency))
+        requests = [
+            models.QueryRequest(
+                query=v.astype(np.float32).tolist(),
+                limit=limit,
+                with_payload=True,
+                score_threshold=threshold,
+                params=params,
+            )
+            for v in vectors
+        ]
+        responses = self._call(
+            "search",
+            lambda: self.client.query_batch_points(self.spec.name, requests=requests, consistency=self.consistency),
+        )
         return [[Match(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in responses]
 
     def retrieve(self, ids: Sequence[str]) -> list[Match]:
-        records = self._call("retrieve", lambda: self.client.retrieve(
-            self.spec.name, ids=list(ids), with_payload=True, with_vectors=False, consistency=self.consistency))
+        records = self._call(
+            "retrieve",
+            lambda: self.client.retrieve(
+                self.spec.name, ids=list(ids), with_payload=True, with_vectors=False, consistency=self.consistency
+            ),
+        )
         return [Match(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
     def _create_indexes(self) -> None:
         from qdrant_client import models
 
         for key in INDEXED_KEYS:
-            self._call("index create", lambda key=key: self.client.create_payload_index(  # type: ignore[misc]
-                self.spec.name, field_name=key, field_schema=models.PayloadSchemaType.KEYWORD))
+            self._call(
+                "index create",
+                lambda key=key: self.client.create_payload_index(  # type: ignore[misc]
+                    self.spec.name, field_name=key, field_schema=models.PayloadSchemaType.KEYWORD
+                ),
+            )
 
     def ids_for_file(self, file: str) -> list[str]:
         return self.find_ids(PointQuery(file=file))
@@ -205,8 +252,11 @@ class ServerStore:
     def find_ids(self, query: PointQuery) -> list[str]:
         from qdrant_client import models
 
-        must: list[Any] = [models.FieldCondition(key=key, match=models.MatchValue(value=value))
-                           for key, value in (("file", query.file), ("subject", query.subject)) if value is not None]
+        must: list[Any] = [
+            models.FieldCondition(key=key, match=models.MatchValue(value=value))
+            for key, value in (("file", query.file), ("subject", query.subject))
+            if value is not None
+        ]
         must_not: list[Any] = []
         upload = models.FieldCondition(key="origin", match=models.MatchValue(value=Origin.UPLOAD.value))
         if query.origin is Origin.UPLOAD:
@@ -224,15 +274,32 @@ class ServerStore:
                 return ids
 
     def _scroll_page(self, flt: Any, offset: Any) -> tuple[list[Any], Any]:
-        result: tuple[list[Any], Any] = self._call("scroll", lambda: self.client.scroll(
-            self.spec.name, scroll_filter=flt, limit=SCROLL_PAGE, offset=offset, with_payload=False,
-            with_vectors=False, consistency=self.consistency))
+        result: tuple[list[Any], Any] = self._call(
+            "scroll",
+            lambda: self.client.scroll(
+                self.spec.name,
+                scroll_filter=flt,
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=False,
+                with_vectors=False,
+                consistency=self.consistency,
+            ),
+        )
         return result
 
     def page(self, offset: str | None, limit: int) -> Page:
-        records, next_offset = self._call("scroll", lambda: self.client.scroll(
-            self.spec.name, limit=limit, offset=offset, with_payload=True, with_vectors=True,
-            consistency=self.consistency))
+        records, next_offset = self._call(
+            "scroll",
+            lambda: self.client.scroll(
+                self.spec.name,
+                limit=limit,
+                offset=offset,
+                with_payload=True,
+                with_vectors=True,
+                consistency=self.consistency,
+            ),
+        )
         points = [FacePoint(str(r.id), _dense(r.vector), dict(r.payload or {})) for r in records]
         return Page(points, None if next_offset is None else str(next_offset))
 
@@ -246,8 +313,12 @@ class ServerStore:
         from qdrant_client import models
 
         if ids:
-            self._call("delete", lambda: self.client.delete(
-                self.spec.name, points_selector=models.PointIdsList(points=list(ids)), wait=True))
+            self._call(
+                "delete",
+                lambda: self.client.delete(
+                    self.spec.name, points_selector=models.PointIdsList(points=list(ids)), wait=True
+                ),
+            )
 
     def count(self) -> int:
         return int(self._call("count", lambda: self.client.count(self.spec.name, exact=True)).count)
@@ -256,9 +327,15 @@ class ServerStore:
         info = self._call("collection info", lambda: self.client.get_collection(self.spec.name))
         status = str(getattr(info.status, "value", info.status))
         # yellow: the server's optimizers are building index segments now (grey: builds pending, not started).
-        return CollectionInfo(name=self.spec.name, vectors=int(info.points_count or 0),
-                              indexed=int(info.indexed_vectors_count or 0), status=status,
-                              backend=self.backend, pack=self.spec.pack, index_building=status == "yellow")
+        return CollectionInfo(
+            name=self.spec.name,
+            vectors=int(info.points_count or 0),
+            indexed=int(info.indexed_vectors_count or 0),
+            status=status,
+            backend=self.backend,
+            pack=self.spec.pack,
+            index_building=status == "yellow",
+        )
 
     def healthy(self) -> bool:
         """The server answers and the collection is there (a vanished collection is not ready)."""

@@ -105,7 +105,7 @@ class ThumbnailStore:
         ids = list(staged)
         present: set[str] = set()
         for start in range(0, len(ids), 1000):
-            present |= stored(ids[start:start + 1000])
+            present |= stored(ids[start : start + 1000])
         promoted = removed = 0
         for face_id, paths in staged.items():
             keep = paths[0] if face_id in present and not self.path_for(face_id).exists() else None
@@ -116,6 +116,7 @@ class ThumbnailStore:
                 if path is not keep:
                     path.unlink(missing_ok=True)
                     removed += 1
-        logger.warning("thumbnails left staged by an interrupted write: %d moved into place, %d removed",
-                       promoted, removed)
+        logger.warning(
+            "thumbnails left staged by an interrupted write: %d moved into place, %d removed", promoted, removed
+        )
         return promoted, removed

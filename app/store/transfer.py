@@ -50,9 +50,18 @@ class Manifest:
     created: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "collection": self.collection, "pack": self.pack,
-                "dim": self.dim, "build": self.build, "points": self.points, "backend": self.backend,
-                "created": self.created, "chunks": self.chunks}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "collection": self.collection,
+            "pack": self.pack,
+            "dim": self.dim,
+            "build": self.build,
+            "points": self.points,
+            "backend": self.backend,
+            "created": self.created,
+            "chunks": self.chunks,
+        }
 
 
 def _sha256(path: Path) -> str:
@@ -63,15 +72,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_collection(store: VectorStore, dest: Path, *, chunk_points: int = CHUNK_POINTS,
-                      progress: Callable[[int], None] | None = None) -> Manifest:
+def export_collection(
+    store: VectorStore, dest: Path, *, chunk_points: int = CHUNK_POINTS, progress: Callable[[int], None] | None = None
+) -> Manifest:
     """Write every point of `store` under `dest` (a new or empty folder)."""
     if dest.exists() and any(dest.iterdir()):
         raise InvalidRequest(f"{dest} is not empty: export into a new folder")
     dest.mkdir(parents=True, exist_ok=True)
     spec = store.spec
-    manifest = Manifest(collection=spec.name, pack=spec.pack, dim=spec.dim, build=spec.build(),
-                        backend=store.backend.value)
+    manifest = Manifest(
+        collection=spec.name, pack=spec.pack, dim=spec.dim, build=spec.build(), backend=store.backend.value
+    )
     buffer: list[FacePoint] = []
 
     def write_chunk() -> None:
@@ -81,8 +92,14 @@ def export_collection(store: VectorStore, dest: Path, *, chunk_points: int = CHU
         with points.open("w") as fh:
             for p in buffer:
                 fh.write(json.dumps({"id": p.id, "payload": p.payload}, ensure_ascii=False) + "\n")
-        manifest.chunks.append({"vectors": vectors.name, "points": points.name, "count": len(buffer),
-                                "sha256": {vectors.name: _sha256(vectors), points.name: _sha256(points)}})
+        manifest.chunks.append(
+            {
+                "vectors": vectors.name,
+                "points": points.name,
+                "count": len(buffer),
+                "sha256": {vectors.name: _sha256(vectors), points.name: _sha256(points)},
+            }
+        )
         manifest.points += len(buffer)
         buffer.clear()
         if progress:
@@ -109,11 +126,20 @@ def read_manifest(src: Path) -> Manifest:
         raise InvalidRequest(f"{src} holds no {MANIFEST}: not an Oceano collection export, or an unfinished one")
     raw = json.loads(path.read_text())
     if raw.get("format") != FORMAT or raw.get("version") != VERSION:
-        raise InvalidRequest(f"{path} is format {raw.get('format')!r} version {raw.get('version')!r}; this Oceano "
-                             f"reads {FORMAT!r} version {VERSION}")
-    return Manifest(collection=raw["collection"], pack=raw["pack"], dim=int(raw["dim"]), build=raw["build"],
-                    points=int(raw["points"]), chunks=list(raw["chunks"]), backend=raw.get("backend", ""),
-                    created=float(raw.get("created", 0)))
+        raise InvalidRequest(
+            f"{path} is format {raw.get('format')!r} version {raw.get('version')!r}; this Oceano "
+            f"reads {FORMAT!r} version {VERSION}"
+        )
+    return Manifest(
+        collection=raw["collection"],
+        pack=raw["pack"],
+        dim=int(raw["dim"]),
+        build=raw["build"],
+        points=int(raw["points"]),
+        chunks=list(raw["chunks"]),
+        backend=raw.get("backend", ""),
+        created=float(raw.get("created", 0)),
+    )
 
 
 def iter_export(src: Path, manifest: Manifest, *, verify: bool = True) -> Iterator[list[FacePoint]]:
@@ -122,35 +148,42 @@ def iter_export(src: Path, manifest: Manifest, *, verify: bool = True) -> Iterat
         if verify:
             for name, digest in chunk["sha256"].items():
                 if _sha256(src / name) != digest:
-                    raise InvalidRequest(f"{src / name} does not match its checksum in the manifest: the export is "
-                                         "damaged")
+                    raise InvalidRequest(
+                        f"{src / name} does not match its checksum in the manifest: the export is damaged"
+                    )
         vectors = np.load(src / chunk["vectors"], mmap_mode="r", allow_pickle=False)
         if vectors.shape != (chunk["count"], manifest.dim):
-            raise InvalidRequest(f"{src / chunk['vectors']} has shape {vectors.shape}, the manifest says "
-                                 f"({chunk['count']}, {manifest.dim})")
+            raise InvalidRequest(
+                f"{src / chunk['vectors']} has shape {vectors.shape}, the manifest says "
+                f"({chunk['count']}, {manifest.dim})"
+            )
         with (src / chunk["points"]).open() as fh:
             rows = [json.loads(line) for line in fh]
-        yield [FacePoint(row["id"], np.array(vectors[i], dtype=np.float32), row["payload"])
-               for i, row in enumerate(rows)]
+        yield [
+            FacePoint(row["id"], np.array(vectors[i], dtype=np.float32), row["payload"]) for i, row in enumerate(rows)
+        ]
 
 
 def check_pack(manifest: Manifest, store: VectorStore) -> None:
     if manifest.pack != store.spec.pack or manifest.dim != store.spec.dim:
-        raise PackMismatch(f"the export holds embeddings of model pack '{manifest.pack}' (dim {manifest.dim}); "
-                           f"the target collection '{store.spec.name}' is for '{store.spec.pack}' (dim "
-                           f"{store.spec.dim}). Embeddings of different models cannot be compared: import into a "
-                           f"collection of the same pack (COLLECTION_NAME, MODEL_NAME)")
+        raise PackMismatch(
+            f"the export holds embeddings of model pack '{manifest.pack}' (dim {manifest.dim}); "
+            f"the target collection '{store.spec.name}' is for '{store.spec.pack}' (dim "
+            f"{store.spec.dim}). Embeddings of different models cannot be compared: import into a "
+            f"collection of the same pack (COLLECTION_NAME, MODEL_NAME)"
+        )
 
 
-def import_collection(src: Path, store: VectorStore, *, batch: int = SCROLL_PAGE,
-                      progress: Callable[[int], None] | None = None) -> int:
+def import_collection(
+    src: Path, store: VectorStore, *, batch: int = SCROLL_PAGE, progress: Callable[[int], None] | None = None
+) -> int:
     """Upsert every exported point into `store` (same ids: running it twice changes nothing)."""
     manifest = read_manifest(src)
     check_pack(manifest, store)
     done = 0
     for points in iter_export(src, manifest):
         for start in range(0, len(points), batch):
-            store.upsert(points[start:start + batch])
+            store.upsert(points[start : start + batch])
         done += len(points)
         if progress:
             progress(done)
@@ -173,8 +206,14 @@ class CopyReport:
         return self.source_count == self.target_count and self.found_self == self.samples
 
 
-def copy_points(source: VectorStore, target: VectorStore, checkpoint: Path, *, page: int = SCROLL_PAGE,
-                on_page: Callable[[int], None] | None = None) -> CopyReport:
+def copy_points(
+    source: VectorStore,
+    target: VectorStore,
+    checkpoint: Path,
+    *,
+    page: int = SCROLL_PAGE,
+    on_page: Callable[[int], None] | None = None,
+) -> CopyReport:
     """Copy every point of `source` into `target`, a page at a time. After each page is written (and confirmed,
     the server path writes with wait=True) the offset of the next page goes to `checkpoint`: killed at any
     moment, the next run starts from there (a page written twice changes nothing)."""
@@ -187,17 +226,32 @@ def copy_points(source: VectorStore, target: VectorStore, checkpoint: Path, *, p
     for chunk in iter_pages(source, offset=offset, limit=page):
         target.upsert(chunk.points)
         copied += len(chunk.points)
-        _write_json(checkpoint, {"offset": chunk.next_offset, "copied": int(state.get("copied", 0)) + copied,
-                                 "done": chunk.next_offset is None, "source": source.spec.name,
-                                 "target": target.spec.name, "updated": time.time()})
+        _write_json(
+            checkpoint,
+            {
+                "offset": chunk.next_offset,
+                "copied": int(state.get("copied", 0)) + copied,
+                "done": chunk.next_offset is None,
+                "source": source.spec.name,
+                "target": target.spec.name,
+                "updated": time.time(),
+            },
+        )
         if on_page:
             on_page(copied)
     target.flush()
     return CopyReport(copied=copied, resumed_from=offset)
 
 
-def verify_copy(source: VectorStore, target: VectorStore, report: CopyReport, *, samples: int = 50,
-                hnsw_ef: int = 128, seed: int = 0) -> CopyReport:
+def verify_copy(
+    source: VectorStore,
+    target: VectorStore,
+    report: CopyReport,
+    *,
+    samples: int = 50,
+    hnsw_ef: int = 128,
+    seed: int = 0,
+) -> CopyReport:
     """Counts must agree; each sampled point (from random places in the id space) must be its own best match in
     the target, and the target's top 10 should agree with the source's."""
     report.source_count, report.target_count = source.count(), target.count()

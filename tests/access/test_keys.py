@@ -55,16 +55,23 @@ def test_scopes_and_names(store: KeyStore) -> None:
 def test_another_process_changes_are_picked_up(store: KeyStore, tmp_path: Path) -> None:
     store.watch()
     env = {**os.environ, "STATE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
-    made = subprocess.run([sys.executable, "-m", "app.keys", "create", "--name", "ci", "--scope", "write"],
-                          env=env, capture_output=True, text=True, timeout=60, check=True)
+    made = subprocess.run(
+        [sys.executable, "-m", "app.keys", "create", "--name", "ci", "--scope", "write"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     key = made.stdout.strip()
     deadline = time.monotonic() + 5
     while store.authenticate(key) is None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert store.has_keys()
-    subprocess.run([sys.executable, "-m", "app.keys", "revoke", "ci"], env=env, timeout=60, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "app.keys", "revoke", "ci"], env=env, timeout=60, check=True, capture_output=True
+    )
     while store.authenticate(key) is not None:
         assert time.monotonic() < deadline + 5
         time.sleep(0.02)

@@ -30,8 +30,9 @@ def upload(path: Path = Photos.yaoming) -> dict[str, tuple[str, bytes, str]]:
 
 def keys_command(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "STATE_DIR": str(state), "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "app.keys", *args], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "app.keys", *args], env=env, capture_output=True, text=True, timeout=60, cwd=REPO
+    )
 
 
 def until(check: Callable[[], bool], seconds: float) -> float:
@@ -60,8 +61,12 @@ def test_protected_mode_loopback_writes_network_does_not(service: tuple[str, Set
         r = http.post("/api/faces", files=upload(Photos.t1), headers=PUBLIC_PEER)
         assert r.status_code == 403 and "protected mode" in r.json()["detail"]
         assert "python -m app.keys create" in r.json()["detail"]
-        for method, path in (("DELETE", f"/api/faces/{face}"), ("GET", "/api/keys"), ("GET", "/api/jobs"),
-                             ("POST", "/api/ingest")):
+        for method, path in (
+            ("DELETE", f"/api/faces/{face}"),
+            ("GET", "/api/keys"),
+            ("GET", "/api/jobs"),
+            ("POST", "/api/ingest"),
+        ):
             assert http.request(method, path, headers=PUBLIC_PEER).status_code == 403, path
         searched = http.post("/api/search", files=upload(), headers=PUBLIC_PEER)  # reads stay open
         assert searched.status_code == 200 and searched.json()["faces"][0]["matches"][0]["id"] == face
@@ -87,13 +92,15 @@ def test_forwarded_headers_only_from_configured_proxies(client_factory: Callable
     assert remote.post("/api/faces", files=upload(), headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 403
     assert client.post("/api/faces", files=upload()).status_code == 201  # docker exec: loopback, no header
     assert forwarded_client("127.0.0.1, 203.0.113.7", None) == "203.0.113.7"  # "*": the last hop only
-    assert forwarded_client("198.51.100.1, 10.0.0.2", Settings(forwarded_allow_ips="10.0.0.0/8")
-                            .forwarded_networks) == "198.51.100.1"
+    assert (
+        forwarded_client("198.51.100.1, 10.0.0.2", Settings(forwarded_allow_ips="10.0.0.0/8").forwarded_networks)
+        == "198.51.100.1"
+    )
 
 
-def test_keys_scopes_revocation_and_the_command_beside_the_service(service: tuple[str, Settings], tmp_path: Path,
-                                                                   caplog: pytest.LogCaptureFixture,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_scopes_revocation_and_the_command_beside_the_service(
+    service: tuple[str, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, settings = service
     http = httpx.Client(base_url=url, timeout=60)
     made = http.post("/api/keys", json={"name": "ops", "scopes": ["admin"]})  # loopback, no key yet: allowed
@@ -117,11 +124,11 @@ def test_keys_scopes_revocation_and_the_command_beside_the_service(service: tupl
     writer = created.stdout.strip().splitlines()[-1]
     assert writer.startswith("oc_") and created.stdout.strip() == writer and "importer" in created.stderr
     with caplog.at_level(logging.INFO, logger="app.access"):
-        took = until(lambda: http.post("/api/faces", files=upload(),
-                                       headers={"X-API-Key": writer}).status_code == 201, 5.0)
+        took = until(
+            lambda: http.post("/api/faces", files=upload(), headers={"X-API-Key": writer}).status_code == 201, 5.0
+        )
     assert took < 5.0
-    writes = [r for r in caplog.records if r.name == "app.access" and r.method == "POST"
-              and r.status == 201]  # type: ignore[attr-defined]
+    writes = [r for r in caplog.records if r.name == "app.access" and r.method == "POST" and r.status == 201]  # type: ignore[attr-defined]
     assert writes and writes[-1].key == "importer"  # type: ignore[attr-defined]
     assert not any(writer in r.getMessage() or admin in r.getMessage() for r in caplog.records)
     bearer = http.post("/api/faces", files=upload(Photos.t1), headers={"Authorization": f"Bearer {writer}"})
@@ -136,27 +143,32 @@ def test_keys_scopes_revocation_and_the_command_beside_the_service(service: tupl
     assert ingest.main(["--path", str(tmp_path / "photos")]) == ingest.EXIT_OK
 
     # Scopes: a valid key without the scope is 403, naming the scope.
-    reader = http.post("/api/keys", json={"name": "viewer", "scopes": ["search"]},
-                       headers={"X-API-Key": admin}).json()["key"]
+    reader = http.post("/api/keys", json={"name": "viewer", "scopes": ["search"]}, headers={"X-API-Key": admin}).json()[
+        "key"
+    ]
     r = http.post("/api/faces", files=upload(), headers={"X-API-Key": reader})
     assert r.status_code == 403 and "`write`" in r.json()["detail"]
     r = http.get("/api/keys", headers={"X-API-Key": writer})
     assert r.status_code == 403 and "`admin`" in r.json()["detail"]
     listed = http.get("/api/keys", headers={"X-API-Key": admin}).json()["keys"]
-    assert [(k["name"], k["scopes"]) for k in listed] == [("ops", ["admin"]), ("importer", ["write"]),
-                                                          ("viewer", ["search"])]
+    assert [(k["name"], k["scopes"]) for k in listed] == [
+        ("ops", ["admin"]),
+        ("importer", ["write"]),
+        ("viewer", ["search"]),
+    ]
     assert all(set(k) == {"name", "scopes", "created", "last_used"} for k in listed)
     assert listed[1]["last_used"] is not None
-    assert http.post("/api/keys", json={"name": "viewer", "scopes": ["search"]},
-                     headers={"X-API-Key": admin}).status_code == 409
+    assert (
+        http.post("/api/keys", json={"name": "viewer", "scopes": ["search"]}, headers={"X-API-Key": admin}).status_code
+        == 409
+    )
 
     # `list` shows names, never keys; revoking with the command takes effect within seconds.
     shown = keys_command(settings.state_dir, "list")
     assert shown.returncode == 0 and "importer" in shown.stdout and "write" in shown.stdout
     assert writer not in shown.stdout and admin not in shown.stdout
     assert keys_command(settings.state_dir, "revoke", "importer").returncode == 0
-    took = until(lambda: http.post("/api/faces", files=upload(),
-                                   headers={"X-API-Key": writer}).status_code == 401, 5.0)
+    took = until(lambda: http.post("/api/faces", files=upload(), headers={"X-API-Key": writer}).status_code == 401, 5.0)
     assert took < 5.0
     assert http.delete("/api/keys/viewer", headers={"X-API-Key": admin}).status_code == 200
     assert http.get("/api/heads", headers={"X-API-Key": reader}).status_code == 401  # revoked: at once here

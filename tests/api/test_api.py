@@ -76,12 +76,15 @@ def test_no_face_is_an_empty_answer(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["faces"] == []
 
 
-@pytest.mark.parametrize(("payload", "status", "message"), [
-    (b"just some text, not a picture", 415, "not an image"),
-    (b"", 400, "empty"),
-    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + b"\x00" * 20, 400, "corrupt or truncated"),
-    (b"GIF89a" + b"\x00" * 10, 400, "corrupt or truncated"),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        (b"just some text, not a picture", 415, "not an image"),
+        (b"", 400, "empty"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + b"\x00" * 20, 400, "corrupt or truncated"),
+        (b"GIF89a" + b"\x00" * 10, 400, "corrupt or truncated"),
+    ],
+)
 def test_rejected_inputs(client: TestClient, payload: bytes, status: int, message: str) -> None:
     r = client.post("/api/search", files={"file": ("x.jpg", payload, "image/jpeg")})
     assert r.status_code == status, r.text
@@ -112,9 +115,13 @@ def test_too_large_and_bomb(client_factory: Callable[..., TestClient], photos) -
 def test_health_and_status(client: TestClient) -> None:
     r = client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "healthy", "ready": True,
-                        "checks": {"model_loaded": True, "qdrant_healthy": True, "shutdown_initiated": False},
-                        "index_building": False, "unindexed": 0}
+    assert r.json() == {
+        "status": "healthy",
+        "ready": True,
+        "checks": {"model_loaded": True, "qdrant_healthy": True, "shutdown_initiated": False},
+        "index_building": False,
+        "unindexed": 0,
+    }
     status = client.get("/status").json()
     assert status["collection"] == "faces" and status["vectors"] == 0 and status["status"] == "green"
     assert status["model"] == "bundled" and status["backend"] == "edge"
@@ -175,8 +182,11 @@ def test_busy_engine_answers_503_with_retry_after(client_factory: Callable[..., 
     assert client.post("/api/search", files=upload(photos.yaoming)).status_code == 200
 
 
-def test_other_model_pack_is_refused_at_start(client_factory: Callable[..., TestClient], photos,  # type: ignore[no-untyped-def]
-                                              tmp_path: Path) -> None:
+def test_other_model_pack_is_refused_at_start(
+    client_factory: Callable[..., TestClient],
+    photos,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     client = client_factory()
     client.post("/api/faces", files=upload(photos.t1))
     client.__exit__(None, None, None)

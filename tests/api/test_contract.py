@@ -61,8 +61,12 @@ def test_options_and_wrong_methods_answer_with_allow(tmp_path: Path) -> None:
     assert r.status_code == 204 and r.headers["allow"] == "DELETE, OPTIONS, POST" and not r.content
     assert client.options("/api/jobs/0123").headers["allow"] == "DELETE, GET, OPTIONS"
     assert client.options("/metrics").headers["allow"] == "GET, OPTIONS"
-    for method, path, allow in (("GET", "/api/search", "OPTIONS, POST"), ("PUT", "/api/faces", "DELETE, OPTIONS, POST"),
-                                ("PATCH", "/api/faces/abc", "DELETE, OPTIONS"), ("POST", "/health", "GET, OPTIONS")):
+    for method, path, allow in (
+        ("GET", "/api/search", "OPTIONS, POST"),
+        ("PUT", "/api/faces", "DELETE, OPTIONS, POST"),
+        ("PATCH", "/api/faces/abc", "DELETE, OPTIONS"),
+        ("POST", "/health", "GET, OPTIONS"),
+    ):
         r = client.request(method, path)
         assert r.status_code == 405 and r.headers["allow"] == allow, (method, path)
         assert ErrorOut.model_validate(r.json()).error == "method_not_allowed"
@@ -72,9 +76,12 @@ def test_options_and_wrong_methods_answer_with_allow(tmp_path: Path) -> None:
 
 
 def test_validation_errors_answer_the_declared_schema(client: TestClient, photos) -> None:  # type: ignore[no-untyped-def]
-    answers = [client.get("/api/jobs", params={"limit": 0}),
-               client.post("/api/search", params={"top_k": 0}, files={"file": ("a.jpg", photos.yaoming.read_bytes())}),
-               client.post("/api/ingest", json={"path": ""}), client.post("/api/ingest", content=b"{not json")]
+    answers = [
+        client.get("/api/jobs", params={"limit": 0}),
+        client.post("/api/search", params={"top_k": 0}, files={"file": ("a.jpg", photos.yaoming.read_bytes())}),
+        client.post("/api/ingest", json={"path": ""}),
+        client.post("/api/ingest", content=b"{not json"),
+    ]
     for r in answers:
         assert r.status_code == 422 and set(r.json()) == {"detail", "error"}, r.text
         assert ErrorOut.model_validate(r.json()).error == "invalid_request"
@@ -87,12 +94,26 @@ SEED = 20_240_917
 # Uploads are bytes whose schema cannot say "must decode as an image"; an ingest path must exist on the
 # service's disk; DELETE /api/faces needs exactly one of `file` or `subject` (OpenAPI cannot say so). Any
 # schema-valid request to these may rightly be refused: positive_data_acceptance is left out for them only.
-NOT_ALWAYS_ACCEPTABLE = [("POST", "/api/search"), ("POST", "/api/search/batch"), ("POST", "/search"),
-                         ("POST", "/api/analyze"), ("POST", "/api/faces"), ("POST", "/api/ingest"),
-                         ("DELETE", "/api/faces")]
-REQUIRED_CHECKS = {"not_a_server_error", "status_code_conformance", "content_type_conformance",
-                   "response_schema_conformance", "response_headers_conformance", "negative_data_rejection",
-                   "positive_data_acceptance", "unsupported_method", "allow_header_conformance"}
+NOT_ALWAYS_ACCEPTABLE = [
+    ("POST", "/api/search"),
+    ("POST", "/api/search/batch"),
+    ("POST", "/search"),
+    ("POST", "/api/analyze"),
+    ("POST", "/api/faces"),
+    ("POST", "/api/ingest"),
+    ("DELETE", "/api/faces"),
+]
+REQUIRED_CHECKS = {
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+    "negative_data_rejection",
+    "positive_data_acceptance",
+    "unsupported_method",
+    "allow_header_conformance",
+}
 
 
 @dataclass
@@ -107,15 +128,22 @@ class ContractRun:
 def run_schemathesis(url: str) -> ContractRun:
     """The stateless phases (examples, coverage, fuzzing) and their checks, as `schemathesis run` runs them,
     deterministic from SEED."""
-    config = schemathesis.Config.from_dict({
-        "seed": SEED,
-        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
-        "phases": {"stateful": {"enabled": False}},
-        "checks": {"positive_data_acceptance": {"enabled": True}},
-        "operations": [{"include-method": method, "include-path": path,
-                        "checks": {"positive_data_acceptance": {"enabled": False}}}
-                       for method, path in NOT_ALWAYS_ACCEPTABLE],
-    })
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+            "phases": {"stateful": {"enabled": False}},
+            "checks": {"positive_data_acceptance": {"enabled": True}},
+            "operations": [
+                {
+                    "include-method": method,
+                    "include-path": path,
+                    "checks": {"positive_data_acceptance": {"enabled": False}},
+                }
+                for method, path in NOT_ALWAYS_ACCEPTABLE
+            ],
+        }
+    )
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
     run = ContractRun()
     for event in from_schema(schema).execute():
@@ -127,8 +155,10 @@ def run_schemathesis(url: str) -> ContractRun:
                 run.checks[check.name] = run.checks.get(check.name, 0) + 1
                 if check.status == Status.FAILURE and check.failure_info is not None:
                     failure = check.failure_info.failure
-                    run.failures.append(f"{recorder.label} [{event.phase.value}] {check.name}: {failure.title}\n"
-                                        f"{failure.message}\n{check.failure_info.code_sample}")
+                    run.failures.append(
+                        f"{recorder.label} [{event.phase.value}] {check.name}: {failure.title}\n"
+                        f"{failure.message}\n{check.failure_info.code_sample}"
+                    )
         elif isinstance(event, events.NonFatalError):
             run.errors.append(f"{event.label}: {event.value!r}")
         elif isinstance(event, events.FatalError):
@@ -149,9 +179,11 @@ def contract_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_schemathesis_finds_no_contract_failure(contract_service: str, capsys: pytest.CaptureFixture[str]) -> None:
     run = run_schemathesis(contract_service)
     with capsys.disabled():
-        print(f"\nSchemathesis: {len(run.operations)} operations, {run.cases} cases, {len(run.failures)} failures, "
-              f"{len(run.errors)} errors; checks run: "
-              + ", ".join(f"{name} {n}" for name, n in sorted(run.checks.items())))
+        print(
+            f"\nSchemathesis: {len(run.operations)} operations, {run.cases} cases, {len(run.failures)} failures, "
+            f"{len(run.errors)} errors; checks run: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(run.checks.items()))
+        )
     assert not run.errors, "\n".join(run.errors)
     assert not run.failures, "\n\n".join(run.failures)
     assert len(run.operations) == 21 and run.cases > 21 * MAX_EXAMPLES // 2

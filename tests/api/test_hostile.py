@@ -28,7 +28,7 @@ def test_chunked_upload_over_the_limit_is_cut_off(client_factory: Callable[..., 
 
     def body() -> Iterator[bytes]:
         nonlocal sent
-        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n\r\n"
+        yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
         for _ in range(40):  # 40 MB, no Content-Length
             sent += 1
             yield b"\xff" * 2**20

@@ -57,12 +57,17 @@ def test_live_page_streams_the_camera_and_draws_the_face(tmp_path: Path) -> None
             playwright = stack.enter_context(sync_playwright())
         except Exception as exc:  # its node driver did not start
             cannot_run(f"playwright did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-        indexed = httpx.post(f"{url}/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())},
-                             data={"subject": "Yao Ming"}, timeout=60)
+        indexed = httpx.post(
+            f"{url}/api/faces",
+            files={"file": ("players.jpg", Photos.players.read_bytes())},
+            data={"subject": "Yao Ming"},
+            timeout=60,
+        )
         assert indexed.status_code == 201, indexed.text
         try:
             browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=[*FAKE_CAMERA_FLAGS, f"--use-file-for-fake-video-capture={camera}"])
+                executable_path=CHROMIUM, args=[*FAKE_CAMERA_FLAGS, f"--use-file-for-fake-video-capture={camera}"]
+            )
         except PlaywrightError as exc:
             cannot_run(f"chromium did not start under playwright: {str(exc).splitlines()[0]}")
         try:
@@ -81,8 +86,9 @@ def test_live_page_streams_the_camera_and_draws_the_face(tmp_path: Path) -> None
             # A dropped socket comes back by itself (after a backoff) and the frames flow again.
             before = int(readout.get_attribute("data-frames") or 0)
             page.evaluate("window.oceanoLive.ws.close(4000, 'dropped by the test')")
-            page.wait_for_function(f"Number(document.getElementById('result').dataset.frames) >= {before + 2}",
-                                   timeout=15_000)
+            page.wait_for_function(
+                f"Number(document.getElementById('result').dataset.frames) >= {before + 2}", timeout=15_000
+            )
             assert errors == []
         finally:
             browser.close()

@@ -26,8 +26,11 @@ def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], f
     """Every sample of /metrics: (name, labels) -> value."""
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
@@ -43,8 +46,12 @@ def test_a_search_moves_the_request_and_engine_histograms(client: TestClient, ph
         return sample(after, name, **labels) - sample(before, name, **labels)
 
     assert moved("oceano_http_request_duration_seconds_count", method="POST", route="/api/search", status="200") == 1
-    assert moved("oceano_http_request_duration_seconds_bucket", method="POST", route="/api/search", status="200",
-                 le="+Inf") == 1
+    assert (
+        moved(
+            "oceano_http_request_duration_seconds_bucket", method="POST", route="/api/search", status="200", le="+Inf"
+        )
+        == 1
+    )
     # One engine call: the detector ran on 1 image, the recognizer on its 6 faces.
     assert moved("oceano_inference_batch_size_count", model="detector", source="requests") == 1
     assert moved("oceano_inference_batch_size_sum", model="detector", source="requests") == 1
@@ -58,9 +65,9 @@ def test_a_search_moves_the_request_and_engine_histograms(client: TestClient, ph
     assert sample(after, "oceano_inference_slots") == 1
     assert sample(after, "oceano_info", version="0.1.0", model="bundled", backend="edge") == 1
     for status in JobStatus:
-        assert (("oceano_ingest_jobs", frozenset({("status", status.value)})) in after)
+        assert ("oceano_ingest_jobs", frozenset({("status", status.value)})) in after
     for status in FileStatus:
-        assert (("oceano_ingest_files", frozenset({("status", status.value)})) in after)
+        assert ("oceano_ingest_files", frozenset({("status", status.value)})) in after
     assert sample(after, "process_resident_memory_bytes") > 0
     assert any(name == "python_info" for name, _ in after)
 
@@ -78,8 +85,10 @@ def test_routes_are_labelled_by_template_never_by_raw_path(client: TestClient, p
     assert sample(samples, "oceano_errors_total", error="not_found") == 0  # the 404 above is the router's
 
 
-def test_admission_refusal_counts_as_shed_and_a_deadline_as_dropped(client_factory: Callable[..., TestClient],  # type: ignore[no-untyped-def]
-                                                                     photos) -> None:
+def test_admission_refusal_counts_as_shed_and_a_deadline_as_dropped(
+    client_factory: Callable[..., TestClient],  # type: ignore[no-untyped-def]
+    photos,
+) -> None:
     client = client_factory(gpu_acquire_timeout=0.2)
     batcher = client.app.state.services.batcher  # type: ignore[attr-defined]
     before = scrape(client)
@@ -91,17 +100,23 @@ def test_admission_refusal_counts_as_shed_and_a_deadline_as_dropped(client_facto
     with gate_held(batcher.engine.gate):  # admitted, then waits past GPU_ACQUIRE_TIMEOUT in the queue
         assert client.post("/api/search", files=upload(photos.yaoming)).status_code == 503
     after = scrape(client)
-    assert sample(after, "oceano_requests_shed_total", stage="door") - sample(before, "oceano_requests_shed_total",
-                                                                              stage="door") == 1
+    assert (
+        sample(after, "oceano_requests_shed_total", stage="door")
+        - sample(before, "oceano_requests_shed_total", stage="door")
+        == 1
+    )
     assert sample(after, "oceano_requests_dropped_total", reason="deadline") == 1
     assert sample(after, "oceano_requests_shed_total", stage="admit") == 0
-    assert sample(after, "oceano_http_request_duration_seconds_count", method="POST", route="/api/search",
-                  status="503") == 2
+    assert (
+        sample(after, "oceano_http_request_duration_seconds_count", method="POST", route="/api/search", status="503")
+        == 2
+    )
     assert sample(after, "oceano_errors_total", error="busy") == 1  # the door's 503 is no domain error
 
 
-def test_ingest_jobs_feed_the_engine_and_status_gauges(client_factory: Callable[..., TestClient],
-                                                         tmp_path: Path) -> None:
+def test_ingest_jobs_feed_the_engine_and_status_gauges(
+    client_factory: Callable[..., TestClient], tmp_path: Path
+) -> None:
     face_folder(tmp_path / "photos", 3)
     client = client_factory(ingest_roots=str(tmp_path / "photos"))
     job = client.post("/api/ingest", json={"path": str(tmp_path / "photos")}).json()
@@ -132,8 +147,9 @@ def test_requests_are_counted_per_api_key_name(tmp_path: Path, client_factory: A
     samples = scrape(client)
     assert sample(samples, "oceano_http_requests_by_key_total", key="alice", status="200") == 2
     assert sample(samples, "oceano_http_requests_by_key_total", key="anonymous", status="200") >= 1
-    assert sample(samples, "oceano_http_request_duration_seconds_count", method="GET", route="/status",
-                  status="200") == 3
+    assert (
+        sample(samples, "oceano_http_request_duration_seconds_count", method="GET", route="/status", status="200") == 3
+    )
 
 
 def test_each_app_has_its_own_registry(tmp_path: Path) -> None:

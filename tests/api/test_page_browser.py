@@ -20,10 +20,12 @@ def test_page_asks_for_a_key_once_and_sends_it(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "state", auth_reads="key")
     with live_service(settings) as url:
         admin = {"X-API-Key": httpx.post(f"{url}/api/keys", json={"name": "ops", "scopes": ["admin"]}).json()["key"]}
-        reader = httpx.post(f"{url}/api/keys", json={"name": "viewer", "scopes": ["search"]},
-                            headers=admin).json()["key"]
-        indexed = httpx.post(f"{url}/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())},
-                             headers=admin, timeout=60)
+        reader = httpx.post(f"{url}/api/keys", json={"name": "viewer", "scopes": ["search"]}, headers=admin).json()[
+            "key"
+        ]
+        indexed = httpx.post(
+            f"{url}/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())}, headers=admin, timeout=60
+        )
         assert indexed.status_code == 201
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -40,10 +42,12 @@ def test_page_asks_for_a_key_once_and_sends_it(tmp_path: Path) -> None:
                 page.click("#search-form button")  # the same photo again: search it now
                 page.wait_for_selector("text=1 face found", timeout=60_000)
                 # Thumbnails are fetched with the key (an <img> could not send it) and shown from blob: URLs.
-                page.wait_for_function("[...document.querySelectorAll('.matches img')].length > 0 && "
-                                       "[...document.querySelectorAll('.matches img')]"
-                                       ".every(i => i.src.startsWith('blob:') && i.naturalWidth > 0)",
-                                       timeout=30_000)
+                page.wait_for_function(
+                    "[...document.querySelectorAll('.matches img')].length > 0 && "
+                    "[...document.querySelectorAll('.matches img')]"
+                    ".every(i => i.src.startsWith('blob:') && i.naturalWidth > 0)",
+                    timeout=30_000,
+                )
                 page.reload()
                 assert page.is_hidden("#key-form")  # kept for the tab's session: asked once
                 page.evaluate("sessionStorage.setItem('oceano-api-key', 'oc_' + 'x'.repeat(43))")

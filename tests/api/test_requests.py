@@ -20,8 +20,14 @@ ORIGIN = "https://app.example.org"
 
 
 def preflight(client: TestClient, origin: str) -> httpx.Response:
-    return client.options("/api/search", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
-                                                  "Access-Control-Request-Headers": "x-api-key"})
+    return client.options(
+        "/api/search",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key",
+        },
+    )
 
 
 def test_cors_allows_configured_origins_only(client_factory: Callable[..., TestClient]) -> None:
@@ -61,9 +67,16 @@ def test_json_logs_of_the_service_carry_the_request_id(tmp_path: Path) -> None:
     state, photos = tmp_path / "state", tmp_path / "photos"
     face_folder(photos, 1)
     port = free_port()
-    env = {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
-           "THUMBS_DIR": str(state / "thumbs"), "PORT": str(port), "HOST": "127.0.0.1", "LOG_FORMAT": "json",
-           "INGEST_ROOTS": str(tmp_path)}
+    env = {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "QDRANT_PATH": str(state / "qdrant"),
+        "THUMBS_DIR": str(state / "thumbs"),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "LOG_FORMAT": "json",
+        "INGEST_ROOTS": str(tmp_path),
+    }
     log = tmp_path / "service.log"
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:

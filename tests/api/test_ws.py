@@ -64,8 +64,9 @@ def test_connected_and_the_emotion_service_commands(client: TestClient) -> None:
         answer = ws.receive_json()
         assert answer["type"] == "emotions" and answer["status"] == "success"
         assert [e["name"] for e in answer["emotions"]] == EMOTIONS
-        assert [e["id"] for e in answer["emotions"]] == list(range(7)) and all(e["description"]
-                                                                             for e in answer["emotions"])
+        assert [e["id"] for e in answer["emotions"]] == list(range(7)) and all(
+            e["description"] for e in answer["emotions"]
+        )
         ws.send_json({"command": "model_info"})
         info = ws.receive_json()
         assert info["type"] == "model_info" and info["status"] == "success"
@@ -75,8 +76,7 @@ def test_connected_and_the_emotion_service_commands(client: TestClient) -> None:
 
         ws.send_json({"command": "health"})
         health = ws.receive_json()
-        assert health == {**health, "type": "health", "status": "healthy", "service": "oceano",
-                          "clients_connected": 1}
+        assert health == {**health, "type": "health", "status": "healthy", "service": "oceano", "clients_connected": 1}
         ws.send_json({"event": "get_stats", "data": {}})
         stats = ws.receive_json()
         assert stats["event"] == "stats" and stats["data"]["active_connections"] == 1
@@ -125,8 +125,13 @@ def test_process_frame_event_and_command_alias(client: TestClient) -> None:
         assert data["frames_dropped"] == 0 and data["processing_time"] > 0 and data["timestamp"] == 1234
         assert data["frame_id"] == 1 and data["alerts"] == [] and data["heads"] == ["emotion"]
 
-        ws.send_json({"command": "process_frame", "frame": b64(Photos.yaoming),
-                      "settings": {"heads": [], "confidence_threshold": 0.3}})
+        ws.send_json(
+            {
+                "command": "process_frame",
+                "frame": b64(Photos.yaoming),
+                "settings": {"heads": [], "confidence_threshold": 0.3},
+            }
+        )
         alias = ws.receive_json()
         assert alias["event"] == "detection_result" and alias["data"]["frame_id"] == 2
         (face,) = alias["data"]["faces"]
@@ -142,8 +147,9 @@ def test_process_frame_event_and_command_alias(client: TestClient) -> None:
 
 
 def test_process_frame_with_search_names_the_closest_match(client: TestClient) -> None:
-    r = client.post("/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())},
-                    data={"subject": "Yao Ming"})
+    r = client.post(
+        "/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())}, data={"subject": "Yao Ming"}
+    )
     assert r.status_code == 201, r.text
     with client.websocket_connect("/ws") as ws:
         ws.receive_json()
@@ -300,8 +306,9 @@ def test_frames_are_decoded_off_the_event_loop(client: TestClient, monkeypatch: 
     service = client.app.state.service
     threads: list[str] = []
     original = service.decode
-    monkeypatch.setattr(service, "decode", lambda data, **kw: threads.append(threading.current_thread().name)
-                        or original(data, **kw))
+    monkeypatch.setattr(
+        service, "decode", lambda data, **kw: threads.append(threading.current_thread().name) or original(data, **kw)
+    )
     with client.websocket_connect("/ws") as ws:
         ws.receive_json()
         ws.send_json({"command": "predict", "image": b64(Photos.yaoming)})
@@ -315,8 +322,9 @@ def test_a_client_leaving_mid_frame_frees_its_place(client: TestClient, monkeypa
     engine = services.engine
     calls: list[int] = []
     original = engine.analyze_holding_gate
-    monkeypatch.setattr(engine, "analyze_holding_gate", lambda images, **kw: calls.append(len(images))
-                        or original(images, **kw))
+    monkeypatch.setattr(
+        engine, "analyze_holding_gate", lambda images, **kw: calls.append(len(images)) or original(images, **kw)
+    )
     with gate_held(engine.gate):
         with client.websocket_connect("/ws") as ws:
             ws.receive_json()

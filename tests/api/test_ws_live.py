@@ -29,8 +29,13 @@ def test_live_uvicorn_socket(tmp_path: Path) -> None:
             assert json.loads(second.recv(timeout=30))["event"] == "connected"
             prediction = ask(ws, {"command": "predict", "image": b64(one_face_frame())})
             assert prediction["status"] == "success" and prediction["faces"] == 1
-            result = ask(ws, {"event": "process_frame", "data": {"frame": b64(Photos.t1), "timestamp": 5,
-                                                                  "settings": {"crowd_threshold": 5}}})
+            result = ask(
+                ws,
+                {
+                    "event": "process_frame",
+                    "data": {"frame": b64(Photos.t1), "timestamp": 5, "settings": {"crowd_threshold": 5}},
+                },
+            )
             assert result["event"] == "detection_result" and result["data"]["timestamp"] == 5
             assert [a["type"] for a in result["data"]["alerts"]] == ["crowd_warning", "connection_limit"]
             # A third socket is closed with 1013 and the reason, after an error event that says the same.

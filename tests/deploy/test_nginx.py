@@ -65,8 +65,9 @@ class Service:
 
     def keys(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "STATE_DIR": str(self.state)}
-        done = subprocess.run([sys.executable, "-m", "app.keys", *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "app.keys", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         return done
 
@@ -75,12 +76,24 @@ class Service:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     state = tmp_path_factory.mktemp("state")
     port = free_port()
-    env = {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
-           "THUMBS_DIR": str(state / "thumbs"), "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "QDRANT_PATH": str(state / "qdrant"),
+        "THUMBS_DIR": str(state / "thumbs"),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "warning",
+    }
     log = state / "service.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env={**env, "LOG_LEVEL": "info"},
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=REPO,
+            env={**env, "LOG_LEVEL": "info"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_ready(f"http://127.0.0.1:{port}/health", proc)
             yield Service(f"127.0.0.1:{port}", state, log)
@@ -95,10 +108,31 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and localhost, valid one day, and its key (no passphrase), by openssl."""
     cert, key = folder / "fullchain.pem", folder / "privkey.pem"
-    subprocess.run([OPENSSL or "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=oceano-test",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            OPENSSL or "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=oceano-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
@@ -123,11 +157,13 @@ class Nginx:
 def site_for_test(site: str, *, upstream: str, http_port: int, https_port: int, cert: Path, key: Path) -> str:
     """deploy/nginx.conf with the upstream, the ports and the certificate paths of this test; each must be found
     exactly once, so a change to the file that the test would silently not follow fails here."""
-    for old, new in (("server oceano-api:9100;", f"server {upstream};"),
-                     ("listen 80;", f"listen 127.0.0.1:{http_port};"),
-                     ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
-                     ("/etc/nginx/certs/fullchain.pem;", f"{cert};"),
-                     ("/etc/nginx/certs/privkey.pem;", f"{key};")):
+    for old, new in (
+        ("server oceano-api:9100;", f"server {upstream};"),
+        ("listen 80;", f"listen 127.0.0.1:{http_port};"),
+        ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+        ("/etc/nginx/certs/fullchain.pem;", f"{cert};"),
+        ("/etc/nginx/certs/privkey.pem;", f"{key};"),
+    ):
         assert site.count(old) == 1, f"deploy/nginx.conf: expected {old!r} once"
         site = site.replace(old, new)
     return site
@@ -142,8 +178,14 @@ def nginx(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = tmp_path_factory.mktemp("nginx")
     cert, key = self_signed_certificate(root)
     http_port, https_port = free_port(), free_port()
-    site = site_for_test((REPO / "deploy" / "nginx.conf").read_text(), upstream=service.address,
-                         http_port=http_port, https_port=https_port, cert=cert, key=key)
+    site = site_for_test(
+        (REPO / "deploy" / "nginx.conf").read_text(),
+        upstream=service.address,
+        http_port=http_port,
+        https_port=https_port,
+        cert=cert,
+        key=key,
+    )
     (root / "site.conf").write_text(site)
     # As root, nginx's workers would run as nobody, who cannot enter pytest's private tmp folders to write the
     # temp files of bodies over client_body_buffer_size: keep them as the user running the tests.
@@ -218,8 +260,9 @@ def test_search_through_nginx(nginx: Nginx) -> None:
     with nginx.client() as http:
         r = http.post("/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())})
         assert r.status_code == 201, r.text
-        r = http.post("/search", files={"file": ("yao.jpg", Photos.yaoming.read_bytes())},
-                      headers={"Accept": "application/json"})
+        r = http.post(
+            "/search", files={"file": ("yao.jpg", Photos.yaoming.read_bytes())}, headers={"Accept": "application/json"}
+        )
         assert r.status_code == 200
         top = r.json()["faces"][0]["matches"][0]
         assert top["file"] == "players.jpg" and top["score"] > 0.45
@@ -238,15 +281,21 @@ def test_tls_versions_and_hsts(nginx: Nginx) -> None:
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         context = ssl.create_default_context(cafile=nginx.root / "fullchain.pem")
         context.minimum_version = context.maximum_version = version
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
             assert tls.version() == version.name.replace("_", ".")  # TLSv1_2 -> "TLSv1.2"
     # A client that does not trust the certificate is refused by the client itself: it is not a public one.
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{nginx.url}/health", timeout=10)
     with nginx.client() as http:
-        for r in (http.get("/health"), http.get("/no-such-page"), http.get("/"),
-                  http.post("/api/search", files={"file": ("x.jpg", b"not an image")})):
+        for r in (
+            http.get("/health"),
+            http.get("/no-such-page"),
+            http.get("/"),
+            http.post("/api/search", files={"file": ("x.jpg", b"not an image")}),
+        ):
             assert r.headers["strict-transport-security"] == "max-age=63072000", (r.url, r.headers)
 
 
@@ -258,10 +307,12 @@ def test_plain_http_serves_health_redirects_pages_and_refuses_the_api(nginx: Ngi
         assert health.status_code == 200 and health.json()["status"]
         page = http.get("/live?x=1")
         assert page.status_code == 301 and page.headers["location"] == "https://127.0.0.1/live?x=1"
-        for r in (http.post("/api/search", files={"file": ("yao.jpg", Photos.yaoming.read_bytes())}),
-                  http.delete("/api/faces/00000000-0000-0000-0000-000000000000"),
-                  http.get("/api/heads", headers={"X-API-Key": "oc_" + "a" * 43}),
-                  http.get("/status", headers={"Authorization": "Bearer oc_" + "a" * 43})):
+        for r in (
+            http.post("/api/search", files={"file": ("yao.jpg", Photos.yaoming.read_bytes())}),
+            http.delete("/api/faces/00000000-0000-0000-0000-000000000000"),
+            http.get("/api/heads", headers={"X-API-Key": "oc_" + "a" * 43}),
+            http.get("/status", headers={"Authorization": "Bearer oc_" + "a" * 43}),
+        ):
             assert r.status_code == 403, (r.request.method, r.url, r.status_code)
             assert r.headers["content-type"] == "application/json"
             assert r.json()["error"] == "https_required" and "HTTPS" in r.json()["detail"]
@@ -312,8 +363,9 @@ def test_nginx_reports_the_client_and_the_request_id(nginx: Nginx) -> None:
         assert len(made) == 32 and int(made, 16) >= 0
         # nginx replaces what the client claims with the address it saw (this machine: protected mode lets it
         # write); appended to, the claim would have been believed.
-        r = http.post("/api/faces", files={"file": ("t1.jpg", Photos.t1.read_bytes())},
-                      headers={"X-Forwarded-For": "203.0.113.9"})
+        r = http.post(
+            "/api/faces", files={"file": ("t1.jpg", Photos.t1.read_bytes())}, headers={"X-Forwarded-For": "203.0.113.9"}
+        )
         assert r.status_code == 201, r.text
 
 
@@ -342,8 +394,9 @@ def test_keyed_write_and_401_through_nginx(service: Service, nginx: Nginx, write
         r = http.post("/api/faces", files={"file": ("tom.png", photo)}, headers={"X-API-Key": write_key.key})
         assert r.status_code == 201, r.text
         assert r.json()["faces"]
-        r = http.post("/api/faces", files={"file": ("tom.png", photo)},
-                      headers={"Authorization": f"Bearer {write_key.key}"})
+        r = http.post(
+            "/api/faces", files={"file": ("tom.png", photo)}, headers={"Authorization": f"Bearer {write_key.key}"}
+        )
         assert r.status_code == 201, r.text
         for headers in ({}, {"X-API-Key": "oc_" + "x" * 43}, {"Authorization": "Bearer oc_" + "x" * 43}):
             r = http.post("/api/faces", files={"file": ("tom.png", photo)}, headers=headers)
@@ -369,6 +422,7 @@ def test_search_routes_rate_limited_by_nginx(service: Service, nginx: Nginx) -> 
 
     before = service_answers(service)
     with nginx.client(limits=httpx.Limits(max_connections=BURST)) as http:
+
         def post(i: int) -> httpx.Response:
             return http.post(routes[i % len(routes)], files=junk, headers={"Accept": "application/json"})
 

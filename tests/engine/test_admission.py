@@ -140,7 +140,8 @@ def test_dropping_a_request_from_mid_queue_keeps_the_dispatcher_alive(batcher: I
 
 
 def test_a_queued_request_gets_its_503_at_its_deadline_not_after_the_batch_running(
-        batcher: InferenceBatcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    batcher: InferenceBatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by bench/soak.py: a request queued behind a long engine call got its 503 only when that call ended."""
     image = read_bgr(Photos.yaoming)
     original = batcher.engine.analyze_holding_gate

@@ -36,9 +36,9 @@ def test_batcher_passes_embed_through(engine: FaceEngine) -> None:
     batcher = InferenceBatcher(own, max_images=8)
     try:
         image = read_bgr(Photos.yaoming)
-        (face,), = batcher.analyze([image], embed=False)
+        ((face,),) = batcher.analyze([image], embed=False)
         assert face.embedding.size == 0
-        (face,), = batcher.analyze([image])
+        ((face,),) = batcher.analyze([image])
         assert face.embedding.shape == (engine.dim,)
     finally:
         batcher.close()

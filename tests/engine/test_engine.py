@@ -66,8 +66,11 @@ def touches_padding(bbox: np.ndarray, image: np.ndarray, margin: float = 4.0) ->
     return bool(bbox[2] > w - margin or bbox[3] > h - margin)
 
 
-def test_batched_detector_equals_one_image_at_a_time(engine: FaceEngine, photos,  # type: ignore[no-untyped-def]
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batched_detector_equals_one_image_at_a_time(
+    engine: FaceEngine,
+    photos,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """DET_BATCH=3 on the CPU: the batched path (fixed letterbox canvas, one session call per chunk, outputs
     split per image) finds what single-image calls find. The bundled SCRFD has a dynamic batch axis."""
     batched = FaceEngine.from_settings(Settings(det_batch=3), InferenceGate(1, 5.0))
@@ -162,8 +165,12 @@ def test_small_wheel_photos_detect_as_insightface_does(engine: FaceEngine, insig
 
 
 @INSIGHTFACE_WARNINGS
-def test_reduced_group_photos_detect_as_insightface_does(engine: FaceEngine, insightface_app: Any, photos,  # type: ignore[no-untyped-def]
-                                                         tmp_path: Path) -> None:
+def test_reduced_group_photos_detect_as_insightface_does(
+    engine: FaceEngine,
+    insightface_app: Any,
+    photos,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     """Group photos reduced under 640 px: many small faces in a small photo. Before MAX_UPSCALE Oceano never
     scaled a photo up and missed faces insightface finds (players.jpg at 480 px: 16 of 19; gdp.jpg at 320 px: 3 of
     5)."""
@@ -179,8 +186,7 @@ def test_reduced_group_photos_detect_as_insightface_does(engine: FaceEngine, ins
 
 
 @INSIGHTFACE_WARNINGS
-def test_small_eval_photos_detect_as_insightface_does(engine: FaceEngine, insightface_app: Any,
-                                                      eval_dir: Path) -> None:
+def test_small_eval_photos_detect_as_insightface_does(engine: FaceEngine, insightface_app: Any, eval_dir: Path) -> None:
     paths = small_photos(eval_dir)
     assert len(paths) >= 5, "the eval set's photos under 640 px"
     assert assert_small_photos_agree(engine, insightface_app, paths) >= len(paths)

@@ -56,8 +56,13 @@ def count_runs(head: Head, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ stand-in models
-def save_model(path: Path, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
-               outputs: list[onnx.ValueInfoProto], initializers: list[onnx.TensorProto]) -> Path:
+def save_model(
+    path: Path,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    initializers: list[onnx.TensorProto],
+) -> Path:
     graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -69,11 +74,15 @@ def save_model(path: Path, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueI
 def brightness_model(path: Path, size: int = 32, batch: int | str = "N") -> Path:
     """A genuine one-op head: the mean of a grey N x 1 x size x size input -> N x 1."""
     return save_model(
-        path, [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1, 2, 3], keepdims=0),
-               helper.make_node("Unsqueeze", ["y", "axis"], ["out"])],
+        path,
+        [
+            helper.make_node("ReduceMean", ["x"], ["y"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Unsqueeze", ["y", "axis"], ["out"]),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, size, size])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 1])],
-        [helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+        [helper.make_tensor("axis", TensorProto.INT64, [1], [1])],
+    )
 
 
 def genderage_standin(path: Path) -> Path:
@@ -82,12 +91,18 @@ def genderage_standin(path: Path) -> Path:
     0 (R once the head has swapped BGR to RGB), male = mean of channel 2 (B), age = 0.31."""
     weights = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0]], np.float32)  # channel means (3) -> outputs (3)
     return save_model(
-        path, [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
-               helper.make_node("Gemm", ["m", "w", "b"], ["out"])],
+        path,
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("Gemm", ["m", "w", "b"], ["out"]),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 96, 96])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [3, 3], weights.flatten().tolist()),
-         helper.make_tensor("b", TensorProto.FLOAT, [3], [0.0, 0.0, 0.31])])
+        [
+            helper.make_tensor("w", TensorProto.FLOAT, [3, 3], weights.flatten().tolist()),
+            helper.make_tensor("b", TensorProto.FLOAT, [3], [0.0, 0.0, 0.31]),
+        ],
+    )
 
 
 def genderage_pack(root: Path) -> Path:
@@ -106,9 +121,16 @@ def write_spec(folder: Path, name: str, spec: dict[str, Any]) -> Path:
     return path
 
 
-BRIGHTNESS = {"name": "brightness", "model": "brightness.onnx", "input_size": [32, 32], "color": "gray",
-              "normalize": {"mean": 0.0, "std": 255.0}, "crop": "aligned", "output": "regression",
-              "description": "mean grey level of the aligned crop, 0..1"}
+BRIGHTNESS = {
+    "name": "brightness",
+    "model": "brightness.onnx",
+    "input_size": [32, 32],
+    "color": "gray",
+    "normalize": {"mean": 0.0, "std": 255.0},
+    "crop": "aligned",
+    "output": "regression",
+    "description": "mean grey level of the aligned crop, 0..1",
+}
 
 
 def heads_named(text: str) -> set[str]:
@@ -117,15 +139,23 @@ def heads_named(text: str) -> set[str]:
 
 
 def registry(**overrides: Any) -> HeadRegistry:
-    args: dict[str, Any] = {"defaults": "emotion", "heads_dir": None, "genderage": None, "pack_name": "bundled",
-                            "providers": ["CPUExecutionProvider"], "threads": 1, "batch": 64}
+    args: dict[str, Any] = {
+        "defaults": "emotion",
+        "heads_dir": None,
+        "genderage": None,
+        "pack_name": "bundled",
+        "providers": ["CPUExecutionProvider"],
+        "threads": 1,
+        "batch": 64,
+    }
     args.update(overrides)
     return HeadRegistry.load(**args)
 
 
 # ------------------------------------------------------------------------------------------ emotion, engine level
-def test_emotion_is_a_distribution_over_seven_labels(engine: FaceEngine, heads: HeadRegistry,
-                                                     photos: type[Photos]) -> None:
+def test_emotion_is_a_distribution_over_seven_labels(
+    engine: FaceEngine, heads: HeadRegistry, photos: type[Photos]
+) -> None:
     chosen = heads.select("emotion")
     faces = engine.analyze_batch([read_bgr(photos.t1), read_bgr(photos.tom_hanks)], heads=chosen)
     flat = [f for row in faces for f in row]
@@ -146,8 +176,9 @@ def test_smiling_astronaut_is_happy(engine: FaceEngine, heads: HeadRegistry) -> 
     assert face.attributes["emotion"]["scores"]["happy"] > 0.9
 
 
-def test_heads_run_once_per_face_in_one_batch(engine: FaceEngine, heads: HeadRegistry, photos: type[Photos],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_heads_run_once_per_face_in_one_batch(
+    engine: FaceEngine, heads: HeadRegistry, photos: type[Photos], monkeypatch: pytest.MonkeyPatch
+) -> None:
     (head,) = heads.select("emotion")
     sizes = count_runs(head, monkeypatch)
     images = [read_bgr(p) for p in (photos.t1, photos.yaoming, photos.tom_hanks)]
@@ -179,8 +210,9 @@ def test_box_crop_frames_the_square_around_the_box() -> None:
     assert edge.shape == (32, 32, 3)  # past the image edge: edge pixels repeat, no error
 
 
-def test_emotion_on_eval_photos_is_mostly_happy_or_neutral(engine: FaceEngine, heads: HeadRegistry,
-                                                           eval_dir: Path) -> None:
+def test_emotion_on_eval_photos_is_mostly_happy_or_neutral(
+    engine: FaceEngine, heads: HeadRegistry, eval_dir: Path
+) -> None:
     """Red-carpet photos: fer labels 61 of its 67 matched faces happy or neutral; ours must broadly agree."""
     images = [read_bgr(eval_dir / f"img{i}.jpg") for i in (1, 2, 15, 17, 23, 24, 25, 28)]  # fer: happy >= 0.94
     faces = engine.analyze_batch(images, heads=heads.select("emotion"))
@@ -244,8 +276,9 @@ def test_custom_head_from_heads_dir(tmp_path: Path, engine: FaceEngine, photos: 
     assert head_summary(head, face.attributes) == f"brightness: {face.attributes['brightness']:.3g}"
 
 
-def test_head_whose_batch_axis_is_pinned_to_one(tmp_path: Path, engine: FaceEngine, heads: HeadRegistry,
-                                               photos: type[Photos], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_head_whose_batch_axis_is_pinned_to_one(
+    tmp_path: Path, engine: FaceEngine, heads: HeadRegistry, photos: type[Photos], monkeypatch: pytest.MonkeyPatch
+) -> None:
     brightness_model(tmp_path / "brightness.onnx", batch=1)  # exports often pin it; the head then runs per face
     write_spec(tmp_path, "brightness.json", BRIGHTNESS)
     head = registry(heads_dir=tmp_path).select("brightness")[0]
@@ -281,22 +314,27 @@ def test_shipped_emotion_spec_is_valid() -> None:
     assert "89.6%" in spec.description  # the measured agreement with fer is recorded with the model
 
 
-@pytest.mark.parametrize(("change", "files", "problem"), [
-    ({"labels": ["a", "b", "c"]}, {}, "trial run on a blank input failed|answers shape"),
-    ({"input_size": [48, 48]}, {}, r"model input is \['N', 1, 32, 32\], but the spec"),
-    ({"color": "rgb"}, {}, r"model input is \['N', 1, 32, 32\]"),
-    ({"colour": "gray"}, {}, "unknown key 'colour'"),
-    ({"output": "probabilities"}, {}, "output: Input should be 'softmax', 'regression' or 'genderage'"),
-    ({"crop": "box", "margin": -1}, {}, "margin: Input should be greater than or equal to 0"),
-    ({"model": "../brightness.onnx"}, {}, "model must be a file name"),
-    ({"model": "missing.onnx"}, {}, "model file not found"),
-    ({"model": "garbage.onnx"}, {"garbage.onnx": b"not a protobuf at all"}, "not a readable ONNX model"),
-    ({"name": "Bad Name"}, {}, "name: String should match pattern"),
-    ({"name": "bbox"}, {}, "reserved for a face field"),
-    ({"output": "softmax", "labels": ["x"]}, {}, "softmax head needs at least 2 labels"),
-], ids=lambda v: str(v)[:40])
-def test_broken_head_spec_or_model_stops_loading(tmp_path: Path, change: dict[str, Any], files: dict[str, bytes],
-                                                 problem: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "files", "problem"),
+    [
+        ({"labels": ["a", "b", "c"]}, {}, "trial run on a blank input failed|answers shape"),
+        ({"input_size": [48, 48]}, {}, r"model input is \['N', 1, 32, 32\], but the spec"),
+        ({"color": "rgb"}, {}, r"model input is \['N', 1, 32, 32\]"),
+        ({"colour": "gray"}, {}, "unknown key 'colour'"),
+        ({"output": "probabilities"}, {}, "output: Input should be 'softmax', 'regression' or 'genderage'"),
+        ({"crop": "box", "margin": -1}, {}, "margin: Input should be greater than or equal to 0"),
+        ({"model": "../brightness.onnx"}, {}, "model must be a file name"),
+        ({"model": "missing.onnx"}, {}, "model file not found"),
+        ({"model": "garbage.onnx"}, {"garbage.onnx": b"not a protobuf at all"}, "not a readable ONNX model"),
+        ({"name": "Bad Name"}, {}, "name: String should match pattern"),
+        ({"name": "bbox"}, {}, "reserved for a face field"),
+        ({"output": "softmax", "labels": ["x"]}, {}, "softmax head needs at least 2 labels"),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+def test_broken_head_spec_or_model_stops_loading(
+    tmp_path: Path, change: dict[str, Any], files: dict[str, bytes], problem: str
+) -> None:
     brightness_model(tmp_path / "brightness.onnx")
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -319,8 +357,14 @@ def test_spec_that_is_not_json_or_a_mapping(tmp_path: Path) -> None:
 
 def test_two_heads_answering_the_same_key(tmp_path: Path) -> None:
     genderage_standin(tmp_path / "ga.onnx")
-    spec = {"name": "other_ga", "model": "ga.onnx", "input_size": [96, 96], "crop": "box", "margin": 0.25,
-            "output": "genderage"}
+    spec = {
+        "name": "other_ga",
+        "model": "ga.onnx",
+        "input_size": [96, 96],
+        "crop": "box",
+        "margin": 0.25,
+        "output": "genderage",
+    }
     write_spec(tmp_path, "ga.json", spec)
     assert registry(heads_dir=tmp_path).available() == ["emotion", "other_ga"]  # alone it is fine
     with pytest.raises(ModelPackError, match="both answer 'gender'"):
@@ -344,8 +388,9 @@ def test_analyze_route(client: TestClient, photos: type[Photos]) -> None:
     assert client.get("/status").json()["vectors"] == 0  # analyze stores nothing
 
 
-def test_unknown_or_unavailable_head_is_400_naming_the_available_heads(client: TestClient,
-                                                                      photos: type[Photos]) -> None:
+def test_unknown_or_unavailable_head_is_400_naming_the_available_heads(
+    client: TestClient, photos: type[Photos]
+) -> None:
     # What the message must convey, not its wording: the head asked for, why it cannot run, and the heads that
     # can (emotion; genderage is listed by the registry but unavailable with the bundled pack).
     r = client.post("/api/analyze", files=upload(photos.yaoming), params={"heads": "emotion,smile"})
@@ -357,8 +402,9 @@ def test_unknown_or_unavailable_head_is_400_naming_the_available_heads(client: T
     detail = r.json()["detail"]
     assert heads_named(detail) == {"genderage", "emotion"} and "unavailable" in detail.lower()
     assert "genderage.onnx" in detail and "bundled" in detail  # why: the bundled pack lacks that model file
-    r = client.post("/api/analyze", files=upload(photos.yaoming), params={"heads": "emotion"},
-                    data={"heads": "genderage"})
+    r = client.post(
+        "/api/analyze", files=upload(photos.yaoming), params={"heads": "emotion"}, data={"heads": "genderage"}
+    )
     assert r.status_code == 400 and "not both" in r.json()["detail"]
 
 
@@ -399,8 +445,9 @@ def test_html_page_shows_each_face_emotion(client: TestClient, photos: type[Phot
     assert html.status_code == 200 and '<figcaption class="head">happy 1.00</figcaption>' in html.text
 
 
-def test_custom_head_over_http_and_broken_spec_stops_start_up(client_factory: Callable[..., TestClient],
-                                                              tmp_path: Path, photos: type[Photos]) -> None:
+def test_custom_head_over_http_and_broken_spec_stops_start_up(
+    client_factory: Callable[..., TestClient], tmp_path: Path, photos: type[Photos]
+) -> None:
     heads_dir = tmp_path / "heads"
     heads_dir.mkdir()
     brightness_model(heads_dir / "brightness.onnx")
@@ -414,10 +461,10 @@ def test_custom_head_over_http_and_broken_spec_stops_start_up(client_factory: Ca
         client_factory(heads_dir=heads_dir)
 
 
-def test_genderage_over_http(client_factory: Callable[..., TestClient], tmp_path: Path,
-                             photos: type[Photos]) -> None:
+def test_genderage_over_http(client_factory: Callable[..., TestClient], tmp_path: Path, photos: type[Photos]) -> None:
     client = client_factory(model_root=genderage_pack(tmp_path / "models"), model_name="buffalo_test")
     assert client.get("/api/heads/genderage").json()["available"] is True
-    face = client.post("/api/analyze", files=upload(photos.yaoming),
-                       params={"heads": "emotion,genderage"}).json()["faces"][0]
+    face = client.post("/api/analyze", files=upload(photos.yaoming), params={"heads": "emotion,genderage"}).json()[
+        "faces"
+    ][0]
     assert face["gender"] in ("F", "M") and face["age"] == 31 and face["emotion"]["label"] in EMOTIONS

@@ -29,8 +29,20 @@ from tests.support import (
     write_variant,
 )
 
-OPTIONS = ("--path", "--folder", "--batch", "--workers", "--no-resume", "--dry-run", "--exclude", "--follow-symlinks",
-           "--url", "--local", "--attach", "--cancel")
+OPTIONS = (
+    "--path",
+    "--folder",
+    "--batch",
+    "--workers",
+    "--no-resume",
+    "--dry-run",
+    "--exclude",
+    "--follow-symlinks",
+    "--url",
+    "--local",
+    "--attach",
+    "--cancel",
+)
 
 
 @pytest.fixture
@@ -50,8 +62,14 @@ def default_sigint() -> None:
 
 
 def command_env(state: Path, port: int) -> dict[str, str]:
-    return {**os.environ, "STATE_DIR": str(state), "QDRANT_PATH": str(state / "qdrant"),
-            "THUMBS_DIR": str(state / "thumbs"), "PORT": str(port), "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "QDRANT_PATH": str(state / "qdrant"),
+        "THUMBS_DIR": str(state / "thumbs"),
+        "PORT": str(port),
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,8 +83,9 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_folder_is_an_alias_of_path() -> None:
-    args = ingest.build_parser().parse_args(["--folder", "/data/images", "--batch", "100", "--exclude", "*.gif",
-                                             "--exclude", "tmp/*", "--no-resume"])
+    args = ingest.build_parser().parse_args(
+        ["--folder", "/data/images", "--batch", "100", "--exclude", "*.gif", "--exclude", "tmp/*", "--no-resume"]
+    )
     assert (args.path, args.batch, args.exclude, args.resume) == ("/data/images", 100, ["*.gif", "tmp/*"], False)
     with pytest.raises(SystemExit):
         ingest.build_parser().parse_args(["--path", "x", "--batch", "0"])
@@ -76,8 +95,13 @@ def test_missing_path_is_refused(state_env: Path, tmp_path: Path) -> None:
     assert ingest.main(["--path", str(tmp_path / "nowhere")]) == ingest.EXIT_USAGE
 
 
-def test_runs_in_process_when_no_service_answers(state_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 ingest_engine: FaceEngine, caplog: pytest.LogCaptureFixture) -> None:
+def test_runs_in_process_when_no_service_answers(
+    state_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ingest_engine: FaceEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     root = tmp_path / "photos"
     face_folder(root, 4)
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
@@ -99,15 +123,20 @@ def test_runs_in_process_when_no_service_answers(state_env: Path, tmp_path: Path
     assert "4 already done" in caplog.text
 
 
-def test_submits_to_the_running_service_and_follows_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_submits_to_the_running_service_and_follows_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "photos"
     face_folder(root, 5)
     settings = make_settings(tmp_path / "state", ingest_roots=str(tmp_path))
     with live_service(settings) as url:
         port = url.rsplit(":", 1)[1]
-        for name, value in (("STATE_DIR", settings.state_dir), ("QDRANT_PATH", settings.qdrant_path),
-                            ("THUMBS_DIR", settings.thumbs_dir), ("PORT", port)):
+        for name, value in (
+            ("STATE_DIR", settings.state_dir),
+            ("QDRANT_PATH", settings.qdrant_path),
+            ("THUMBS_DIR", settings.thumbs_dir),
+            ("PORT", port),
+        ):
             monkeypatch.setenv(name, str(value))
         with caplog.at_level(logging.INFO, logger="app.ingest"):
             # no --url: the command finds the service on PORT, as in `docker exec ... python3 -m app.ingest`
@@ -133,10 +162,14 @@ def test_ctrl_c_detaches_and_the_job_goes_on(tmp_path: Path) -> None:
     face_folder(root, 16)
     settings = make_settings(tmp_path / "state", ingest_roots=str(tmp_path))
     with live_service(settings) as url:
-        process = subprocess.Popen([sys.executable, "-m", "app.ingest", "--path", str(root), "--batch", "1"],
-                                   env=command_env(settings.state_dir, int(url.rsplit(":", 1)[1])),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   preexec_fn=default_sigint)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.ingest", "--path", str(root), "--batch", "1"],
+            env=command_env(settings.state_dir, int(url.rsplit(":", 1)[1])),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=default_sigint,
+        )
         try:
             deadline = time.monotonic() + 60
             while not httpx.get(f"{url}/api/jobs").json()["jobs"]:
@@ -158,8 +191,9 @@ def test_ctrl_c_detaches_and_the_job_goes_on(tmp_path: Path) -> None:
         assert job["counts"]["ingested"] == 16
 
 
-def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path, state_env: Path,
-                                                                   ingest_engine: FaceEngine) -> None:
+def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, state_env: Path, ingest_engine: FaceEngine
+) -> None:
     root = tmp_path / "photos"
     face_folder(root, 72)
     for k in range(4):  # a few group photos: files with five faces each (even k: not mirrored)
@@ -169,9 +203,12 @@ def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path
         clean_ids = ws.ids()
     assert len(clean_ids) == 72 + 4 * 5
 
-    process = subprocess.Popen([sys.executable, "-m", "app.ingest", "--path", str(root), "--batch", "1"],
-                               env=command_env(state_env, int(os.environ["PORT"])),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.ingest", "--path", str(root), "--batch", "1"],
+        env=command_env(state_env, int(os.environ["PORT"])),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_done(state_env, process, 3)
         process.send_signal(signal.SIGKILL)
@@ -205,13 +242,19 @@ def wait_for_done(state: Path, process: subprocess.Popen[Any], files: int) -> in
     return done
 
 
-def test_ctrl_c_stops_a_local_run_cleanly_and_it_resumes(tmp_path: Path, state_env: Path,
-                                                         ingest_engine: FaceEngine) -> None:
+def test_ctrl_c_stops_a_local_run_cleanly_and_it_resumes(
+    tmp_path: Path, state_env: Path, ingest_engine: FaceEngine
+) -> None:
     root = tmp_path / "photos"
     face_folder(root, 80)
-    process = subprocess.Popen([sys.executable, "-m", "app.ingest", "--path", str(root), "--batch", "2"],
-                               env=command_env(state_env, int(os.environ["PORT"])), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.ingest", "--path", str(root), "--batch", "2"],
+        env=command_env(state_env, int(os.environ["PORT"])),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     try:
         wait_for_done(state_env, process, 2)
         process.send_signal(signal.SIGINT)

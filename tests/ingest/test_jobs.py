@@ -35,9 +35,11 @@ FINISHED = {"completed", "failed", "cancelled"}
 
 def stop_after(done: int) -> Any:
     """on_commit hook: stop the run (as Ctrl-C or a shutdown would) once `done` files are committed."""
+
     def hook(job: IngestJob) -> None:
         if job.progress().counts.done >= done:
             job.stop()
+
     return hook
 
 
@@ -83,7 +85,11 @@ def test_folder_with_corrupt_files_finishes_and_records_them(tmp_path: Path, any
         records = {Path(r.path).name: r for r in ws.state.files()}
         assert (counts.seen, counts.ingested, counts.no_face, counts.failed, counts.faces_added) == (9, 4, 1, 4, 4)
         assert {n for n, r in records.items() if r.status is FileStatus.FAILED} == {
-            "truncated.jpg", "text.jpg", "empty.png", "fake.webp"}
+            "truncated.jpg",
+            "text.jpg",
+            "empty.png",
+            "fake.webp",
+        }
         assert "corrupt or truncated" in (records["truncated.jpg"].reason or "")
         assert "not an image" in (records["text.jpg"].reason or "")
         assert "empty" in (records["empty.png"].reason or "")
@@ -95,8 +101,9 @@ def test_folder_with_corrupt_files_finishes_and_records_them(tmp_path: Path, any
         assert sum(r["count"] for r in job.progress().top_reasons) == 4
 
 
-def test_resume_after_interrupted_run_adds_no_duplicates_and_loses_nothing(tmp_path: Path,
-                                                                            any_engine: FaceEngine) -> None:
+def test_resume_after_interrupted_run_adds_no_duplicates_and_loses_nothing(
+    tmp_path: Path, any_engine: FaceEngine
+) -> None:
     root = tmp_path / "photos"
     face_folder(root, 8)
     shutil.copyfile(FIVE_FACES, root / "group.jpg")
@@ -167,8 +174,9 @@ def test_no_resume_reprocesses_everything_idempotently(tmp_path: Path, ingest_en
         assert ws.thumbs() == ids
 
 
-def test_store_down_stops_the_run_cleanly_and_resume_completes(tmp_path: Path, any_engine: FaceEngine,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_store_down_stops_the_run_cleanly_and_resume_completes(
+    tmp_path: Path, any_engine: FaceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "photos"
     face_folder(root, 6)
     with workspace(tmp_path / "clean", any_engine) as ws:
@@ -176,6 +184,7 @@ def test_store_down_stops_the_run_cleanly_and_resume_completes(tmp_path: Path, a
         clean_ids = ws.ids()
 
     with workspace(tmp_path / "state", any_engine) as ws:
+
         def store_goes_down(job: IngestJob) -> None:
             if job.progress().counts.done >= 2:
                 ws.store.close()
@@ -190,7 +199,6 @@ def test_store_down_stops_the_run_cleanly_and_resume_completes(tmp_path: Path, a
             except StoreUnavailable:
                 refused[tuple(p.id for p in points)] += 1
                 raise
-
 
         monkeypatch.setattr(ws.service, "write_points", counting_write_points)
         retry = RetryPolicy(attempts=3, max_delay=600.0, wait_initial=0.01, wait_max=0.05)  # attempts bind
@@ -239,8 +247,9 @@ def test_state_is_sqlite_in_wal_mode(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- jobs API
 
 
-def wait_for(client: TestClient, job_id: str, statuses: set[str], timeout: float = 120.0,
-             seen: list[str] | None = None) -> dict[str, Any]:
+def wait_for(
+    client: TestClient, job_id: str, statuses: set[str], timeout: float = 120.0, seen: list[str] | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         body = client.get(f"/api/jobs/{job_id}").json()
@@ -256,8 +265,9 @@ def test_jobs_api_status_transitions_and_queue(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     face_folder(first, 6)
     face_folder(second, 2, start=6)
-    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))),
-                    client=LOOPBACK) as client:
+    with TestClient(
+        create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))), client=LOOPBACK
+    ) as client:
         a = client.post("/api/ingest", json={"path": str(first), "batch": 1})
         b = client.post("/api/ingest", json={"path": str(second)})
         assert a.status_code == b.status_code == 202
@@ -286,8 +296,9 @@ def test_jobs_api_cancel(tmp_path: Path) -> None:
     root, other = tmp_path / "photos", tmp_path / "other"
     face_folder(root, 30)
     face_folder(other, 1, start=30)
-    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))),
-                    client=LOOPBACK) as client:
+    with TestClient(
+        create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))), client=LOOPBACK
+    ) as client:
         job_id = client.post("/api/ingest", json={"path": str(root), "batch": 1, "workers": 2}).json()["id"]
         queued = client.post("/api/ingest", json={"path": str(other)}).json()["id"]
         cancelled = client.delete(f"/api/jobs/{queued}").json()
@@ -309,8 +320,9 @@ def test_jobs_api_cancel(tmp_path: Path) -> None:
 
 def test_jobs_api_refuses_bad_requests(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a photo")
-    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))),
-                    client=LOOPBACK) as client:
+    with TestClient(
+        create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))), client=LOOPBACK
+    ) as client:
         relative = client.post("/api/ingest", json={"path": "photos"})  # relative to the root: not there
         assert relative.status_code == 400 and "does not exist" in relative.json()["detail"]
         missing = client.post("/api/ingest", json={"path": str(tmp_path / "nope")})
@@ -337,8 +349,13 @@ def test_ingest_roots_restrict_what_the_service_reads(tmp_path: Path) -> None:
     (allowed / "door").symlink_to(other, target_is_directory=True)
     settings = make_settings(tmp_path / "state").model_copy(update={"ingest_roots": str(allowed)})
     with TestClient(create_app(settings), client=LOOPBACK) as client:
-        for path in (str(other), str(allowed / ".." / "private"), str(allowed / "door"), "../private",
-                     str(tmp_path / "nowhere")):  # nothing is said about a path outside: not even that it is missing
+        for path in (
+            str(other),
+            str(allowed / ".." / "private"),
+            str(allowed / "door"),
+            "../private",
+            str(tmp_path / "nowhere"),
+        ):  # nothing is said about a path outside: not even that it is missing
             r = client.post("/api/ingest", json={"path": path})
             assert r.status_code == 403 and "INGEST_ROOTS" in r.json()["detail"], (path, r.text)
         one = client.post("/api/ingest", json={"path": str(allowed / "2024" / "photo000.jpg")})
@@ -358,8 +375,9 @@ def test_followed_links_stay_inside_ingest_roots(tmp_path: Path) -> None:
     (allowed / "escape").symlink_to(other, target_is_directory=True)
     (allowed / "escape.jpg").symlink_to(other / "photo002.jpg")
     (allowed / "alias").symlink_to(allowed / "mine", target_is_directory=True)
-    walked = sorted(p.relative_to(allowed).as_posix()
-                    for p in iter_image_files(allowed, follow_symlinks=True, within=(allowed,)))
+    walked = sorted(
+        p.relative_to(allowed).as_posix() for p in iter_image_files(allowed, follow_symlinks=True, within=(allowed,))
+    )
     assert walked == ["mine/photo000.jpg", "mine/photo001.jpg"]  # "alias" is the same folder: visited once
     assert len(list(iter_image_files(allowed, follow_symlinks=True))) == 6  # no roots: the links are followed
     settings = make_settings(tmp_path / "state", ingest_roots=str(allowed))
@@ -376,8 +394,9 @@ def test_unfinished_job_resumes_when_the_service_starts_again(tmp_path: Path) ->
     face_folder(root, 20)
     settings = make_settings(tmp_path / "state", ingest_roots=str(tmp_path))
     with TestClient(create_app(settings), client=LOOPBACK) as client:
-        job_id = client.post("/api/ingest", json={"path": str(root), "batch": 1, "workers": 2,
-                                                  "resume": False}).json()["id"]
+        job_id = client.post("/api/ingest", json={"path": str(root), "batch": 1, "workers": 2, "resume": False}).json()[
+            "id"
+        ]
         deadline = time.monotonic() + 60
         while client.get(f"/api/jobs/{job_id}").json()["counts"]["done"] < 2:
             assert time.monotonic() < deadline

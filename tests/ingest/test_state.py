@@ -66,11 +66,15 @@ def write_schema_1(db_path: Path, files: list[Path]) -> None:
     try:
         db.executescript(SCHEMA_1)
         with db:
-            db.executemany("INSERT INTO files (path, size, mtime_ns, content_hash, status, faces, run_id, updated_at) "
-                           "VALUES (?, ?, ?, ?, 'done', 1, 'old-run', ?)",
-                           [(str(f), f.stat().st_size, f.stat().st_mtime_ns, "0" * 64, time.time()) for f in files])
-            db.execute("INSERT INTO jobs (id, path, options, status, created_at) VALUES ('oldjob', ?, '{}', "
-                       "'pending', ?)", (str(files[0].parent), time.time()))
+            db.executemany(
+                "INSERT INTO files (path, size, mtime_ns, content_hash, status, faces, run_id, updated_at) "
+                "VALUES (?, ?, ?, ?, 'done', 1, 'old-run', ?)",
+                [(str(f), f.stat().st_size, f.stat().st_mtime_ns, "0" * 64, time.time()) for f in files],
+            )
+            db.execute(
+                "INSERT INTO jobs (id, path, options, status, created_at) VALUES ('oldjob', ?, '{}', 'pending', ?)",
+                (str(files[0].parent), time.time()),
+            )
     finally:
         db.close()
 
@@ -108,6 +112,7 @@ def test_resumed_run_into_the_same_collection_skips_done_files(tmp_path: Path, i
     root = tmp_path / "photos"
     face_folder(root, 6)
     with workspace(tmp_path / "state", ingest_engine) as ws:
+
         def stop_after_two(job: IngestJob) -> None:
             if job.progress().counts.done >= 2:
                 job.stop()
@@ -142,8 +147,7 @@ def test_collection_key_names_backend_collection_and_pack(tmp_path: Path) -> Non
     assert server == "server:https://qdrant:6333|faces|p"  # no credentials in the state file
 
 
-def test_version_1_state_is_migrated_and_its_files_read_once_more(tmp_path: Path,
-                                                                  ingest_engine: FaceEngine) -> None:
+def test_version_1_state_is_migrated_and_its_files_read_once_more(tmp_path: Path, ingest_engine: FaceEngine) -> None:
     root = tmp_path / "photos"
     files = face_folder(root, 4, nested=False)
     state_dir = tmp_path / "state"
@@ -177,8 +181,7 @@ def test_version_1_state_is_migrated_and_its_files_read_once_more(tmp_path: Path
         reopened.close()
 
 
-def test_failed_migration_leaves_the_version_1_file_as_it_was(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_migration_leaves_the_version_1_file_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = face_folder(tmp_path / "photos", 2, nested=False)
     path = tmp_path / STATE_FILE
     write_schema_1(path, files)
@@ -226,8 +229,9 @@ def wait_finished(manager: JobManager, job_id: str) -> JobStatus:
     return status
 
 
-def test_jobs_resume_only_under_their_own_collection(tmp_path: Path, ingest_engine: FaceEngine,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_jobs_resume_only_under_their_own_collection(
+    tmp_path: Path, ingest_engine: FaceEngine, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "photos"
     face_folder(root, 3)
     state_dir = tmp_path / "state"

@@ -10,8 +10,20 @@ from app.realtime import AlertLevel, AlertThrottle, AlertType, CrowdLevel, Crowd
 from app.realtime.alerts import connection_alert, processing_alert
 
 
-@pytest.mark.parametrize(("faces", "level"), [(0, "empty"), (1, "low"), (2, "low"), (3, "medium"), (5, "medium"),
-                                              (6, "high"), (10, "high"), (11, "very_high"), (500, "very_high")])
+@pytest.mark.parametrize(
+    ("faces", "level"),
+    [
+        (0, "empty"),
+        (1, "low"),
+        (2, "low"),
+        (3, "medium"),
+        (5, "medium"),
+        (6, "high"),
+        (10, "high"),
+        (11, "very_high"),
+        (500, "very_high"),
+    ],
+)
 def test_default_crowd_levels(faces: int, level: str) -> None:
     assert CrowdScale.from_settings(Settings()).level(faces) == CrowdLevel(level)
 
@@ -20,8 +32,14 @@ def test_crowd_levels_and_capacity_come_from_the_environment(monkeypatch: pytest
     monkeypatch.setenv("CROWD_LEVELS", "1, 4,8")
     monkeypatch.setenv("CROWD_CAPACITY", "8")
     scale = CrowdScale.from_settings(Settings())
-    assert [scale.level(n).value for n in (1, 2, 4, 5, 8, 9)] == ["low", "medium", "medium", "high", "high",
-                                                                   "very_high"]
+    assert [scale.level(n).value for n in (1, 2, 4, 5, 8, 9)] == [
+        "low",
+        "medium",
+        "medium",
+        "high",
+        "high",
+        "very_high",
+    ]
     assert scale.analyze(2).as_dict() == {"face_count": 2, "crowd_level": "medium", "density_score": 0.25}
     assert scale.density(9) == 1.0  # capped: the share of the capacity in use
     for bad in ("5,3,1", "0,2,3", "2,5", "a,b,c"):
@@ -74,5 +92,11 @@ def test_stats_series() -> None:
     assert snap["total_frames_processed"] == 100 and snap["total_predictions"] == 50
     assert snap["average_processing_time"] == pytest.approx(50.5)
     assert snap["p95_processing_time"] == pytest.approx(95.05)
-    assert list(snap)[:6] == ["active_connections", "total_frames_processed", "total_frames_dropped",
-                              "average_processing_time", "p95_processing_time", "uptime"]
+    assert list(snap)[:6] == [
+        "active_connections",
+        "total_frames_processed",
+        "total_frames_dropped",
+        "average_processing_time",
+        "p95_processing_time",
+        "uptime",
+    ]

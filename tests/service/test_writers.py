@@ -23,8 +23,9 @@ def item(path: Path, file: str) -> ImageToIndex:
     return ImageToIndex(image=image, content_hash=content_hash(data), file=file, origin=Origin.INGEST, replace=True)
 
 
-def test_concurrent_replaces_of_one_file_leave_one_version(tmp_path: Path, ingest_engine: FaceEngine,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_replaces_of_one_file_leave_one_version(
+    tmp_path: Path, ingest_engine: FaceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three writers replace /x.jpg with different photos, many times at once. Without a per-file lock they all
     read the old ids before any upserts, and several versions' faces stay; with it, exactly one remains."""
     with workspace(tmp_path, ingest_engine) as ws:
@@ -40,8 +41,9 @@ def test_concurrent_replaces_of_one_file_leave_one_version(tmp_path: Path, inges
         monkeypatch.setattr(ws.store, "find_ids", slow_find_ids)
         versions = [item(Photos.yaoming, "/x.jpg"), item(Photos.tom_hanks, "/x.jpg"), item(Photos.t1, "/x.jpg")]
         faces = [ingest_engine.analyze_batch([v.image])[0] for v in versions]
-        prepared = [[ws.service.prepare_points([v], [f]) for _ in range(30)] for v, f in zip(versions, faces,
-                                                                                            strict=True)]
+        prepared = [
+            [ws.service.prepare_points([v], [f]) for _ in range(30)] for v, f in zip(versions, faces, strict=True)
+        ]
         barrier = threading.Barrier(3)
 
         def writer(k: int) -> None:

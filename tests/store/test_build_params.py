@@ -24,8 +24,10 @@ def unit_points(n: int, seed: int = 0) -> list[FacePoint]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return [FacePoint(str(uuid.UUID(int=seed * 10**6 + i + 1)), v, {"file": f"{i}.jpg", "subject": "s"})
-            for i, v in enumerate(x)]
+    return [
+        FacePoint(str(uuid.UUID(int=seed * 10**6 + i + 1)), v, {"file": f"{i}.jpg", "subject": "s"})
+        for i, v in enumerate(x)
+    ]
 
 
 def finds_itself(store: Any, pts: list[FacePoint]) -> bool:
@@ -49,11 +51,15 @@ def make_legacy_collection(path: Path, pack: str) -> None:
     )
 
     path.mkdir(parents=True)
-    shard = EdgeShard.create(str(path), EdgeConfig(
-        vectors=EdgeVectorParams(size=DIM, distance=Distance.Cosine),
-        optimizers=EdgeOptimizersConfig(indexing_threshold=max(1, int(20000 * DIM * 4 / 1024))),
-        hnsw_config=HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10000),
-        quantization_config=ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99, always_ram=True)))
+    shard = EdgeShard.create(
+        str(path),
+        EdgeConfig(
+            vectors=EdgeVectorParams(size=DIM, distance=Distance.Cosine),
+            optimizers=EdgeOptimizersConfig(indexing_threshold=max(1, int(20000 * DIM * 4 / 1024))),
+            hnsw_config=HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10000),
+            quantization_config=ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99, always_ram=True),
+        ),
+    )
     shard.update(UpdateOperation.upsert_points([Point(p.id, p.vector.tolist(), p.payload) for p in unit_points(300)]))
     shard.optimize()
     shard.flush()
@@ -65,8 +71,16 @@ def test_a_collection_made_with_the_old_defaults_still_opens_and_searches(tmp_pa
     path = tmp_path / "faces"
     make_legacy_collection(path, "pack:1")
     before = json.loads((path / "edge_config.json").read_text())
-    spec = CollectionSpec(name="faces", dim=DIM, pack="pack:1", hnsw_m=32, hnsw_ef_construct=64,
-                          quantization=Quantization.TURBO4, max_segment_points=30000, index_threshold=100)
+    spec = CollectionSpec(
+        name="faces",
+        dim=DIM,
+        pack="pack:1",
+        hnsw_m=32,
+        hnsw_ef_construct=64,
+        quantization=Quantization.TURBO4,
+        max_segment_points=30000,
+        index_threshold=100,
+    )
     store = EdgeStore(path, spec)
     assert store.count() == 300 and finds_itself(store, unit_points(300)[:20])
     assert store.spec.hnsw_m == 16 and store.spec.quantization is Quantization.INT8  # kept what it was built with
@@ -80,8 +94,15 @@ def test_a_collection_made_with_the_old_defaults_still_opens_and_searches(tmp_pa
 
 
 def test_new_collections_record_their_build_and_keep_it(tmp_path: Path) -> None:
-    spec = CollectionSpec(name="faces", dim=DIM, pack="p:1", hnsw_m=24, hnsw_ef_construct=96,
-                          max_segment_points=5000, index_threshold=1000)
+    spec = CollectionSpec(
+        name="faces",
+        dim=DIM,
+        pack="p:1",
+        hnsw_m=24,
+        hnsw_ef_construct=96,
+        max_segment_points=5000,
+        index_threshold=1000,
+    )
     store = EdgeStore(tmp_path / "faces", spec)
     store.close()
     meta = json.loads((tmp_path / "faces" / "oceano.json").read_text())
@@ -126,11 +147,18 @@ class SpyClient:
 
 
 def test_server_collections_are_created_for_a_cluster() -> None:
-    settings = Settings(qdrant_shards=6, qdrant_replicas=2, qdrant_write_consistency=2,
-                        qdrant_read_consistency="majority", hnsw_m=24, hnsw_ef_construct=200)
+    settings = Settings(
+        qdrant_shards=6,
+        qdrant_replicas=2,
+        qdrant_write_consistency=2,
+        qdrant_read_consistency="majority",
+        hnsw_m=24,
+        hnsw_ef_construct=200,
+    )
     spy = SpyClient()
-    store = ServerStore(spy, spec_from_settings(settings, dim=DIM, pack="p:1"),
-                        consistency=settings.qdrant_read_consistency)
+    store = ServerStore(
+        spy, spec_from_settings(settings, dim=DIM, pack="p:1"), consistency=settings.qdrant_read_consistency
+    )
     (create,) = spy.kwargs("create_collection")
     assert create["shard_number"] == 6 and create["replication_factor"] == 2
     assert create["write_consistency_factor"] == 2 and create["on_disk_payload"] is True

@@ -21,7 +21,7 @@ def test_compaction_merges_segments_and_keeps_the_collection_sizing(tmp_path: Pa
     store = EdgeStore(path, SPEC)
     pts = unit_points(3200)
     for start in range(0, len(pts), 250):
-        store.upsert(pts[start:start + 250])
+        store.upsert(pts[start : start + 250])
     assert store.wait_indexed(120)
     before = store._shard.info().segments_count
     assert before >= 6 and store.info().unindexed > 0  # the tail below INDEX_THRESHOLD waits unindexed

@@ -49,8 +49,10 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
 
 
 def fill(store: VectorStore, vectors: np.ndarray, file_of: Callable[[int], str]) -> list[str]:
-    points = [FacePoint(id=point_id(f"hash{i}", 0), vector=v, payload={"file": file_of(i), "face_index": 0})
-              for i, v in enumerate(vectors)]
+    points = [
+        FacePoint(id=point_id(f"hash{i}", 0), vector=v, payload={"file": file_of(i), "face_index": 0})
+        for i, v in enumerate(vectors)
+    ]
     store.upsert(points)
     return [p.id for p in points]
 
@@ -125,9 +127,11 @@ def test_edge_store_is_single_process(tmp_path: Path) -> None:
     import sys
 
     store = EdgeStore(tmp_path / "faces", SPEC)
-    code = ("import sys; from pathlib import Path; from app.store import EdgeStore, CollectionSpec\n"
-            f"EdgeStore(Path({str(tmp_path / 'faces')!r}), "
-            f"CollectionSpec(name='faces', dim={DIM}, pack={SPEC.pack!r}))")
+    code = (
+        "import sys; from pathlib import Path; from app.store import EdgeStore, CollectionSpec\n"
+        f"EdgeStore(Path({str(tmp_path / 'faces')!r}), "
+        f"CollectionSpec(name='faces', dim={DIM}, pack={SPEC.pack!r}))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "already open in another process" in proc.stderr
     store.close()
@@ -166,6 +170,7 @@ def test_server_store_does_not_retry_a_refusal(monkeypatch: pytest.MonkeyPatch) 
     store = ServerStore(client, SPEC, attempts=4, max_delay=600.0, wait_multiplier=0.001)
     points = [FacePoint(id=point_id("h", 0), vector=unit(np.random.default_rng(5), 1)[0], payload={"file": "a"})]
     for status, attempts in ((400, 1), (503, 4)):
+
         def answer(*args: Any, status: int = status, **kwargs: Any) -> None:
             raise UnexpectedResponse(status, "refused", b"{}", httpx.Headers())
 

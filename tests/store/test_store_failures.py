@@ -22,8 +22,10 @@ SPEC = CollectionSpec(name="faces", dim=DIM, pack="test-pack:abc")
 def points(n: int, start: int = 0, **payload: object) -> list[FacePoint]:
     rng = np.random.default_rng(start)
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    return [FacePoint(point_id(f"h{start + i}", 0), v / np.linalg.norm(v), {"file": f"f{start + i}", **payload})
-            for i, v in enumerate(vectors)]
+    return [
+        FacePoint(point_id(f"h{start + i}", 0), v / np.linalg.norm(v), {"file": f"f{start + i}", **payload})
+        for i, v in enumerate(vectors)
+    ]
 
 
 def test_vanished_server_collection_is_named_and_not_ready() -> None:
@@ -39,8 +41,11 @@ def test_vanished_server_collection_is_named_and_not_ready() -> None:
 
 @pytest.mark.parametrize("backend", ["edge", "server"])
 def test_find_ids_by_subject_and_origin(backend: str, tmp_path: Path) -> None:
-    store: VectorStore = (EdgeStore(tmp_path / "faces", SPEC) if backend == "edge"
-                          else ServerStore(QdrantClient(location=":memory:"), SPEC))
+    store: VectorStore = (
+        EdgeStore(tmp_path / "faces", SPEC)
+        if backend == "edge"
+        else ServerStore(QdrantClient(location=":memory:"), SPEC)
+    )
     legacy = points(2, 0, subject="Ann")  # written before origins were recorded
     uploaded = points(2, 10, subject="Ann", origin=Origin.UPLOAD.value)
     ingested = points(1, 20, subject="Bob", origin=Origin.INGEST.value)
@@ -87,6 +92,7 @@ def test_a_write_waiting_while_the_store_closes_gets_store_unavailable(tmp_path:
     store.upsert(points(10))
     outcome: list[BaseException] = []
     with store._write_lock:  # as close() holds it while it flushes
+
         def write() -> None:
             try:
                 store.upsert(points(10, 10))
@@ -103,8 +109,9 @@ def test_a_write_waiting_while_the_store_closes_gets_store_unavailable(tmp_path:
     assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable), outcome
 
 
-def test_a_read_that_meets_a_concurrent_close_gets_store_unavailable(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_that_meets_a_concurrent_close_gets_store_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Reads take no lock: one that passed its open check and then met close() used to raise the closed shard's
     own error (seen as a flaky ingest retry count: an attempt that failed with neither success nor
     StoreUnavailable)."""

@@ -21,19 +21,22 @@ def thumbs(tmp_path: Path) -> ThumbnailStore:
     return ThumbnailStore(tmp_path / "thumbs")
 
 
-@pytest.mark.parametrize("bad", [
-    "../x",
-    "..%2Fx",
-    "..\\x",
-    "/etc/passwd",
-    f"/{FACE_ID}",
-    f"../{FACE_ID}",
-    f"{FACE_ID}/../../x",
-    f"{FACE_ID}.jpg",
-    "",
-    ".",
-    "..",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../x",
+        "..%2Fx",
+        "..\\x",
+        "/etc/passwd",
+        f"/{FACE_ID}",
+        f"../{FACE_ID}",
+        f"{FACE_ID}/../../x",
+        f"{FACE_ID}.jpg",
+        "",
+        ".",
+        "..",
+    ],
+)
 def test_paths_are_not_face_ids(thumbs: ThumbnailStore, bad: str) -> None:
     with pytest.raises(NotFound, match="face ids are UUIDs"):
         thumbs.validate_id(bad)
@@ -41,17 +44,20 @@ def test_paths_are_not_face_ids(thumbs: ThumbnailStore, bad: str) -> None:
         thumbs.path_for(bad)
 
 
-@pytest.mark.parametrize("variant", [
-    "{" + FACE_ID + "}",  # braces
-    "urn:uuid:" + FACE_ID,  # URN form
-    FACE_ID.replace("-", ""),  # no dashes
-    "0f8fad5bd9cb-469f-a165-70867728-950e",  # dashes elsewhere
-    f" {FACE_ID}",  # whitespace
-    f"{FACE_ID}\n",
-    FACE_ID[:-1],  # too short
-    FACE_ID + "0",  # too long
-    FACE_ID[:-1] + "g",  # not hex
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "{" + FACE_ID + "}",  # braces
+        "urn:uuid:" + FACE_ID,  # URN form
+        FACE_ID.replace("-", ""),  # no dashes
+        "0f8fad5bd9cb-469f-a165-70867728-950e",  # dashes elsewhere
+        f" {FACE_ID}",  # whitespace
+        f"{FACE_ID}\n",
+        FACE_ID[:-1],  # too short
+        FACE_ID + "0",  # too long
+        FACE_ID[:-1] + "g",  # not hex
+    ],
+)
 def test_non_canonical_spellings_of_a_uuid_are_refused(thumbs: ThumbnailStore, variant: str) -> None:
     """uuid.UUID() parses all of these (the malformed ones aside); only the canonical 8-4-4-4-12 form names a
     thumbnail, so one face has one path."""
@@ -93,8 +99,9 @@ def test_save_existing_delete(thumbs: ThumbnailStore) -> None:
         thumbs.existing(FACE_ID)
     thumbs.save(FACE_ID.upper(), b"\xff\xd8jpeg")
     assert thumbs.existing(FACE_ID).read_bytes() == b"\xff\xd8jpeg"
-    assert [p.relative_to(thumbs.root).as_posix() for p in thumbs.root.rglob("*") if p.is_file()] == \
-        [f"0f/{FACE_ID}.jpg"]  # no temporary file left beside it
+    assert [p.relative_to(thumbs.root).as_posix() for p in thumbs.root.rglob("*") if p.is_file()] == [
+        f"0f/{FACE_ID}.jpg"
+    ]  # no temporary file left beside it
     thumbs.delete(FACE_ID)
     with pytest.raises(NotFound):
         thumbs.existing(FACE_ID)

@@ -42,10 +42,19 @@ def points(n: int, seed: int = 0) -> list[FacePoint]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return [FacePoint(str(uuid.UUID(int=int(rng.integers(2**62)) << 64 | i)), v,
-                      {"file": f"/photos/é{i // 3}.jpg", "face_index": i % 3, "subject": f"p{i % 7}",
-                       "origin": "ingest" if i % 2 else "upload"})
-            for i, v in enumerate(x)]
+    return [
+        FacePoint(
+            str(uuid.UUID(int=int(rng.integers(2**62)) << 64 | i)),
+            v,
+            {
+                "file": f"/photos/é{i // 3}.jpg",
+                "face_index": i % 3,
+                "subject": f"p{i % 7}",
+                "origin": "ingest" if i % 2 else "upload",
+            },
+        )
+        for i, v in enumerate(x)
+    ]
 
 
 def everything(store: VectorStore) -> dict[str, FacePoint]:
@@ -158,8 +167,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings()
 
 
-def test_cli_export_import_and_refusals(env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_import_and_refusals(
+    env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     pack = resolve_pack(env).fingerprint  # the pack the service would load: imports are checked against it
     store = EdgeStore(env.qdrant_path / "faces", CollectionSpec(name="faces", dim=DIM, pack=pack))
     store.upsert(points(1200))
@@ -194,8 +204,9 @@ def test_cli_export_import_and_refusals(env: Settings, tmp_path: Path, monkeypat
         server.shutdown()
 
 
-def test_cli_snapshot_and_restore_of_the_embedded_store(env: Settings, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_snapshot_and_restore_of_the_embedded_store(
+    env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = EdgeStore(env.qdrant_path / "faces", SPEC)
     store.upsert(points(300))
     store.close()

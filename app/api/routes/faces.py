@@ -19,14 +19,32 @@ router = APIRouter(tags=["faces"])
 
 
 @router.post("/api/faces", response_model=IndexOut, status_code=201, responses=errors(*UPLOAD, 507))
-async def api_index(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
-                    subject: Annotated[str | None, Form(max_length=256)] = None,
-                    source: Annotated[str | None, Form(max_length=4096, description=(
-                        "your key for this photo (e.g. its path in your system); shown as `file` of each face "
-                        "(default: the upload's name)"))] = None,
-                    replace: Annotated[bool, Form(description=(
-                        "remove the faces indexed earlier under the same `source` that this photo no longer has; "
-                        "needs `source`. Without it an upload never removes any face"))] = False) -> IndexOut:
+async def api_index(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    file: Upload = None,
+    subject: Annotated[str | None, Form(max_length=256)] = None,
+    source: Annotated[
+        str | None,
+        Form(
+            max_length=4096,
+            description=(
+                "your key for this photo (e.g. its path in your system); shown as `file` of each face "
+                "(default: the upload's name)"
+            ),
+        ),
+    ] = None,
+    replace: Annotated[
+        bool,
+        Form(
+            description=(
+                "remove the faces indexed earlier under the same `source` that this photo no longer has; "
+                "needs `source`. Without it an upload never removes any face"
+            )
+        ),
+    ] = False,
+) -> IndexOut:
     """Index every face of one image. The same bytes indexed again keep the same face ids (nothing is
     duplicated; subject and source become those of the latest upload)."""
     started = time.perf_counter()
@@ -38,11 +56,26 @@ async def api_index(request: Request, service: ServiceDep, settings: SettingsDep
 
     def work() -> IndexOut:
         image = service.decode(data)
-        result = service.index([ImageToIndex(image=image, content_hash=content_hash(data), file=name,
-                                             subject=subject or None, origin=Origin.UPLOAD, replace=replace)],
-                               ticket=ticket)[0]
-        return IndexOut(file=result.file, ids=result.ids, faces=len(result.ids), replaced=len(result.replaced),
-                        took_ms=round((time.perf_counter() - started) * 1e3, 2))
+        result = service.index(
+            [
+                ImageToIndex(
+                    image=image,
+                    content_hash=content_hash(data),
+                    file=name,
+                    subject=subject or None,
+                    origin=Origin.UPLOAD,
+                    replace=replace,
+                )
+            ],
+            ticket=ticket,
+        )[0]
+        return IndexOut(
+            file=result.file,
+            ids=result.ids,
+            faces=len(result.ids),
+            replaced=len(result.replaced),
+            took_ms=round((time.perf_counter() - started) * 1e3, 2),
+        )
 
     out = await run_blocking(request, work, ticket)
     request.app.state.metrics.faces_indexed.inc(out.faces)
@@ -58,9 +91,10 @@ async def api_delete_face(request: Request, face_id: str, service: ServiceDep) -
 
 @router.delete("/api/faces", response_model=DeleteOut, responses=errors(400, 404, 422, 503, 504))
 async def api_delete_faces(
-        request: Request, service: ServiceDep,
-        file: Annotated[str | None, Query(min_length=1, description="the source file of the faces")] = None,
-        subject: Annotated[str | None, Query(min_length=1, description="the subject of the faces")] = None,
+    request: Request,
+    service: ServiceDep,
+    file: Annotated[str | None, Query(min_length=1, description="the source file of the faces")] = None,
+    subject: Annotated[str | None, Query(min_length=1, description="the subject of the faces")] = None,
 ) -> DeleteOut:
     """Remove every face of one source image (`file`) or of one person (`subject`), with their thumbnails."""
     if (file is None) == (subject is None):
@@ -69,9 +103,14 @@ async def api_delete_faces(
     return DeleteOut(deleted=await run_blocking(request, lambda: service.delete_where(query)))
 
 
-@router.get("/thumbs/{face_id}", response_class=FileResponse, responses={
-    200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "a JPEG"},
-    **errors(404, 422, 503, 504)})
+@router.get(
+    "/thumbs/{face_id}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "a JPEG"},
+        **errors(404, 422, 503, 504),
+    },
+)
 async def thumbnail(request: Request, face_id: str, service: ServiceDep) -> FileResponse:
     """The JPEG crop of a stored face (ids are UUIDs; anything else, or an erased face, is 404). Not cached by
     shared caches, so that an erased face is gone at once."""

@@ -17,11 +17,16 @@ router = APIRouter(tags=["heads"])
 
 
 @router.post("/api/analyze", response_model=AnalyzeOut, responses=errors(*UPLOAD))
-async def api_analyze(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
-                      heads: HeadsQuery = None,
-                      heads_form: Annotated[str | None, Form(alias="heads", max_length=512,
-                                                             description="the same as the query parameter")] = None
-                      ) -> AnalyzeOut:
+async def api_analyze(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    file: Upload = None,
+    heads: HeadsQuery = None,
+    heads_form: Annotated[
+        str | None, Form(alias="heads", max_length=512, description="the same as the query parameter")
+    ] = None,
+) -> AnalyzeOut:
     """Every face in the photo (box, detector score, 5 keypoints) with the answers of the classifier heads: the
     default heads (HEADS) unless `heads` names others (as a query parameter or a form field); `heads=` (empty)
     runs none. Nothing is searched or stored."""
@@ -36,8 +41,12 @@ async def api_analyze(request: Request, service: ServiceDep, settings: SettingsD
         return service.analyze([service.decode(data)], heads=chosen, ticket=ticket)[0]
 
     faces = await run_blocking(request, work, ticket)
-    return AnalyzeOut(faces=[analyzed_out(f) for f in faces], heads=[h.name for h in chosen],
-                      took_ms=round((time.perf_counter() - started) * 1e3, 2), model=service.engine.pack.name)
+    return AnalyzeOut(
+        faces=[analyzed_out(f) for f in faces],
+        heads=[h.name for h in chosen],
+        took_ms=round((time.perf_counter() - started) * 1e3, 2),
+        model=service.engine.pack.name,
+    )
 
 
 @router.get("/api/heads", response_model=HeadsOut, responses=errors())
@@ -56,6 +65,9 @@ async def api_head(name: str, service: ServiceDep) -> HeadDetailOut:
     except NoSuchHead as exc:
         raise NotFound(exc.message) from exc
     labels = list(entry.spec.labels) or list(entry.spec.output_keys)
-    return HeadDetailOut(**head_out(entry).model_dump(exclude={"spec"}), spec=entry.spec, labels=labels,
-                         model_info=entry.head.info if entry.head is not None else None)
-
+    return HeadDetailOut(
+        **head_out(entry).model_dump(exclude={"spec"}),
+        spec=entry.spec,
+        labels=labels,
+        model_info=entry.head.info if entry.head is not None else None,
+    )

@@ -21,14 +21,21 @@ router = APIRouter(tags=["ingest"])
 @router.post("/api/ingest", response_model=JobOut, status_code=202, responses=errors(400, 422, 503))
 async def submit_ingest(body: IngestIn, jobs: JobsDep) -> JobOut:
     """Queue a background ingest of a folder on the service's filesystem; follow it with GET /api/jobs/{id}."""
-    options = IngestOptions(batch=body.batch, workers=body.workers, resume=body.resume, dry_run=body.dry_run,
-                            exclude=tuple(body.exclude), follow_symlinks=body.follow_symlinks)
+    options = IngestOptions(
+        batch=body.batch,
+        workers=body.workers,
+        resume=body.resume,
+        dry_run=body.dry_run,
+        exclude=tuple(body.exclude),
+        follow_symlinks=body.follow_symlinks,
+    )
     return (await run_in_threadpool(lambda: jobs.submit(body.path, options))).to_out()
 
 
 @router.get("/api/jobs", response_model=JobListOut, responses=errors(422))
-async def list_jobs(jobs: JobsDep,
-                    limit: Annotated[int, Query(ge=1, le=1000, description="most recent first")] = 50) -> JobListOut:
+async def list_jobs(
+    jobs: JobsDep, limit: Annotated[int, Query(ge=1, le=1000, description="most recent first")] = 50
+) -> JobListOut:
     return JobListOut(jobs=[v.to_out() for v in await run_in_threadpool(lambda: jobs.list(limit))])
 
 

@@ -16,18 +16,29 @@ from app.store import CollectionInfo
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/health", response_model=HealthOut,
-            responses={503: {"model": HealthOut, "description": "not ready: the checks say which part is not"}})
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "not ready: the checks say which part is not"}},
+)
 async def health(request: Request) -> JSONResponse:
     state = request.app.state
     service: FaceService | None = getattr(state, "service", None)
     store_ok = bool(service) and await run_in_threadpool(lambda: service.store.healthy() if service else False)
     info = await run_in_threadpool(_index_info, service) if service and store_ok else None
-    checks = HealthChecks(model_loaded=service is not None, qdrant_healthy=store_ok,
-                          shutdown_initiated=bool(getattr(state, "shutting_down", False)))
+    checks = HealthChecks(
+        model_loaded=service is not None,
+        qdrant_healthy=store_ok,
+        shutdown_initiated=bool(getattr(state, "shutting_down", False)),
+    )
     ready = checks.model_loaded and checks.qdrant_healthy and not checks.shutdown_initiated
-    body = HealthOut(status="healthy" if ready else "unhealthy", ready=ready, checks=checks,
-                     index_building=bool(info and info.index_building), unindexed=info.unindexed if info else 0)
+    body = HealthOut(
+        status="healthy" if ready else "unhealthy",
+        ready=ready,
+        checks=checks,
+        index_building=bool(info and info.index_building),
+        unindexed=info.unindexed if info else 0,
+    )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
@@ -42,16 +53,33 @@ def _index_info(service: FaceService) -> CollectionInfo | None:
 async def status(request: Request, service: ServiceDep) -> StatusOut:
     info = await run_blocking(request, service.store.info)
     engine = service.engine
-    return StatusOut(collection=info.name, vectors=info.vectors, indexed_vectors=info.indexed, status=info.status,
-                     model=engine.pack.name, model_fingerprint=engine.fingerprint, backend=info.backend.value,
-                     providers=engine.providers, gpu_concurrency=engine.gate.concurrency,
-                     inference_in_use=engine.gate.in_use, inference_waiting=engine.gate.waiting,
-                     index_building=info.index_building, unindexed=info.unindexed)
+    return StatusOut(
+        collection=info.name,
+        vectors=info.vectors,
+        indexed_vectors=info.indexed,
+        status=info.status,
+        model=engine.pack.name,
+        model_fingerprint=engine.fingerprint,
+        backend=info.backend.value,
+        providers=engine.providers,
+        gpu_concurrency=engine.gate.concurrency,
+        inference_in_use=engine.gate.in_use,
+        inference_waiting=engine.gate.waiting,
+        index_building=info.index_building,
+        unindexed=info.unindexed,
+    )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {
-    "content": {"text/plain": {"schema": {"type": "string"}}},
-    "description": "Prometheus text format (the metrics are listed in the README)"}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text format (the metrics are listed in the README)",
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text format. Collected in a thread: the collection size and the ingest counts are read from the
     store and the ingest state at each scrape."""

@@ -18,32 +18,52 @@ from app.service import FaceService, SearchedFace
 router = APIRouter(tags=["search"])
 
 
-def search_bytes(service: FaceService, data: bytes, top_k: int | None, threshold: float | None,
-                 heads: list[Head] | None = None, ticket: Ticket | None = None) -> list[SearchedFace]:
+def search_bytes(
+    service: FaceService,
+    data: bytes,
+    top_k: int | None,
+    threshold: float | None,
+    heads: list[Head] | None = None,
+    ticket: Ticket | None = None,
+) -> list[SearchedFace]:
     image = service.decode(data)
     return service.search([image], top_k=top_k, threshold=threshold, heads=heads or [], ticket=ticket)[0]
 
 
 @router.post("/api/search", response_model=SearchOut, responses=errors(*UPLOAD))
-async def api_search(request: Request, service: ServiceDep, settings: SettingsDep, file: Upload = None,
-                     top_k: TopK = None, threshold: Threshold = None, heads: HeadsQuery = None) -> SearchOut:
+async def api_search(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    file: Upload = None,
+    top_k: TopK = None,
+    threshold: Threshold = None,
+    heads: HeadsQuery = None,
+) -> SearchOut:
     """Find every face in the photo and its most similar stored faces; `heads` adds their answers per face."""
     started = time.perf_counter()
     chosen = service.select_heads(heads or "")  # before the upload is read: a bad name costs nothing
     data = await read_upload(file, settings.max_upload_bytes)
     ticket = service.admit(1)  # before decoding: a busy engine answers 503 at once
-    faces = await run_blocking(request, lambda: search_bytes(service, data, top_k, threshold, chosen, ticket),
-                               ticket)
+    faces = await run_blocking(request, lambda: search_bytes(service, data, top_k, threshold, chosen, ticket), ticket)
     request.app.state.metrics.observe_search(len(faces), time.perf_counter() - started)
-    return SearchOut(faces=[face_out(f) for f in faces], took_ms=round((time.perf_counter() - started) * 1e3, 2),
-                     model=service.engine.pack.name)
+    return SearchOut(
+        faces=[face_out(f) for f in faces],
+        took_ms=round((time.perf_counter() - started) * 1e3, 2),
+        model=service.engine.pack.name,
+    )
 
 
 @router.post("/api/search/batch", response_model=BatchSearchOut, responses=errors(*UPLOAD))
-async def api_search_batch(request: Request, service: ServiceDep, settings: SettingsDep,
-                           files: Annotated[list[UploadFile], File(description="several images")],
-                           top_k: TopK = None, threshold: Threshold = None,
-                           heads: HeadsQuery = None) -> BatchSearchOut:
+async def api_search_batch(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="several images")],
+    top_k: TopK = None,
+    threshold: Threshold = None,
+    heads: HeadsQuery = None,
+) -> BatchSearchOut:
     """Search several photos in one call: all their faces go through the engine as one batch."""
     started = time.perf_counter()
     chosen = service.select_heads(heads or "")
@@ -68,6 +88,6 @@ async def api_search_batch(request: Request, service: ServiceDep, settings: Sett
         return items
 
     items = await run_blocking(request, work, ticket)
-    return BatchSearchOut(results=items, took_ms=round((time.perf_counter() - started) * 1e3, 2),
-                          model=service.engine.pack.name)
-
+    return BatchSearchOut(
+        results=items, took_ms=round((time.perf_counter() - started) * 1e3, 2), model=service.engine.pack.name
+    )
