@@ -28,7 +28,7 @@ def load_heads(settings: Settings, pack: ModelPack) -> HeadRegistry:
         heads_dir=settings.heads_dir,
         genderage=pack.genderage,
         pack_name=pack.name,
-        providers=select_providers(settings.providers),
+        providers=select_providers(settings.providers, standin=settings.engine_standin),
         threads=settings.ort_threads,
         batch=settings.rec_batch,
     )

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # Faces kept per image (the best-scored ones): bounds the recognizer's and the heads' work per request.
     max_faces: int = Field(default=128, ge=1, le=4096)
     providers: ProviderChoice = ProviderChoice.AUTO
+    # Benchmarks only: every ONNX run answers the outputs recorded at its input shape's first run (see
+    # app.engine.runtime.ReplaySession), so a benchmark measures everything but inference. Logged loudly.
+    engine_standin: bool = False
     ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
     det_batch: int = Field(default=0, ge=0)  # 0: 1 on CPU, 16 on CUDA (batching helps only on a GPU)
     rec_batch: int = Field(default=64, ge=1)

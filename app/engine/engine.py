@@ -77,7 +77,7 @@ class FaceEngine:
         pack = resolve_pack(settings)
         return cls(
             pack,
-            providers=select_providers(settings.providers),
+            providers=select_providers(settings.providers, standin=settings.engine_standin),
             det_size=settings.det_size,
             det_threshold=settings.det_threshold,
             det_batch=settings.det_batch,
