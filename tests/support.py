@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import cv2
 import numpy as np
@@ -28,6 +30,7 @@ from app.bootstrap import Services, open_services
 from app.config import Settings
 from app.engine import FaceEngine, InferenceGate
 from app.heads import HeadRegistry
+from app.imaging import decode as imaging_decode
 from app.ingest.model import FileStatus, IngestOptions, RetryPolicy
 from app.ingest.pipeline import IngestJob
 from app.ingest.state import IngestState
@@ -88,9 +91,92 @@ def make_settings(state: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+def browser_missing(reason: str, env: Mapping[str, str] = os.environ) -> NoReturn:
+    """A browser test that cannot run: in CI a failure (.ci/run installs chromium, the test extra playwright),
+    elsewhere a skip saying why."""
+    if in_ci(env):
+        pytest.fail(f"{reason}: CI must run the browser tests", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_browser(
+    chromium: str | None = CHROMIUM, playwright: bool | None = None, env: Mapping[str, str] = os.environ
+) -> str:
+    """Debian's chromium and Playwright to drive it: the chromium path, or browser_missing's failure or skip."""
+    if chromium is None:
+        browser_missing("chromium is not installed (apt-get install chromium; .ci/run installs it)", env)
+    if not (importlib.util.find_spec("playwright") is not None if playwright is None else playwright):
+        browser_missing("playwright is not installed (pip install -e '.[test]')", env)
+    return chromium
+
+
 # TestClient's peer address: a real loopback one (its default, "testclient", is no address at all), as for a
 # client on the service's machine: protected mode lets it write while no API key exists.
 LOOPBACK = ("127.0.0.1", 50000)
+
+
+def wait_until(condition: Callable[[], object], *, seconds: float = 60.0, what: str = "the condition") -> None:
+    """Poll `condition` until it holds; fail after `seconds`. The bound is for a loaded machine, never a claim about
+    speed: a test that waits says what for, and a regression fails instead of hanging."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {seconds:.0f} s"
+        time.sleep(0.02)
+
+
+def held_engine_calls(
+    analyze: Callable[..., Any], after_images: int, released: Callable[[], object], *, seconds: float = 120.0
+) -> Callable[..., Any]:
+    """FaceEngine.analyze_batch, held: the call that finds `after_images` images analysed already, and every one
+    after it, waits until `released()` holds (at most `seconds`). A test stops, cancels or detaches from a run at a
+    known point this way, on a fast machine as on a slow one. Install it with monkeypatch, or in a subprocess with
+    ENGINE_HOLD_SITE (sitecustomize)."""
+    analysed = 0
+    lock = threading.Lock()
+
+    def call(self: Any, images: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+        nonlocal analysed
+        with lock:
+            hold = analysed >= after_images
+            analysed += len(images)
+        if hold:
+            wait_until(released, seconds=seconds, what="the test releasing the engine")
+        return analyze(self, images, *args, **kwargs)
+
+    return call
+
+
+# Written as sitecustomize.py into a folder on a subprocess's PYTHONPATH: its engine is held after
+# OCEANO_TEST_HOLD_AFTER images until the file OCEANO_TEST_RELEASE exists.
+ENGINE_HOLD_SITE = """
+import os
+from pathlib import Path
+
+import app.imaging  # first: it configures OpenCV before cv2 is imported
+from app.engine import FaceEngine
+from tests.support import held_engine_calls
+
+_release = Path(os.environ["OCEANO_TEST_RELEASE"])
+FaceEngine.analyze_batch = held_engine_calls(
+    FaceEngine.analyze_batch, int(os.environ["OCEANO_TEST_HOLD_AFTER"]), _release.exists
+)
+"""
+
+
+def engine_hold_env(folder: Path, after_images: int) -> tuple[dict[str, str], Path]:
+    """Environment additions holding a subprocess's engine (see held_engine_calls), and the file that releases it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(ENGINE_HOLD_SITE)
+    release = folder / "release"
+    env = {
+        "PYTHONPATH": f"{folder}{os.pathsep}{REPO}",
+        "OCEANO_TEST_HOLD_AFTER": str(after_images),
+        "OCEANO_TEST_RELEASE": str(release),
+    }
+    return env, release
 
 
 def free_port() -> int:
@@ -319,13 +405,15 @@ def workspace(state: Path, engine: FaceEngine) -> Iterator[Workspace]:
 
 
 @contextmanager
-def live_service(settings: Settings) -> Iterator[str]:
-    """The real app under uvicorn in a thread, on a free port; yields its URL."""
+def live_app(settings: Settings) -> Iterator[tuple[str, Any]]:
+    """The real app under uvicorn in a thread, on a free port; yields its URL and the app (its services are in
+    app.state once started)."""
     port = free_port()
+    app = create_app(settings)
     # As `python -m app` runs it: the app reads forwarded headers itself (FORWARDED_ALLOW_IPS).
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings),
+            app,
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -336,18 +424,20 @@ def live_service(settings: Settings) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), seconds=120, what="the service starting")
+    assert server.started, "the service did not start"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(60)
 
 
-# ------------------------------------------------------------------------------------------------- real time
+@contextmanager
+def live_service(settings: Settings) -> Iterator[str]:
+    """The real app under uvicorn in a thread, on a free port; yields its URL."""
+    with live_app(settings) as (url, _):
+        yield url
 
 
 def b64(data: bytes | Path) -> str:
@@ -385,6 +475,32 @@ def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
 
 
 # ------------------------------------------------------------------------------------------------- images
+
+
+DECODERS = ("_decode_with_opencv", "_decode_with_pillow")
+
+
+@contextmanager
+def counting_decoders() -> Iterator[Counter[str]]:
+    """Counts the calls of the two decoders (OpenCV's and Pillow's) while the block runs: a refusal "from the
+    header" is one that reached neither."""
+    calls: Counter[str] = Counter()
+    originals = {name: getattr(imaging_decode, name) for name in DECODERS}
+
+    def counted(name: str, decoder: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return decoder(*args, **kwargs)
+
+        return call
+
+    for name, decoder in originals.items():
+        setattr(imaging_decode, name, counted(name, decoder))
+    try:
+        yield calls
+    finally:
+        for name, decoder in originals.items():
+            setattr(imaging_decode, name, decoder)
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -18,10 +20,26 @@ def test_top_k_over_the_search_bound_is_refused_at_start_up(monkeypatch: pytest.
 
 
 def test_default_search_uses_top_k_from_the_environment(client_factory, photos) -> None:  # type: ignore[no-untyped-def]
-    client = client_factory(top_k=MAX_TOP_K)
-    with open(photos.yaoming, "rb") as fh:
-        response = client.post("/api/search", files={"file": ("y.jpg", fh, "image/jpeg")})
-    assert response.status_code == 200, response.text
+    """More faces stored than TOP_K, and no similarity floor: a default search answers exactly TOP_K matches."""
+
+    def matches(client: Any, **params: int) -> int:
+        with open(photos.yaoming, "rb") as fh:
+            response = client.post("/api/search", files={"file": ("y.jpg", fh, "image/jpeg")}, params=params)
+        assert response.status_code == 200, response.text
+        (face,) = response.json()["faces"]
+        return len(face["matches"])
+
+    client = client_factory(top_k=4, sim_threshold=-1.0)
+    for photo in (photos.t1, photos.players):
+        with open(photo, "rb") as fh:
+            assert client.post("/api/faces", files={"file": (photo.name, fh, "image/jpeg")}).status_code == 201
+    stored = client.get("/status").json()["vectors"]
+    assert stored > 6
+    assert matches(client) == 4
+    assert matches(client, top_k=6) == 6  # the request's own top_k wins
+    client.__exit__(None, None, None)
+    client = client_factory(top_k=MAX_TOP_K, sim_threshold=-1.0)  # the bound itself: every stored face
+    assert matches(client) == stored
 
 
 @pytest.mark.parametrize(

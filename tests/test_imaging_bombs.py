@@ -15,7 +15,6 @@ import re
 import struct
 import subprocess
 import sys
-import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from PIL import Image
 from app.errors import BadImage, ImageTooLarge, OceanoError, UnsupportedImage
 from app.imaging import ImageFormat, ImageHeader, decode_image, decoded_pixels_estimate, read_header
 from app.imaging.decode import _decode_displayed
-from tests.support import png_chunk, zero_png
+from tests.support import counting_decoders, png_chunk, zero_png
 
 MB = 2**20
 LIMITS = {"max_bytes": 20 * MB, "max_pixels": 50_000_000}
@@ -94,20 +93,18 @@ def _reset_peak_rss() -> bool:
 
 @dataclass
 class Usage:
-    seconds: float  # wall time of a plain run
+    decoder_calls: int  # calls of OpenCV's or Pillow's decoder in one run
     traced_peak: int  # bytes allocated through Python's allocators (numpy included), from a second run
     rss_growth: int | None  # bytes the peak RSS grew by in the plain run (every allocator), where measurable
 
 
 def measure(call: Callable[[], object], raises: type[Exception], match: str | None = None) -> Usage:
-    """Run `call` twice, each time expecting `raises`: once timed, with the peak RSS reset first (tracemalloc
-    slows Python-heavy parsing tenfold), once under tracemalloc."""
+    """Run `call` twice, each time expecting `raises`: once plain, counting the decoders it reached, with the peak
+    RSS reset first (tracemalloc slows Python-heavy parsing tenfold), once under tracemalloc."""
     reset = _reset_peak_rss()
     rss_before = _status_kb("VmRSS")
-    started = time.perf_counter()
-    with pytest.raises(raises, match=match):
+    with counting_decoders() as calls, pytest.raises(raises, match=match):
         call()
-    seconds = time.perf_counter() - started
     peak = _status_kb("VmHWM")
     rss_growth = (peak - rss_before) * 1024 if reset and rss_before is not None and peak is not None else None
     tracemalloc.start()
@@ -117,11 +114,12 @@ def measure(call: Callable[[], object], raises: type[Exception], match: str | No
         traced_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    return Usage(seconds, traced_peak, rss_growth)
+    return Usage(sum(calls.values()), traced_peak, rss_growth)
 
 
-def assert_cheap(usage: Usage, *, seconds: float = 0.25, memory: int = 50 * MB) -> None:
-    assert usage.seconds < seconds, usage
+def assert_cheap(usage: Usage, *, decoders: int = 0, memory: int = 50 * MB) -> None:
+    """Refused after at most `decoders` decoder calls (0: from the header alone), within `memory` bytes."""
+    assert usage.decoder_calls <= decoders, usage
     assert usage.traced_peak < memory, usage
     if usage.rss_growth is not None:
         assert usage.rss_growth < memory, usage
@@ -149,9 +147,9 @@ def test_flat_49mp_refused_under_a_lower_cap_without_decoding(fmt: str) -> None:
     header = read_header(data)
     assert header.format is ImageFormat(fmt) and (header.width, header.height) == (SIDE_49MP, SIDE_49MP)
     # Under the 50 MP cap the estimate prices the full decode for a per-request budget, from the header alone.
-    started = time.perf_counter()
-    assert decoded_pixels_estimate(data, **LIMITS) == SIDE_49MP**2
-    assert time.perf_counter() - started < 0.25
+    with counting_decoders() as calls:
+        assert decoded_pixels_estimate(data, **LIMITS) == SIDE_49MP**2
+    assert not calls
     # A 24 MP cap (or a spent budget) refuses it before any decoder sees it.
     capped = {"max_bytes": LIMITS["max_bytes"], "max_pixels": 24_000_000}
     assert_cheap(measure(lambda: decode_image(data, **capped), ImageTooLarge, "49.0 megapixels"))
@@ -208,7 +206,6 @@ def test_garbage_in_headers_never_raises_anything_else(name: str) -> None:
     rng = random.Random(f"oceano-{name}")  # fixed seed per format: failures reproduce
     data = SMALL[name]
     small_cap = {"max_bytes": LIMITS["max_bytes"], "max_pixels": 1_000_000}  # mutated sizes stay cheap
-    started = time.perf_counter()
     for _ in range(400):
         mutated = bytearray(data)
         for _ in range(rng.randint(1, 6)):
@@ -226,7 +223,6 @@ def test_garbage_in_headers_never_raises_anything_else(name: str) -> None:
             decode_image(bytes(mutated), **small_cap)
         except RAISED:
             pass
-    assert time.perf_counter() - started < 30
 
 
 def test_pure_garbage_is_refused() -> None:
@@ -266,7 +262,8 @@ HOSTILE_STRUCTURES = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_STRUCTURES))
 def test_hostile_structures_end_quickly_in_bad_image(name: str) -> None:
-    assert_cheap(measure(lambda: decode_image(HOSTILE_STRUCTURES[name], **LIMITS), BadImage), seconds=0.5)
+    # At most OpenCV then Pillow, each once; bounded memory. Time is bench/hostile.py's to measure.
+    assert_cheap(measure(lambda: decode_image(HOSTILE_STRUCTURES[name], **LIMITS), BadImage), decoders=2)
 
 
 def test_many_chunks_before_idat_do_not_hide_the_size() -> None:
@@ -299,7 +296,7 @@ def webp_canvas_smaller_than_frame() -> bytes:
 @pytest.mark.parametrize("build", [two_frame_headers_jpeg, webp_canvas_smaller_than_frame])
 def test_lying_headers_give_bad_image(build: Callable[[], bytes]) -> None:
     data = build()
-    assert_cheap(measure(lambda: decode_image(data, **LIMITS), BadImage))
+    assert_cheap(measure(lambda: decode_image(data, **LIMITS), BadImage), decoders=2)
 
 
 def test_data_bigger_than_the_header_is_caught_after_the_decoder() -> None:
@@ -312,7 +309,7 @@ def test_data_bigger_than_the_header_is_caught_after_the_decoder() -> None:
 
 
 OPENCV_LIMIT_SCRIPT = r"""
-import json, re, struct, sys, time, zlib
+import json, re, struct, sys, zlib
 from pathlib import Path
 import app.imaging as imaging  # first: sets OPENCV_IO_MAX_IMAGE_PIXELS before cv2 is imported
 import app.imaging.decode
@@ -341,13 +338,11 @@ out["decoded_shape"] = list(imaging.decode_image(two_mp, max_bytes=1 << 24, max_
 big = zero_png(8000, 8000)
 Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS to the current RSS
 before = int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-started = time.perf_counter()
 try:
     imaging.decode._decode_displayed(big, imaging.ImageHeader(imaging.ImageFormat.PNG, 100, 100), 1)
     out["lying"] = "decoded"
 except BadImage as exc:
     out["lying"] = exc.message
-out["lying_seconds"] = time.perf_counter() - started
 out["lying_rss_growth_kb"] = hwm() - before
 print(json.dumps(out))
 """
@@ -366,7 +361,7 @@ def test_opencv_limit_follows_max_megapixels_when_imaging_comes_first() -> None:
     assert out["opencv_refused"] is True  # the variable reached OpenCV
     assert out["decoded_shape"] == [500, 1000, 3]  # reduced by 2, long side >= 640
     assert "larger than its header says" in out["lying"]
-    assert out["lying_seconds"] < 0.5 and out["lying_rss_growth_kb"] < 50 * 1024
+    assert out["lying_rss_growth_kb"] < 50 * 1024  # refused before the 192 MB array was allocated
 
 
 def test_oceano_errors_only(png_bomb: bytes) -> None:

@@ -1,4 +1,4 @@
-"""The test harness's own rules (tests/support.py): where the labelled eval set is required."""
+"""The test harness's own rules (tests/support.py): where the labelled eval set and the browser are required."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import in_ci, require_eval_dir
+from tests.support import in_ci, require_browser, require_eval_dir
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,16 @@ def test_missing_eval_set_is_skipped_with_its_reason_elsewhere(tmp_path: Path) -
     for env in ({}, {"CI": "false"}):
         with pytest.raises(pytest.skip.Exception, match="not found at .*OCEANO_EVAL_DIR.*skipped outside CI"):
             require_eval_dir(tmp_path / "eval", env)
+
+
+@pytest.mark.parametrize(
+    ("chromium", "playwright", "missing"), [(None, True, "chromium is not installed"), ("/c", False, "playwright")]
+)
+def test_missing_browser_fails_in_ci_and_is_skipped_elsewhere(
+    chromium: str | None, playwright: bool, missing: str
+) -> None:
+    with pytest.raises(pytest.fail.Exception, match=f"{missing}.*CI must run the browser tests"):
+        require_browser(chromium, playwright, {"CI": "true"})
+    with pytest.raises(pytest.skip.Exception, match=missing):
+        require_browser(chromium, playwright, {})
+    assert require_browser("/c", True, {"CI": "true"}) == "/c"

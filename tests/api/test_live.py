@@ -2,33 +2,21 @@
 Y4M made here from a real photo). The page must stream frames over /ws (the server counts them) and draw the
 face's box.
 
-Skips when chromium or playwright is missing (apt-get install chromium; pip install -e '.[test]'), but fails
-under CI (the CI variable set) when chromium is there and the test still cannot run."""
+Skips when chromium or playwright is missing or cannot start (apt-get install chromium; pip install -e '.[test]');
+fails instead under CI (the CI variable set, tests/support.py in_ci)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
-import pytest
 
-from tests.support import Photos, live_service, make_settings, one_face_frame
+from tests.support import Photos, browser_missing, live_service, make_settings, one_face_frame, require_browser
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 FAKE_CAMERA_FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-
-
-def cannot_run(reason: str) -> None:
-    """Skip, or fail under CI when chromium is installed: a browser test that silently skips there proves nothing."""
-    if os.environ.get("CI") and CHROMIUM is not None:
-        pytest.fail(f"CI has chromium ({CHROMIUM}) but the browser test cannot run: {reason}")
-    pytest.skip(reason)
 
 
 def write_y4m(path: Path, bgr: np.ndarray, frames: int = 10) -> Path:
@@ -43,10 +31,7 @@ def write_y4m(path: Path, bgr: np.ndarray, frames: int = 10) -> Path:
 
 
 def test_live_page_streams_the_camera_and_draws_the_face(tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it where it can)")
-    if importlib.util.find_spec("playwright") is None:
-        cannot_run("playwright is not installed (pip install -e '.[test]')")
+    chromium = require_browser()
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -56,7 +41,7 @@ def test_live_page_streams_the_camera_and_draws_the_face(tmp_path: Path) -> None
         try:
             playwright = stack.enter_context(sync_playwright())
         except Exception as exc:  # its node driver did not start
-            cannot_run(f"playwright did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            browser_missing(f"playwright did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         indexed = httpx.post(
             f"{url}/api/faces",
             files={"file": ("players.jpg", Photos.players.read_bytes())},
@@ -66,10 +51,10 @@ def test_live_page_streams_the_camera_and_draws_the_face(tmp_path: Path) -> None
         assert indexed.status_code == 201, indexed.text
         try:
             browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=[*FAKE_CAMERA_FLAGS, f"--use-file-for-fake-video-capture={camera}"]
+                executable_path=chromium, args=[*FAKE_CAMERA_FLAGS, f"--use-file-for-fake-video-capture={camera}"]
             )
         except PlaywrightError as exc:
-            cannot_run(f"chromium did not start under playwright: {str(exc).splitlines()[0]}")
+            browser_missing(f"chromium did not start under playwright: {str(exc).splitlines()[0]}")
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             errors: list[str] = []

@@ -29,18 +29,12 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.support import REPO, Photos, b64, large_face_jpeg
+from tests.support import REPO, Photos, b64, free_port, large_face_jpeg
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 OPENSSL = shutil.which("openssl")
 # Past nginx's oceano_search zone (10 per second, bursts of 20): sent at once, most are answered 429.
 BURST = 80
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 90, *, verify: Any = True) -> None:

@@ -4,6 +4,7 @@ The server is qdrant-client's local mode (no Qdrant server can run here); the fu
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,13 +84,22 @@ def test_edge_store_refuses_writes_on_a_nearly_full_disk(small_disk: Path) -> No
     store.close()
 
 
-def test_a_write_waiting_while_the_store_closes_gets_store_unavailable(tmp_path: Path) -> None:
+def test_a_write_waiting_while_the_store_closes_gets_store_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before: a write that passed the open check and then waited for close() ran on the closed shard and failed
-    with the engine's own error, which callers (ingest's bounded retries) do not expect."""
-    import threading
-
+    with the engine's own error, which callers (ingest's bounded retries) do not expect. The writer is known to
+    be past its first open check before the close starts: without the check under the lock this test fails."""
     store = EdgeStore(tmp_path / "faces", SPEC)
     store.upsert(points(10))
+    check_open = store._check_open
+    past_first_check = threading.Event()
+
+    def checked() -> None:
+        check_open()
+        past_first_check.set()
+
+    monkeypatch.setattr(store, "_check_open", checked)
     outcome: list[BaseException] = []
     with store._write_lock:  # as close() holds it while it flushes
 
@@ -101,11 +111,12 @@ def test_a_write_waiting_while_the_store_closes_gets_store_unavailable(tmp_path:
 
         writer = threading.Thread(target=write)
         writer.start()
-        writer.join(0.3)  # the writer is past its open check, waiting for the lock
+        assert past_first_check.wait(60), "the writer never reached its open check"
         store._shard.flush()
         store._shard.close()
         store._closed = True
-    writer.join(10)
+    writer.join(60)
+    assert not writer.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable), outcome
 
 
