@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.port:
         settings.port = args.port
     configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
-    logging.getLogger("uvicorn.access").disabled = True  # app.access logs each request, with its id and key
+    logging.getLogger("uvicorn.access").disabled = True  # app.api.context logs each request, with its id and key
     # The app reads forwarded headers itself (FORWARDED_ALLOW_IPS, app.api.context): uvicorn's own reading off.
     uvicorn.run(
         create_app(settings),

@@ -353,9 +353,6 @@ class FaceService:
             self._delete(ids)
         return ids
 
-    def delete_file(self, file: str) -> list[str]:
-        return self.delete_where(PointQuery(file=file))
-
     def thumbnail(self, face_id: str) -> Path:
         """The thumbnail of a face that is in the store (an erased face's is never served)."""
         face_id = self.thumbs.validate_id(face_id)

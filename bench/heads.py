@@ -3,9 +3,9 @@
 pipeline (there is no labelled emotion data here: agreement with the model's original pipeline is what can be
 measured).
 
-Per head and batch size B: B real faces (from the wheels' photos) go through `run_heads` as one call; "total" is
+Per head and batch size B: B real faces (from the wheels' photos) go through `Head.run` as one call; "total" is
 the whole added cost (box/aligned crop, colour, normalisation, ONNX run, decode), "onnx" the model run alone.
-`run_heads` is all that FaceEngine.analyze_batch adds for a head; the engine's own cost on a 6-face photo is
+`Head.run` is all that FaceEngine.analyze_batch adds for a head; the engine's own cost on a 6-face photo is
 printed for scale.
 
     python -m bench.heads [--repeat 50] [--heads-dir DIR]
@@ -30,7 +30,7 @@ from app.bootstrap import load_models
 from app.config import Settings
 from app.engine import FaceEngine, InferenceGate
 from app.faces import Face
-from app.heads import CropSource, Head, HeadRegistry, run_heads
+from app.heads import CropSource, Head, HeadRegistry
 from bench.common import EVAL_DIR, Photos, read_bgr, setup_logging
 
 logger = logging.getLogger("bench.heads")
@@ -77,7 +77,7 @@ def latency(engine: FaceEngine, heads: list[Head], repeat: int) -> None:
             rows = [[face] for _, face in chosen]
             crops = [head.prepare(image, face) for image, face in chosen]
             blob = head.blob(crops)
-            total = median_s(lambda: run_heads([head], images, rows), repeat)  # noqa: B023
+            total = median_s(lambda: head.run(images, rows), repeat)  # noqa: B023
             onnx = median_s(lambda: head.infer(blob), repeat)  # noqa: B023
             print(
                 f"{head.name:<12} {batch:>5} {total * 1e3:>9.2f} {total * 1e3 / batch:>8.3f} "
@@ -90,7 +90,7 @@ def latency(engine: FaceEngine, heads: list[Head], repeat: int) -> None:
         started = time.perf_counter()
         engine.analyze_batch([image])
         runs[i] = time.perf_counter() - started
-    # run_heads is exactly what analyze_batch adds; an A/B of whole calls drowns a few ms in run-to-run noise.
+    # Head.run is exactly what analyze_batch adds per head; an A/B of whole calls drowns a few ms in run-to-run noise.
     print(
         f"\nfor scale: analyze_batch without heads on t1.jpg ({n} faces) takes {min(runs) * 1e3:.1f} ms at best "
         f"({min(runs) * 1e3 / n:.1f} ms per face), median {np.median(runs) * 1e3:.1f} ms"

@@ -3,6 +3,7 @@ size a reader can take in."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -31,3 +32,13 @@ def test_no_module_is_over_the_size_limit() -> None:
     assert sizes, "no modules found"
     too_long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"
+
+
+def test_loggers_are_named_by_module() -> None:
+    """logging.getLogger(__name__) everywhere in app/: a logger's name says where a line comes from, and muting
+    one module (say the request log, app.api.context) never mutes another (the key audit log, app.access.keys)."""
+    named = {  # third-party loggers quietened by the commands and the service are not ours to name
+        path.relative_to(REPO).as_posix(): re.findall(r"getLogger\(\s*[\"']app\b[^\"']*[\"']", path.read_text())
+        for path in (REPO / "app").rglob("*.py")
+    }
+    assert {name: calls for name, calls in named.items() if calls} == {}

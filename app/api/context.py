@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.config import IpNetwork
 from app.logs import request_id
 
-access_log = logging.getLogger("app.access")
+access_log = logging.getLogger(__name__)  # the access log: one line per request (not a parent of the key audit log)
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 SCHEMES = {"http", "https"}

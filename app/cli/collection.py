@@ -31,7 +31,7 @@ from app.store import (
 from app.store.compact import compact
 from app.store.transfer import copy_points, export_collection, import_collection, read_manifest, verify_copy
 
-logger = logging.getLogger("app.collection")
+logger = logging.getLogger(__name__)
 
 # Build parameters an import may carry over from the export (--keep-build) and the settings they set.
 # Compaction: segments of 250k points with a stronger graph than ingest can afford (docs/SCALE.md: at 300k points

@@ -37,7 +37,7 @@ from app.ingest.pipeline import IngestJob
 from app.ingest.report import ProgressRenderer, format_summary
 from app.ingest.state import IngestState
 
-logger = logging.getLogger("app.ingest")
+logger = logging.getLogger(__name__)
 
 MAX_CPU_INFER_WORKERS = 8
 

@@ -12,7 +12,7 @@ import httpx
 from app.ingest.model import IngestOptions, JobOut, JobStatus, JobView
 from app.ingest.report import ProgressRenderer, format_summary, progress_line
 
-logger = logging.getLogger("app.ingest")
+logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -7,7 +7,7 @@ to read its output (softmax labels, regression values, or InsightFace's gender/a
 inside its inference gate, each once per call over every face (Head.run). Nothing here knows about HTTP.
 """
 
-from app.heads.head import Head, ModelInfo, box_crop, run_heads
+from app.heads.head import Head, ModelInfo, box_crop
 from app.heads.registry import ASSETS_DIR, HeadListing, HeadRegistry, parse_names
 from app.heads.spec import (
     GENDERAGE,
@@ -38,5 +38,4 @@ __all__ = [
     "genderage_spec",
     "parse_names",
     "read_spec",
-    "run_heads",
 ]

@@ -216,9 +216,3 @@ class Head:
         rows = self.predict([self.prepare(image, face) for image, face in flat])
         for (_, face), row in zip(flat, rows, strict=True):
             face.attributes.update(self.decode(row))
-
-
-def run_heads(heads: Sequence[Head], images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> None:
-    """Each head once over every face of the call (what FaceEngine.analyze_batch does with its heads)."""
-    for head in heads:
-        head.run(images, faces)

@@ -21,7 +21,6 @@ from app.imaging.decode import (
     decode_image,
     encode_jpeg,
     read_image_bytes,
-    read_image_file,
 )
 from app.imaging.header import (
     IMAGE_EXTENSIONS,
@@ -53,6 +52,5 @@ __all__ = [
     "pixel_limit_from_env",
     "read_header",
     "read_image_bytes",
-    "read_image_file",
     "sniff_format",
 ]

@@ -30,7 +30,7 @@ from app.imaging.header import (
 )
 from app.imaging.limits import OPENCV_MAX_PIXELS
 
-logger = logging.getLogger("app.imaging")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +238,6 @@ def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise BadImage(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def read_image_file(path: Path, *, max_bytes: int, max_pixels: int, max_side: int | None = None) -> DecodedImage:
-    """Read and decode a file from disk, refusing oversized files before reading them."""
-    data = read_image_bytes(path, max_bytes=max_bytes)
-    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side)
 
 
 def crop_thumbnail(

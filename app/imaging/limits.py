@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-logger = logging.getLogger("app.imaging")
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- process limits
 # OpenCV has its own pixel cap, OPENCV_IO_MAX_IMAGE_PIXELS (default 2**30), checked against what *its* parser

@@ -10,7 +10,7 @@ from typing import Any
 
 from app.ingest.model import JobStatus, Progress
 
-logger = logging.getLogger("app.ingest")
+logger = logging.getLogger(__name__)
 
 LOG_INTERVAL = 10.0  # seconds between progress lines when stderr is not a terminal
 

@@ -272,7 +272,8 @@ class EdgeStore:
         return changed
 
     def wait_indexed(self, timeout: float = 600.0) -> bool:
-        """Wait until no background build is due or running (tests, benchmarks, the end of an ingest job)."""
+        """Wait until no background build is due or running. For tests and benchmarks: the service never waits
+        (an ingest job builds what is due itself, with optimize, when it ends)."""
         return self._indexer.idle(timeout) if self._indexer is not None else True
 
     def page(self, offset: str | None, limit: int) -> Page:

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.auth import ROUTE_SCOPES, route_scope
-from app.api.context import forwarded_client
+from app.api.context import access_log, forwarded_client
 from app.cli import ingest
 from app.config import Settings
 from tests.support import REPO, Photos, face_folder, live_service, make_settings, wait_until
@@ -113,12 +113,12 @@ def test_keys_scopes_revocation_and_the_command_beside_the_service(
     assert created.returncode == 0, created.stderr
     writer = created.stdout.strip().splitlines()[-1]
     assert writer.startswith("oc_") and created.stdout.strip() == writer and "importer" in created.stderr
-    with caplog.at_level(logging.INFO, logger="app.access"):
+    with caplog.at_level(logging.INFO, logger="app.api.context"):
         wait_until(
             lambda: http.post("/api/faces", files=upload(), headers={"X-API-Key": writer}).status_code == 201,
             what="the key created by the command accepted",
         )
-    writes = [r for r in caplog.records if r.name == "app.access" and r.method == "POST" and r.status == 201]  # type: ignore[attr-defined]
+    writes = [r for r in caplog.records if r.name == "app.api.context" and r.method == "POST" and r.status == 201]  # type: ignore[attr-defined]
     assert writes and writes[-1].key == "importer"  # type: ignore[attr-defined]
     assert not any(writer in r.getMessage() or admin in r.getMessage() for r in caplog.records)
     bearer = http.post("/api/faces", files=upload(Photos.t1), headers={"Authorization": f"Bearer {writer}"})
@@ -244,3 +244,21 @@ def test_every_route_is_in_the_access_table(client: TestClient) -> None:
     assert routes <= set(ROUTE_SCOPES), sorted(routes - set(ROUTE_SCOPES))
     assert route_scope("GET", "/static/app.js") is None and route_scope("HEAD", "/health") is None
     assert route_scope("GET", "/not/a/route") == "admin" and route_scope("PUT", "/api/faces") == "admin"
+
+
+def test_muting_the_request_log_keeps_the_key_audit_lines(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the request log was `app.access`, the parent of the key audit log `app.access.keys`: muting one
+    (LOG_LEVEL per logger, or `disabled`) muted key creations and revocations too."""
+    request_log = logging.getLogger(access_log.name)
+    with caplog.at_level(logging.INFO, logger="app"):
+        request_log.setLevel(logging.WARNING)  # as an operator mutes the per-request lines
+        try:
+            created = client.post("/api/keys", json={"name": "ops", "scopes": ["admin"]})
+            assert created.status_code == 201
+            assert client.delete("/api/keys/ops", headers={"X-API-Key": created.json()["key"]}).status_code == 200
+        finally:
+            request_log.setLevel(logging.NOTSET)
+    audit = [r.getMessage() for r in caplog.records if r.name == "app.access.keys"]
+    assert any("'ops' created" in m for m in audit) and any("'ops' revoked" in m for m in audit), audit
+    assert not [r for r in caplog.records if r.name == access_log.name]  # muted
+    assert not access_log.name.startswith("app.access")

@@ -98,7 +98,7 @@ def test_json_logs_of_the_service_carry_the_request_id(tmp_path: Path) -> None:
             proc.wait(30)
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]  # every line parses
     assert all({"time", "level", "logger", "message", "request_id"} <= set(line) for line in lines)
-    access = [line for line in lines if line["logger"] == "app.access"]
+    access = [line for line in lines if line["logger"] == "app.api.context"]
     ingest = next(line for line in access if line["path"] == "/api/ingest")
     assert ingest["request_id"] == "job-req-1" and ingest["method"] == "POST" and ingest["status"] == 202
     assert ingest["duration_ms"] >= 0 and ingest["client"] == "127.0.0.1" and "key" in ingest

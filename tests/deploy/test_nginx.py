@@ -246,7 +246,7 @@ SEARCH_LINE = re.compile(r"app\.access[^:\n]*: POST (?:/api/search|/api/search/b
 
 
 def service_answers(service: Service) -> Counter[int]:
-    """The service's answers to the search routes so far, by status, from its access log (app.access)."""
+    """The service's answers to the search routes so far, by status, from its access log (app.api.context)."""
     return Counter(int(status) for status in SEARCH_LINE.findall(service.log.read_text()))
 
 

@@ -110,7 +110,7 @@ def test_runs_in_process_when_no_service_answers(
     face_folder(root, 4)
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     monkeypatch.chdir(tmp_path)  # a relative --path is resolved by the command
-    with caplog.at_level(logging.INFO, logger="app.ingest"):
+    with caplog.at_level(logging.INFO, logger="app"):
         assert ingest.main(["--path", "photos", "--batch", "2"]) == ingest.EXIT_OK
     summary = caplog.text
     assert "ingest of" in summary and "completed" in summary and "faces added  4" in summary
@@ -122,7 +122,7 @@ def test_runs_in_process_when_no_service_answers(
         assert sorted(r.status.value for r in records) == ["done"] * 4 + ["failed"]
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="app.ingest"):
+    with caplog.at_level(logging.INFO, logger="app"):
         assert ingest.main(["--path", str(root), "--dry-run"]) == ingest.EXIT_OK
     assert "4 already done" in caplog.text
 
@@ -142,7 +142,7 @@ def test_submits_to_the_running_service_and_follows_the_job(
             ("PORT", port),
         ):
             monkeypatch.setenv(name, str(value))
-        with caplog.at_level(logging.INFO, logger="app.ingest"):
+        with caplog.at_level(logging.INFO, logger="app"):
             # no --url: the command finds the service on PORT, as in `docker exec ... python3 -m app.ingest`
             assert ingest.main(["--path", str(root), "--batch", "3"]) == ingest.EXIT_OK
         assert "submitted" in caplog.text and "faces added  5" in caplog.text
@@ -169,7 +169,7 @@ def test_ctrl_c_detaches_and_the_job_goes_on(
     settings = make_settings(tmp_path / "state", ingest_roots=str(tmp_path))
     released = threading.Event()  # the job's engine calls wait until the command has detached
     monkeypatch.setattr(FaceEngine, "analyze_batch", held_engine_calls(FaceEngine.analyze_batch, 0, released.is_set))
-    with caplog.at_level(logging.INFO, logger="app.access"), live_service(settings) as url:
+    with caplog.at_level(logging.INFO, logger="app.api.context"), live_service(settings) as url:
 
         def followed() -> bool:  # the command polls its job: it is inside follow_job
             return any(getattr(r, "path", "").startswith("/api/jobs/") for r in caplog.records)

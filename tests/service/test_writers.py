@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.engine import FaceEngine
-from app.imaging import read_image_file
+from app.imaging import decode_image
 from app.service import ImageToIndex, content_hash
 from app.store import Origin, PointQuery
 from tests.support import Photos, face_folder, workspace
@@ -19,7 +19,7 @@ from tests.support import Photos, face_folder, workspace
 
 def item(path: Path, file: str) -> ImageToIndex:
     data = path.read_bytes()
-    image = read_image_file(path, max_bytes=len(data) + 1, max_pixels=50_000_000)
+    image = decode_image(data, max_bytes=len(data) + 1, max_pixels=50_000_000)
     return ImageToIndex(image=image, content_hash=content_hash(data), file=file, origin=Origin.INGEST, replace=True)
 
 
@@ -78,7 +78,7 @@ def test_ingest_api_writes_deletes_and_searches_at_once(tmp_path: Path, ingest_e
             for k, u in enumerate(uploads):
                 ws.service.index([u])
                 if k % 2:
-                    ws.service.delete_file(u.file)
+                    ws.service.delete_where(PointQuery(file=u.file))
 
         def search() -> None:
             query = item(Photos.yaoming, "q")
