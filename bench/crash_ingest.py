@@ -38,7 +38,7 @@ import numpy as np
 from app.ingest.model import STATE_FILE, FileRecord, FileStatus
 from app.ingest.state import IngestState
 from app.store import CollectionSpec, EdgeStore, FacePoint, point_id
-from bench.common import REPO, setup_logging
+from bench.common import REPO, free_port, setup_logging
 from bench.photos import make_photo_folder
 
 WORK_STARTED = b"inference workers"  # in the line app.jobs logs when a run starts
@@ -205,14 +205,6 @@ def collection(state: Path) -> dict[str, Any]:
             break
     shard.close()
     return out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:

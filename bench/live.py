@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,14 +23,9 @@ from pathlib import Path
 
 import httpx
 
-logger = logging.getLogger("bench.live")
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import REPO, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+logger = logging.getLogger(__name__)
 
 
 def proc_status_kb(pid: int) -> dict[str, int]:

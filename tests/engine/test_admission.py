@@ -117,7 +117,7 @@ def test_max_faces_keeps_the_best_scored_faces(engine: FaceEngine) -> None:
 
 
 def test_dropping_a_request_from_mid_queue_keeps_the_dispatcher_alive(batcher: InferenceBatcher) -> None:
-    """Found by bench/soak.py: a client leaving while its request queued behind another one of other image sizes
+    """Found by bench/soak: a client leaving while its request queued behind another one of other image sizes
     made the queue compare pixels, raise, and kill the only dispatcher thread: no request was served again."""
     big, small = read_bgr(Photos.t1), read_bgr(Photos.yaoming)  # other shapes
     outcomes: dict[str, object] = {}
@@ -147,7 +147,7 @@ def test_dropping_a_request_from_mid_queue_keeps_the_dispatcher_alive(batcher: I
 def test_a_queued_request_gets_its_503_at_its_deadline_not_after_the_batch_running(
     batcher: InferenceBatcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Found by bench/soak.py: a request queued behind a long engine call got its 503 only when that call ended."""
+    """Found by bench/soak: a request queued behind a long engine call got its 503 only when that call ended."""
     image = read_bgr(Photos.yaoming)
     original = batcher.engine.analyze_holding_gate
     let_go = threading.Event()
