@@ -39,7 +39,7 @@ def with_image_input(model: onnx.ModelProto, *, mean: float, std: float, swap_rb
         IMAGE_INPUT, TensorProto.UINT8, [axis(0, "batch"), axis(2, "height"), axis(3, "width"), 3]
     )
     prefix = "oceano_pre_"
-    consts = {
+    consts: dict[str, np.ndarray] = {
         f"{prefix}mean": np.array(mean, np.float32),
         f"{prefix}inv_std": np.array(1.0 / std, np.float32),
         f"{prefix}rgb": np.array([2, 1, 0], np.int64),
