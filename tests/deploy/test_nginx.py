@@ -242,7 +242,7 @@ def write_key(service: Service, nginx: Nginx) -> Iterator[Key]:
         enforced(nginx, key_required=False)
 
 
-SEARCH_LINE = re.compile(r"app\.access[^:\n]*: POST (?:/api/search|/api/search/batch|/search|/api/analyze) (\d{3}) ")
+SEARCH_LINE = re.compile(r"app\.api\.context[^:\n]*: POST (?:/api/search|/api/search/batch|/search|/api/analyze) (\d{3}) ")
 
 
 def service_answers(service: Service) -> Counter[int]:
@@ -421,14 +421,20 @@ def test_search_routes_rate_limited_by_nginx(service: Service, nginx: Nginx) -> 
             return http.post(routes[i % len(routes)], files=junk, headers={"Accept": "application/json"})
 
         started = time.monotonic()
+        answers: list[httpx.Response] = []
         with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(post, range(BURST)))
+            # A machine so slow that one burst stays under 10/s sends another (at most five): every route must
+            # meet the limit whatever the speed; the bound below holds over however long it took.
+            for _ in range(5):
+                answers += pool.map(post, range(len(answers), len(answers) + BURST))
+                if {str(r.url.path) for r in answers if r.status_code == 429} == set(routes):
+                    break
         elapsed = time.monotonic() - started
         unlimited = http.get("/api/heads")
 
     limited = [r for r in answers if r.status_code == 429]
     passed = [r for r in answers if r.status_code != 429]
-    assert limited, f"no 429 in {BURST} requests over {elapsed:.2f} s"
+    assert limited, f"no 429 in {len(answers)} requests over {elapsed:.2f} s"
     # At most the burst, the first request, and 10 per second of the burst's duration got through (plus slack).
     assert len(passed) <= 21 + 10 * elapsed + 2, (len(passed), elapsed)
     assert {r.status_code for r in passed} <= {400, 415, 422}, Counter(r.status_code for r in passed)
