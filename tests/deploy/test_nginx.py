@@ -242,7 +242,9 @@ def write_key(service: Service, nginx: Nginx) -> Iterator[Key]:
         enforced(nginx, key_required=False)
 
 
-SEARCH_LINE = re.compile(r"app\.api\.context[^:\n]*: POST (?:/api/search|/api/search/batch|/search|/api/analyze) (\d{3}) ")
+SEARCH_LINE = re.compile(
+    r"app\.api\.context[^:\n]*: POST (?:/api/search|/api/search/batch|/search|/api/analyze) (\d{3}) "
+)
 
 
 def service_answers(service: Service) -> Counter[int]:
