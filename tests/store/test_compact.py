@@ -22,7 +22,9 @@ def test_compaction_merges_segments_and_keeps_the_collection_sizing(tmp_path: Pa
     pts = unit_points(3200)
     for start in range(0, len(pts), 250):
         store.upsert(pts[start : start + 250])
-    assert store.wait_indexed(120)
+        # Each build before the next upsert: how many segments the background builds make no longer depends on
+        # how fast the machine is (a slow one coalesced them: 5 segments seen instead of 6 or more).
+        assert store.wait_indexed(120)
     before = store._shard.info().segments_count
     assert before >= 6 and store.info().unindexed > 0  # the tail below INDEX_THRESHOLD waits unindexed
     with pytest.raises(StoreUnavailable, match="service running"):
