@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Matches per query face: the one bound of TOP_K and of the top_k request parameter.
 MAX_TOP_K = 100
+# Bytes a WebSocket frame message holds besides its base64 frame (the JSON envelope, settings, timestamp).
+WS_ENVELOPE_BYTES = 16 * 1024
 
 
 class Quantization(StrEnum):
@@ -142,8 +144,17 @@ class Settings(BaseSettings):
     decode_megapixels: float = Field(default=100.0, gt=0)
     thumb_size: int = Field(default=128, ge=32, le=512)
 
-    # Real time (/ws, /live). Sockets open at once: the one over the limit is closed (code 1013) with the reason.
+    # Real time (/ws, /live). Sockets served at once: the one over the limit is closed (code 1013) with the reason.
     max_concurrent_connections: int = Field(default=64, ge=1, le=100_000)
+    # The largest WebSocket message, in bytes as received (python -m app turns permessage-deflate off, so that is
+    # also its size in memory): a base64 frame of up to WS_MAX_MESSAGE_BYTES - 16 KiB characters (3 MB of JPEG
+    # by default, a 4096 px frame) plus its JSON. A bigger message closes the socket (code 1009) unread.
+    ws_max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024)
+    # AUTH_READS=key, socket without a key in its handshake: seconds it has to send {"command": "auth", ...}, and
+    # how many may wait for theirs at once. They do not count against MAX_CONCURRENT_CONNECTIONS: a socket takes
+    # one of those places once its key is checked.
+    ws_auth_timeout: float = Field(default=2.0, gt=0, le=60)
+    ws_auth_pending: int = Field(default=16, ge=1, le=100_000)
     # Crowd levels from a frame's face count: the highest counts of `low`, `medium` and `high` (0 is `empty`,
     # past the last `very_high`). Default 2,5,10: 1-2 low, 3-5 medium, 6-10 high, 11+ very_high.
     crowd_levels: Annotated[tuple[int, int, int], NoDecode] = (2, 5, 10)
@@ -294,14 +305,14 @@ class Settings(BaseSettings):
 
     @property
     def max_frame_chars(self) -> int:
-        """The longest base64 text of one WebSocket frame: MAX_UPLOAD_MB encoded (4 characters per 3 bytes)."""
-        return -(-self.max_upload_bytes // 3) * 4
+        """The longest base64 text of one WebSocket frame: MAX_UPLOAD_MB encoded (4 characters per 3 bytes), and
+        room for the rest of its message under WS_MAX_MESSAGE_BYTES."""
+        return min(-(-self.max_upload_bytes // 3) * 4, self.ws_max_message_bytes - WS_ENVELOPE_BYTES)
 
     @property
-    def ws_max_message_bytes(self) -> int:
-        """uvicorn's WebSocket message cap: a frame at MAX_UPLOAD_MB plus room for its JSON envelope. Messages
-        between the frame limit and this get an error event; past this uvicorn closes the socket (1009)."""
-        return self.max_frame_chars + 1024 * 1024
+    def max_frame_bytes(self) -> int:
+        """The largest image one WebSocket frame may carry (max_frame_chars decoded)."""
+        return self.max_frame_chars // 4 * 3
 
     @property
     def ingest_root_paths(self) -> list[Path]:
