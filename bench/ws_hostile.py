@@ -8,12 +8,12 @@ Two attacks, each run against one or more checkouts in turn (A B A B with --roun
            peak RSS growth over its warm RSS (VmHWM - warm VmRSS, from /proc), and its RSS once the sockets have
            closed (after --settle seconds).
   lockout  AUTH_READS=key: N sockets connect without a key and never authenticate (each reconnects as soon as it
-           is closed), while one client with a valid key (sent in its first message) connects every second and
-           sends a frame. Printed: how many of its tries got a detection, and how they ended otherwise (close
-           codes), and how the key-less sockets were closed.
+           is closed), while one client with a valid key (in its first message, or its handshake with
+           --key-in handshake) connects every second and sends a frame. Printed: how many of its tries got a
+           detection, how they ended otherwise (close codes), and how the key-less sockets were closed.
 
     python -m bench.ws_hostile bomb [--sockets 64] [--messages 2] [--message-mb 28] [--app-dir DIR ...]
-    python -m bench.ws_hostile lockout [--sockets 64] [--seconds 25] [--app-dir DIR ...]
+    python -m bench.ws_hostile lockout [--sockets 64] [--seconds 25] [--key-in message|handshake] [--app-dir DIR ...]
 
 Compare with an older commit: git archive COMMIT | tar -x -C /tmp/before, then --app-dir /tmp/before --app-dir .
 """
@@ -152,11 +152,14 @@ async def idle_socket(server: Server, until: float, outcome: LockoutOutcome) -> 
             return
 
 
-async def keyed_try(server: Server, key: str, frame: str) -> str:
-    """One keyed client: the key in its first message, then one frame. Its outcome in a word."""
+async def keyed_try(server: Server, key: str, frame: str, key_in: str) -> str:
+    """One keyed client: the key in its first message (`key_in` "message") or in the handshake (an X-API-Key
+    header), then one frame. Its outcome in a word."""
+    headers = {"X-API-Key": key} if key_in == "handshake" else None
     try:
-        async with connect(ws_url(server), open_timeout=30, max_size=None) as ws:
-            await ws.send(json.dumps({"command": "auth", "key": key}))
+        async with connect(ws_url(server), open_timeout=30, max_size=None, additional_headers=headers) as ws:
+            if key_in == "message":
+                await ws.send(json.dumps({"command": "auth", "key": key}))
             await ws.send(json.dumps({"event": "process_frame", "data": {"frame": frame}}))
             while True:
                 answer = json.loads(await asyncio.wait_for(ws.recv(), 60))
@@ -174,7 +177,7 @@ async def lockout_attack(server: Server, key: str, args: argparse.Namespace, out
     idle = [asyncio.create_task(idle_socket(server, until, outcome)) for _ in range(args.sockets)]
     await asyncio.sleep(2.0)  # the key-less sockets are in
     while time.monotonic() < until - 1:
-        outcome.keyed[await keyed_try(server, key, frame)] += 1
+        outcome.keyed[await keyed_try(server, key, frame, args.key_in)] += 1
         await asyncio.sleep(1.0)
     await asyncio.gather(*idle)
 
@@ -206,6 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--message-mb", type=float, default=28.0, help="bomb: MB per message (default 28)")
     parser.add_argument("--settle", type=float, default=10.0, help="bomb: seconds before RSS is read after")
     parser.add_argument("--seconds", type=float, default=25.0, help="lockout: seconds the attack lasts")
+    parser.add_argument(
+        "--key-in",
+        choices=["message", "handshake"],
+        default="message",
+        help="lockout: where the keyed client puts its key",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for /health")
     parser.add_argument("--rounds", type=int, default=1, help="times through the list of --app-dir (A B A B)")
@@ -237,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
                 lo = run_lockout(app_dir, args)
                 print(
                     f"{app_dir}: {args.sockets} key-less sockets for {args.seconds:g} s ({lo.idle_connections} "
-                    f"connections, closed: {fmt(lo.idle_closes)}); keyed client: {fmt(lo.keyed)}",
+                    f"connections, closed: {fmt(lo.idle_closes)}); keyed client (key in the {args.key_in}): "
+                    f"{fmt(lo.keyed)}",
                     flush=True,
                 )
     print(f"load average {os.getloadavg()[0]:.2f}")

@@ -36,7 +36,7 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/"): PUBLIC,  # the page itself holds no data; with AUTH_READS=key it asks for the key
-    ("GET", "/live"): PUBLIC,  # likewise; its socket (/ws) checks the key itself (app.api.ws.authorize_socket)
+    ("GET", "/live"): PUBLIC,  # likewise; its socket (/ws) checks the key itself (app.api.ws_auth.authorize_socket)
     ("GET", "/static/{file:path}"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
@@ -162,7 +162,7 @@ class AccessGuard:
         self.limit_text = settings.rate_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":  # the socket checks its key itself (app.api.ws.authorize_socket)
+        if scope["type"] == "websocket":  # the socket checks its key itself (app.api.ws_auth.authorize_socket)
             error = self._check_handshake(scope)
             if error is not None:
                 await refuse_handshake(error, scope, receive, send)
