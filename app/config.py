@@ -151,8 +151,8 @@ class Settings(BaseSettings):
     # by default, a 4096 px frame) plus its JSON. A bigger message closes the socket (code 1009) unread.
     ws_max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024)
     # AUTH_READS=key, socket without a key in its handshake: seconds it has to send {"command": "auth", ...}, and
-    # how many may wait for theirs at once. They do not count against MAX_CONCURRENT_CONNECTIONS: a socket takes
-    # one of those places once its key is checked.
+    # how many may wait for theirs at once (past it, a newcomer takes the place of the one waiting longest). They
+    # do not count against MAX_CONCURRENT_CONNECTIONS: a socket takes one of those places once its key is checked.
     ws_auth_timeout: float = Field(default=2.0, gt=0, le=60)
     ws_auth_pending: int = Field(default=16, ge=1, le=100_000)
     # Crowd levels from a frame's face count: the highest counts of `low`, `medium` and `high` (0 is `empty`,

@@ -33,15 +33,56 @@ class SocketRefused(Exception):
         self.details = details or {}
 
 
-async def key_from_first_message(websocket: WebSocket, timeout: float) -> str:
-    """The key of a first message `{"command": "auth", "key": KEY}`, which must come within `timeout` seconds."""
+class WaitingRoom:
+    """Sockets waiting for their key message (WS_AUTH_PENDING places). When every place is taken, a newcomer takes
+    the place of the socket that has waited longest, which is told to leave: a client that sends its key at once
+    (within a round trip) gets in, whatever number of key-less sockets keep arriving; those only shorten each
+    other's wait. Only the event loop uses it (no lock)."""
+
+    def __init__(self, places: int) -> None:
+        self.places = places
+        self._waiting: dict[int, asyncio.Event] = {}  # insertion order: the longest waiting first
+
+    def enter(self) -> tuple[asyncio.Event, bool]:
+        """The newcomer's leave signal, and whether someone was told to leave to make room."""
+        evicted = len(self._waiting) >= self.places
+        if evicted:
+            self._waiting.pop(next(iter(self._waiting))).set()
+        signal = asyncio.Event()
+        self._waiting[id(signal)] = signal
+        return signal, evicted
+
+    def leave(self, signal: asyncio.Event) -> None:
+        self._waiting.pop(id(signal), None)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+
+async def key_from_first_message(websocket: WebSocket, timeout: float, leave: asyncio.Event) -> str:
+    """The key of a first message `{"command": "auth", "key": KEY}`, which must come within `timeout` seconds and
+    before `leave` is set (the socket's place went to a newcomer)."""
     how = 'send {"command": "auth", "key": KEY} as the first message'
+    receiving = asyncio.ensure_future(websocket.receive())
+    told = asyncio.ensure_future(leave.wait())
     try:
-        message = await asyncio.wait_for(websocket.receive(), timeout=timeout)
-    except TimeoutError:
+        await asyncio.wait({receiving, told}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        told.cancel()
+        if not receiving.done():
+            receiving.cancel()
+    if not receiving.done() or receiving.cancelled():
+        if leave.is_set():
+            raise SocketRefused(
+                "connection_limit",
+                "no key yet, and its place went to a newer socket (WS_AUTH_PENDING places, all taken): send the key "
+                "at once, or in the handshake",
+                CloseCode.TRY_AGAIN_LATER,
+            )
         raise SocketRefused(
             "unauthorized", f"no key within WS_AUTH_TIMEOUT={timeout:g} s: {how}", CloseCode.POLICY_VIOLATION
-        ) from None
+        )
+    message = receiving.result()
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     text = message.get("text")
@@ -61,27 +102,22 @@ async def authorize_socket(websocket: WebSocket, stats: RealtimeStats) -> str:
     `Authorization: Bearer` header, or the query parameter `key` of older clients), or, when reads need a key
     (AUTH_READS=key) and none came that way, from a first message `{"command": "auth", "key": "..."}` within
     WS_AUTH_TIMEOUT, answered `{"type": "auth", "status": "success", "key": NAME}`. Sockets waiting for that
-    message have their own WS_AUTH_PENDING places, apart from MAX_CONCURRENT_CONNECTIONS: key-less sockets
-    cannot crowd out the keyed ones. A key that is given must be valid, also while reads are open."""
+    message have their own WS_AUTH_PENDING places (WaitingRoom), apart from MAX_CONCURRENT_CONNECTIONS: key-less
+    sockets cannot crowd out the keyed ones. A key that is given must be valid, also while reads are open."""
     settings: Settings = websocket.app.state.settings
     store: KeyStore | None = getattr(websocket.app.state, "keys", None)
     key = socket_key(websocket.scope)
     from_message = False
     if key is None and settings.auth_reads is ReadAccess.KEY:
-        if stats.authenticating >= settings.ws_auth_pending:
-            stats.rejected_connections += 1
-            raise SocketRefused(
-                "connection_limit",
-                f"too many sockets waiting to send their key ({settings.ws_auth_pending}, WS_AUTH_PENDING); retry "
-                "later, or send the key in the handshake",
-                CloseCode.TRY_AGAIN_LATER,
-                {"ws_auth_pending": settings.ws_auth_pending},
-            )
-        stats.authenticating += 1  # before any await: the limit holds however many connect at once
+        room: WaitingRoom = websocket.app.state.ws_waiting_room
+        leave, evicted = room.enter()  # before any await: the places hold however many connect at once
+        stats.rejected_connections += evicted
+        stats.authenticating = len(room)
         try:
-            key = await key_from_first_message(websocket, settings.ws_auth_timeout)
+            key = await key_from_first_message(websocket, settings.ws_auth_timeout, leave)
         finally:
-            stats.authenticating -= 1
+            room.leave(leave)
+            stats.authenticating = len(room)
         from_message = True
     if key is None:
         return "anonymous"

@@ -40,7 +40,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009  # a message over WS_MAX_MESSAGE_BYTES
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012  # shutting down
-    TRY_AGAIN_LATER = 1013  # MAX_CONCURRENT_CONNECTIONS or WS_AUTH_PENDING reached
+    TRY_AGAIN_LATER = 1013  # MAX_CONCURRENT_CONNECTIONS reached, or a waiting place (WS_AUTH_PENDING) given up
 
 
 def error_code(exc: OceanoError) -> str:

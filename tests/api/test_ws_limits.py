@@ -146,8 +146,9 @@ async def idle_sockets(url: str, count: int, until: float) -> Counter[str]:
 def test_key_less_sockets_do_not_lock_keyed_clients_out(tmp_path: Path) -> None:
     """AUTH_READS=key, MAX_CONCURRENT_CONNECTIONS=64: 64 sockets that never authenticate, and reconnect whenever
     they are closed, while keyed clients connect (the key in the handshake: a header, or the subprotocol the live
-    page uses) and send a frame: each gets its detection. The key-less ones wait in their own WS_AUTH_PENDING
-    places: closed 1008 past WS_AUTH_TIMEOUT, or 1013 at once when those are full."""
+    page uses; or in a first message sent at once) and send a frame: each gets its detection. The key-less ones
+    wait in their own WS_AUTH_PENDING places: closed 1008 past WS_AUTH_TIMEOUT, or 1013 when a newer socket took
+    their place."""
     state = tmp_path / "state"
     store = KeyStore(state / KEYS_FILE)
     _, key = store.create("kiosk", ["search"])
@@ -165,9 +166,13 @@ def test_key_less_sockets_do_not_lock_keyed_clients_out(tmp_path: Path) -> None:
         attacker = threading.Thread(target=attack, daemon=True)
         attacker.start()
         time.sleep(2)  # the key-less sockets are in (or refused) by now
-        for options in ({"additional_headers": {"X-API-Key": key}}, {"subprotocols": ["oceano", f"oceano.key.{key}"]}):
+        handshake = ({"additional_headers": {"X-API-Key": key}}, {"subprotocols": ["oceano", f"oceano.key.{key}"]})
+        for options in (*handshake, {}):
             try:
                 with connect(endpoint, open_timeout=30, **options) as ws:  # type: ignore[arg-type]
+                    if not options:  # the key in the first message, sent at once
+                        ws.send(json.dumps({"command": "auth", "key": key}))
+                        assert json.loads(ws.recv(timeout=30))["type"] == "auth"
                     assert json.loads(ws.recv(timeout=30))["event"] == "connected"
                     ws.send(frame)
                     outcomes.append(json.loads(ws.recv(timeout=60))["event"])
@@ -175,10 +180,10 @@ def test_key_less_sockets_do_not_lock_keyed_clients_out(tmp_path: Path) -> None:
                 outcomes.append(close_code(exc))
         attacker.join(60)
         assert not attacker.is_alive()
-        assert outcomes == ["detection_result", "detection_result"]
-        assert set(idle) <= {"1008", "1013"} and idle["1008"] > 0 and idle["1013"] > 0, idle
+        assert outcomes == ["detection_result"] * 3
+        assert set(idle) <= {"1008", "1013"} and idle.total() >= 64, idle  # every key-less socket was closed
         stats = httpx.get(f"{url}/api/stats", headers={"X-API-Key": key}).json()
-        assert stats["total_connections"] == 2  # the keyed clients: no key-less socket was ever served
+        assert stats["total_connections"] == 3  # the keyed clients: no key-less socket was ever served
 
 
 def test_handshakes_over_the_rate_limit_are_refused(client_factory: Any) -> None:
@@ -212,3 +217,20 @@ def test_the_emotion_service_clients_at_the_root_path(tmp_path: Path) -> None:
             prediction = json.loads(ws.recv(timeout=60))
             assert prediction["status"] == "success", prediction
             assert prediction["emotion_id"] == EMOTION_SERVICE_IDS[prediction["emotion_name"]]
+
+
+def test_a_newer_socket_takes_the_place_of_the_one_waiting_longest(client_factory: Any, tmp_path: Path) -> None:
+    """AUTH_READS=key, WS_AUTH_PENDING=1: a socket that has sent no key yet gives its place to a newer one (closed
+    1013, with the reason), which sends its key at once and is served."""
+    store = KeyStore(tmp_path / KEYS_FILE)
+    _, key = store.create("kiosk", ["search"])
+    store.close()
+    client = client_factory(auth_reads="key", ws_auth_pending=1, ws_auth_timeout=30)
+    with client.websocket_connect("/ws") as waiting, client.websocket_connect("/ws") as newer:
+        newer.send_json({"command": "auth", "key": key})
+        assert newer.receive_json() == {"type": "auth", "status": "success", "key": "kiosk"}
+        assert newer.receive_json()["event"] == "connected"
+        assert waiting.receive_json()["data"]["code"] == "connection_limit"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            waiting.receive_json()
+        assert closed.value.code == 1013 and "WS_AUTH_PENDING" in closed.value.reason
