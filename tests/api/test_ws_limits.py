@@ -86,7 +86,8 @@ def test_deflate_bombs_and_oversized_messages_are_closed_and_memory_stays_bounde
     """16 sockets x 2 messages of 8 MB "A"s (a few KB each on the wire where deflate is taken) against
     WS_MAX_MESSAGE_BYTES=1 MB: every socket is closed with 1009 and a reason, and the service's peak memory
     grows by less than 4 such messages per socket. Then 16 x 2 messages just under the limit (frames that are no
-    image): each answered with an error, memory within the same bound; and back near its level once closed."""
+    image): each answered with an error, memory within the same bound; and back within 64 MB of its level once
+    they are closed."""
     limit, sockets = 1 * MB, 16
     bound_kb = (sockets * 4 * limit + 64 * MB) // 1024  # 4 messages per socket, and slack for the allocator
     with service_process(tmp_path / "state", {"WS_MAX_MESSAGE_BYTES": str(limit)}) as service:
@@ -106,7 +107,11 @@ def test_deflate_bombs_and_oversized_messages_are_closed_and_memory_stays_bounde
         peak = max(sampler.peak_kb, service.memory_kb()["VmHWM"] if resettable else 0)
         assert answered == Counter({"answered unsupported_media_type": sockets}), answered
         assert peak - warm < bound_kb, f"peak RSS +{(peak - warm) / 1024:.0f} MB for {answered}"
-        assert service.memory_kb()["VmRSS"] - warm < bound_kb
+        # Back near its level once the sockets are closed (nothing kept by them, nothing kept by the allocator).
+        deadline = time.monotonic() + 30
+        while service.memory_kb()["VmRSS"] - warm > 64 * 1024:
+            assert time.monotonic() < deadline, f"RSS +{(service.memory_kb()['VmRSS'] - warm) / 1024:.0f} MB held"
+            time.sleep(0.2)
         assert httpx.get(f"{service.url}/health", timeout=10).status_code == 200
 
 
