@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 
 import uvicorn
@@ -11,19 +10,6 @@ import uvicorn
 from app.api import create_app
 from app.config import LogFormat, Settings
 from app.logs import configure_logging
-
-
-def return_large_buffers_to_the_system(threshold: int = 1024 * 1024) -> None:
-    """glibc: allocations of `threshold` bytes and more get their own mapping, unmapped when freed. By default the
-    threshold grows with the largest buffer freed (up to 32 MiB), after which messages and uploads of a few MB
-    land in the heap and stay there, fragmented, once freed: 32 sockets x 2 WebSocket messages of 4 MB left
-    ~400 MB behind, none with this. Elsewhere (musl, macOS): nothing to do."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    m_mmap_threshold = -3  # malloc.h
-    mallopt(m_mmap_threshold, threshold)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +27,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.port:
         settings.port = args.port
     configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
-    return_large_buffers_to_the_system()
     logging.getLogger("uvicorn.access").disabled = True  # app.access logs each request, with its id and key
     # The app reads forwarded headers itself (FORWARDED_ALLOW_IPS, app.api.context): uvicorn's own reading off.
     uvicorn.run(
