@@ -196,9 +196,10 @@ class GpuSampler:
     """nvidia-smi's utilisation and memory of the GPU every `period` seconds in a thread, and the memory of the
     watched processes where nvidia-smi can see their ids (not inside every container)."""
 
-    def __init__(self, pids: Sequence[int] = (), period: float = 0.5) -> None:
+    def __init__(self, pids: Sequence[int] = (), period: float = 0.5, skip: float = 0.0) -> None:
         self.pids = {str(p) for p in pids}
         self.period = period
+        self.counted_from = time.monotonic() + skip  # samples of the warm-up are not kept
         self.util: list[float] = []
         self.memory: list[float] = []
         self.process_memory: list[float] = []
@@ -210,6 +211,9 @@ class GpuSampler:
             rows = nvidia_smi("--query-gpu=utilization.gpu,memory.used")
             if rows is None:
                 return  # no GPU: nothing to sample
+            if time.monotonic() < self.counted_from:
+                self._stop.wait(self.period)
+                continue
             util, memory = number(rows[0][0]), number(rows[0][1])
             if util is not None:
                 self.util.append(util)
@@ -336,7 +340,7 @@ def load_service(name: str, module: str, env: dict[str, str], plan: LoadPlan) ->
             log(f"{name}: {clients} clients, {plan.args.warmup:g} s warm-up + {plan.args.seconds:g} s")
             pids = process_tree(server.pid)
             cpu_before = cpu_seconds(pids)
-            with GpuSampler(pids) as sampler:
+            with GpuSampler(pids, skip=plan.args.warmup) as sampler:
                 level = {"clients": clients, **drive(server, clients, plan)}
             level["service_cpu_cores"] = round(
                 (cpu_seconds(pids) - cpu_before) / (plan.args.warmup + plan.args.seconds), 2
@@ -627,13 +631,14 @@ def print_table(report: dict[str, Any]) -> None:
         )
         print(
             f"{'clients':>7} {'200/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'503s':>6} "
-            f"{'GPU %':>11} {'GPU MiB':>8} {'CPU cores':>9}  other answers"
+            f"{'GPU % mean/max':>14} {'GPU MiB all/svc':>15} {'CPU cores':>9}  other answers"
         )
         for lv in part["levels"]:
             gpu_pct = f"{fmt(lv['gpu_util_mean'], 0)}/{fmt(lv['gpu_util_max'], 0)}"
+            gpu_mib = f"{fmt(lv['gpu_mem_max_mib'], 0)}/{fmt(lv['gpu_mem_service_max_mib'], 0)}"
             print(
                 f"{lv['clients']:>7} {fmt(lv['ok_per_s']):>8} {fmt(lv['p50_ms'], 0):>8} {fmt(lv['p95_ms'], 0):>8} "
-                f"{fmt(lv['p99_ms'], 0):>8} {lv['n503']:>6} {gpu_pct:>11} {fmt(lv['gpu_mem_max_mib'], 0):>8} "
+                f"{fmt(lv['p99_ms'], 0):>8} {lv['n503']:>6} {gpu_pct:>14} {gpu_mib:>15} "
                 f"{fmt(lv['service_cpu_cores'], 2):>9}  {lv['errors'] or '-'}"
             )
     if search.get("ratio"):
