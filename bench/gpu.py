@@ -55,6 +55,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from app.faces import FaceHead
 from bench.common import EVAL_DIR, REPO, read_bgr
 from bench.live import Server, server_env, start_server, stop_server
 from bench.overload import jpeg_long_side, prepare, settle
@@ -541,7 +542,6 @@ def measured(stage: Stage, batch: int, reps: int, budget: float) -> dict[str, An
 def run_stages(query: Path, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     from app.bootstrap import load_models
     from app.config import Settings
-    from app.faces import FaceHead
 
     log("stages: loading the face models and heads as the service does")
     started = time.monotonic()
@@ -571,14 +571,31 @@ def run_stages(query: Path, env: dict[str, str], args: argparse.Namespace) -> di
     )
     result["rows"] = rows = []
     log(f"stages: {engine.providers[0]}, batch sizes {batches}")
-    for batch in batches:  # the detector first: its first calls are not yet warmed by anything else
-        rows.append(measure(detector, batch, args.stage_reps, args.stage_seconds))
+    with GpuSampler([os.getpid()]) as sampler:
+        for batch in batches:  # the detector first: its first calls are not yet warmed by anything else
+            rows.append(measure(detector, batch, args.stage_reps, args.stage_seconds))
+        log("stages: detector done")
+        measure_models(engine, image, default_heads, detector, batches, args, rows)
+    result["gpu"] = sampler.figures()
+    return result
+
+
+def measure_models(
+    engine: Any,
+    image: np.ndarray,
+    default_heads: Sequence[FaceHead],
+    detector: Stage,
+    batches: list[int],
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+) -> None:
+    """The recognizer, the default heads and the whole engine call, once the detector's rows are done."""
     try:  # one face of the query, found without running the recognizer (its first call is measured below)
         found = engine.analyze_batch([image], embed=False)[0]
     except TypeError:  # an engine without embed=
         found = engine.analyze_batch([image])[0]
     if not found:
-        raise RuntimeError(f"no face in {query}: the recognizer and heads need one")
+        raise RuntimeError("no face in the query photo: the recognizer and heads need one")
     face = found[0]
     crop = face.crop
     if crop is None:
@@ -598,7 +615,6 @@ def run_stages(query: Path, env: dict[str, str], args: argparse.Namespace) -> di
         for batch in batches:
             rows.append(measure(stage, batch, args.stage_reps, args.stage_seconds))
         log(f"stages: {stage.name} done")
-    return result
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -655,9 +671,12 @@ def print_table(report: dict[str, Any]) -> None:
         )
     stages = report.get("stages")
     if stages and "rows" in stages:
+        gpu = stages["gpu"]
         print(
             f"\n-- engine stages ({stages['providers'][0]}; models loaded in {stages['load_s']} s, warm-up "
-            f"{fmt(stages['warmup_s'], 2)} s; batch sizes {stages['batches']} from {stages['batches_from']})"
+            f"{fmt(stages['warmup_s'], 2)} s; batch sizes {stages['batches']} from {stages['batches_from']}; "
+            f"GPU % mean/max {fmt(gpu['gpu_util_mean'], 0)}/{fmt(gpu['gpu_util_max'], 0)}, GPU MiB max "
+            f"{fmt(gpu['gpu_mem_max_mib'], 0)}, this process {fmt(gpu['gpu_mem_service_max_mib'], 0)})"
         )
         print(
             f"{'model':<16} {'batch':>5} {'first ms':>10} {'warm ms':>9} {'ms/item':>8} {'items/s':>9} "

@@ -83,6 +83,7 @@ def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) ->
 
     stages = report["stages"]
     assert stages["providers"][0] == "CPUExecutionProvider" and stages["batches"] == BATCHES
+    assert stages["gpu"]["gpu_mem_max_mib"] is None  # a CPU machine: n/a
     rows = {(r["model"], r["batch"]): r for r in stages["rows"]}
     models = ["detector", "recognizer", *(f"head {h}" for h in stages["heads"]), "engine call"]
     assert set(rows) == {(m, b) for m in models for b in BATCHES}
