@@ -63,7 +63,6 @@ from bench.photos import EXTENSIONS, make_variant_folder
 
 GPU_KIT = Path(os.environ.get("GPU_KIT", "/tmp/gpu"))
 DEFAULT_BATCHES = (1, 4, 16, 64)
-INDEXED_PHOTOS = 6
 STARTED = time.monotonic()
 
 
@@ -110,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-stages", action="store_true")
     p.add_argument("--ingest-images", type=int, default=1000, help="images for the ingest run (default 1000)")
     p.add_argument("--photos", type=Path, help="a folder of face photos (default: the eval set, else the GPU kit's)")
+    p.add_argument("--index-photos", type=int, default=6, help="photos indexed before the load (default 6)")
     p.add_argument("--query", type=Path, help="the search photo, sent at 640 px (default img1.jpg of --photos)")
     p.add_argument("--loadgen", type=Path, help="loadgen.py (default: ../shared/gpu/, $GPU_KIT or /tmp/gpu)")
     p.add_argument("--load-procs", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 4)))
@@ -326,7 +326,7 @@ def load_service(name: str, module: str, env: dict[str, str], plan: LoadPlan) ->
     try:
         result: dict[str, Any] = {"start_s": round(time.monotonic() - started, 1), "log": str(server.log_path)}
         log(f"{name}: up in {result['start_s']} s at {server.base_url}; indexing {len(plan.indexed)} photos")
-        result["query_faces"] = prepare(server, plan.query.read_bytes(), plan.indexed)
+        result["query_faces"] = prepare(server, plan.query.read_bytes(), plan.indexed, busy_retry_s=180.0)
         if result["query_faces"] != 1:
             log(f"WARNING: {name} finds {result['query_faces']} faces in the query photo, not 1")
         if module == "app":
@@ -365,11 +365,11 @@ def choose_query(photos: Path, query: Path | None) -> Path:
     return photos / "img1.jpg" if (photos / "img1.jpg").is_file() else photo_files(photos)[0]
 
 
-def query_and_indexed(photos: Path, query: Path, work: Path) -> tuple[Path, list[tuple[str, bytes]]]:
+def query_and_indexed(photos: Path, query: Path, work: Path, count: int) -> tuple[Path, list[tuple[str, bytes]]]:
     """The query as a 640 px JPEG in `work`, and the first few other photos as 800 px JPEGs to index."""
     path = work / "query-640.jpg"
     path.write_bytes(jpeg_long_side(query, 640))
-    others = [f for f in photo_files(photos) if f.resolve() != query.resolve()][:INDEXED_PHOTOS]
+    others = [f for f in photo_files(photos) if f.resolve() != query.resolve()][:count]
     return path, [(f.name, jpeg_long_side(f, 800)) for f in others]
 
 
@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="oceano-bench-gpu-"))
     try:
         source = choose_query(photos, args.query)
-        query, indexed = query_and_indexed(photos, source, work)
+        query, indexed = query_and_indexed(photos, source, work, args.index_photos)
         plan = LoadPlan(query, indexed, loadgen, args, work)
         search: dict[str, Any] = {"query": f"{source} at 640 px", "indexed": [n for n, _ in indexed]}
         report["search"] = search

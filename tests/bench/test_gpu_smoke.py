@@ -54,6 +54,8 @@ def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) ->
         ",".join(map(str, BATCHES)),
         "--stage-reps",
         "1",
+        "--index-photos",
+        "2",
         "--photos",
         str(eval_dir),
         "--json",
