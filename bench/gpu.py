@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-photos", type=int, default=6, help="photos indexed before the load (default 6)")
     p.add_argument("--query", type=Path, help="the search photo, sent at 640 px (default img1.jpg of --photos)")
     p.add_argument("--loadgen", type=Path, help="loadgen.py (default: ../shared/gpu/, $GPU_KIT or /tmp/gpu)")
-    p.add_argument("--load-procs", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 4)))
+    p.add_argument(
+        "--load-procs",
+        type=int,
+        default=max(1, min(4, (os.cpu_count() or 1) // 4)),
+        help="load generator processes (default: a quarter of the cores, 1 to 4)",
+    )
     p.add_argument("--batches", type=int_list, help="stage batch sizes (default: the engine's set, else 1,4,16,64)")
     p.add_argument("--stage-reps", type=int, default=5, help="warm calls per stage and batch size (default 5)")
     p.add_argument("--stage-seconds", type=float, default=2.0, help="at most this long of warm calls (default 2)")
@@ -355,6 +360,9 @@ def load_service(name: str, module: str, env: dict[str, str], plan: LoadPlan) ->
             )
             result["levels"].append(level)
         return result
+    except BaseException:
+        log(f"{name} failed; the end of its log:\n{server.log_tail()}")
+        raise
     finally:
         stop_server(server)
 
@@ -693,7 +701,9 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{shapes} ({r['onnx_first_runs']} runs)"
             )
     for name, error in report["errors"].items():
-        print(f"\n!! {name} failed: {error.splitlines()[-1] if error else ''}")
+        lines = error.splitlines() or [""]
+        cause = next((line for line in reversed(lines) if "Error" in line), lines[-1])
+        print(f"\n!! {name} failed (the whole message is in the JSON and above): {cause}")
 
 
 def save(report: dict[str, Any], path: Path | None) -> None:
