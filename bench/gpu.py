@@ -24,7 +24,8 @@ Sections, in the order they run (the table at the end follows the same order; pr
    recognizer, each default head and the whole engine call (FaceEngine.analyze_batch with the default heads), at
    each batch size (the engine's configured set when it exposes one, else --batches): the first call at that size
    and the mean of warm calls (--stage-reps, at most --stage-seconds each), with the ONNX input shapes and run time
-   seen through each model's session.
+   seen through each model's session. The detector runs first, on shapes nothing has run yet; the engine call runs
+   last, so its first calls pay only for shapes the rows above did not run.
 Photos: --photos DIR (default ../shared/eval/faces-a beside the checkout, else $GPU_KIT/photos or /tmp/gpu/photos).
 
 Budget with the defaults on a GPU: 3 levels x (3 + 15) s x 2 services, two service starts, 1,000 images of ingest,
@@ -48,7 +49,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -497,7 +498,6 @@ class Stage:
     unit: str  # what one item of a batch is
     call: Callable[[int], object]
     timers: list[TimedSession]  # the ONNX sessions the call runs, where they could be watched
-    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def measure(stage: Stage, batch: int, reps: int, budget: float) -> dict[str, Any]:
