@@ -451,16 +451,19 @@ class TimedSession:
 
 
 def timed(model: Any, name: str) -> list[TimedSession]:
-    """Put a TimedSession in front of `model.session`; none where the model keeps its session otherwise."""
-    real = getattr(model, "session", None)
-    if real is None:
-        return []
-    timer = real if isinstance(real, TimedSession) else TimedSession(real, name)
-    try:
-        model.session = timer
-    except AttributeError:
-        return []
-    return [timer]
+    """Put a TimedSession in front of the model's ONNX session (`session` or `_session`); none where the model
+    keeps it otherwise (the rows then have no ONNX figures, the timings of the calls stay)."""
+    for attribute in ("session", "_session"):
+        real = getattr(model, attribute, None)
+        if real is None or not callable(getattr(real, "run", None)):
+            continue
+        timer = real if isinstance(real, TimedSession) else TimedSession(real, name)
+        try:
+            setattr(model, attribute, timer)
+        except AttributeError:
+            return []
+        return [timer]
+    return []
 
 
 @contextmanager

@@ -90,7 +90,8 @@ def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) ->
     models = ["detector", "recognizer", *(f"head {h}" for h in stages["heads"]), "engine call"]
     assert set(rows) == {(m, b) for m in models for b in BATCHES}
     for (model, batch), row in rows.items():
-        for key in ("first_ms", "warm_ms", "warm_ms_per_item", "items_per_s", "onnx_warm_ms"):
+        for key in ("first_ms", "warm_ms", "warm_ms_per_item", "items_per_s"):
             assert is_number(row[key]) and row[key] > 0, (model, batch, key, row)
-        assert row["onnx_first_runs"] >= 1 and row["onnx_first_shapes"], row
+    # the ONNX runs are seen through each model's session (where an engine keeps it as `session`, as this one does)
+    assert all(row["onnx_first_runs"] >= 1 and row["onnx_warm_ms"] > 0 for row in rows.values()), rows
     assert "-- engine stages" in run.stdout and "-- search under load: plain" in run.stdout
