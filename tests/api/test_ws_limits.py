@@ -107,7 +107,7 @@ def test_deflate_bombs_and_oversized_messages_are_closed_and_memory_stays_bounde
         peak = max(sampler.peak_kb, service.memory_kb()["VmHWM"] if resettable else 0)
         assert answered == Counter({"answered unsupported_media_type": sockets}), answered
         assert peak - warm < bound_kb, f"peak RSS +{(peak - warm) / 1024:.0f} MB for {answered}"
-        # Back near its level once the sockets are closed (nothing kept by them, nothing kept by the allocator).
+        # Back near its level once the sockets are closed: nothing of theirs is kept.
         deadline = time.monotonic() + 30
         while service.memory_kb()["VmRSS"] - warm > 64 * 1024:
             assert time.monotonic() < deadline, f"RSS +{(service.memory_kb()['VmRSS'] - warm) / 1024:.0f} MB held"
