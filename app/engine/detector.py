@@ -77,12 +77,12 @@ class ScrfdDetector(OnnxModel):
         """`batch_sizes`: empty for 1 on the CPU, 1,4,16 on a GPU. `canvases`: (width, height) of the canvases one
         image may be letterboxed onto, each within det_size; None: det_size alone on a GPU (every new input shape
         costs a kernel search there), aspect_canvases(det_size) on the CPU."""
+        self.det_size = det_size
         super().__init__(path, name=path.name, runtime=runtime, batch_sizes=batch_sizes)
         if len(self.output_names) != 9:
             raise ModelPackError(
                 f"detector has {len(self.output_names)} outputs; a SCRFD model with keypoints (9 outputs) is required"
             )
-        self.det_size = det_size
         self.threshold = threshold
         self.max_faces = max_faces  # 0: no cap
         if canvases is None:
@@ -96,6 +96,9 @@ class ScrfdDetector(OnnxModel):
 
     def default_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
         return (1, 4, 16) if on_gpu else (1,)  # batching the detector helps on a GPU only
+
+    def _gpu_item_shape(self) -> tuple[int, ...] | None:
+        return (3, self.det_size[1], self.det_size[0])  # the one canvas on a GPU
 
     def _batch_axis_usable(self) -> bool:
         batch_dim = self.session.get_inputs()[0].shape[0]

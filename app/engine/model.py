@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -60,6 +61,13 @@ class ShapeTiming:
         return self.total_s / (self.runs - 1) if self.runs > 1 else None
 
 
+def _fixed_dims(dims: Any) -> tuple[int, ...] | None:
+    """One row's input shape when the graph fixes every axis of it (None when any is dynamic)."""
+    if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        return None
+    return tuple(int(d.dim_value) for d in dims)
+
+
 class OnnxModel:
     """One ONNX model in its session, run only at its batch sizes.
 
@@ -90,12 +98,14 @@ class OnnxModel:
         self.runtime = runtime
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
         batched, changed = dynamic_batch_model(proto) if self.REWRITE_BATCH_AXIS else (True, False)
-        self._proto_input = proto.graph.input[0]
-        item = self._declared_item_shape()
+        # Kept as plain numbers: a reference into the graph would keep the whole model (250 MB for glintr100) alive.
+        first = proto.graph.input[0]
+        self._item_shape = _fixed_dims(first.type.tensor_type.shape.dim[1:])
         profile = None
-        if item is not None and batch_sizes:
-            ends = (min(batch_sizes), max(batch_sizes)) if batched else (1, 1)
-            profile = TensorrtProfile(self._proto_input.name, (ends[0], *item), (ends[1], *item))
+        if (item := self._gpu_item_shape()) is not None:
+            sizes = batch_sizes or self.default_batch_sizes(True)  # a profile is TensorRT's: on a GPU
+            ends = (min(sizes), max(sizes)) if batched else (1, 1)
+            profile = TensorrtProfile(first.name, (ends[0], *item), (ends[1], *item))
         source = path if path is not None and not changed else proto.SerializeToString()
         self.session: ort.InferenceSession = create_session(source, runtime=runtime, name=name, profile=profile)
         inp = self.session.get_inputs()[0]
@@ -115,23 +125,19 @@ class OnnxModel:
         only lengthen the warm-up; a GPU runs 64 rows in about the time of one."""
         return (1, 4, 16, 64) if on_gpu else (1, 4, 16)
 
+    def _gpu_item_shape(self) -> tuple[int, ...] | None:
+        """One row's input shape on a GPU, for TensorRT's profile (None: no profile)."""
+        return self._item_shape
+
     def _batch_axis_usable(self) -> bool:
         """Whether the session's outputs carry the batch axis (a subclass may know they do not)."""
         return True
 
-    def _declared_item_shape(self) -> tuple[int, ...] | None:
-        """One row's input shape when the graph fixes it (None when any axis but the batch is dynamic)."""
-        dims = self._proto_input.type.tensor_type.shape.dim[1:]
-        if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-            return None
-        return tuple(int(d.dim_value) for d in dims)
-
     def input_shapes(self) -> Sequence[Shape]:
         """Every input shape a run of this model can have (warm_up runs each; tests check nothing else arrives)."""
-        item = self._declared_item_shape()
-        if item is None:
+        if self._item_shape is None:
             raise NotImplementedError(f"{type(self).__name__} has a dynamic input: it must list its input shapes")
-        return [(size, *item) for size in self.batch_sizes]
+        return [(size, *self._item_shape) for size in self.batch_sizes]
 
     # -------------------------------------------------------------------------------------------------- batches
     @property
