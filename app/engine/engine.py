@@ -98,6 +98,11 @@ class FaceEngine:
         """The engine's ONNX models by role (benchmarks time them: OnnxModel.warm_up, time_run)."""
         return {"detector": self.detector, "recognizer": self.recognizer}
 
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Every batch size any face model runs at (bench.gpu times the engine's stages at each)."""
+        return sorted({size for model in self.models.values() for size in model.batch_sizes})
+
     def warm_up(self) -> dict[str, dict[Shape, float]]:
         """Runs every input shape of each model once; seconds per shape, per model."""
         return {name: model.warm_up() for name, model in self.models.items()}
