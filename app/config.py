@@ -41,6 +41,21 @@ class ProviderChoice(StrEnum):
     CUDA = "cuda"
 
 
+class CudnnConvAlgoSearch(StrEnum):
+    """How the CUDA provider picks each convolution's algorithm, once per new input shape (onnxruntime's names)."""
+
+    HEURISTIC = "HEURISTIC"  # cuDNN's heuristics: milliseconds per new shape
+    DEFAULT = "DEFAULT"  # the default algorithm, no search
+    EXHAUSTIVE = "EXHAUSTIVE"  # benchmark every algorithm (onnxruntime's default): seconds per new shape on a GPU
+
+
+class ArenaExtendStrategy(StrEnum):
+    """How the CUDA provider's memory arena grows (onnxruntime's names)."""
+
+    NEXT_POWER_OF_TWO = "kNextPowerOfTwo"
+    SAME_AS_REQUESTED = "kSameAsRequested"
+
+
 class ReadAccess(StrEnum):
     OPEN = "open"  # search routes answer anyone (writes still need a key, or loopback while no key exists)
     KEY = "key"  # search routes need a key with the search (or admin) scope too
@@ -56,6 +71,20 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def _items(value: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _batch_sizes(value: Any, name: str) -> Any:
+    """'1,4,16,64' -> (1, 4, 16, 64): sorted, repeats dropped."""
+    if isinstance(value, str):
+        parts = _items(value)
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f"{name} must be batch sizes separated by commas, e.g. 1,4,16,64")
+        value = [int(p) for p in parts]
+    if isinstance(value, list | tuple):
+        if any(int(v) < 1 or int(v) > 4096 for v in value):
+            raise ValueError(f"{name}: each batch size must be between 1 and 4096")
+        value = tuple(sorted({int(v) for v in value}))
+    return value
 
 
 class Settings(BaseSettings):
@@ -92,8 +121,19 @@ class Settings(BaseSettings):
     # app.engine.runtime.ReplaySession), so a benchmark measures everything but inference. Logged loudly.
     engine_standin: bool = False
     ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
-    det_batch: int = Field(default=0, ge=0)  # 0: 1 on CPU, 16 on CUDA (batching helps only on a GPU)
-    rec_batch: int = Field(default=64, ge=1)
+    # The only batch sizes each model runs at (app.engine.model): a call's images or faces are cut into chunks of
+    # these sizes, every one of them run once at start-up. Empty: DET_BATCH_SIZES 1 on the CPU (batching the
+    # detector does not help there), 1,4,16 on a GPU; REC_BATCH_SIZES (the recognizer and the heads) 1,4,16 on
+    # the CPU (a CPU run costs per face: larger batches gain nothing and cost warm-up), 1,4,16,64 on a GPU.
+    det_batch_sizes: Annotated[tuple[int, ...], NoDecode] = ()
+    rec_batch_sizes: Annotated[tuple[int, ...], NoDecode] = ()
+    # The CUDA provider (PROVIDERS=auto/cuda on a GPU): set, not onnxruntime's defaults (README "GPU").
+    cuda_device_id: int = Field(default=0, ge=0)
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = CudnnConvAlgoSearch.HEURISTIC
+    gpu_mem_limit_mb: int = Field(default=0, ge=0)  # the CUDA arena's cap; 0: no cap
+    arena_extend_strategy: ArenaExtendStrategy = ArenaExtendStrategy.NEXT_POWER_OF_TWO
+    # TensorRT before CUDA when onnxruntime offers it; its engines are cached under STATE_DIR/tensorrt.
+    tensorrt: bool = False
     # Concurrent requests queued while the engine is busy are run together, up to this many images per call.
     request_batch: int = Field(default=32, ge=1)
     heads: str = "emotion"  # comma-separated heads run by default on /api/analyze and the HTML page
@@ -210,6 +250,16 @@ class Settings(BaseSettings):
         if any(v < 64 or v > 4096 or v % 32 for v in value):
             raise ValueError("DET_SIZE sides must be multiples of 32 between 64 and 4096")
         return value
+
+    @field_validator("det_batch_sizes", mode="before")
+    @classmethod
+    def _parse_det_batch_sizes(cls, value: Any) -> Any:
+        return _batch_sizes(value, "DET_BATCH_SIZES")
+
+    @field_validator("rec_batch_sizes", mode="before")
+    @classmethod
+    def _parse_rec_batch_sizes(cls, value: Any) -> Any:
+        return _batch_sizes(value, "REC_BATCH_SIZES")
 
     @field_validator("crowd_levels", mode="before")
     @classmethod
