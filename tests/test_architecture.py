@@ -14,6 +14,8 @@ import pytest
 from tests.support import REPO
 
 MAX_MODULE_LINES = 450
+# Over the limit today, being split by their owners: they may shrink, never grow; remove an entry once it is done.
+OVERSIZE = {"app/ingest/pipeline.py": 535, "bench/gpu.py": 783}
 
 
 def test_import_contracts_are_kept() -> None:
@@ -32,7 +34,7 @@ def test_no_module_is_over_the_size_limit() -> None:
         for path in (REPO / package).rglob("*.py")
     }
     assert sizes, "no modules found"
-    too_long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    too_long = {name: n for name, n in sizes.items() if n > OVERSIZE.get(name, MAX_MODULE_LINES)}
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"
 
 

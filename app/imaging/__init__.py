@@ -21,6 +21,7 @@ from app.imaging.decode import (
     decode_image,
     encode_jpeg,
     read_image_bytes,
+    read_image_file,
 )
 from app.imaging.header import (
     IMAGE_EXTENSIONS,
@@ -52,5 +53,6 @@ __all__ = [
     "pixel_limit_from_env",
     "read_header",
     "read_image_bytes",
+    "read_image_file",
     "sniff_format",
 ]

@@ -240,6 +240,12 @@ def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
         raise BadImage(f"cannot read {path}: {exc.strerror}") from exc
 
 
+def read_image_file(path: Path, *, max_bytes: int, max_pixels: int, max_side: int | None = None) -> DecodedImage:
+    """Read and decode a file from disk, refusing oversized files before reading them."""
+    data = read_image_bytes(path, max_bytes=max_bytes)
+    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side)
+
+
 def crop_thumbnail(
     image: np.ndarray, bbox: tuple[float, float, float, float], *, size: int, margin: float = 0.25
 ) -> np.ndarray:

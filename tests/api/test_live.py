@@ -85,10 +85,7 @@ def test_live_page_streams_the_camera_and_draws_the_face(tmp_path: Path) -> None
 def test_live_page_sends_the_key_in_the_handshake_not_the_url(tmp_path: Path) -> None:
     """AUTH_READS=key and the search page's key in the tab: the live page's sockets carry it as the `oceano.key.`
     subprotocol, never in their URL (which servers and proxies log), and the frames flow."""
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it where it can)")
-    if importlib.util.find_spec("playwright") is None:
-        cannot_run("playwright is not installed (pip install -e '.[test]')")
+    chromium = require_browser()
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -104,13 +101,13 @@ def test_live_page_sends_the_key_in_the_handshake_not_the_url(tmp_path: Path) ->
         try:
             playwright = stack.enter_context(sync_playwright())
         except Exception as exc:  # its node driver did not start
-            cannot_run(f"playwright did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            browser_missing(f"playwright did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         try:
             browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=[*FAKE_CAMERA_FLAGS, f"--use-file-for-fake-video-capture={camera}"]
+                executable_path=chromium, args=[*FAKE_CAMERA_FLAGS, f"--use-file-for-fake-video-capture={camera}"]
             )
         except PlaywrightError as exc:
-            cannot_run(f"chromium did not start under playwright: {str(exc).splitlines()[0]}")
+            browser_missing(f"chromium did not start under playwright: {str(exc).splitlines()[0]}")
         try:
             page = browser.new_page()
             sockets: list[str] = []
