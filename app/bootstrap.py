@@ -16,7 +16,15 @@ from app.ingest.manager import JobManager
 from app.ingest.model import STATE_FILE
 from app.ingest.state import IngestState
 from app.service import FaceService
-from app.store import ThumbnailStore, VectorStore, open_store
+from app.store import (
+    ERASURES_FILE,
+    ErasureJournal,
+    ThumbnailStore,
+    VectorStore,
+    open_store,
+    other_embedded_collections,
+    store_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +105,23 @@ def open_services(
         if build_index and store.info().status != "green":
             store.optimize()
         thumbs = ThumbnailStore(settings.thumbs_dir)
+        erasures = ErasureJournal(settings.state_dir / ERASURES_FILE)
+        closer.callback(erasures.close)
         request_batcher = None
         if batcher:
             request_batcher = InferenceBatcher(engine, max_images=settings.request_batch)
             closer.callback(request_batcher.close)
         service = FaceService(
-            settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs, analyzer=request_batcher
+            settings=settings,
+            engine=engine,
+            heads=heads,
+            store=store,
+            thumbs=thumbs,
+            erasures=erasures,
+            analyzer=request_batcher,
         )
-        service.settle_thumbnails()  # before any writer starts
+        alone = thumbs.claim(store_identity(settings), alone=not other_embedded_collections(settings))
+        service.settle_thumbnails(sweep_orphans=alone)  # before any writer starts
         ingest_state = manager = None
         if state or jobs:
             ingest_state = IngestState(settings.state_dir / STATE_FILE)
