@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     thumbs_dir: Path = Path("state/thumbs")
     # POST /api/ingest makes the service read a path: comma-separated folders it may read from (empty: refused).
     ingest_roots: str = ""
+    # Seconds an ingest run waits for one file's bytes (a hung network mount): then the file is recorded failed.
+    ingest_file_timeout: float = Field(default=30.0, gt=0)
     # Writes are refused (507) while the embedded store's disk has less free space than this.
     min_free_disk_mb: int = Field(default=256, ge=0)
     max_upload_mb: float = Field(default=20.0, gt=0)
