@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -328,3 +329,14 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.rstrip("/") for o in _items(self.cors_origins)]
+
+
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> None:
+    """Every file this process makes is 0600 and every folder 0700, whoever starts it and with whatever umask:
+    face crops, the collection's segments and the state databases are nobody else's business. Called once by
+    each command (`python -m app`, `app.ingest`, `app.keys`, `app.collection`) before it opens anything; files made
+    earlier keep their modes (`chmod -R go-rwx` them)."""
+    os.umask(PRIVATE_UMASK)
