@@ -4,6 +4,7 @@ state and job manager, in order. Used by the service (app.api), the CLI's local 
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -79,6 +80,7 @@ def open_services(
     build_index: bool = True,
     observer: EngineObserver | None = None,
     keys: bool = True,
+    sweep: bool = True,
 ) -> Services:
     """Everything a Settings describes, opened in order; on a failure half-way what was opened is closed.
 
@@ -87,7 +89,8 @@ def open_services(
     ingest state (implied by `jobs`). `build_index`: build a pending HNSW index before serving (it blocks the
     process, see EdgeStore). `observer`: told of every engine call, wait, shed and drop (the service's metrics),
     installed before any job runs. `keys`: the API keys of STATE_DIR, kept up to date with changes made by other
-    processes (the service)."""
+    processes (the service). `sweep`: remove crops without a point, on a thread beside the service, when
+    THUMBS_DIR is this collection's alone (see ThumbnailStore.claim)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     configure_pixel_limits(int(settings.max_megapixels * 1e6))
     engine, heads = models or load_models(settings)
@@ -120,8 +123,15 @@ def open_services(
             erasures=erasures,
             analyzer=request_batcher,
         )
-        alone = thumbs.claim(store_identity(settings), alone=not other_embedded_collections(settings))
-        service.settle_thumbnails(sweep_orphans=alone)  # before any writer starts
+        service.settle_thumbnails()  # before any writer starts
+        if sweep and thumbs.claim(store_identity(settings), alone=not other_embedded_collections(settings)):
+            stop_sweep = threading.Event()
+            sweeper = threading.Thread(
+                target=service.sweep_orphans, args=(stop_sweep,), name="orphan-sweep", daemon=True
+            )
+            sweeper.start()
+            closer.callback(sweeper.join)  # after stop_sweep is set, before the store closes
+            closer.callback(stop_sweep.set)
         ingest_state = manager = None
         if state or jobs:
             ingest_state = IngestState(settings.state_dir / STATE_FILE)

@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -177,11 +178,18 @@ class ThumbnailStore:
                         if ext == "jpg" and _canonical(stem):
                             yield stem, entry
 
-    def sweep_orphans(self, stored: Callable[[list[str]], set[str]], *, min_age: float = ORPHAN_MIN_AGE) -> int:
+    def sweep_orphans(
+        self,
+        stored: Callable[[list[str]], set[str]],
+        *,
+        min_age: float = ORPHAN_MIN_AGE,
+        stop: threading.Event | None = None,
+    ) -> int:
         """Remove the crops whose point is not in the store (`stored` answers which of some ids are), older than
-        `min_age` seconds. One walk of the folder; the store is asked SWEEP_BATCH ids at a time. Call before any
-        writer starts, and only after `claim` said the folder is this collection's alone. Returns the number
-        removed."""
+        `min_age` seconds. One walk of the folder; the store is asked SWEEP_BATCH ids at a time; `stop` ends it
+        between batches. Only after `claim` said the folder is this collection's alone. Safe beside writers: a crop
+        is put in place only once its point is stored, and one written since the store was asked is younger than
+        `min_age`. Returns the number removed."""
         cutoff = time.time() - min_age
         removed = 0
         batch: dict[str, os.DirEntry[str]] = {}
@@ -205,6 +213,8 @@ class ThumbnailStore:
             batch[face_id] = entry
             if len(batch) >= SWEEP_BATCH:
                 removed += settle()
+                if stop is not None and stop.is_set():
+                    return removed
         if batch:
             removed += settle()
         if removed:
