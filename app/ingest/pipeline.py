@@ -34,9 +34,9 @@ from pathlib import Path
 
 from app.config import Settings
 from app.engine import CallSource, resolve_pack
-from app.errors import BadImage, EngineBusy, OceanoError, StoreUnavailable
+from app.errors import EngineBusy, OceanoError, StoreUnavailable
 from app.faces import Face
-from app.imaging import DecodedImage, decode_image, read_image_bytes
+from app.imaging import DecodedImage, decode_image
 from app.ingest.commit import CommitBuffer, Entry, EntryKind, write_with_retry
 from app.ingest.model import (
     LAST_ERRORS,
@@ -49,6 +49,7 @@ from app.ingest.model import (
     RetryPolicy,
     RunOutcome,
 )
+from app.ingest.read import read_with_deadline
 from app.ingest.state import IngestState, collection_key
 from app.ingest.walk import Roots, iter_image_files
 from app.service import FaceService, ImageToIndex, content_hash
@@ -365,7 +366,13 @@ class IngestJob:
             if not stat.S_ISREG(st.st_mode):
                 loaded.error = "not a regular file"
                 return loaded
-            data = self._read(path)
+            data = read_with_deadline(
+                path,
+                max_bytes=self.settings.max_upload_bytes,
+                follow_symlinks=self.options.follow_symlinks or path == self.root,  # the walk yields links only then
+                timeout=self.settings.ingest_file_timeout,
+                stop=self._halt,
+            )
             if data is None:
                 loaded.error = "stopped"
                 return loaded
@@ -381,38 +388,6 @@ class IngestJob:
         except Exception as exc:  # a decoder crash on one file must not stop the run
             loaded.error = f"cannot decode: {type(exc).__name__}: {exc}"
         return loaded
-
-    def _read(self, path: Path) -> bytes | None:
-        """The file's bytes (a regular file only, see read_image_bytes), read on a thread of its own so that a read
-        that hangs (a dead network mount) costs this worker INGEST_FILE_TIMEOUT at most, and a stopped or cancelled
-        run no more than a moment: the reader is then left behind (a daemon thread) and the file recorded failed,
-        or None when the run was stopped."""
-        result: list[bytes | BaseException] = []
-        done = threading.Event()
-        follow = self.options.follow_symlinks or path == self.root  # the walk yields links only when following
-
-        def read() -> None:
-            try:
-                result.append(read_image_bytes(path, max_bytes=self.settings.max_upload_bytes, follow_symlinks=follow))
-            except BaseException as exc:
-                result.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=read, name="ingest-read", daemon=True).start()
-        deadline = time.monotonic() + self.settings.ingest_file_timeout
-        while not done.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
-            if self._halt.is_set():
-                return None
-            if time.monotonic() >= deadline:
-                raise BadImage(
-                    f"reading the file took over {self.settings.ingest_file_timeout:g} s (INGEST_FILE_TIMEOUT): "
-                    f"skipped; a stuck network mount or device?"
-                )
-        outcome = result[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
     def _record_unread(self, loaded: _Loaded) -> None:
         """A file that needs no inference: failed, or unchanged content under a new mtime."""

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.engine import FaceEngine
 from app.errors import StoreUnavailable
-from app.ingest import pipeline
+from app.ingest import read
 from app.ingest.model import STATE_FILE, FileStatus, JobStatus, RetryPolicy, RunOutcome
 from app.ingest.pipeline import IngestJob
 from app.ingest.state import IngestState
@@ -465,7 +465,7 @@ class HungMount:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.released = threading.Event()
-        self.read = pipeline.read_image_bytes
+        self.read = read.read_image_bytes
 
     def __call__(self, path: Path, **limits: Any) -> bytes:
         if path == self.path:
@@ -477,7 +477,7 @@ def test_a_read_that_hangs_is_failed_at_ingest_file_timeout(tmp_path: Path, monk
     root = tmp_path / "photos"
     victim, *_ = sorted(face_folder(root, 3, nested=False))
     hung = HungMount(victim)
-    monkeypatch.setattr(pipeline, "read_image_bytes", hung)
+    monkeypatch.setattr(read, "read_image_bytes", hung)
     settings = make_settings(tmp_path / "state", ingest_roots=str(root), ingest_file_timeout=1.0)
     with TestClient(create_app(settings), client=LOOPBACK) as client:
         try:
@@ -497,7 +497,7 @@ def test_cancelling_a_job_stuck_on_a_read_ends_it_and_the_next_job_runs(
     victim, *_ = sorted(face_folder(root, 3, nested=False))
     face_folder(other, 2, start=3)
     hung = HungMount(victim)
-    monkeypatch.setattr(pipeline, "read_image_bytes", hung)
+    monkeypatch.setattr(read, "read_image_bytes", hung)
     with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))), client=LOOPBACK) as c:
         try:
             stuck = c.post("/api/ingest", json={"path": str(root), "workers": 1}).json()["id"]
