@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -345,6 +346,63 @@ def live_service(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """`python -m app` running in a subprocess: its URL, its process and the file its output goes to."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def service_process(
+    state: Path, env: Mapping[str, str] | None = None, *, seconds: float = 120
+) -> Iterator[ServiceProcess]:
+    """`python -m app` as an operator runs it (uvicorn set up by app.__main__), on a free loopback port, its state
+    under `state`, stdout and stderr to state/service.log; waits (bounded) for /health 200, stops it with SIGTERM."""
+    import httpx
+
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "QDRANT_PATH": str(state / "qdrant"),
+        "THUMBS_DIR": str(state / "thumbs"),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        **(env or {}),
+    }
+    log = state / "service.log"
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + seconds
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            yield ServiceProcess(url, proc, log)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 # ------------------------------------------------------------------------------------------------- real time
