@@ -4,7 +4,8 @@ uvicorn's `http` protocol class):
 - HEADER_TIMEOUT: a connection that has not sent a whole request head within it (from its opening, or from the
   first byte of a later request on a kept-alive connection) gets 408 and is closed. uvicorn alone keeps such a
   connection open for good, and enough of them (1,100 sending one byte a second, measured) hold every slot of
-  UVICORN_LIMIT_CONCURRENCY: /health answers 503.
+  UVICORN_LIMIT_CONCURRENCY: /health answers 503. Such connections do not count against that limit either: a
+  connection joins uvicorn's count once its first request head is in.
 - MAX_CLIENT_CONNECTIONS: connections open at once from one peer address, WebSockets included; the one over it is
   answered 429 and closed at once. Peers in FORWARDED_ALLOW_IPS are proxies that speak for many clients: not
   counted (nginx bounds its clients itself: limit_conn in deploy/nginx.conf).
@@ -98,6 +99,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Not one of uvicorn's connections (UVICORN_LIMIT_CONCURRENCY counts those) until a request head is in:
+        # connections that never send one cannot take the slots of those that do.
+        self.connections.discard(self)
         self._header_deadline: asyncio.TimerHandle | None = None
         self._peer: str | None = None  # set while this connection is counted against its peer
         peer = self.client[0] if self.client else None
@@ -122,6 +126,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_header_deadline()
+        self.connections.add(self)
         super().on_headers_complete()
 
     def handle_websocket_upgrade(self) -> None:
