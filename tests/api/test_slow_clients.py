@@ -8,6 +8,7 @@ its own (DEADLINE), and nothing is asserted about how long anything took."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import select
 import socket
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from tests.support import ServiceProcess, service_process
 
@@ -215,3 +217,20 @@ def test_keep_alive_is_unchanged(service: ServiceProcess) -> None:
         for _ in range(4):
             assert http.get("/health").status_code == 200
             time.sleep(1.0)
+
+
+def test_websockets_count_against_the_limit_and_free_their_slot(service: ServiceProcess) -> None:
+    """A WebSocket is a connection of its address like any other: PER_CLIENT open sockets leave no room for one
+    more connection; and a closed socket frees its slot (three times PER_CLIENT opened and closed one after the
+    other: every one is accepted)."""
+    source = "127.0.0.9"
+    ws_url = service.url.replace("http://", "ws://") + "/ws"
+    for _ in range(3 * PER_CLIENT):
+        with ws_connect(ws_url, sock=connect_from(source, service), open_timeout=30) as ws:
+            assert json.loads(ws.recv(timeout=30))["event"] == "connected"
+    with contextlib.ExitStack() as held:
+        for _ in range(PER_CLIENT):
+            held.enter_context(ws_connect(ws_url, sock=connect_from(source, service), open_timeout=30))
+        with connect_from(source, service) as extra:
+            received, closed = read_until_closed(extra)
+        assert closed and status_of(received) == 429, received[:300]
