@@ -49,6 +49,12 @@ def test_every_logger_goes_through_the_filter(json_lines: bool, monkeypatch: pyt
     are tracebacks."""
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
+    # As `python -m app` leaves them (uvicorn run with log_config=None); a test that ran uvicorn with its own
+    # logging config earlier in this process gave them handlers of their own.
+    uvicorn_logger = logging.getLogger("uvicorn")
+    monkeypatch.setattr(uvicorn_logger, "handlers", [])
+    monkeypatch.setattr(uvicorn_logger, "propagate", True)
+    monkeypatch.setattr(logging.getLogger("uvicorn.error"), "handlers", [])
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
