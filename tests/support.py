@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -333,6 +335,7 @@ def live_service(settings: Settings) -> Iterator[str]:
             proxy_headers=False,
             access_log=False,
             ws_max_size=settings.ws_max_message_bytes,
+            ws_per_message_deflate=False,
         )
     )
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
@@ -348,26 +351,35 @@ def live_service(settings: Settings) -> Iterator[str]:
         thread.join(60)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ServiceProcess:
-    """`python -m app` running in a subprocess: its URL, its process and the file its output goes to."""
+    """`python -m app` in a subprocess (see service_process): its URL and pid, and its memory read from /proc."""
 
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
 
+    def memory_kb(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS) of the service, in kB."""
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return {key: int(value) for key, value in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def reset_peak(self) -> bool:
+        """VmHWM back to the current RSS (Linux 4.0+); False where the kernel does not allow it."""
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
 
 @contextmanager
-def service_process(
-    state: Path, env: Mapping[str, str] | None = None, *, seconds: float = 120
-) -> Iterator[ServiceProcess]:
-    """`python -m app` as an operator runs it (uvicorn set up by app.__main__), on a free loopback port, its state
-    under `state`, stdout and stderr to state/service.log; waits (bounded) for /health 200, stops it with SIGTERM."""
-    import httpx
-
+def service_process(state: Path, env: Mapping[str, str] | None = None) -> Iterator[ServiceProcess]:
+    """The service as an operator runs it (`python -m app`, its own process: memory figures are its alone) on a
+    free port of 127.0.0.1, its state under `state`; waits (at most 120 s) for /health, stopped on exit."""
     state.mkdir(parents=True, exist_ok=True)
     port = free_port()
     full_env = {
@@ -375,34 +387,32 @@ def service_process(
         "STATE_DIR": str(state),
         "QDRANT_PATH": str(state / "qdrant"),
         "THUMBS_DIR": str(state / "thumbs"),
-        "PORT": str(port),
         "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": "warning",
         **(env or {}),
     }
     log = state / "service.log"
-    url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + seconds
-            while True:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            yield ServiceProcess(url, proc, log)
-        finally:
-            proc.terminate()
+        proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=full_env, stdout=out, stderr=out)
+    service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+                if httpx.get(f"{service.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield service
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 # ------------------------------------------------------------------------------------------------- real time
