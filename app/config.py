@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,6 +66,12 @@ class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"  # one JSON object per line
 
+
+# Old name -> what replaced it, for the start-up error.
+RENAMED_SETTINGS = {
+    "det_batch": "DET_BATCH_SIZES, the detector's batch sizes (e.g. 1,4,16)",
+    "rec_batch": "REC_BATCH_SIZES, the recognizer's and heads' batch sizes (e.g. 1,4,16,64)",
+}
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -349,6 +356,14 @@ class Settings(BaseSettings):
                     f"INDEX_THRESHOLD ({self.index_threshold})"
                 )
             self.max_segment_points = self.index_threshold  # a larger INDEX_THRESHOLD set alone keeps working
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_renamed(self) -> Settings:
+        """Unknown names are ignored: a deployment still setting a renamed one would silently get the default."""
+        old = sorted(name for name in os.environ if name.lower() in RENAMED_SETTINGS)
+        if old:
+            raise ValueError("renamed settings: " + "; ".join(f"{n} is now {RENAMED_SETTINGS[n.lower()]}" for n in old))
         return self
 
     @model_validator(mode="after")
