@@ -8,7 +8,9 @@ import logging
 import uvicorn
 
 from app.api import create_app
-from app.config import LogFormat, Settings
+from app.api.metrics import Metrics
+from app.api.server import ConnectionGuard
+from app.config import LogFormat, Settings, private_files
 from app.logs import configure_logging
 
 
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="override HOST")
     parser.add_argument("--port", type=int, help="override PORT")
     args = parser.parse_args(argv)
+    private_files()  # before anything is opened: crops, segments and state files 0600, folders 0700
     settings = Settings()
     if args.host:
         settings.host = args.host
@@ -29,8 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
     logging.getLogger("uvicorn.access").disabled = True  # app.api.context logs each request, with its id and key
     # The app reads forwarded headers itself (FORWARDED_ALLOW_IPS, app.api.context): uvicorn's own reading off.
+    app = create_app(settings)
+    metrics: Metrics = app.state.metrics
+    guard = ConnectionGuard.from_settings(settings, on_refused=metrics.connection_refused)
     uvicorn.run(
-        create_app(settings),
+        app,
+        http=guard.protocol(),  # HEADER_TIMEOUT and MAX_CLIENT_CONNECTIONS (app.api.server)
         host=settings.host,
         port=settings.port,
         workers=1,

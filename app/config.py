@@ -181,6 +181,8 @@ class Settings(BaseSettings):
     thumbs_dir: Path = Path("state/thumbs")
     # POST /api/ingest makes the service read a path: comma-separated folders it may read from (empty: refused).
     ingest_roots: str = ""
+    # Seconds an ingest run waits for one file's bytes (a hung network mount): then the file is recorded failed.
+    ingest_file_timeout: float = Field(default=30.0, gt=0)
     # Writes are refused (507) while the embedded store's disk has less free space than this.
     min_free_disk_mb: int = Field(default=256, ge=0)
     max_upload_mb: float = Field(default=20.0, gt=0)
@@ -223,6 +225,15 @@ class Settings(BaseSettings):
     # and the upload limits, not by this; it only stops an unbounded pile of idle sockets.
     uvicorn_limit_concurrency: int | None = 1024
     uvicorn_backlog: int = 2048
+    # Slow clients (app.api.server, app.api.errors.BodyDeadline). Seconds a connection has to send a whole request
+    # head (408 and closed past it): without it, idle half-sent requests hold the connection slots for good.
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # Seconds a request has to send its whole body, from the end of its head (408 and closed past it): 120 s
+    # takes a 20 MB upload at 1.4 Mbit/s. REQUEST_TIMEOUT starts once the body is in.
+    body_timeout: float = Field(default=120.0, gt=0, le=3600)
+    # Connections (WebSockets included) open at once from one client address; the one over it is answered 429 and
+    # closed. Peers in FORWARDED_ALLOW_IPS are proxies and are not counted (they bound their clients). 0: off.
+    max_client_connections: int = Field(default=64, ge=0, le=100_000)
     log_level: str = "info"
     log_format: LogFormat = LogFormat.TEXT
 
@@ -402,3 +413,14 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.rstrip("/") for o in _items(self.cors_origins)]
+
+
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> None:
+    """Every file this process makes is 0600 and every folder 0700, whoever starts it and with whatever umask:
+    face crops, the collection's segments and the state databases are nobody else's business. Called once by
+    each command (`python -m app`, `app.ingest`, `app.keys`, `app.collection`) before it opens anything; files made
+    earlier keep their modes (`chmod -R go-rwx` them)."""
+    os.umask(PRIVATE_UMASK)
