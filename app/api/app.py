@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         app.state.service = services.service
         app.state.jobs = services.jobs
-        metrics.services = services
+        metrics.service, metrics.jobs, metrics.backend = services.service, services.jobs, services.store.backend.value
         app.state.keys = services.keys
         logger.info("Oceano ready: collection %s, backend %s", settings.collection_name, services.store.backend.value)
         try:

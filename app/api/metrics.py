@@ -33,8 +33,9 @@ from app.engine import CallSource, Dropped, Shed
 from app.ingest.model import FileStatus, JobStatus
 
 if TYPE_CHECKING:
-    from app.bootstrap import Services
+    from app.ingest.manager import JobManager
     from app.realtime.stats import RealtimeStats
+    from app.service import FaceServiceApi
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +58,10 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
-        self.services: Services | None = None  # set by the lifespan; the scrape-time gauges read them
+        # Set by the lifespan; the scrape-time gauges read them.
+        self.service: FaceServiceApi | None = None
+        self.jobs: JobManager | None = None
+        self.backend = ""  # the store's backend (edge, server)
         self.realtime: RealtimeStats | None = None  # /ws counters (app.realtime.stats), set by create_app
         self.http_seconds = Histogram(
             "oceano_http_request_duration_seconds",
@@ -178,31 +182,31 @@ class ServiceGauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._realtime()
-        services = self.metrics.services
-        if services is None:
+        service = self.metrics.service
+        if service is None:
             return
         info = GaugeMetricFamily(
             "oceano_info",
             "The running service: version, model pack, store backend",
             labels=["version", "model", "backend"],
         )
-        info.add_metric([__version__, services.engine.pack.name, services.store.backend.value], 1)
+        info.add_metric([__version__, service.model_name, self.metrics.backend], 1)
         yield info
-        gate = services.engine.gate
-        yield _gauge("oceano_inference_slots", "Inference slots (GPU_CONCURRENCY)", gate.concurrency)
-        yield _gauge("oceano_inference_in_use", "Inference slots running a model now", gate.in_use)
-        yield _gauge("oceano_inference_waiting", "Callers waiting for an inference slot now", gate.waiting)
-        if services.batcher is not None:
+        engine = service.engine_status()
+        yield _gauge("oceano_inference_slots", "Inference slots (GPU_CONCURRENCY)", engine.concurrency)
+        yield _gauge("oceano_inference_in_use", "Inference slots running a model now", engine.in_use)
+        yield _gauge("oceano_inference_waiting", "Callers waiting for an inference slot now", engine.waiting)
+        if engine.estimated_wait is not None:
             yield _gauge(
                 "oceano_inference_estimated_wait_seconds",
                 "Seconds a request arriving now would wait for the engine (it is shed over GPU_ACQUIRE_TIMEOUT)",
-                services.batcher.estimated_wait(),
+                engine.estimated_wait,
             )
-        count = _safely("the collection size", services.store.count)
+        count = _safely("the collection size", service.face_count)
         yield _gauge("oceano_store_up", "1 when the vector store answered this scrape, else 0", count is not None)
         if count is not None:
             yield _gauge("oceano_collection_vectors", "Faces (vectors) in the collection", count)
-        jobs = services.jobs
+        jobs = self.metrics.jobs
         if jobs is not None:
             yield from _by_status(
                 "oceano_ingest_jobs",

@@ -18,10 +18,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
@@ -33,10 +32,11 @@ from app.access import Scope as KeyScope
 from app.api import ws_protocol as proto
 from app.api.auth import presented_key
 from app.api.contract import errors
+from app.api.upload import engine_call
 from app.api.ws_protocol import CloseCode, Envelope, Incoming, ProtocolError
 from app.config import ReadAccess, Settings
 from app.engine import Ticket
-from app.errors import EngineBusy, OceanoError, RequestTimeout
+from app.errors import EngineBusy, OceanoError
 from app.realtime import (
     AlertThrottle,
     CrowdScale,
@@ -49,11 +49,10 @@ from app.realtime import (
     crowd_alert,
 )
 from app.realtime.alerts import processing_alert
-from app.service import FaceService
+from app.service import FaceServiceApi
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])
-T = TypeVar("T")
 
 INLINE_JSON_CHARS = 64 * 1024  # larger messages are parsed in the thread pool
 
@@ -103,7 +102,9 @@ class Job:
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, *, service: FaceService, settings: Settings, stats: RealtimeStats) -> None:
+    def __init__(
+        self, websocket: WebSocket, *, service: FaceServiceApi, settings: Settings, stats: RealtimeStats
+    ) -> None:
         self.websocket = websocket
         self.service = service
         self.settings = settings
@@ -133,7 +134,7 @@ class Connection:
                 {
                     "client_id": self.client_id,
                     "server_time": proto.now_ms(),
-                    "model": service.engine.pack.name,
+                    "model": service.model_name,
                     "heads": service.heads.available(),
                     "default_heads": [h.name for h in service.select_heads(None)],
                     "version": __version__,
@@ -231,18 +232,18 @@ class Connection:
         if name == "emotions":
             return proto.emotions(self.analyzer.emotion_model())
         if name == "model_info":
-            return proto.model_info(self.analyzer.emotion_model(), detector=self.service.engine.pack.name)
+            return proto.model_info(self.analyzer.emotion_model(), detector=self.service.model_name)
         if name == "health":
             app_state = self.websocket.app.state
             healthy = not getattr(app_state, "shutting_down", False) and await run_in_threadpool(
-                self.service.store.healthy
+                self.service.store_healthy
             )
             return {
                 "type": "health",
                 "status": "healthy" if healthy else "unhealthy",
                 "service": proto.SERVICE_NAME,
                 "version": __version__,
-                "model": self.service.engine.pack.name,
+                "model": self.service.model_name,
                 "model_loaded": True,
                 "clients_connected": stats.active_connections,
                 "timestamp": time.time(),
@@ -271,17 +272,17 @@ class Connection:
     async def process(self, job: Job) -> None:
         started = time.perf_counter()
         reply_type = job.incoming.reply_type
+        options = job.options
+
+        def work(ticket: Ticket | None) -> FrameResult | Prediction | None:
+            data = proto.decode_base64(job.text)
+            if options is None:
+                return self.analyzer.predict(data, ticket)
+            return self.analyzer.process(data, options, ticket)
+
         try:
-            ticket = self.service.admit(1)  # a busy engine answers `busy` at once: no queue of frames
-            if job.options is None:
-                outcome: FrameResult | Prediction | None = await self.blocking(
-                    lambda: self.analyzer.predict(proto.decode_base64(job.text), ticket), ticket
-                )
-            else:
-                options = job.options
-                outcome = await self.blocking(
-                    lambda: self.analyzer.process(proto.decode_base64(job.text), options, ticket), ticket
-                )
+            # A busy engine answers `busy` at once: no queue of frames. The socket's reader goes on meanwhile.
+            outcome = await engine_call(self.service, 1, work, timeout=self.settings.request_timeout, what="the frame")
         except ProtocolError as exc:
             await self.failed(exc.code, exc.message, exc.details, reply_type)
             return
@@ -333,26 +334,6 @@ class Connection:
         self.last_failure = (code, message)
         await self.send(proto.error_message(code, message, details, reply_type))
 
-    async def blocking(self, fn: Callable[[], T], ticket: Ticket | None) -> T:
-        """`fn` in the thread pool, bounded by REQUEST_TIMEOUT. On a timeout or when the socket goes away, the
-        ticket is cancelled: the batcher drops the frame if it has not reached the engine yet."""
-        task = asyncio.ensure_future(run_in_threadpool(fn))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned one is not reported
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout=self.settings.request_timeout)
-        except TimeoutError:
-            if ticket is not None:
-                ticket.cancel()
-            timeout = self.settings.request_timeout
-            raise RequestTimeout(f"the frame took longer than REQUEST_TIMEOUT={timeout:g}s") from None
-        except asyncio.CancelledError:
-            if ticket is not None:
-                ticket.cancel()
-            raise
-        finally:
-            if ticket is not None:
-                ticket.release()
-
 
 @router.websocket("/ws")
 async def realtime_socket(websocket: WebSocket) -> None:
@@ -360,7 +341,7 @@ async def realtime_socket(websocket: WebSocket) -> None:
     settings: Settings = state.settings
     stats: RealtimeStats = state.realtime_stats
     await websocket.accept()
-    service: FaceService | None = getattr(state, "service", None)
+    service: FaceServiceApi | None = getattr(state, "service", None)
     if service is None or getattr(state, "shutting_down", False):
         await close_with_error(
             websocket,
