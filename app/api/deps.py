@@ -9,7 +9,7 @@ from fastapi import Depends, File, Query, Request, UploadFile
 
 from app.access import KeyStore
 from app.config import MAX_TOP_K, Settings
-from app.ingest.manager import JobManager
+from app.ingest.manager import IngestJobs
 from app.service import FaceServiceApi
 
 
@@ -23,8 +23,8 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_jobs(request: Request) -> JobManager:
-    jobs: JobManager = request.app.state.jobs
+def get_jobs(request: Request) -> IngestJobs:
+    jobs: IngestJobs = request.app.state.jobs
     return jobs
 
 
@@ -35,7 +35,7 @@ def get_keys(request: Request) -> KeyStore:
 
 ServiceDep = Annotated[FaceServiceApi, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-JobsDep = Annotated[JobManager, Depends(get_jobs)]
+JobsDep = Annotated[IngestJobs, Depends(get_jobs)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
 
 TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="matches per face (default TOP_K)")]

@@ -33,7 +33,7 @@ from app.engine import CallSource, Dropped, Shed
 from app.ingest.model import FileStatus, JobStatus
 
 if TYPE_CHECKING:
-    from app.ingest.manager import JobManager
+    from app.ingest.manager import IngestJobs
     from app.realtime.stats import RealtimeStats
     from app.service import FaceServiceApi
 
@@ -60,7 +60,7 @@ class Metrics:
         PlatformCollector(registry=registry)
         # Set by the lifespan; the scrape-time gauges read them.
         self.service: FaceServiceApi | None = None
-        self.jobs: JobManager | None = None
+        self.jobs: IngestJobs | None = None
         self.backend = ""  # the store's backend (edge, server)
         self.realtime: RealtimeStats | None = None  # /ws counters (app.realtime.stats), set by create_app
         self.http_seconds = Histogram(
@@ -212,13 +212,13 @@ class ServiceGauges(Collector):
                 "oceano_ingest_jobs",
                 "Ingest jobs of this collection by status",
                 JobStatus,
-                _safely("ingest jobs", lambda: jobs.state.job_counts(jobs.collection)),
+                _safely("ingest jobs", jobs.job_counts),
             )
             yield from _by_status(
                 "oceano_ingest_files",
                 "Files recorded by ingest for this collection by status",
                 FileStatus,
-                _safely("ingest files", lambda: jobs.state.file_counts(jobs.collection)),
+                _safely("ingest files", jobs.file_counts),
             )
 
     def _realtime(self) -> Iterator[Metric]:

@@ -42,6 +42,20 @@ EWMA_WEIGHT = 0.2  # weight of the newest batch in the moving average of seconds
 ADMIT_SHARE = 0.5
 
 
+def busy_error(wait: float, timeout: float) -> EngineBusy:
+    """The 503 of a request that would wait `wait` seconds, over GPU_ACQUIRE_TIMEOUT (`timeout`)."""
+    return EngineBusy(
+        f"the inference engine is busy: about {wait:.1f}s of work is ahead, over the "
+        f"{timeout:.1f}s a request may wait (GPU_ACQUIRE_TIMEOUT); retry shortly",
+        retry_after=max(1.0, math.ceil(wait)),
+    )
+
+
+def refused_at_door(wait: float, timeout: float) -> bool:
+    """Whether an upload is refused before its body is read, with `wait` seconds of work ahead."""
+    return wait > timeout * ADMIT_SHARE
+
+
 class Ticket:
     """A request's place in line, taken before its upload is decoded. Its images count as work ahead of later
     requests until they are submitted (then they are queued) or the ticket is released."""
@@ -111,22 +125,21 @@ class InferenceBatcher:
         return ahead * self.seconds_per_image / self.engine.gate.concurrency
 
     def busy_error(self, wait: float) -> EngineBusy:
-        gate = self.engine.gate
-        return EngineBusy(
-            f"the inference engine is busy: about {wait:.1f}s of work is ahead, over the "
-            f"{gate.timeout:.1f}s a request may wait (GPU_ACQUIRE_TIMEOUT); retry shortly",
-            retry_after=max(1.0, math.ceil(wait)),
-        )
+        return busy_error(wait, self.engine.gate.timeout)
 
     def refusal_at_door(self) -> EngineBusy | None:
         """The EngineBusy a request arriving now gets before its body is read (counted as shed), or None when
         the work ahead fits in GPU_ACQUIRE_TIMEOUT."""
         wait = self.estimated_wait()
-        if wait <= self.engine.gate.timeout * ADMIT_SHARE:
+        if not refused_at_door(wait, self.engine.gate.timeout):
             return None
+        self.count_shed_at_door()
+        return self.busy_error(wait)
+
+    def count_shed_at_door(self) -> None:
+        """One upload refused at the door: here, or by an HTTP worker from the core's shared estimate."""
         self.shed += 1
         self.engine.observer.shed(Shed.DOOR)
-        return self.busy_error(wait)
 
     def admit(self, images: int) -> Ticket:
         """A place in line for `images` images, or EngineBusy at once when the wait would exceed
