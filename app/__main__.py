@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from app.api import create_app
+from app.api.metrics import Metrics, share_across_processes
 from app.bootstrap import open_services
 from app.config import LogFormat, Settings
 from app.core import CoreAddress, CoreServer
@@ -56,12 +58,13 @@ def core_address(settings: Settings) -> CoreAddress:
 def serve_with_workers(settings: Settings, workers: int) -> None:
     """The core here, `workers` HTTP workers (uvicorn's supervisor: it restarts a worker that dies, and on
     SIGTERM / SIGINT stops them all) around it; the core closes after the last worker stopped."""
-    from app.api.metrics import Metrics  # the engine's metrics are recorded in the core
-
+    metrics_dir = Path(tempfile.mkdtemp(prefix="oceano-metrics-"))
+    share_across_processes(metrics_dir)  # before any metric exists: the engine's are recorded here, in the core
     try:
         services = open_services(settings, observer=Metrics())
     except OceanoError as exc:
         logger.critical("Oceano cannot start: %s", exc.message)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         raise SystemExit(1) from exc
     server = CoreServer(services, core_address(settings))
     try:
@@ -81,6 +84,7 @@ def serve_with_workers(settings: Settings, workers: int) -> None:
     finally:
         server.close()
         services.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         logger.info("Oceano stopped: HTTP workers ended, store flushed and closed")
 
 

@@ -10,8 +10,10 @@ The metrics are listed in the README's table."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import (
@@ -21,9 +23,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
+    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,6 +45,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # text/plain, the Prometheus text format
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ANONYMOUS = "anonymous"  # the `key` label of requests made without an API key
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ENGINE_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -155,8 +160,24 @@ class Metrics:
         self.search_seconds.observe(seconds)
 
     def render(self) -> bytes:
-        """The Prometheus text of every metric (blocking: collects the scrape-time gauges)."""
-        return generate_latest(self.registry)
+        """The Prometheus text of every metric (blocking: collects the scrape-time gauges). With WORKERS > 1 the
+        counters and histograms are those of every process (core and HTTP workers) summed; the WebSocket
+        gauges are this worker's."""
+        folder = os.environ.get(MULTIPROCESS_ENV)
+        if not folder:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=folder)
+        registry.register(ServiceGauges(self))
+        return generate_latest(registry)
+
+
+def share_across_processes(folder: Path) -> None:
+    """WORKERS > 1: every process's counters and histograms are kept in files under `folder` (prometheus-client's
+    multiprocess mode) and summed at each scrape. Called in the core before any metric is made; the HTTP workers
+    it starts inherit the setting through their environment."""
+    os.environ[MULTIPROCESS_ENV] = str(folder)
+    values.ValueClass = values.MultiProcessValue()
 
 
 def _safely(what: str, read: Callable[[], T]) -> T | None:

@@ -204,6 +204,12 @@ def exchange(service: Service) -> list[tuple[str, int, Any]]:
         out.append(("ws predict", 0, stable(json.loads(ws.recv(timeout=60)), service.state)))
         ws.send(json.dumps({"event": "process_frame", "data": {"frame": b64(b"junk")}}))
         out.append(("ws bad frame", 0, stable(json.loads(ws.recv(timeout=60)), service.state)))
+    # Counters of every process summed (WORKERS > 1: prometheus-client's multiprocess mode).
+    text = http.get("/metrics").text
+    wanted = ("oceano_search_requests_total", "oceano_faces_indexed_total", "oceano_errors_total")
+    out.append(("metrics", 0, sorted(line for line in text.splitlines() if line.startswith(wanted))))
+    engine_calls = [line for line in text.splitlines() if line.startswith("oceano_inference_batch_size_count")]
+    out.append(("engine metrics", 0, bool(engine_calls) and all(float(line.split()[-1]) > 0 for line in engine_calls)))
     http.close()
     return out
 
@@ -238,8 +244,8 @@ def test_one_process_and_a_core_with_two_workers_answer_the_same(answers: dict[i
     single, multi = answers[1], answers[2]
     assert [step for step, *_ in multi] == [step for step, *_ in single]
     for one, two in zip(single, multi, strict=True):
-        lines = [json.dumps(answer, indent=1, sort_keys=True).splitlines() for answer in (one, two)]
-        assert one == two, f"step {one[0]!r} differs:\n" + "\n".join(difflib.unified_diff(*lines, lineterm=""))
+        before, after = (json.dumps(answer, indent=1, sort_keys=True).splitlines() for answer in (one, two))
+        assert one == two, f"step {one[0]!r} differs:\n" + "\n".join(difflib.unified_diff(before, after, lineterm=""))
 
 
 def test_the_exchange_is_what_the_api_promises(answers: dict[int, list[Any]]) -> None:
@@ -264,6 +270,7 @@ def test_the_exchange_is_what_the_api_promises(answers: dict[int, list[Any]]) ->
     assert steps["ingest done"][1]["counts"]["faces_added"] == 6
     assert steps["ws frame"][1]["event"] == "detection_result" and len(steps["ws frame"][1]["data"]["faces"]) == 6
     assert steps["ws predict"][1]["status"] == "success"
+    assert "oceano_faces_indexed_total 7.0" in steps["metrics"][1] and steps["engine metrics"][1] is True
     assert steps["ws bad frame"][1]["data"]["code"] in ("bad_image", "unsupported_media_type")
 
 
