@@ -84,16 +84,27 @@ def index_photos() -> list[tuple[str, bytes]]:
     return [(p.name, jpeg_long_side(p, 800)) for p in paths]
 
 
-def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]]) -> int:
-    """Index the photos, then search the query a few times (warm-up); returns the faces found in the query."""
+def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]], busy_retry_s: float = 0.0) -> int:
+    """Index the photos, then search the query a few times (warm-up); returns the faces found in the query.
+    busy_retry_s: for that long in all, a 503 is retried after its Retry-After (at most 5 s) instead of failing (a
+    cold GPU engine sheds while each new input shape costs seconds)."""
+    deadline = time.monotonic() + busy_retry_s
+
+    def post(http: httpx.Client, path: str, name: str, data: bytes, form: dict[str, str]) -> httpx.Response:
+        while True:
+            r = http.post(path, files={"file": (name, data, "image/jpeg")}, data=form)
+            if r.status_code != 503 or time.monotonic() >= deadline:
+                return r
+            time.sleep(min(5.0, float(r.headers.get("retry-after") or 1)))
+
     with httpx.Client(base_url=server.base_url, timeout=120) as http:
         for name, data in photos:
-            r = http.post("/api/faces", files={"file": (name, data, "image/jpeg")}, data={"subject": name})
+            r = post(http, "/api/faces", name, data, {"subject": name})
             if r.status_code != 201:
                 raise SystemExit(f"indexing {name} answered {r.status_code}: {r.text[:300]}")
         faces = -1
         for _ in range(3):
-            r = http.post("/api/search", files={"file": ("query.jpg", query, "image/jpeg")})
+            r = post(http, "/api/search", "query.jpg", query, {})
             if r.status_code != 200:
                 raise SystemExit(f"warm-up search answered {r.status_code}: {r.text[:300]}")
             faces = len(r.json()["faces"])

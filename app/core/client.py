@@ -171,6 +171,10 @@ class RemoteFaceService(FaceServiceApi):
         status: EngineStatus = self.client.call("engine_status")
         return status
 
+    def runtime_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = self.client.call("runtime_info")
+        return info
+
     def collection_info(self) -> CollectionInfo:
         info: CollectionInfo = self.client.call("collection_info")
         return info

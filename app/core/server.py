@@ -78,6 +78,7 @@ class CoreServer:
             "store_healthy": self.service.store_healthy,
             "face_count": self.service.face_count,
             "engine_status": self.service.engine_status,
+            "runtime_info": self.service.runtime_info,
             "rate_acquire": self.rate_acquire,
         }
         jobs = services.jobs

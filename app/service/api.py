@@ -126,6 +126,10 @@ class FaceServiceApi(ABC):
     def engine_status(self) -> EngineStatus: ...
 
     @abstractmethod
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs the models: providers and their options in force, batch sizes, warm-up seconds (/status)."""
+
+    @abstractmethod
     def collection_info(self) -> CollectionInfo: ...
 
     @abstractmethod

@@ -123,6 +123,13 @@ class FaceService(FaceServiceApi):
     def refusal_at_door(self) -> EngineBusy | None:
         return self.analyzer.refusal_at_door()
 
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs the models: providers and their options in force, batch sizes, warm-up seconds (/status)."""
+        return {
+            **self.engine.runtime_info(),
+            "head_batch_sizes": {e.spec.name: list(e.head.batch_sizes) for e in self.heads.listings() if e.head},
+        }
+
     def admit(self, images: int = 1) -> Ticket | None:
         return self.analyzer.admit(images)
 

@@ -30,6 +30,7 @@ START_TIMEOUT = 180.0  # seconds for the models, the store and the workers to co
 VOLATILE = {
     "took_ms",
     "processing_ms",
+    "warm_up_s",
     "processing_time_ms",
     "processing_time",
     "timestamp",

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.contract import errors
 from app.api.deps import ServiceDep
 from app.api.metrics import CONTENT_TYPE, Metrics
-from app.api.schemas import HealthChecks, HealthOut, StatusOut
+from app.api.schemas import HealthChecks, HealthOut, RuntimeOut, StatusOut
 from app.api.upload import run_blocking
 from app.service import FaceServiceApi
 from app.store import CollectionInfo
@@ -63,6 +63,7 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
         model_fingerprint=service.fingerprint,
         backend=info.backend.value,
         providers=engine.providers,
+        runtime=RuntimeOut(**await run_blocking(request, service.runtime_info)),
         gpu_concurrency=engine.concurrency,
         inference_in_use=engine.in_use,
         inference_waiting=engine.waiting,
