@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None) -> None:
         settings.port = args.port
     configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
     logging.getLogger("uvicorn.access").disabled = True  # app.access logs each request, with its id and key
-    workers = settings.worker_count(cuda="CUDAExecutionProvider" in select_providers(settings.providers))
+    try:
+        workers = settings.worker_count(cuda="CUDAExecutionProvider" in select_providers(settings.providers))
+    except OceanoError as exc:  # PROVIDERS=cuda without the CUDA provider
+        logger.critical("Oceano cannot start: %s", exc.message)
+        raise SystemExit(1) from exc
     if workers > 1:
         serve_with_workers(settings, workers)
         return

@@ -294,3 +294,20 @@ def test_sigterm_ends_every_process_and_a_killed_worker_is_replaced(tmp_path: Pa
         for pid in workers:
             assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes()
         assert not (service.state / "core.sock").exists()
+
+
+def test_workers_stop_when_the_core_process_is_killed(tmp_path: Path) -> None:
+    with running(tmp_path, 2) as service:
+        workers = service.children()
+        assert len(workers) == 2
+        service.proc.kill()  # no shutdown at all: the workers find their parent gone
+        service.proc.wait(30)
+
+        def ended(pid: int) -> bool:
+            try:
+                return b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+            except FileNotFoundError:
+                return True
+
+        until(lambda: all(ended(pid) for pid in workers), 60)
+        assert "the core process" in service.log() and "is gone" in service.log()
