@@ -19,7 +19,7 @@ from uvicorn.supervisors import Multiprocess
 from app.api import create_app
 from app.api.metrics import Metrics, share_across_processes
 from app.bootstrap import open_services
-from app.config import LogFormat, Settings
+from app.config import LogFormat, Settings, private_files
 from app.core import CoreAddress, CoreServer
 from app.engine import select_providers
 from app.errors import OceanoError
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="override HOST")
     parser.add_argument("--port", type=int, help="override PORT")
     args = parser.parse_args(argv)
+    private_files()  # before anything is opened: crops, segments and state files 0600, folders 0700
     settings = Settings()
     if args.host:
         settings.host = args.host

@@ -73,3 +73,12 @@ def test_workers_auto_means_several_only_with_cuda(monkeypatch: pytest.MonkeyPat
     assert settings.worker_count(cuda=True) == 2
     monkeypatch.setenv("WORKERS", "3")
     assert Settings().worker_count(cuda=False) == 3
+
+
+@pytest.mark.parametrize(("old", "new"), [("DET_BATCH", "DET_BATCH_SIZES"), ("REC_BATCH", "REC_BATCH_SIZES")])
+def test_a_renamed_setting_stops_start_up_naming_its_new_name(
+    monkeypatch: pytest.MonkeyPatch, old: str, new: str
+) -> None:
+    monkeypatch.setenv(old, "16")
+    with pytest.raises(ValidationError, match=f"{old} is now {new}"):
+        Settings()
