@@ -23,7 +23,10 @@ git worktree of REF in a temporary folder, and the service started from REF's tr
 settings and the same photos; the printed ratio is current / REF (goal: current >= REF within the noise, the
 spread between rounds of one tree). The worktree is removed at the end.
 
-    python -m bench.overload [--duration 30] [--levels 50,200] [--compare-ref e362951 --rounds 2]
+--standin runs every service on the stand-in engine (ENGINE_STANDIN=1, app.engine.runtime.ReplaySession):
+inference then costs next to nothing, and the searches/s reached is the ceiling a GPU machine meets.
+
+    python -m bench.overload [--duration 30] [--levels 50,200] [--compare-ref e362951 --rounds 2] [--standin]
 """
 
 from __future__ import annotations
@@ -502,6 +505,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--app-dir", type=Path, default=REPO, help="checkout whose `app` is run as the current tree (default: this one)"
     )
+    parser.add_argument(
+        "--standin",
+        action="store_true",
+        help="run the service on the stand-in engine (ENGINE_STANDIN=1: ONNX outputs recorded once per input shape "
+        "and replayed): the searches/s it reaches is the ceiling set by everything but inference",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -519,6 +528,12 @@ def main(argv: list[str] | None = None) -> None:
     name, query = query_photo(args.photo)
     photos = index_photos()
     env = {"GPU_ACQUIRE_TIMEOUT": str(args.acquire_timeout)}
+    if args.standin:
+        env["ENGINE_STANDIN"] = "1"
+        print(
+            "STAND-IN ENGINE (ENGINE_STANDIN=1): inference answers recorded outputs at once; the figures below are "
+            "the ceiling set by HTTP, decoding, pre/post-processing and search, not a real service's"
+        )
     if not args.skip_levels:
         with live_server(args.app_dir, env=env, prefix="oceano-overload-") as server:
             faces = prepare(server, query, photos)

@@ -45,20 +45,22 @@ def letterbox_size(height: int, width: int, det_size: tuple[int, int]) -> tuple[
 
 
 def letterbox_batch(
-    images: Sequence[np.ndarray], det_size: tuple[int, int], *, fixed: bool
+    images: Sequence[np.ndarray], det_size: tuple[int, int], *, fixed: bool, rows: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The detector's input for a batch of BGR images: (N, 3, H, W) float32, RGB, normalised, each image scaled
     into the top-left corner of its canvas (black border), and per image the scale from its pixels to the
     canvas's (float32, as the decode divides float32 coordinates by it).
 
     A fixed canvas (det_size) is needed to stack several images; one image alone gets the smallest canvas
-    (multiple of 32) that holds it, so the strip a landscape photo leaves free is not spent on padding."""
+    (multiple of 32) that holds it, so the strip a landscape photo leaves free is not spent on padding. `rows`:
+    the tensor's batch size when more than the images (a fixed batch size), the rows past them all border."""
     sizes = [letterbox_size(img.shape[0], img.shape[1], det_size) for img in images]
     if fixed or len(images) > 1:
         width, height = det_size
     else:
         height, width = (-(-side // CANVAS_MULTIPLE) * CANVAS_MULTIPLE for side in sizes[0])
-    blob = np.empty((len(images), 3, height, width), dtype=np.float32)
+    blob = np.empty((max(rows, len(images)), 3, height, width), dtype=np.float32)
+    blob[len(images) :] = _PADDING
     scales = np.empty(len(images), dtype=np.float32)
     for i, (image, (new_h, new_w)) in enumerate(zip(images, sizes, strict=True)):
         # Bilinear, as insightface does: INTER_AREA cost ~11 ms per 2000 px photo against ~1 ms, with the
@@ -113,49 +115,54 @@ def decode_batch(
     nms_iou: float = NMS_IOU,
 ) -> list[Detections]:
     """The faces of every image of a batch from SCRFD's 9 outputs (scores, box distances, keypoint offsets per
-    stride; each (N, anchors, k), or (anchors, k) from a model without a batch axis when N is 1). `canvas` is the
-    input's (height, width), `scales` letterbox_batch's. max_faces: keep the best-scored ones only (0: all)."""
+    stride; each (rows, anchors, k), or (anchors, k) from a model without a batch axis). `canvas` is the input's
+    (height, width), `scales` letterbox_batch's, one per image: rows past them (padding) are ignored.
+    max_faces: keep the best-scored ones only (0: all)."""
     count = len(scales)
     height, width = canvas
-    found_image, found_scores, found_boxes, found_kps = [], [], [], []
+    found_image, found_scores, found_points = [], [], []
     for idx, stride in enumerate(STRIDES):
-        scores = outputs[idx].reshape(count, -1)
-        image_of, anchor = np.nonzero(scores >= threshold)  # every image at once, image-major
-        if image_of.size == 0:
+        centers = anchor_centers(height // stride, width // stride, stride)
+        anchors = len(centers)
+        scores = outputs[idx].reshape(-1)[: count * anchors]
+        found = np.flatnonzero(scores >= threshold)  # every image at once, image-major
+        if found.size == 0:
             continue
-        centers = anchor_centers(height // stride, width // stride, stride)[anchor]
-        dist = outputs[idx + 3].reshape(count, -1, 4)[image_of, anchor] * stride
-        kps = outputs[idx + 6].reshape(count, -1, 10)[image_of, anchor] * stride
+        image_of, anchor = np.divmod(found, anchors)
+        at = centers[anchor]
+        dist = outputs[idx + 3].reshape(-1, 4)[found] * stride
+        kps = outputs[idx + 6].reshape(-1, 10)[found] * stride
+        # x1, y1, x2, y2 then the 5 keypoints' x, y: one (n, 14) array, scaled and reordered in one go below
+        points = np.empty((len(anchor), 14), dtype=np.float32)
+        points[:, :2] = at - dist[:, :2]
+        points[:, 2:4] = at + dist[:, 2:]
+        points[:, 4:] = (kps.reshape(-1, 5, 2) + at[:, None, :]).reshape(-1, 10)
         found_image.append(image_of)
-        found_scores.append(scores[image_of, anchor])
-        found_boxes.append(np.concatenate([centers - dist[:, :2], centers + dist[:, 2:]], axis=1))
-        found_kps.append(kps.reshape(-1, 5, 2) + centers[:, None, :])
+        found_scores.append(scores[found])
+        found_points.append(points)
     empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
     if not found_image:
         return [empty] * count
     image_of = np.concatenate(found_image)
-    # Grouped by image, stride then anchor order within each (a stable sort): the order NMS breaks ties in.
-    grouped = np.argsort(image_of, kind="stable")
-    bounds = np.searchsorted(image_of[grouped], np.arange(count + 1))
-    scale = scales[image_of[grouped]]
-    all_scores = np.concatenate(found_scores)[grouped]
-    all_boxes = np.concatenate(found_boxes)[grouped] / scale[:, None]
-    all_kps = np.concatenate(found_kps)[grouped] / scale[:, None, None]
+    all_scores = np.concatenate(found_scores)
+    all_points = np.concatenate(found_points)
+    if count > 1:
+        # Grouped by image, stride then anchor order within each (a stable sort): the order NMS breaks ties in,
+        # as when each image was decoded alone.
+        grouped = np.argsort(image_of, kind="stable")
+        image_of, all_scores, all_points = image_of[grouped], all_scores[grouped], all_points[grouped]
+    all_points /= scales[image_of][:, None]
+    bounds = np.searchsorted(image_of, np.arange(count + 1))
     results = []
     for i in range(count):
         lo, hi = bounds[i], bounds[i + 1]
         if lo == hi:
             results.append(empty)
             continue
-        boxes, scores = all_boxes[lo:hi], all_scores[lo:hi]
-        keep = nms(boxes, scores, nms_iou)
+        points, scores = all_points[lo:hi], all_scores[lo:hi]
+        keep = nms(points[:, :4], scores, nms_iou)
         if max_faces:
             keep = keep[:max_faces]  # bounds the recognizer's and the heads' work per image
-        results.append(
-            Detections(
-                boxes[keep].astype(np.float32, copy=False),
-                scores[keep].astype(np.float32, copy=False),
-                all_kps[lo:hi][keep].astype(np.float32, copy=False),
-            )
-        )
+        kept = points[keep]
+        results.append(Detections(kept[:, :4], scores[keep], kept[:, 4:].reshape(-1, 5, 2)))
     return results

@@ -252,3 +252,19 @@ def test_a_reduced_decode_aligns_from_finer_pixels_in_the_batch(engine: FaceEngi
             assert face.crop is not None and other.crop is not None
             assert np.array_equal(face.crop, other.crop)
             assert np.allclose(face.embedding, other.embedding, atol=1e-5)
+
+
+def test_padding_rows_are_blank_and_ignored_by_the_decode(engine: FaceEngine) -> None:
+    """A batch padded to a fixed size (rows): the extra rows are all border, and the decode answers for the
+    images only, as without padding."""
+    det = engine.detector
+    images = photo_set()[:3]
+    blob, scales = letterbox_batch(images, DET_SIZE, fixed=True, rows=8)
+    plain, _ = letterbox_batch(images, DET_SIZE, fixed=True)
+    assert blob.shape[0] == 8 and np.array_equal(blob[:3], plain)
+    assert np.all(blob[3:] == np.float32(-127.5 / 128))
+    padded = decode_batch(det.session.run(det.output_names, {det.input_name: blob}), scales, (640, 640), threshold=0.5)
+    alone = decode_batch(det.session.run(det.output_names, {det.input_name: plain}), scales, (640, 640), threshold=0.5)
+    assert len(padded) == len(alone) == 3
+    for a, b in zip(padded, alone, strict=True):
+        assert np.allclose(a.boxes, b.boxes, atol=1e-4) and np.allclose(a.kps, b.kps, atol=1e-4)
