@@ -87,9 +87,17 @@ def index_photos() -> list[tuple[str, bytes]]:
     return [(p.name, jpeg_long_side(p, 800)) for p in paths]
 
 
-def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]]) -> int:
-    """Index the photos, then search the query a few times (warm-up); returns the faces found in the query."""
-    with httpx.Client(base_url=server.base_url, timeout=120) as http:
+def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]], warm_batches: int = 0) -> int:
+    """Index the photos, then search the query a few times (warm-up); returns the faces found in the query.
+    warm_batches: also search 1, 2, ... that many copies of the query in one request each, so that every engine
+    batch size the load can make has run once before counting (the stand-in engine runs each new input shape for
+    real once: unwarmed, those runs would be counted in the ceiling)."""
+    with httpx.Client(base_url=server.base_url, timeout=300) as http:
+        for copies in range(1, warm_batches + 1):
+            files = [("files", (f"q{i}.jpg", query, "image/jpeg")) for i in range(copies)]
+            r = http.post("/api/search/batch", files=files)
+            if r.status_code != 200:
+                raise SystemExit(f"warm-up batch of {copies} answered {r.status_code}: {r.text[:300]}")
         for name, data in photos:
             r = http.post("/api/faces", files={"file": (name, data, "image/jpeg")}, data={"subject": name})
             if r.status_code != 201:
@@ -436,7 +444,7 @@ def compare(
             for round_ in range(args.rounds):
                 for label, tree in trees:
                     with live_server(tree, env=env, prefix="oceano-overload-") as server:
-                        prepare(server, query, photos)
+                        prepare(server, query, photos, args.warm_batches)
                         level = run_level(
                             server,
                             f"round {round_ + 1} {label}",
@@ -511,6 +519,12 @@ def main(argv: list[str] | None = None) -> None:
         help="run the service on the stand-in engine (ENGINE_STANDIN=1: ONNX outputs recorded once per input shape "
         "and replayed): the searches/s it reaches is the ceiling set by everything but inference",
     )
+    parser.add_argument(
+        "--warm-batches",
+        type=int,
+        help="before counting, search 1..N copies of the query in one request each, so that every engine batch "
+        "size has run once (default: REQUEST_BATCH's default, 32, with --standin; else 0)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -525,6 +539,8 @@ def main(argv: list[str] | None = None) -> None:
     ):
         parser.error("levels 1..1000 clients, duration 1..600 s, rounds 1..10")
 
+    if args.warm_batches is None:
+        args.warm_batches = 32 if args.standin else 0
     name, query = query_photo(args.photo)
     photos = index_photos()
     env = {"GPU_ACQUIRE_TIMEOUT": str(args.acquire_timeout)}
@@ -536,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not args.skip_levels:
         with live_server(args.app_dir, env=env, prefix="oceano-overload-") as server:
-            faces = prepare(server, query, photos)
+            faces = prepare(server, query, photos, args.warm_batches)
             print(
                 f"query: {name} at 640 px ({len(query) / 1024:.0f} KB), {faces} face(s) found; "
                 f"{len(photos)} photos indexed"
