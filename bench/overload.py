@@ -87,11 +87,24 @@ def index_photos() -> list[tuple[str, bytes]]:
     return [(p.name, jpeg_long_side(p, 800)) for p in paths]
 
 
-def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]], warm_batches: int = 0) -> int:
+def prepare(
+    server: Server, query: bytes, photos: list[tuple[str, bytes]], busy_retry_s: float = 0.0, warm_batches: int = 0
+) -> int:
     """Index the photos, then search the query a few times (warm-up); returns the faces found in the query.
-    warm_batches: also search 1, 2, ... that many copies of the query in one request each, so that every engine
-    batch size the load can make has run once before counting (the stand-in engine runs each new input shape for
-    real once: unwarmed, those runs would be counted in the ceiling)."""
+    busy_retry_s: for that long in all, a 503 is retried after its Retry-After (at most 5 s) instead of failing (a
+    cold GPU engine sheds while each new input shape costs seconds). warm_batches: also search 1, 2, ... that many
+    copies of the query in one request each, so that every engine batch size the load can make has run once before
+    counting (the stand-in engine runs each new input shape for real once: unwarmed, those runs would be counted
+    in the ceiling)."""
+    deadline = time.monotonic() + busy_retry_s
+
+    def post(http: httpx.Client, path: str, name: str, data: bytes, form: dict[str, str]) -> httpx.Response:
+        while True:
+            r = http.post(path, files={"file": (name, data, "image/jpeg")}, data=form)
+            if r.status_code != 503 or time.monotonic() >= deadline:
+                return r
+            time.sleep(min(5.0, float(r.headers.get("retry-after") or 1)))
+
     with httpx.Client(base_url=server.base_url, timeout=300) as http:
         for copies in range(1, warm_batches + 1):
             files = [("files", (f"q{i}.jpg", query, "image/jpeg")) for i in range(copies)]
@@ -99,12 +112,12 @@ def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]], warm_
             if r.status_code != 200:
                 raise SystemExit(f"warm-up batch of {copies} answered {r.status_code}: {r.text[:300]}")
         for name, data in photos:
-            r = http.post("/api/faces", files={"file": (name, data, "image/jpeg")}, data={"subject": name})
+            r = post(http, "/api/faces", name, data, {"subject": name})
             if r.status_code != 201:
                 raise SystemExit(f"indexing {name} answered {r.status_code}: {r.text[:300]}")
         faces = -1
         for _ in range(3):
-            r = http.post("/api/search", files={"file": ("query.jpg", query, "image/jpeg")})
+            r = post(http, "/api/search", "query.jpg", query, {})
             if r.status_code != 200:
                 raise SystemExit(f"warm-up search answered {r.status_code}: {r.text[:300]}")
             faces = len(r.json()["faces"])
@@ -444,7 +457,7 @@ def compare(
             for round_ in range(args.rounds):
                 for label, tree in trees:
                     with live_server(tree, env=env, prefix="oceano-overload-") as server:
-                        prepare(server, query, photos, args.warm_batches)
+                        prepare(server, query, photos, warm_batches=args.warm_batches)
                         level = run_level(
                             server,
                             f"round {round_ + 1} {label}",
@@ -552,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not args.skip_levels:
         with live_server(args.app_dir, env=env, prefix="oceano-overload-") as server:
-            faces = prepare(server, query, photos, args.warm_batches)
+            faces = prepare(server, query, photos, warm_batches=args.warm_batches)
             print(
                 f"query: {name} at 640 px ({len(query) / 1024:.0f} KB), {faces} face(s) found; "
                 f"{len(photos)} photos indexed"

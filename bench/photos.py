@@ -4,6 +4,7 @@ names, each copy with other bytes (so other content hashes, other point ids) and
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -41,3 +42,29 @@ def make_photo_folder(target: Path, *, copies: int, source: Path = EVAL_DIR) -> 
                 cv2.imwrite(str(dest), image, [cv2.IMWRITE_JPEG_QUALITY, 95 - 2 * k])
             out.append(dest)
     return out
+
+
+def write_variant(source: Path, dest: Path, k: int) -> bool:
+    """Another file with the same faces and other bytes for every k: mirrored for odd k, a corner block set by k
+    (as tests/support.write_variant). False when the source cannot be read."""
+    image = cv2.imread(str(source), cv2.IMREAD_COLOR)
+    if image is None:
+        return False
+    if k % 2:
+        image = cv2.flip(image, 1)
+    image[:8, :8] = (k % 256, k // 256 % 256, 128)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return bool(cv2.imwrite(str(dest), image, [cv2.IMWRITE_JPEG_QUALITY, 95 - k % 10]))
+
+
+def make_variant_folder(target: Path, count: int, photos: list[Path], threads: int = 8) -> list[Path]:
+    """`count` JPEG files made from `photos` in turn (variant k of photo i is file k * len(photos) + i), in
+    sub-folders of at most 250 files; written by `threads` threads (OpenCV's codecs release the GIL)."""
+    if not photos:
+        raise SystemExit("no photos to make variants of")
+    jobs = [
+        (photos[n % len(photos)], target / f"part{n // 250}" / f"v{n:05d}.jpg", n // len(photos)) for n in range(count)
+    ]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        written = list(pool.map(lambda job: write_variant(*job), jobs))
+    return [dest for (_, dest, _), ok in zip(jobs, written, strict=True) if ok]
