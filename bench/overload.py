@@ -454,6 +454,8 @@ def compare(
                 if where != "its own":
                     raise SystemExit(f"{label}: the service would not run the tree under test")
             runs: dict[str, list[float]] = {label: [] for label, _ in trees}
+            # The service's CPU per answer: far less swayed by other load on the machine than answers per second.
+            cpu_ms: dict[str, list[float]] = {label: [] for label, _ in trees}
             for round_ in range(args.rounds):
                 for label, tree in trees:
                     with live_server(tree, env=env, prefix="oceano-overload-") as server:
@@ -468,8 +470,10 @@ def compare(
                         )
                     st = level.statuses()
                     runs[label].append(level.throughput)
+                    cpu_ms[label].append(level.server_cpu_s * 1e3 / max(1, len(level.answers)))
                     print(
                         f"round {round_ + 1}  {label:<40} 200/s {level.throughput:6.1f}  "
+                        f"service CPU {cpu_ms[label][-1]:.2f} ms per answer  "
                         f"({', '.join(f'{k} x{v}' for k, v in sorted(st.items()))}; 200 p50 "
                         f"{ms(level.p('200', 50))} ms, p95 {ms(level.p('200', 95))} ms; load average "
                         f"{level.load[0]:.1f} -> {level.load[1]:.1f})"
@@ -495,6 +499,12 @@ def compare(
     print(f"  {cur_label:<40} {' '.join(f'{v:6.1f}' for v in cur_runs)}   mean {cur_mean:6.1f}")
     print(f"  ratio current / REF {ratio:.2f}; noise (largest spread between rounds of one tree) {noise:.0%}")
     print(f"  {verdict(ratio >= 1 - noise)}  current >= REF within noise ({ratio:.2f} >= {1 - noise:.2f})")
+    ref_cpu, cur_cpu = statistics.fmean(cpu_ms[ref_label]), statistics.fmean(cpu_ms[cur_label])
+    print(
+        f"service CPU ms per answer (any status): REF {' '.join(f'{v:.2f}' for v in cpu_ms[ref_label])} mean "
+        f"{ref_cpu:.2f}; current {' '.join(f'{v:.2f}' for v in cpu_ms[cur_label])} mean {cur_cpu:.2f}; answers per "
+        f"CPU second current / REF {ref_cpu / cur_cpu if cur_cpu else float('inf'):.2f}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from app.engine.scrfd import Detections, decode_batch, letterbox_batch
+from app.engine.graph import IMAGE_INPUT
+from app.engine.scrfd import Detections, decode_batch, letterbox_batch, letterbox_images
 from app.errors import ModelPackError
 
 
@@ -42,7 +43,10 @@ class ScrfdDetector:
         self.fixed_canvas = fixed_canvas
 
     def _letterbox(self, images: Sequence[np.ndarray], fixed: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The batch's input tensor and each image's scale (app.engine.scrfd.letterbox_batch)."""
+        """The batch's input and each image's scale: uint8 pixels for a graph that takes images
+        (app.engine.graph), else the normalised float tensor (app.engine.scrfd)."""
+        if self.input_name == IMAGE_INPUT:
+            return letterbox_images(images, self.det_size, fixed=fixed)
         return letterbox_batch(images, self.det_size, fixed=fixed)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -50,9 +54,10 @@ class ScrfdDetector:
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, len(images), self.batch):
             chunk = images[start : start + self.batch]
-            blob, scales = self._letterbox(chunk, self.fixed_canvas)
-            outs = self.session.run(self.output_names, {self.input_name: blob})
-            results.extend((d.boxes, d.scores, d.kps) for d in self._decode(outs, scales, blob.shape[2:]))
+            batch, scales = self._letterbox(chunk, self.fixed_canvas)
+            outs = self.session.run(self.output_names, {self.input_name: batch})
+            canvas = batch.shape[1:3] if batch.dtype == np.uint8 else batch.shape[2:]
+            results.extend((d.boxes, d.scores, d.kps) for d in self._decode(outs, scales, canvas))
         return results
 
     def _decode(self, outs: Sequence[np.ndarray], scales: np.ndarray, canvas: tuple[int, ...]) -> list[Detections]:

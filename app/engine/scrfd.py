@@ -44,36 +44,62 @@ def letterbox_size(height: int, width: int, det_size: tuple[int, int]) -> tuple[
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def _layout(
+    images: Sequence[np.ndarray], det_size: tuple[int, int], fixed: bool
+) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Each image's scaled (height, width), and the canvas's (height, width). A fixed canvas (det_size) is
+    needed to stack several images; one image alone gets the smallest canvas (multiple of 32) that holds it, so
+    the strip a landscape photo leaves free is not spent on padding."""
+    sizes = [letterbox_size(img.shape[0], img.shape[1], det_size) for img in images]
+    if fixed or len(images) > 1:
+        return sizes, (det_size[1], det_size[0])
+    height, width = (-(-side // CANVAS_MULTIPLE) * CANVAS_MULTIPLE for side in sizes[0])
+    return sizes, (height, width)
+
+
+def _scaled(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if size == image.shape[:2]:
+        return np.ascontiguousarray(image)
+    # Bilinear, as insightface does: INTER_AREA cost ~11 ms per 2000 px photo against ~1 ms, with the same
+    # identity accuracy (bench/identity.py).
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def letterbox_batch(
     images: Sequence[np.ndarray], det_size: tuple[int, int], *, fixed: bool, rows: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The detector's input for a batch of BGR images: (N, 3, H, W) float32, RGB, normalised, each image scaled
     into the top-left corner of its canvas (black border), and per image the scale from its pixels to the
-    canvas's (float32, as the decode divides float32 coordinates by it).
-
-    A fixed canvas (det_size) is needed to stack several images; one image alone gets the smallest canvas
-    (multiple of 32) that holds it, so the strip a landscape photo leaves free is not spent on padding. `rows`:
-    the tensor's batch size when more than the images (a fixed batch size), the rows past them all border."""
-    sizes = [letterbox_size(img.shape[0], img.shape[1], det_size) for img in images]
-    if fixed or len(images) > 1:
-        width, height = det_size
-    else:
-        height, width = (-(-side // CANVAS_MULTIPLE) * CANVAS_MULTIPLE for side in sizes[0])
+    canvas's (float32, as the decode divides float32 coordinates by it). `fixed`: the det_size canvas even for
+    one image (see _layout). `rows`: the tensor's batch size when more than the images (a fixed batch size), the
+    rows past them all border."""
+    sizes, (height, width) = _layout(images, det_size, fixed)
     blob = np.empty((max(rows, len(images)), 3, height, width), dtype=np.float32)
     blob[len(images) :] = _PADDING
     scales = np.empty(len(images), dtype=np.float32)
     for i, (image, (new_h, new_w)) in enumerate(zip(images, sizes, strict=True)):
-        # Bilinear, as insightface does: INTER_AREA cost ~11 ms per 2000 px photo against ~1 ms, with the
-        # same identity accuracy (bench/identity.py).
-        same = (new_h, new_w) == image.shape[:2]
-        resized = image if same else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        planes = cv2.split(np.ascontiguousarray(resized))  # B, G, R
+        planes = cv2.split(_scaled(image, (new_h, new_w)))  # B, G, R
         for channel in range(3):  # written straight into the tensor: RGB order, normalised by table look-up
             cv2.LUT(planes[2 - channel], _NORMALISED, dst=blob[i, channel, :new_h, :new_w])
         blob[i, :, new_h:, :] = _PADDING
         blob[i, :, :new_h, new_w:] = _PADDING
         scales[i] = new_h / image.shape[0]
     return blob, scales
+
+
+def letterbox_images(
+    images: Sequence[np.ndarray], det_size: tuple[int, int], *, fixed: bool, rows: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """letterbox_batch's canvas as pixels, (N, H, W, 3) uint8 BGR with a black border, for a detector whose graph
+    normalises its input itself (app.engine.graph.with_image_input: a quarter of the bytes to build and to copy
+    to a GPU)."""
+    sizes, (height, width) = _layout(images, det_size, fixed)
+    canvas = np.zeros((max(rows, len(images)), height, width, 3), dtype=np.uint8)
+    scales = np.empty(len(images), dtype=np.float32)
+    for i, (image, (new_h, new_w)) in enumerate(zip(images, sizes, strict=True)):
+        canvas[i, :new_h, :new_w] = _scaled(image, (new_h, new_w))
+        scales[i] = new_h / image.shape[0]
+    return canvas, scales
 
 
 @functools.lru_cache(maxsize=64)

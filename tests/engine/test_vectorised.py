@@ -11,13 +11,17 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
 from app.engine import FaceEngine
 from app.engine.align import ARCFACE_TEMPLATE, CROP_SIZE, align_faces, similarity_transforms
-from app.engine.scrfd import anchor_centers, decode_batch, letterbox_batch, nms
+from app.engine.detector import ScrfdDetector
+from app.engine.graph import IMAGE_INPUT, with_image_input
+from app.engine.scrfd import anchor_centers, decode_batch, letterbox_batch, letterbox_images, nms
 from app.imaging import DecodedImage
-from tests.support import Photos, read_bgr
+from tests.support import VECTRON_DIR, Photos, read_bgr
 
 DET_SIZE = (640, 640)
 STRIDES = (8, 16, 32)
@@ -268,3 +272,29 @@ def test_padding_rows_are_blank_and_ignored_by_the_decode(engine: FaceEngine) ->
     assert len(padded) == len(alone) == 3
     for a, b in zip(padded, alone, strict=True):
         assert np.allclose(a.boxes, b.boxes, atol=1e-4) and np.allclose(a.kps, b.kps, atol=1e-4)
+
+
+def test_a_detector_taking_images_finds_what_the_float_tensor_finds(engine: FaceEngine) -> None:
+    """The SCRFD graph rewritten to take uint8 BGR images (app.engine.graph, for GPU sessions): the detector
+    feeds it letterbox_images' pixels, whose normalisation is letterbox_batch's tensor exactly, and finds the same
+    faces, one image on its own canvas and a batch on the fixed one."""
+    images = photo_set()
+    for fixed, chunk in ((False, images[:1]), (True, images)):
+        pixels, scales = letterbox_images(chunk, DET_SIZE, fixed=fixed, rows=len(chunk) + 1)
+        blob, blob_scales = letterbox_batch(chunk, DET_SIZE, fixed=fixed, rows=len(chunk) + 1)
+        normalised = (pixels[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 128.0
+        assert np.array_equal(normalised, blob) and np.array_equal(scales, blob_scales)
+    det = engine.detector
+    model = with_image_input(onnx.load(str(VECTRON_DIR / "scrfd_500m_bnkps.onnx")), mean=127.5, std=128.0)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    taking_images = ScrfdDetector(session, det_size=DET_SIZE, threshold=det.threshold, batch=len(images))
+    assert taking_images.input_name == IMAGE_INPUT
+    floats = ScrfdDetector(det.session, det_size=DET_SIZE, threshold=det.threshold, batch=len(images))
+    for batch in (1, len(images)):
+        taking_images.batch = floats.batch = batch
+        for (boxes, scores, kps), (f_boxes, f_scores, f_kps) in zip(
+            taking_images.detect(images), floats.detect(images), strict=True
+        ):
+            assert boxes.shape == f_boxes.shape
+            assert np.allclose(boxes, f_boxes, atol=1e-3) and np.allclose(kps, f_kps, atol=1e-3)
+            assert np.allclose(scores, f_scores, atol=1e-5)
