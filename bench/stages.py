@@ -23,7 +23,11 @@ and the working directory set to the tree), REF then this tree, `--rounds` times
 the mean per stage of each and the ratio REF / this tree. REF is checked out as a detached worktree in a
 temporary folder, removed at the end.
 
+`--same-process ROUNDS` instead compares the stages this work changed (detect pre, detect post, align) with the
+replaced per-image code, kept as the reference in tests/engine/test_vectorised.py, alternated in one process.
+
     python -m bench.stages [--ref main] [--rounds 2] [--variants standin,real] [--batches 1,16]
+    python -m bench.stages --same-process 9
 """
 
 from __future__ import annotations
@@ -226,6 +230,89 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+# ------------------------------------------------------------------------------------------------ same process
+def same_process(rounds: int) -> None:
+    """The engine stages this tree changed (detect pre, detect post, align), the replaced per-image code (kept in
+    tests/engine/test_vectorised.py as the reference) against this tree's, alternated in one process on the same
+    photos and the same detector outputs: thread CPU ms per image."""
+    import cv2
+    import numpy as np
+
+    from app.config import Settings
+    from app.engine import FaceEngine, InferenceGate
+
+    engine = FaceEngine.from_settings(Settings(), InferenceGate(1, 5.0))
+    paths = sorted(EVAL_DIR.glob("*.jpg"))[:PHOTOS]
+    images = [cv2.imdecode(np.frombuffer(jpeg_640(p), np.uint8), cv2.IMREAD_COLOR) for p in paths]
+    for batch in (1, 16):
+        same_process_batch(engine.detector, images, batch, rounds)
+
+
+def same_process_batch(det: Any, images: list[Any], batch: int, rounds: int) -> None:
+    import cv2
+    import numpy as np
+
+    from app.engine.align import ARCFACE_TEMPLATE, CROP_SIZE, align_faces
+    from app.engine.scrfd import decode_batch, letterbox_batch
+    from tests.engine.test_vectorised import old_blob, old_decode, old_similarity_transform
+
+    groups = [images[i : i + batch] for i in range(0, len(images), batch)]
+    fixed = batch > 1
+    tensors = [letterbox_batch(g, det.det_size, fixed=fixed) for g in groups]
+    outs = [det.session.run(det.output_names, {det.input_name: blob}) for blob, _ in tensors]
+    found = [
+        decode_batch(o, sc, blob.shape[2:], threshold=det.threshold)
+        for o, (blob, sc) in zip(outs, tensors, strict=True)
+    ]
+    faces = [(img, d.kps) for g, ds in zip(groups, found, strict=True) for img, d in zip(g, ds, strict=True)]
+
+    def old_pre() -> None:
+        for g in groups:
+            old_blob(g, fixed)
+
+    def new_pre() -> None:
+        for g in groups:
+            letterbox_batch(g, det.det_size, fixed=fixed)
+
+    def old_post() -> None:
+        for o, (blob, sc) in zip(outs, tensors, strict=True):
+            for i in range(len(sc)):
+                old_decode([x[i] for x in o], float(sc[i]), blob.shape[3], blob.shape[2], det.threshold, 0)
+
+    def new_post() -> None:
+        for o, (blob, sc) in zip(outs, tensors, strict=True):
+            decode_batch(o, sc, blob.shape[2:], threshold=det.threshold)
+
+    def old_align() -> None:
+        for img, kps in faces:
+            for k in kps:
+                cv2.warpAffine(img, old_similarity_transform(k, ARCFACE_TEMPLATE), (CROP_SIZE, CROP_SIZE))
+
+    def new_align() -> None:
+        for g, ds in zip(groups, found, strict=True):
+            sources = [img for img, d in zip(g, ds, strict=True) for _ in range(len(d.kps))]
+            align_faces(sources, np.concatenate([d.kps for d in ds]))
+
+    steps = {
+        "detect pre": (old_pre, new_pre),
+        "detect post": (old_post, new_post),
+        "align": (old_align, new_align),
+    }
+    totals: dict[str, list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        for stage, pair in steps.items():
+            for which, fn in zip(("old", "new"), pair, strict=True):
+                start = time.thread_time()
+                fn()
+                totals[f"{which} {stage}"].append((time.thread_time() - start) * 1e3 / len(images))
+    count = sum(len(k) for _, k in faces)
+    print(f"\nsame process, {batch} image(s) per call: thread CPU ms per image, median of {rounds} alternated rounds")
+    print(f"({len(images)} photos, {count} faces)")
+    for stage in steps:
+        old, new = statistics.median(totals[f"old {stage}"]), statistics.median(totals[f"new {stage}"])
+        print(f"  {stage:<12} old {old:7.3f}  new {new:7.3f}  ratio {old / new:5.2f}")
+
+
 # ------------------------------------------------------------------------------------------------ driver
 def run_worker(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree), "LOG_LEVEL": "error"}
@@ -285,6 +372,12 @@ def main() -> None:
     parser.add_argument("--variants", default="standin,real", help="standin, real or both (default both)")
     parser.add_argument("--batches", default="1,16", help="images per engine call (default 1,16)")
     parser.add_argument("--passes", type=int, default=8, help="passes over the photos, stand-in (real: a quarter)")
+    parser.add_argument(
+        "--same-process",
+        type=int,
+        metavar="ROUNDS",
+        help="instead: the replaced per-image code against this tree's, alternated in this process, ROUNDS times",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not (EVAL_DIR / "img1.jpg").is_file():
@@ -292,6 +385,9 @@ def main() -> None:
         return
     if args.worker:
         worker(args)
+        return
+    if args.same_process:
+        same_process(args.same_process)
         return
     sha = git("rev-parse", "--short", f"{args.ref}^{{commit}}")
     head = git("rev-parse", "--short", "HEAD")

@@ -231,8 +231,9 @@ def test_a_cold_engine_does_not_turn_a_burst_into_503s(
     """The service on an engine whose sessions stall 1 s on every new input shape (a stand-in for a GPU's cuDNN
     search, see FirstShapeSlowSession). A warm-up of four photos, each a new detector and recognizer shape,
     must not teach the admission estimate that the engine is slow: a burst of 12 concurrent searches afterwards
-    is answered, not shed. Then one slow call raises the estimate by a bounded step only, and fast calls bring it
-    down. Responses and estimates are counted; nothing is timed."""
+    is answered, not shed. One slow call then raises the estimate by a bounded step only (the recovery with fast
+    calls: test_the_estimate_leaves_out_cold_calls_bounds_slow_ones_and_recovers). Responses and estimates are
+    counted against the bounds the code enforces; nothing is timed."""
     client = client_factory(gpu_acquire_timeout=5.0)
     services = client.app.state.services  # type: ignore[attr-defined]
     batcher, engine = services.batcher, services.engine
@@ -244,10 +245,15 @@ def test_a_cold_engine_does_not_turn_a_burst_into_503s(
     def search(path: Path) -> int:
         return client.post("/api/search", files={"file": (path.name, path.read_bytes(), "image/jpeg")}).status_code
 
+    start = batcher.seconds_per_image
     warm_up = (Photos.yaoming, Photos.t1, Photos.players, Photos.gdp)  # other sizes, other face counts
     assert [search(p) for p in warm_up] == [200] * 4
     assert detector.cold_runs == 4 and recognizer.cold_runs == 4  # each was a cold call, twice over
-    assert batcher.seconds_per_image < 0.5  # not poisoned (the old average: 1.4 s per image)
+    # The first call at one image per call is left out as cold; the three others, at a size seen, raise the
+    # estimate by 20 % each at most (the old average: 1.4 s per image here, measured against main).
+    assert batcher.cold_calls == 1
+    step = 1 + RISE_WEIGHT * (MAX_RISE - 1)
+    assert batcher.seconds_per_image <= start * step**3 + 1e-12
 
     statuses: list[int] = []
     threads = [threading.Thread(target=lambda: statuses.append(search(Photos.yaoming))) for _ in range(12)]
@@ -256,15 +262,9 @@ def test_a_cold_engine_does_not_turn_a_burst_into_503s(
     for t in threads:
         t.join(60)
     assert len(statuses) == 12
-    assert statuses.count(200) >= 11, (
-        statuses
-    )  # no storm of 503s (the old estimate, 1.4 s per image here, shed 5 of 12)
+    assert statuses.count(200) >= 11, statuses  # no storm of 503s (the old estimate shed 5 of 12 at the door)
 
     before = batcher.seconds_per_image
     detector.slow_next = 1  # one slow batch at a known shape
     assert search(Photos.yaoming) == 200
-    assert batcher.seconds_per_image <= before * (1 + RISE_WEIGHT * (MAX_RISE - 1)) + 1e-12
-    raised = batcher.seconds_per_image
-    for _ in range(3):
-        assert search(Photos.yaoming) == 200
-    assert batcher.seconds_per_image < raised  # coming back down
+    assert batcher.seconds_per_image <= before * step + 1e-12

@@ -7,6 +7,7 @@ transform per face."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import cv2
@@ -66,6 +67,12 @@ def old_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
+@functools.cache
+def old_anchor_centers(height: int, width: int, stride: int) -> np.ndarray:
+    ys, xs = np.mgrid[:height, :width]
+    return np.repeat((np.stack([xs, ys], axis=-1).reshape(-1, 2) * stride).astype(np.float32), 2, axis=0)
+
+
 def old_decode(
     outs: list[np.ndarray], det_scale: float, width: int, height: int, threshold: float, max_faces: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,9 +82,7 @@ def old_decode(
         keep = np.nonzero(scores >= threshold)[0]
         if keep.size == 0:
             continue
-        ys, xs = np.mgrid[: height // stride, : width // stride]
-        centers = np.repeat((np.stack([xs, ys], axis=-1).reshape(-1, 2) * stride).astype(np.float32), 2, axis=0)
-        centers = centers[keep]
+        centers = old_anchor_centers(height // stride, width // stride, stride)[keep]
         dist = outs[idx + 3].reshape(-1, 4)[keep] * stride
         kps = outs[idx + 6].reshape(-1, 10)[keep] * stride
         all_scores.append(scores[keep])
