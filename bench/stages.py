@@ -135,13 +135,18 @@ def opened_service(standin: bool, batch: int, state: Path) -> Iterator[Any]:
     from app.config import Settings
     from app.store import FacePoint
 
+    # The detector's batch: DET_BATCH_SIZES since the ONNX base (issue 15), DET_BATCH before it (a REF may be older).
+    if "det_batch_sizes" in Settings.model_fields:
+        det_batch: dict[str, Any] = {"det_batch_sizes": (1, batch) if batch > 1 else (1,)}
+    else:
+        det_batch = {"det_batch": batch if batch > 1 else 0}
     settings = Settings(
         state_dir=state,
         qdrant_path=state / "qdrant",
         thumbs_dir=state / "thumbs",
         engine_standin=standin,
-        det_batch=batch if batch > 1 else 0,
         request_batch=max(batch, 1),
+        **det_batch,
     )
     services = open_services(settings, batcher=False, jobs=False, state=False, keys=False)
     try:

@@ -3,64 +3,107 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from app.engine.graph import IMAGE_INPUT
+from app.engine.model import OnnxModel
+from app.engine.runtime import Runtime
 from app.engine.scrfd import Detections, decode_batch, letterbox_batch, letterbox_images
 from app.errors import ModelPackError
 
+# The canvases a single image is letterboxed onto on the CPU: the smallest of them that holds the scaled image. A
+# few aspect ratios (square, 4:3, 3:2, 16:9, each way) fitted in DET_SIZE: a bounded set of input shapes, all
+# warmed at start-up, that wastes little detector work on padding (the common photo shapes fit one closely). On a
+# GPU, and for any batch of more than one image, the one canvas is DET_SIZE itself.
+CANVAS_ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16))
 
-class ScrfdDetector:
-    """SCRFD with 5 keypoints; runs a whole batch in one call when the model's batch axis allows it."""
+
+def _up32(value: float) -> int:
+    return -(-round(value) // 32) * 32
+
+
+def aspect_canvases(det_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """(width, height) of each CANVAS_ASPECTS canvas fitted in det_size, smallest area first."""
+    width, height = det_size
+    canvases = set()
+    for aspect_w, aspect_h in CANVAS_ASPECTS:
+        scale = min(width / aspect_w, height / aspect_h)
+        canvases.add((min(width, _up32(aspect_w * scale)), min(height, _up32(aspect_h * scale))))
+    return sorted(canvases, key=lambda c: (c[0] * c[1], c))
+
+
+class ScrfdDetector(OnnxModel):
+    """SCRFD with 5 keypoints; runs a whole chunk of images in one call when the model's batch axis allows it."""
+
+    REWRITE_BATCH_AXIS = False  # SCRFD's outputs are per-anchor arrays: _batch_axis_usable reads them
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        path: Path,
         *,
+        runtime: Runtime,
         det_size: tuple[int, int],
         threshold: float,
-        batch: int,
-        fixed_canvas: bool = False,
+        batch_sizes: Sequence[int] = (),
+        canvases: Sequence[tuple[int, int]] | None = None,
         max_faces: int = 0,
     ) -> None:
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        outputs = session.get_outputs()
-        if len(outputs) != 9:
-            raise ModelPackError(
-                f"detector has {len(outputs)} outputs; a SCRFD model with keypoints (9 outputs) is required"
-            )
-        self.output_names = [o.name for o in outputs]
-        batch_dim = session.get_inputs()[0].shape[0]
-        self.batched = len(outputs[0].shape) == 3 and not (isinstance(batch_dim, int) and batch_dim == 1)
-        self.batch = batch if self.batched else 1
+        """`batch_sizes`: empty for 1 on the CPU, 1,4,16 on a GPU. `canvases`: (width, height) of the canvases one
+        image may be letterboxed onto, each within det_size; None: det_size alone on a GPU (every new input shape
+        costs a kernel search there), aspect_canvases(det_size) on the CPU."""
         self.det_size = det_size
+        super().__init__(path, name=path.name, runtime=runtime, batch_sizes=batch_sizes)
+        if len(self.output_names) != 9:
+            raise ModelPackError(
+                f"detector has {len(self.output_names)} outputs; a SCRFD model with keypoints (9 outputs) is required"
+            )
         self.threshold = threshold
         self.max_faces = max_faces  # 0: no cap
-        # On a GPU every new input shape costs a kernel/algorithm search: keep one canvas size there.
-        self.fixed_canvas = fixed_canvas
+        if canvases is None:
+            canvases = [det_size] if self.on_gpu else aspect_canvases(det_size)
+        if any(w > det_size[0] or h > det_size[1] or w % 32 or h % 32 for w, h in canvases):
+            raise ValueError(f"detector canvases {canvases} must be multiples of 32 within DET_SIZE {det_size}")
+        # The full canvas is always there: it holds any scaled image.
+        self.canvases = sorted({*canvases, det_size}, key=lambda c: (c[0] * c[1], c))
 
-    def _letterbox(self, images: Sequence[np.ndarray], fixed: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The batch's input and each image's scale: uint8 pixels for a graph that takes images
-        (app.engine.graph), else the normalised float tensor (app.engine.scrfd)."""
-        if self.input_name == IMAGE_INPUT:
-            return letterbox_images(images, self.det_size, fixed=fixed)
-        return letterbox_batch(images, self.det_size, fixed=fixed)
+    def default_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
+        return (1, 4, 16) if on_gpu else (1,)  # batching the detector helps on a GPU only
+
+    def _gpu_item_shape(self) -> tuple[int, ...] | None:
+        return (3, self.det_size[1], self.det_size[0])  # the one canvas on a GPU
+
+    def _batch_axis_usable(self) -> bool:
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        return len(self.session.get_outputs()[0].shape) == 3 and not (isinstance(batch_dim, int) and batch_dim == 1)
+
+    def input_shapes(self) -> Sequence[tuple[int, ...]]:
+        """Batch 1 on each canvas; larger batches on the full canvas (a batch is stacked on one canvas)."""
+        width, height = self.det_size
+        shapes = [(1, 3, h, w) for w, h in self.canvases] if 1 in self.batch_sizes else []
+        return shapes + [(size, 3, height, width) for size in self.batch_sizes if size > 1]
+
+    def _letterbox(self, images: Sequence[np.ndarray], fixed: bool, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's input (`rows` rows: the images, then blank padding) and each image's scale: uint8 pixels for
+        a graph that takes images (app.engine.graph), else the normalised float tensor (app.engine.scrfd). A
+        batch is stacked on the full canvas; a single image gets the smallest of the canvases that holds it, so
+        most of the strip a landscape photo leaves free is not spent on padding (faces cut by the image's edge
+        may come out slightly differently)."""
+        build = letterbox_images if self.input_name == IMAGE_INPUT else letterbox_batch
+        return build(images, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per image: boxes (N, 4), scores (N,), keypoints (N, 5, 2) in the image's pixels."""
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for start in range(0, len(images), self.batch):
-            chunk = images[start : start + self.batch]
-            batch, scales = self._letterbox(chunk, self.fixed_canvas)
-            outs = self.session.run(self.output_names, {self.input_name: batch})
+        for chunk in self.chunks(len(images)):
+            batch, scales = self._letterbox(images[chunk.start : chunk.stop], chunk.size > 1, chunk.size)
+            outs = self.run_blob(batch, chunk.size)
             canvas = batch.shape[1:3] if batch.dtype == np.uint8 else batch.shape[2:]
             results.extend((d.boxes, d.scores, d.kps) for d in self._decode(outs, scales, canvas))
         return results
 
     def _decode(self, outs: Sequence[np.ndarray], scales: np.ndarray, canvas: tuple[int, ...]) -> list[Detections]:
-        """The faces of every image of the batch (app.engine.scrfd.decode_batch)."""
+        """The faces of every image of the chunk (app.engine.scrfd.decode_batch); padding rows are ignored."""
         height, width = canvas
         return decode_batch(outs, scales, (height, width), threshold=self.threshold, max_faces=self.max_faces)

@@ -45,14 +45,22 @@ def letterbox_size(height: int, width: int, det_size: tuple[int, int]) -> tuple[
 
 
 def _layout(
-    images: Sequence[np.ndarray], det_size: tuple[int, int], fixed: bool
+    images: Sequence[np.ndarray],
+    det_size: tuple[int, int],
+    fixed: bool,
+    canvases: Sequence[tuple[int, int]] | None,
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """Each image's scaled (height, width), and the canvas's (height, width). A fixed canvas (det_size) is
-    needed to stack several images; one image alone gets the smallest canvas (multiple of 32) that holds it, so
-    the strip a landscape photo leaves free is not spent on padding."""
+    needed to stack several images; one image alone gets the smallest of `canvases` ((width, height), smallest
+    first) that holds it, or without them the smallest canvas (multiple of 32) that does, so the strip a
+    landscape photo leaves free is not spent on padding."""
     sizes = [letterbox_size(img.shape[0], img.shape[1], det_size) for img in images]
     if fixed or len(images) > 1:
         return sizes, (det_size[1], det_size[0])
+    new_h, new_w = sizes[0]
+    if canvases:
+        width, height = next(((w, h) for w, h in canvases if w >= new_w and h >= new_h), det_size)
+        return sizes, (height, width)
     height, width = (-(-side // CANVAS_MULTIPLE) * CANVAS_MULTIPLE for side in sizes[0])
     return sizes, (height, width)
 
@@ -66,14 +74,19 @@ def _scaled(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def letterbox_batch(
-    images: Sequence[np.ndarray], det_size: tuple[int, int], *, fixed: bool, rows: int = 0
+    images: Sequence[np.ndarray],
+    det_size: tuple[int, int],
+    *,
+    fixed: bool,
+    rows: int = 0,
+    canvases: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The detector's input for a batch of BGR images: (N, 3, H, W) float32, RGB, normalised, each image scaled
     into the top-left corner of its canvas (black border), and per image the scale from its pixels to the
     canvas's (float32, as the decode divides float32 coordinates by it). `fixed`: the det_size canvas even for
-    one image (see _layout). `rows`: the tensor's batch size when more than the images (a fixed batch size), the
-    rows past them all border."""
-    sizes, (height, width) = _layout(images, det_size, fixed)
+    one image; `canvases`: those one image may go on (see _layout). `rows`: the tensor's batch size when more
+    than the images (a fixed batch size), the rows past them all border."""
+    sizes, (height, width) = _layout(images, det_size, fixed, canvases)
     blob = np.empty((max(rows, len(images)), 3, height, width), dtype=np.float32)
     blob[len(images) :] = _PADDING
     scales = np.empty(len(images), dtype=np.float32)
@@ -88,12 +101,17 @@ def letterbox_batch(
 
 
 def letterbox_images(
-    images: Sequence[np.ndarray], det_size: tuple[int, int], *, fixed: bool, rows: int = 0
+    images: Sequence[np.ndarray],
+    det_size: tuple[int, int],
+    *,
+    fixed: bool,
+    rows: int = 0,
+    canvases: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """letterbox_batch's canvas as pixels, (N, H, W, 3) uint8 BGR with a black border, for a detector whose graph
     normalises its input itself (app.engine.graph.with_image_input: a quarter of the bytes to build and to copy
     to a GPU)."""
-    sizes, (height, width) = _layout(images, det_size, fixed)
+    sizes, (height, width) = _layout(images, det_size, fixed, canvases)
     canvas = np.zeros((max(rows, len(images)), height, width, 3), dtype=np.uint8)
     scales = np.empty(len(images), dtype=np.float32)
     for i, (image, (new_h, new_w)) in enumerate(zip(images, sizes, strict=True)):

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
+from app.config import Settings
 from app.engine import FaceEngine
 from app.engine.align import ARCFACE_TEMPLATE, CROP_SIZE, align_faces, similarity_transforms
-from app.engine.detector import ScrfdDetector
+from app.engine.detector import ScrfdDetector, aspect_canvases
 from app.engine.graph import IMAGE_INPUT, with_image_input
+from app.engine.runtime import Runtime
 from app.engine.scrfd import anchor_centers, decode_batch, letterbox_batch, letterbox_images, nms
 from app.imaging import DecodedImage
 from tests.support import VECTRON_DIR, Photos, read_bgr
@@ -29,12 +31,16 @@ STRIDES = (8, 16, 32)
 
 
 # ------------------------------------------------------------------ the replaced per-image code (reference)
-def old_letterbox(image: np.ndarray, fixed: bool) -> tuple[np.ndarray, float]:
+def old_letterbox(
+    image: np.ndarray, fixed: bool, canvases: Sequence[tuple[int, int]] | None = None
+) -> tuple[np.ndarray, float]:
     width, height = DET_SIZE
     h, w = image.shape[:2]
     scale = min(width / w, height / h, 2.0)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    if not fixed:
+    if not fixed and canvases:
+        width, height = next((cw, ch) for cw, ch in canvases if cw >= new_w and ch >= new_h)
+    elif not fixed:
         width, height = -(-new_w // 32) * 32, -(-new_h // 32) * 32
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     resized = image if scale == 1.0 else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
@@ -42,8 +48,10 @@ def old_letterbox(image: np.ndarray, fixed: bool) -> tuple[np.ndarray, float]:
     return canvas, new_h / h
 
 
-def old_blob(images: Sequence[np.ndarray], fixed: bool) -> tuple[np.ndarray, list[float]]:
-    boxed = [old_letterbox(img, fixed or len(images) > 1) for img in images]
+def old_blob(
+    images: Sequence[np.ndarray], fixed: bool, canvases: Sequence[tuple[int, int]] | None = None
+) -> tuple[np.ndarray, list[float]]:
+    boxed = [old_letterbox(img, fixed or len(images) > 1, canvases) for img in images]
     canvas_h, canvas_w = boxed[0][0].shape[:2]
     blob = cv2.dnn.blobFromImages(
         [b[0] for b in boxed], 1.0 / 128.0, (canvas_w, canvas_h), (127.5, 127.5, 127.5), swapRB=True
@@ -119,7 +127,7 @@ def old_similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def old_analyze(engine: FaceEngine, images: Sequence[np.ndarray], fixed: bool) -> list[list[tuple[np.ndarray, ...]]]:
     """The old per-image pipeline on the engine's own sessions: (box, score, kps, crop, embedding) per face."""
     det = engine.detector
-    blob, det_scales = old_blob(images, fixed)
+    blob, det_scales = old_blob(images, fixed, det.canvases)
     outs = det.session.run(det.output_names, {det.input_name: blob})
     rows = []
     for i, det_scale in enumerate(det_scales):
@@ -151,11 +159,12 @@ def photo_set() -> list[np.ndarray]:
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["own-canvas", "fixed-canvas"])
 def test_letterbox_tensor_equals_blob_from_images(fixed: bool) -> None:
-    for image in photo_set():  # one image at a time: its own smallest canvas unless fixed
-        blob, scales = letterbox_batch([image], DET_SIZE, fixed=fixed)
-        reference, ref_scales = old_blob([image], fixed)
-        assert blob.shape == reference.shape and np.array_equal(blob, reference)
-        assert np.allclose(scales, ref_scales, rtol=1e-6)
+    for canvases in (None, aspect_canvases(DET_SIZE)):
+        for image in photo_set():  # one image at a time: its own smallest canvas unless fixed
+            blob, scales = letterbox_batch([image], DET_SIZE, fixed=fixed, canvases=canvases)
+            reference, ref_scales = old_blob([image], fixed, canvases)
+            assert blob.shape == reference.shape and np.array_equal(blob, reference)
+            assert np.allclose(scales, ref_scales, rtol=1e-6)
     images = photo_set()  # a batch: one 640x640 canvas, every image in its top-left corner
     blob, scales = letterbox_batch(images, DET_SIZE, fixed=fixed)
     reference, ref_scales = old_blob(images, fixed)
@@ -175,8 +184,9 @@ def assert_same_faces(new: Sequence[tuple[np.ndarray, ...]], old: Sequence[tuple
 @pytest.mark.parametrize("batch", [1, 6], ids=["one-per-call", "batch-of-6"])
 def test_engine_faces_equal_the_per_image_code(engine: FaceEngine, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Boxes, scores, keypoints, crops and embeddings of the whole engine against the old code on the same
-    sessions: one image per call (its own canvas) and six in one detector call (a fixed 640 canvas)."""
-    monkeypatch.setattr(engine.detector, "batch", batch)
+    sessions: one image per call (the smallest of the detector's canvases that holds it) and six in one detector
+    call (the full 640 canvas)."""
+    monkeypatch.setattr(engine.detector, "batch_sizes", (1, batch) if batch > 1 else (1,))
     images = photo_set()
     found = engine.analyze_batch(images)
     new = [[(f.bbox, f.det_score, f.kps, f.crop, f.embedding) for f in row] for row in found]
@@ -279,7 +289,7 @@ def test_padding_rows_are_blank_and_ignored_by_the_decode(engine: FaceEngine) ->
         assert np.allclose(a.boxes, b.boxes, atol=1e-4) and np.allclose(a.kps, b.kps, atol=1e-4)
 
 
-def test_a_detector_taking_images_finds_what_the_float_tensor_finds(engine: FaceEngine) -> None:
+def test_a_detector_taking_images_finds_what_the_float_tensor_finds(engine: FaceEngine, tmp_path: Path) -> None:
     """The SCRFD graph rewritten to take uint8 BGR images (app.engine.graph, for GPU sessions): the detector
     feeds it letterbox_images' pixels, whose normalisation is letterbox_batch's tensor exactly, and finds the same
     faces, one image on its own canvas and a batch on the fixed one."""
@@ -291,12 +301,16 @@ def test_a_detector_taking_images_finds_what_the_float_tensor_finds(engine: Face
         assert np.array_equal(normalised, blob) and np.array_equal(scales, blob_scales)
     det = engine.detector
     model = with_image_input(onnx.load(str(VECTRON_DIR / "scrfd_500m_bnkps.onnx")), mean=127.5, std=128.0)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    taking_images = ScrfdDetector(session, det_size=DET_SIZE, threshold=det.threshold, batch=len(images))
+    rewritten = tmp_path / "scrfd_image_input.onnx"
+    onnx.save(model, str(rewritten))
+    runtime = Runtime.from_settings(Settings())
+    taking_images = ScrfdDetector(rewritten, runtime=runtime, det_size=DET_SIZE, threshold=det.threshold)
     assert taking_images.input_name == IMAGE_INPUT
-    floats = ScrfdDetector(det.session, det_size=DET_SIZE, threshold=det.threshold, batch=len(images))
+    floats = ScrfdDetector(
+        VECTRON_DIR / "scrfd_500m_bnkps.onnx", runtime=runtime, det_size=DET_SIZE, threshold=det.threshold
+    )
     for batch in (1, len(images)):
-        taking_images.batch = floats.batch = batch
+        taking_images.batch_sizes = floats.batch_sizes = (1, batch) if batch > 1 else (1,)
         for (boxes, scores, kps), (f_boxes, f_scores, f_kps) in zip(
             taking_images.detect(images), floats.detect(images), strict=True
         ):
