@@ -4,6 +4,7 @@ state and job manager, in order. Used by the service (app.api), the CLI's local 
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -16,7 +17,15 @@ from app.ingest.manager import JobManager
 from app.ingest.model import STATE_FILE
 from app.ingest.state import IngestState
 from app.service import FaceService
-from app.store import ThumbnailStore, VectorStore, open_store
+from app.store import (
+    ERASURES_FILE,
+    ErasureJournal,
+    ThumbnailStore,
+    VectorStore,
+    open_store,
+    other_embedded_collections,
+    store_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,7 @@ def open_services(
     build_index: bool = True,
     observer: EngineObserver | None = None,
     keys: bool = True,
+    sweep: bool = True,
 ) -> Services:
     """Everything a Settings describes, opened in order; on a failure half-way what was opened is closed.
 
@@ -78,7 +88,8 @@ def open_services(
     ingest state (implied by `jobs`). `build_index`: build a pending HNSW index before serving (it blocks the
     process, see EdgeStore). `observer`: told of every engine call, wait, shed and drop (the service's metrics),
     installed before any job runs. `keys`: the API keys of STATE_DIR, kept up to date with changes made by other
-    processes (the service)."""
+    processes (the service). `sweep`: remove crops without a point, on a thread beside the service, when
+    THUMBS_DIR is this collection's alone (see ThumbnailStore.claim)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     configure_pixel_limits(int(settings.max_megapixels * 1e6))
     engine, heads = models or load_models(settings)
@@ -96,14 +107,30 @@ def open_services(
         if build_index and store.info().status != "green":
             store.optimize()
         thumbs = ThumbnailStore(settings.thumbs_dir)
+        erasures = ErasureJournal(settings.state_dir / ERASURES_FILE)
+        closer.callback(erasures.close)
         request_batcher = None
         if batcher:
             request_batcher = InferenceBatcher(engine, max_images=settings.request_batch)
             closer.callback(request_batcher.close)
         service = FaceService(
-            settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs, analyzer=request_batcher
+            settings=settings,
+            engine=engine,
+            heads=heads,
+            store=store,
+            thumbs=thumbs,
+            erasures=erasures,
+            analyzer=request_batcher,
         )
         service.settle_thumbnails()  # before any writer starts
+        if sweep and thumbs.claim(store_identity(settings), alone=not other_embedded_collections(settings)):
+            stop_sweep = threading.Event()
+            sweeper = threading.Thread(
+                target=service.sweep_orphans, args=(stop_sweep,), name="orphan-sweep", daemon=True
+            )
+            sweeper.start()
+            closer.callback(sweeper.join)  # after stop_sweep is set, before the store closes
+            closer.callback(stop_sweep.set)
         ingest_state = manager = None
         if state or jobs:
             ingest_state = IngestState(settings.state_dir / STATE_FILE)
