@@ -38,6 +38,7 @@ class ScrfdDetector(OnnxModel):
     """SCRFD with 5 keypoints; runs a whole chunk of images in one call when the model's batch axis allows it."""
 
     REWRITE_BATCH_AXIS = False  # SCRFD's outputs are per-anchor arrays: _batch_axis_usable reads them
+    IMAGE_NORMALISATION = (127.5, 128.0)  # (pixel - 127.5) / 128, RGB
 
     def __init__(
         self,
@@ -72,7 +73,8 @@ class ScrfdDetector(OnnxModel):
         return (1, 4, 16) if on_gpu else (1,)  # batching the detector helps on a GPU only
 
     def _gpu_item_shape(self) -> tuple[int, ...] | None:
-        return (3, self.det_size[1], self.det_size[0])  # the one canvas on a GPU
+        width, height = self.det_size  # the one canvas on a GPU
+        return (height, width, 3) if self.image_input else (3, height, width)
 
     def _batch_axis_usable(self) -> bool:
         batch_dim = self.session.get_inputs()[0].shape[0]
@@ -81,8 +83,12 @@ class ScrfdDetector(OnnxModel):
     def input_shapes(self) -> Sequence[tuple[int, ...]]:
         """Batch 1 on each canvas; larger batches on the full canvas (a batch is stacked on one canvas)."""
         width, height = self.det_size
-        shapes = [(1, 3, h, w) for w, h in self.canvases] if 1 in self.batch_sizes else []
-        return shapes + [(size, 3, height, width) for size in self.batch_sizes if size > 1]
+
+        def shape(size: int, w: int, h: int) -> tuple[int, ...]:
+            return (size, h, w, 3) if self.image_input else (size, 3, h, w)
+
+        shapes = [shape(1, w, h) for w, h in self.canvases] if 1 in self.batch_sizes else []
+        return shapes + [shape(size, width, height) for size in self.batch_sizes if size > 1]
 
     def _letterbox(self, images: Sequence[np.ndarray], fixed: bool, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """The chunk's input (`rows` rows: the images, then blank padding) and each image's scale: uint8 pixels for
