@@ -18,6 +18,7 @@ from uvicorn.supervisors import Multiprocess
 
 from app.api import create_app
 from app.api.metrics import Metrics, share_across_processes
+from app.api.server import ConnectionGuard
 from app.bootstrap import open_services
 from app.config import LogFormat, Settings, private_files
 from app.core import CoreAddress, CoreServer
@@ -116,7 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     if workers > 1:
         serve_with_workers(settings, workers)
         return
-    uvicorn.run(create_app(settings), workers=1, **uvicorn_options(settings))
+    app = create_app(settings)
+    metrics: Metrics = app.state.metrics
+    guard = ConnectionGuard.from_settings(settings, on_refused=metrics.connection_refused)
+    # HEADER_TIMEOUT and MAX_CLIENT_CONNECTIONS (app.api.server); not yet in the HTTP workers of WORKERS > 1
+    uvicorn.run(app, http=guard.protocol(), workers=1, **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

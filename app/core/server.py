@@ -177,7 +177,7 @@ class CoreServer:
 
     def _publish(self) -> None:
         batcher = self.services.batcher
-        self._board.write(batcher.estimated_wait() if batcher is not None else 0.0)
+        self._board.write(batcher.door_wait() if batcher is not None else 0.0)
 
     def _publish_estimate(self) -> None:
         while not self._stop.wait(ESTIMATE_EVERY):

@@ -79,7 +79,8 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
         200: {
             "content": {"text/plain": {"schema": {"type": "string"}}},
             "description": "Prometheus text format (the metrics are listed in the README)",
-        }
+        },
+        **errors(),  # a read: AUTH_READS=key asks for a search key (never rate-limited: no 429 in practice)
     },
 )
 async def metrics(request: Request) -> Response:
