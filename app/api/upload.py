@@ -79,8 +79,8 @@ async def run_in_thread(
             poll = max(0.0, deadline - loop.time())
             if gone is not None:
                 poll = min(DISCONNECT_POLL, poll)
-            done, _ = await asyncio.wait({task}, timeout=poll)
-            if done:
+            await asyncio.wait({task}, timeout=poll)  # no `done` set kept: it would hold the task in this frame
+            if task.done():
                 try:
                     return task.result()
                 except answered as exc:
