@@ -15,6 +15,7 @@ from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
 from app.ingest.model import STATE_FILE
 from app.ingest.state import IngestState
+from app.people import PEOPLE_FILE, People, PeopleState
 from app.service import FaceService
 from app.store import ThumbnailStore, VectorStore, open_store
 
@@ -53,6 +54,7 @@ class Services:
     state: IngestState | None = None
     jobs: JobManager | None = None
     keys: KeyStore | None = None
+    people: People | None = None
     _closer: ExitStack = field(default_factory=ExitStack, repr=False)
 
     def close(self) -> None:
@@ -105,6 +107,18 @@ def open_services(
             settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs, analyzer=request_batcher
         )
         service.settle_thumbnails()  # before any writer starts
+        people_state = PeopleState(settings.state_dir / PEOPLE_FILE)
+        closer.callback(people_state.close)
+        people = People(
+            service=service,
+            state=people_state,
+            state_dir=settings.state_dir,
+            collection=settings.collection_name,
+            fingerprint=engine.fingerprint,
+            pack=engine.pack.name,
+        )
+        people.finish_pending()  # renames and merges a stop interrupted, before any reader or writer
+        service.identifier = people
         ingest_state = manager = None
         if state or jobs:
             ingest_state = IngestState(settings.state_dir / STATE_FILE)
@@ -128,5 +142,6 @@ def open_services(
         state=ingest_state,
         jobs=manager,
         keys=key_store,
+        people=people,
         _closer=closer,
     )

@@ -32,9 +32,16 @@ from app.imaging import (
     encode_jpeg,
     read_header,
 )
-from app.store import FacePoint, Match, Origin, PointQuery, ThumbnailStore, VectorStore, point_id
+from app.store import FaceFilter, FacePoint, Match, Origin, PointQuery, ThumbnailStore, VectorStore, point_id
 
 logger = logging.getLogger(__name__)
+
+
+class Identifier(Protocol):
+    """Decides who the faces of one search are (app.people wires one in): sets identity, same_person and ref on
+    each face of each photo."""
+
+    def identify(self, photos: Sequence[Sequence[SearchedFace]]) -> None: ...
 
 
 class Analyzer(Protocol):
@@ -53,6 +60,16 @@ class Analyzer(Protocol):
     ) -> list[list[Face]]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a searched face is: the enrolled subject whose matches agree best (app.people.identity)."""
+
+    subject: str
+    same_person: bool  # False: the subject went to another face of the same photo that matched it better
+    confidence: float  # the subject's best match score
+    threshold: float  # the "same person" threshold it was decided at
+
+
 @dataclass(slots=True)
 class SearchedFace:
     face: Face
@@ -60,6 +77,9 @@ class SearchedFace:
     kps: list[list[float]]
     matches: list[Match]
     image: DecodedImage  # the query photo, for thumbnail()
+    identity: Identity | None = None  # set by the service's Identifier, if any
+    same_person: list[bool] | None = None  # per match: at or over the threshold in force (Identifier)
+    ref: str | None = None  # a reference to this query face for feedback (Identifier)
 
     def thumbnail(self, size: int) -> bytes:
         """JPEG crop of the query face (the HTML page shows it; JSON answers do not pay for it)."""
@@ -147,6 +167,7 @@ class FaceService:
         self.analyzer: Analyzer = analyzer or _EngineAnalyzer(engine)
         self.file_locks = FileLocks()
         self.decode_gate = PixelGate(int(settings.decode_megapixels * 1e6), timeout=settings.gpu_acquire_timeout)
+        self.identifier: Identifier | None = None  # app.bootstrap wires app.people's in
 
     def admit(self, images: int = 1) -> Ticket | None:
         """A place in line for a request's images, taken before its uploads are decoded: EngineBusy at once when
@@ -220,6 +241,8 @@ class FaceService:
                 searched.append(SearchedFace(face=face, bbox=bbox, kps=kps, matches=matches[i], image=image))
                 i += 1
             out.append(searched)
+        if self.identifier is not None:
+            self.identifier.identify(out)
         return out
 
     # ------------------------------------------------------------------ heads
@@ -355,6 +378,23 @@ class FaceService:
 
     def delete_file(self, file: str) -> list[str]:
         return self.delete_where(PointQuery(file=file))
+
+    # ------------------------------------------------------------------ faces by payload (app.people)
+    def list_faces(
+        self, where: FaceFilter, *, offset: str | None, limit: int, keys: Sequence[str] | None = None
+    ) -> tuple[list[Match], str | None]:
+        """One page of stored faces (payloads, id order) and where the next page starts (None: the end)."""
+        return self.store.scroll(where, offset=offset, limit=limit, keys=keys)
+
+    def get_faces(self, ids: Sequence[str]) -> list[Match]:
+        return self.store.retrieve([self.thumbs.validate_id(i) for i in ids])
+
+    def set_subject(self, ids: Sequence[str], subject: str | None) -> None:
+        """Give these faces a subject (None: none); the faces of a file are not being replaced meanwhile."""
+        self.store.set_payload(ids, {"subject": subject})
+
+    def face_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.store.vectors(ids)
 
     def thumbnail(self, face_id: str) -> Path:
         """The thumbnail of a face that is in the store (an erased face's is never served)."""

@@ -20,7 +20,7 @@ from app.api.auth import AccessGuard
 from app.api.context import RequestContext
 from app.api.errors import BodyLimit, install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
-from app.api.routes import faces, heads, jobs, keys, ops, search
+from app.api.routes import faces, feedback, heads, jobs, keys, ops, search, subjects
 from app.api.routing import MethodGuard
 from app.bootstrap import Services, open_services
 from app.config import Settings
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = services.jobs
         metrics.services = services
         app.state.keys = services.keys
+        app.state.people = services.people
         logger.info("Oceano ready: collection %s, backend %s", settings.collection_name, services.store.backend.value)
         try:
             yield
@@ -68,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(pages.router)
+    app.include_router(subjects.router)  # before faces: GET /api/faces and /api/faces/{id}/subject live there
     app.include_router(faces.router)
+    app.include_router(feedback.router)
     app.include_router(search.router)
     app.include_router(heads.router)
     app.include_router(ops.router)
@@ -87,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             max_age=600,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             expose_headers=["Retry-After", "X-Request-ID"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
         )

@@ -15,6 +15,7 @@ from app.config import MAX_TOP_K, Settings
 from app.engine import Ticket
 from app.errors import ImageTooLarge, InvalidRequest, RequestTimeout
 from app.ingest.manager import JobManager
+from app.people import People
 from app.service import FaceService
 
 T = TypeVar("T")
@@ -40,10 +41,16 @@ def get_keys(request: Request) -> KeyStore:
     return keys
 
 
+def get_people(request: Request) -> People:
+    people: People = request.app.state.people
+    return people
+
+
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
+PeopleDep = Annotated[People, Depends(get_people)]
 
 TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="matches per face (default TOP_K)")]
 Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]

@@ -26,6 +26,19 @@ class MatchOut(BaseModel):
     face_index: int | None
     subject: str | None
     thumb_url: str
+    same_person: bool | None = Field(
+        default=None, description="the score is at or over the 'same person' threshold in force (GET /status)"
+    )
+
+
+class IdentityOut(BaseModel):
+    """Who the face is: the enrolled subject whose matches agree best (a vote of the nearest matches that have a
+    subject, at the threshold in force); one subject goes to at most one face of a photo."""
+
+    subject: str
+    same_person: bool = Field(description="false: the subject went to another face of this photo that matched better")
+    confidence: float = Field(description="the subject's best match score (cosine similarity)")
+    threshold: float = Field(description="the 'same person' threshold it was decided at")
 
 
 class FaceOut(BaseModel):
@@ -38,6 +51,8 @@ class FaceOut(BaseModel):
     det_score: float
     kps: list[list[float]]
     matches: list[MatchOut]
+    identity: IdentityOut | None = Field(default=None, description="null: no enrolled subject passes the threshold")
+    ref: str | None = Field(default=None, description="this query face, for POST /api/feedback (`query`)")
 
 
 class AnalyzedFaceOut(BaseModel):
@@ -136,6 +151,10 @@ class StatusOut(BaseModel):
     inference_waiting: int
     index_building: bool = Field(description="an index build is running (searches still answer)")
     unindexed: int = Field(description="points searched exactly until the next index build")
+    threshold: float | None = Field(default=None, description="the 'same person' threshold in force")
+    threshold_source: str | None = Field(
+        default=None, description="where it comes from: 'calibrated: ...' or 'default for pack ...'"
+    )
 
 
 class IngestIn(BaseModel):
@@ -159,6 +178,8 @@ class JobListOut(BaseModel):
 
 
 def face_out(face: SearchedFace) -> FaceOut:
+    same: list[bool | None] = [None] * len(face.matches) if face.same_person is None else list(face.same_person)
+    identity = face.identity
     return FaceOut(
         bbox=face.bbox,
         det_score=round(face.face.det_score, 4),
@@ -171,9 +192,19 @@ def face_out(face: SearchedFace) -> FaceOut:
                 face_index=m.payload.get("face_index"),
                 subject=m.payload.get("subject"),
                 thumb_url=f"/thumbs/{m.id}",
+                same_person=passes,
             )
-            for m in face.matches
+            for m, passes in zip(face.matches, same, strict=True)
         ],
+        identity=None
+        if identity is None
+        else IdentityOut(
+            subject=identity.subject,
+            same_person=identity.same_person,
+            confidence=identity.confidence,
+            threshold=identity.threshold,
+        ),
+        ref=face.ref,
         **face.face.attributes,
     )
 

@@ -10,6 +10,8 @@ from app.api.contract import errors
 from app.api.deps import ServiceDep, run_blocking
 from app.api.metrics import CONTENT_TYPE, Metrics
 from app.api.schemas import HealthChecks, HealthOut, StatusOut
+from app.calibration import CalibratedThreshold
+from app.people import People
 from app.service import FaceService
 from app.store import CollectionInfo
 
@@ -53,6 +55,8 @@ def _index_info(service: FaceService) -> CollectionInfo | None:
 async def status(request: Request, service: ServiceDep) -> StatusOut:
     info = await run_blocking(request, service.store.info)
     engine = service.engine
+    people: People | None = getattr(request.app.state, "people", None)
+    threshold = people.threshold() if people is not None else None
     return StatusOut(
         collection=info.name,
         vectors=info.vectors,
@@ -67,7 +71,13 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
         inference_waiting=engine.gate.waiting,
         index_building=info.index_building,
         unindexed=info.unindexed,
+        threshold=threshold.threshold if threshold else None,
+        threshold_source=threshold_source(threshold) if threshold else None,
     )
+
+
+def threshold_source(value: CalibratedThreshold) -> str:
+    return value.source if value.source.startswith("default") else f"calibrated: {value.source}"
 
 
 @router.get(
