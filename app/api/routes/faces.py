@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse
 
 from app.api.contract import UPLOAD, errors
-from app.api.deps import ServiceDep, SettingsDep, Upload, read_upload, run_blocking
+from app.api.deps import PeopleDep, ServiceDep, SettingsDep, Upload, read_upload, run_blocking
 from app.api.schemas import DeleteOut, IndexOut
 from app.errors import InvalidRequest
 from app.service import ImageToIndex, content_hash
@@ -83,9 +83,10 @@ async def api_index(
 
 
 @router.delete("/api/faces/{face_id}", response_model=DeleteOut, responses=errors(404, 422, 503, 504))
-async def api_delete_face(request: Request, face_id: str, service: ServiceDep) -> DeleteOut:
-    """Remove one face and its thumbnail."""
+async def api_delete_face(request: Request, face_id: str, service: ServiceDep, people: PeopleDep) -> DeleteOut:
+    """Remove one face and its thumbnail (and the feedback about it)."""
     await run_blocking(request, lambda: service.delete_face(face_id))
+    await run_blocking(request, lambda: people.forget([face_id]))
     return DeleteOut(deleted=[face_id])
 
 
@@ -93,14 +94,18 @@ async def api_delete_face(request: Request, face_id: str, service: ServiceDep) -
 async def api_delete_faces(
     request: Request,
     service: ServiceDep,
+    people: PeopleDep,
     file: Annotated[str | None, Query(min_length=1, description="the source file of the faces")] = None,
     subject: Annotated[str | None, Query(min_length=1, description="the subject of the faces")] = None,
 ) -> DeleteOut:
-    """Remove every face of one source image (`file`) or of one person (`subject`), with their thumbnails."""
+    """Remove every face of one source image (`file`) or of one person (`subject`), with their thumbnails (and
+    the feedback about them)."""
     if (file is None) == (subject is None):
         raise InvalidRequest("give exactly one of `file` or `subject`: the faces to delete")
     query = PointQuery(file=file, subject=subject)
-    return DeleteOut(deleted=await run_blocking(request, lambda: service.delete_where(query)))
+    deleted = await run_blocking(request, lambda: service.delete_where(query))
+    await run_blocking(request, lambda: people.forget(deleted, subject=subject))
+    return DeleteOut(deleted=deleted)
 
 
 @router.get(
