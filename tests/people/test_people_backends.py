@@ -127,3 +127,22 @@ def test_an_interrupted_move_is_finished_at_start_and_shown_whole_meanwhile(peop
     assert counts(people) == {"Alicia": 6}
     assert people.state.pending_moves() == [] and people.state.last_done("Alice", "Alicia") is not None
     assert move.id == people.state.last_done("Alice", "Alicia").id  # type: ignore[union-attr]
+
+
+def test_readers_see_the_new_name_for_every_face_while_a_merge_runs(
+    people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(people_module, "MOVE_PAGE", 2)
+    fill(people, {"Alice": 5, "Alicia": 1})
+    seen: list[dict[str, int]] = []
+    shown: list[set[str | None]] = []
+    original = people.service.set_subject
+
+    def set_subject(ids: list[str], subject: str | None) -> None:
+        original(ids, subject)  # a page moved; the rest still carry the old name in the store
+        seen.append(counts(people))
+        shown.append({f.payload["subject"] for f in people.faces(FaceFilter(), after=None, limit=100).faces})
+
+    monkeypatch.setattr(people.service, "set_subject", set_subject)
+    people.merge("Alicia", "Alice")
+    assert len(seen) == 3 and all(c == {"Alicia": 6} for c in seen) and all(s == {"Alicia"} for s in shown)
