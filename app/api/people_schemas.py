@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
-from app.people import MAX_NAME, FeedbackRecord, SubjectSummary
+from app.people import MAX_NAME, NAME_PATTERN, FeedbackRecord, SubjectSummary
 from app.store import Match
+
+# Documented in the schema; checked by app.people.subject_name, whose 400 names the problem.
+NAME_RULE: JsonDict = {"pattern": NAME_PATTERN, "maxLength": MAX_NAME}
+FACE_ID_RULE: JsonDict = {"pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
 
 
 class SubjectOut(BaseModel):
@@ -47,12 +52,17 @@ class SubjectDetailOut(SubjectOut):
 
 class RenameIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=4 * MAX_NAME, description="the new name")
+    name: str = Field(max_length=4 * MAX_NAME, description="the new name", json_schema_extra=NAME_RULE)
 
 
 class MergeIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    source: str = Field(alias="from", max_length=4 * MAX_NAME, description="the subject whose faces join this one")
+    source: str = Field(
+        alias="from",
+        max_length=4 * MAX_NAME,
+        description="the subject whose faces join this one",
+        json_schema_extra=NAME_RULE,
+    )
 
 
 class MergeOut(BaseModel):
@@ -61,7 +71,9 @@ class MergeOut(BaseModel):
 
 class FaceSubjectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    subject: str | None = Field(max_length=4 * MAX_NAME, description="the face's new subject; null: none")
+    subject: str | None = Field(
+        max_length=4 * MAX_NAME, description="the face's new subject; null: none", json_schema_extra=NAME_RULE
+    )
 
 
 class FeedbackIn(BaseModel):

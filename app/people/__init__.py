@@ -2,12 +2,13 @@
 over matches at the calibrated threshold, one subject per face of a photo), and feedback on matches."""
 
 from app.people.identity import Candidate, assign, candidates, identify_photo
-from app.people.names import MAX_NAME, subject_name
+from app.people.names import MAX_NAME, NAME_PATTERN, subject_name
 from app.people.people import FacePage, FeedbackPairs, People, SubjectPage, SubjectSummary
 from app.people.state import PEOPLE_FILE, FeedbackRecord, PeopleState
 
 __all__ = [
     "MAX_NAME",
+    "NAME_PATTERN",
     "PEOPLE_FILE",
     "Candidate",
     "FacePage",

@@ -9,7 +9,8 @@ from app.errors import InvalidRequest
 
 MAX_NAME = 128
 # Letters and digits of any script, then also spaces and . ' - _ ( ) inside; no slash, no control characters.
-_NAME = re.compile(r"[^\W_][\w .'()\-]*", re.UNICODE)
+NAME_PATTERN = r"^[^\W_][\w .'()\-]*$"
+_NAME = re.compile(NAME_PATTERN, re.UNICODE)
 
 
 def subject_name(value: str, *, what: str = "subject name") -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from app.api.contract import errors
 from app.api.deps import PeopleDep, run_blocking
 from app.api.people_schemas import (
+    FACE_ID_RULE,
+    NAME_RULE,
     FaceListOut,
     FaceSubjectIn,
     MergeIn,
@@ -29,7 +31,11 @@ from app.store import FaceFilter, Origin
 router = APIRouter(tags=["subjects"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="faces per page")]
-After = Annotated[str | None, Query(max_length=64, description="the `next` of the previous page")]
+After = Annotated[
+    str | None,
+    Query(max_length=64, description="the `next` of the previous page", json_schema_extra=FACE_ID_RULE),
+]
+SubjectName = Annotated[str, Path(description="the subject's name", json_schema_extra=NAME_RULE)]
 
 
 @router.get("/api/subjects", response_model=SubjectListOut, responses=errors(422, 503, 504))
@@ -50,7 +56,7 @@ async def list_subjects(
 
 @router.get("/api/subjects/{name}", response_model=SubjectDetailOut, responses=errors(400, 404, 422, 503, 504))
 async def get_subject(
-    request: Request, name: str, people: PeopleDep, after: After = None, limit: Limit = 100
+    request: Request, name: SubjectName, people: PeopleDep, after: After = None, limit: Limit = 100
 ) -> SubjectDetailOut:
     """One subject and a page of its faces (thumbnails under thumb_url)."""
 
@@ -66,20 +72,20 @@ async def get_subject(
 
 
 @router.patch("/api/subjects/{name}", response_model=SubjectOut, responses=errors(400, 404, 409, 422, 503, 504))
-async def rename_subject(request: Request, name: str, body: RenameIn, people: PeopleDep) -> SubjectOut:
+async def rename_subject(request: Request, name: SubjectName, body: RenameIn, people: PeopleDep) -> SubjectOut:
     """Rename a subject: every face of it gets the new name (409 when the new name is another subject's: merge
     instead). Journalled: a stop half-way is finished at the next start; a retried rename answers 200."""
     return subject_out(await run_blocking(request, lambda: people.rename(name, body.name)))
 
 
 @router.post("/api/subjects/{name}/merge", response_model=SubjectOut, responses=errors(400, 404, 422, 503, 504))
-async def merge_subject(request: Request, name: str, body: MergeIn, people: PeopleDep) -> SubjectOut:
+async def merge_subject(request: Request, name: SubjectName, body: MergeIn, people: PeopleDep) -> SubjectOut:
     """Merge another subject into this one (`{"from": "other name"}`): its faces join this subject."""
     return subject_out(await run_blocking(request, lambda: people.merge(name, body.source)))
 
 
 @router.delete("/api/subjects/{name}", response_model=DeleteOut, responses=errors(400, 404, 409, 422, 503, 504))
-async def delete_subject(request: Request, name: str, people: PeopleDep) -> DeleteOut:
+async def delete_subject(request: Request, name: SubjectName, people: PeopleDep) -> DeleteOut:
     """Erase the subject: every face of it with its thumbnail (as DELETE /api/faces?subject=), and the feedback
     about it."""
     return DeleteOut(deleted=await run_blocking(request, lambda: people.delete_subject(name)))
@@ -89,7 +95,9 @@ async def delete_subject(request: Request, name: str, people: PeopleDep) -> Dele
 async def list_faces(
     request: Request,
     people: PeopleDep,
-    subject: Annotated[str | None, Query(max_length=512, description="only this subject's faces")] = None,
+    subject: Annotated[
+        str | None, Query(max_length=512, description="only this subject's faces", json_schema_extra=NAME_RULE)
+    ] = None,
     file: Annotated[str | None, Query(max_length=4096, description="only the faces of this source file")] = None,
     origin: Annotated[Origin | None, Query(description="only faces uploaded, or ingested from disk")] = None,
     no_subject: Annotated[bool, Query(description="only faces without a subject")] = False,
