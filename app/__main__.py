@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        # WebSocket messages: at most WS_MAX_MESSAGE_BYTES, not compressed (a deflated message of a few KB
+        # would inflate to the limit in memory; base64 frames gain little from deflate anyway).
         ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=False,
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from app.access import KEYS_FILE, KeyStore
 from app.config import Settings
-from app.engine import EngineObserver, FaceEngine, InferenceBatcher, InferenceGate, ModelPack, select_providers
+from app.engine import EngineObserver, FaceEngine, InferenceBatcher, InferenceGate, ModelPack, Runtime
 from app.heads import HeadRegistry
 from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
@@ -29,9 +29,8 @@ def load_heads(settings: Settings, pack: ModelPack) -> HeadRegistry:
         heads_dir=settings.heads_dir,
         genderage=pack.genderage,
         pack_name=pack.name,
-        providers=select_providers(settings.providers, standin=settings.engine_standin),
-        threads=settings.ort_threads,
-        batch=settings.rec_batch,
+        runtime=Runtime.from_settings(settings),
+        batch_sizes=settings.rec_batch_sizes,
     )
 
 

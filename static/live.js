@@ -16,12 +16,19 @@
   function connect() {
     clearTimeout(state.reconnectTimer);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    // With AUTH_READS=key the search page's key (kept for this tab) goes along as the query parameter `key`.
+    // With AUTH_READS=key the search page's key (kept for this tab) goes in the handshake as the subprotocol
+    // `oceano.key.KEY` (a browser cannot set headers), never in the URL, which servers and proxies log. The
+    // service answers with the plain `oceano` subprotocol.
+    // A key that is not a token (mistyped) cannot be a subprotocol: it goes in the first message instead.
     const key = sessionStorage.getItem("oceano-api-key") || "";
-    const query = key ? `?key=${encodeURIComponent(key)}` : "";
-    const ws = new WebSocket(`${scheme}//${location.host}/ws${query}`);
+    const token = /^[A-Za-z0-9_.~-]+$/.test(key);
+    const protocols = key && token ? ["oceano", `oceano.key.${key}`] : ["oceano"];
+    const ws = new WebSocket(`${scheme}//${location.host}/ws`, protocols);
     state.ws = ws;
-    ws.onopen = () => { state.retry = 0; state.waiting = false; setStatus("connected"); pump(); };
+    ws.onopen = () => {
+      if (key && !token) ws.send(JSON.stringify({ command: "auth", key }));
+      state.retry = 0; state.waiting = false; setStatus("connected"); pump();
+    };
     ws.onmessage = (event) => handle(JSON.parse(event.data));
     ws.onclose = (event) => {
       if (state.ws !== ws) return;

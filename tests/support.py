@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -332,6 +335,7 @@ def live_service(settings: Settings) -> Iterator[str]:
             proxy_headers=False,
             access_log=False,
             ws_max_size=settings.ws_max_message_bytes,
+            ws_per_message_deflate=False,
         )
     )
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
@@ -345,6 +349,67 @@ def live_service(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+@dataclass
+class ServiceProcess:
+    """`python -m app` in a subprocess (see service_process): its URL and pid, and its memory read from /proc."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def memory_kb(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS) of the service, in kB."""
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return {key: int(value) for key, value in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
+
+    def reset_peak(self) -> bool:
+        """VmHWM back to the current RSS (Linux 4.0+); False where the kernel does not allow it."""
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+
+@contextmanager
+def service_process(state: Path, env: Mapping[str, str] | None = None) -> Iterator[ServiceProcess]:
+    """The service as an operator runs it (`python -m app`, its own process: memory figures are its alone) on a
+    free port of 127.0.0.1, its state under `state`; waits (at most 120 s) for /health, stopped on exit."""
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "QDRANT_PATH": str(state / "qdrant"),
+        "THUMBS_DIR": str(state / "thumbs"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": "warning",
+        **(env or {}),
+    }
+    log = state / "service.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=full_env, stdout=out, stderr=out)
+    service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{service.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield service
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 # ------------------------------------------------------------------------------------------------- real time

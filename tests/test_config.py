@@ -53,3 +53,12 @@ def test_access_settings_defaults_and_parsing(monkeypatch: pytest.MonkeyPatch) -
     assert [(i.amount, i.GRANULARITY.name) for i in settings.rate_limits] == [(20, "second"), (600, "minute")]
     assert settings.forwarded_networks is None
     assert settings.cors_origin_list == ["https://a.example.org", "http://localhost:3000"]
+
+
+@pytest.mark.parametrize(("old", "new"), [("DET_BATCH", "DET_BATCH_SIZES"), ("REC_BATCH", "REC_BATCH_SIZES")])
+def test_a_renamed_setting_stops_start_up_naming_its_new_name(
+    monkeypatch: pytest.MonkeyPatch, old: str, new: str
+) -> None:
+    monkeypatch.setenv(old, "16")
+    with pytest.raises(ValidationError, match=f"{old} is now {new}"):
+        Settings()

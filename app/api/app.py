@@ -22,6 +22,7 @@ from app.api.errors import BodyLimit, install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
 from app.api.routes import faces, feedback, heads, jobs, keys, ops, search, subjects
 from app.api.routing import MethodGuard
+from app.api.ws_auth import WaitingRoom
 from app.bootstrap import Services, open_services
 from app.config import Settings
 from app.errors import OceanoError
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
     app.state.realtime_stats = metrics.realtime = RealtimeStats()  # /ws counters: /api/stats and /metrics
+    app.state.ws_waiting_room = WaitingRoom(settings.ws_auth_pending)  # sockets waiting for their key message
     app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(pages.router)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from urllib.parse import parse_qs
 
 from limits import RateLimitItem
 from limits.storage import MemoryStorage
@@ -35,7 +36,7 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/"): PUBLIC,  # the page itself holds no data; with AUTH_READS=key it asks for the key
-    ("GET", "/live"): PUBLIC,  # likewise; its socket (/ws) checks the key itself (app.api.ws.authorize_socket)
+    ("GET", "/live"): PUBLIC,  # likewise; its socket (/ws) checks the key itself (app.api.ws_auth.authorize_socket)
     ("GET", "/static/{file:path}"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
@@ -74,6 +75,25 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
 }
 NOT_COUNTED = frozenset({"/health", "/metrics"})
 HOW_TO_SEND = "send it as `X-API-Key: KEY` or `Authorization: Bearer KEY`"
+
+
+# A browser cannot set headers on a WebSocket: it offers the subprotocols `oceano` and `oceano.key.KEY` instead
+# (a key is made of token characters), and the service answers `oceano`, never the key.
+SUBPROTOCOL = "oceano"
+KEY_SUBPROTOCOL = "oceano.key."
+
+
+def socket_key(scope: Scope) -> str | None:
+    """The key a WebSocket handshake brings: the `oceano.key.KEY` subprotocol, an `X-API-Key` or `Authorization:
+    Bearer` header, or (older clients) the query parameter `key`."""
+    for offered in scope.get("subprotocols") or ():
+        if offered.startswith(KEY_SUBPROTOCOL) and len(offered) > len(KEY_SUBPROTOCOL):
+            return str(offered[len(KEY_SUBPROTOCOL) :])
+    key = presented_key(dict(scope["headers"]))
+    if key is None:
+        values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key")
+        key = values[0] if values and values[0] else None
+    return key
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:
@@ -153,7 +173,12 @@ class AccessGuard:
         self.limit_text = settings.rate_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # /ws checks its keys itself (app.api.ws.authorize_socket)
+        if scope["type"] == "websocket":  # the socket checks its key itself (app.api.ws_auth.authorize_socket)
+            error = self._check_handshake(scope)
+            if error is not None:
+                await refuse_handshake(error, scope, receive, send)
+                return
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if RouteTable.of(scope["app"]).template(route_path(scope)) == UNMATCHED:
@@ -164,6 +189,28 @@ class AccessGuard:
             await error_response(error)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _check_handshake(self, scope: Scope) -> OceanoError | None:
+        """RATE_LIMIT for WebSocket handshakes, counted as HTTP requests are: per key name when the handshake
+        brings a valid key, else per client address."""
+        if self.limiter is None:
+            return None
+        store: KeyStore | None = getattr(scope["app"].state, "keys", None)
+        key = socket_key(scope)
+        info = store.authenticate(key) if store is not None and key is not None else None
+        return self._limit(info, scope)
+
+    def _limit(self, info: KeyInfo | None, scope: Scope) -> OceanoError | None:
+        assert self.limiter is not None
+        client = scope["client"][0] if scope.get("client") else None
+        identity = f"key:{info.name}" if info is not None else f"client:{client}"
+        wait = self.limiter.acquire(identity)
+        if wait is None:
+            return None
+        who = f"the key {info.name!r}" if info is not None else f"the client {client}"
+        return RateLimited(
+            f"too many requests from {who} (RATE_LIMIT {self.limit_text}); retry in {wait:.0f} s", retry_after=wait
+        )
 
     def _check(self, scope: Scope) -> OceanoError | None:
         needed = route_scope(scope["method"], scope["path"])
@@ -177,14 +224,9 @@ class AccessGuard:
         if info is not None:
             state["key"] = info.name  # for the access log: every request, writes included, names its key
         if self.limiter is not None and scope["path"] not in NOT_COUNTED:
-            identity = f"key:{info.name}" if info is not None else f"client:{client}"
-            wait = self.limiter.acquire(identity)
-            if wait is not None:
-                who = f"the key {info.name!r}" if info is not None else f"the client {client}"
-                return RateLimited(
-                    f"too many requests from {who} (RATE_LIMIT {self.limit_text}); retry in {wait:.0f} s",
-                    retry_after=wait,
-                )
+            limited = self._limit(info, scope)
+            if limited is not None:
+                return limited
         if key is not None and info is None:
             return NotAuthenticated(f"unknown or revoked API key: {HOW_TO_SEND} with a valid key")
         if needed is PUBLIC or store is None:
@@ -193,3 +235,13 @@ class AccessGuard:
         # (a forwarded header alone never makes a client local, whatever FORWARDED_ALLOW_IPS trusts).
         local = is_loopback(client) and is_loopback(state.get("peer", client))
         return decide(needed, info, local, store, self.reads)
+
+
+async def refuse_handshake(error: OceanoError, scope: Scope, receive: Receive, send: Send) -> None:
+    """A WebSocket handshake refused with the HTTP answer a request would get (429 with Retry-After), where the
+    server can send one (the ASGI `websocket.http.response` extension: uvicorn); else closed before it is
+    accepted (the server answers 403)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await error_response(error)(scope, receive, send)
+    else:
+        await send({"type": "websocket.close", "code": 1008})

@@ -137,6 +137,18 @@ class HealthOut(BaseModel):
     unindexed: int = Field(default=0, description="points searched exactly until the next index build")
 
 
+class RuntimeOut(BaseModel):
+    providers: list[str] = Field(description="ONNX Runtime providers asked for, in preference order")
+    provider_options: dict[str, dict[str, str]] = Field(description="each provider's options in force")
+    providers_in_use: list[str] = Field(description="the providers the detector's session got")
+    threads: int = Field(description="ONNX Runtime intra-op threads (0: onnxruntime picks)")
+    standin: bool = Field(description="ENGINE_STANDIN: recorded outputs replayed (benchmarks only)")
+    batch_sizes: dict[str, list[int]] = Field(description="the only batch sizes each face model runs at")
+    head_batch_sizes: dict[str, list[int]] = Field(description="the same, per loaded head")
+    detector_canvases: list[list[int]] = Field(description="detector canvases (width, height) one image may use")
+    warm_up_s: float = Field(description="seconds the face models' warm-up took at start-up")
+
+
 class StatusOut(BaseModel):
     collection: str
     vectors: int
@@ -146,6 +158,7 @@ class StatusOut(BaseModel):
     model_fingerprint: str
     backend: str
     providers: list[str]
+    runtime: RuntimeOut
     gpu_concurrency: int
     inference_in_use: int
     inference_waiting: int

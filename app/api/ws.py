@@ -14,7 +14,6 @@ run in the thread pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -28,13 +27,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from app import __version__
-from app.access import KeyStore
-from app.access import Scope as KeyScope
 from app.api import ws_protocol as proto
-from app.api.auth import presented_key
+from app.api.auth import SUBPROTOCOL
 from app.api.contract import errors
+from app.api.ws_auth import SocketRefused, authorize_socket
 from app.api.ws_protocol import CloseCode, Envelope, Incoming, ProtocolError
-from app.config import ReadAccess, Settings
+from app.config import WS_ENVELOPE_BYTES, Settings
 from app.engine import Ticket
 from app.errors import EngineBusy, OceanoError, RequestTimeout
 from app.realtime import (
@@ -58,37 +56,21 @@ T = TypeVar("T")
 INLINE_JSON_CHARS = 64 * 1024  # larger messages are parsed in the thread pool
 
 
-AUTH_WAIT = 10.0  # seconds a socket has to send its key when reads need one
+def message_bytes(text: str) -> int:
+    """A text message's size as it came (UTF-8); isascii() is O(1), so the common case costs no encoding."""
+    return len(text) if text.isascii() else len(text.encode(errors="surrogatepass"))
 
 
-async def authorize_socket(websocket: WebSocket) -> str | None:
-    """Who is on this socket (the key's name, or "anonymous"), or None to refuse it: it is then closed with 1008
-    (policy violation). Called once the socket is accepted, before anything is served. Keys are checked as HTTP
-    checks them (the `search` scope): sent as the query parameter `key` (ws://host/ws?key=...) or an `X-API-Key` /
-    `Authorization: Bearer` header; or, when reads need a key (AUTH_READS=key) and none came that way, as a first
-    message `{"command": "auth", "key": "..."}`, answered `{"type": "auth", "status": "success"}`. A key that is
-    given must be valid, also while reads are open."""
-    settings: Settings = websocket.app.state.settings
-    store: KeyStore | None = getattr(websocket.app.state, "keys", None)
-    key = websocket.query_params.get("key") or presented_key(dict(websocket.scope["headers"]))
-    if key is None and settings.auth_reads is ReadAccess.KEY:
-        try:
-            first = json.loads(await asyncio.wait_for(websocket.receive_text(), timeout=AUTH_WAIT))
-        except (TimeoutError, ValueError, KeyError, WebSocketDisconnect):
-            return None
-        if isinstance(first, dict) and first.get("command") == "auth" and isinstance(first.get("key"), str):
-            key = first["key"]
-        if key is None:
-            return None
-        info = await run_in_threadpool(store.authenticate, key) if store is not None else None
-        if info is None or not info.allows(KeyScope.SEARCH):
-            return None
-        await websocket.send_json({"type": "auth", "status": "success", "key": info.name})
-        return info.name
-    if key is None:
-        return "anonymous"
-    info = await run_in_threadpool(store.authenticate, key) if store is not None else None
-    return info.name if info is not None and info.allows(KeyScope.SEARCH) else None
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in the thread pool. A domain or protocol error (an expected answer, not a bug) comes back
+    without the traceback of its thread: that traceback holds the frames that held the message and the frame
+    (megabytes), in a reference cycle with the pool's future, so they would stay in memory until the garbage
+    collector's next full pass, which an idle service may not run for a long time (measured: 64 sockets x 2
+    messages of 4 MB that were no image left 1.3 GB behind)."""
+    try:
+        return await run_in_threadpool(fn, *args)
+    except (OceanoError, ProtocolError) as exc:
+        raise exc.with_traceback(None) from None
 
 
 @dataclass(slots=True)
@@ -137,7 +119,8 @@ class Connection:
                     "heads": service.heads.available(),
                     "default_heads": [h.name for h in service.select_heads(None)],
                     "version": __version__,
-                    "max_frame_bytes": self.settings.max_upload_bytes,
+                    "max_frame_bytes": self.settings.max_frame_bytes,
+                    "max_message_bytes": self.settings.ws_max_message_bytes,
                     "crowd_levels": list(self.settings.crowd_levels),
                     "crowd_capacity": self.settings.crowd_capacity,
                     "crowd_threshold": self.settings.crowd_threshold,
@@ -159,12 +142,26 @@ class Connection:
 
     # ------------------------------------------------------------------ reading
     async def read(self) -> None:
-        limit = self.settings.max_frame_chars + proto.ENVELOPE_SLACK
+        limit = self.settings.ws_max_message_bytes
+        frame_limit = self.settings.max_frame_chars + WS_ENVELOPE_BYTES
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            text = message.get("text")
+            text, data = message.get("text"), message.get("bytes")
+            size = message_bytes(text) if text is not None else len(data or b"")
+            if size > limit:
+                # Whatever server runs the app, a message over the limit is dropped unread and ends the socket:
+                # what one socket holds stays bounded by WS_MAX_MESSAGE_BYTES.
+                del text, data, message
+                await close_with_error(
+                    self.websocket,
+                    "too_large",
+                    f"message of {size} bytes, over WS_MAX_MESSAGE_BYTES={limit}",
+                    CloseCode.MESSAGE_TOO_BIG,
+                    {"ws_max_message_bytes": limit, "max_frame_bytes": self.settings.max_frame_bytes},
+                )
+                return
             if text is None:
                 await self.send(
                     proto.error_message(
@@ -172,14 +169,13 @@ class Connection:
                         'send JSON text messages; a frame goes as base64 in "frame" (binary messages are not read)',
                     )
                 )
-            elif len(text) > limit:  # not even parsed
+            elif size > frame_limit:  # under the message limit but past any frame MAX_UPLOAD_MB allows: not parsed
                 await self.send(
                     proto.error_message(
                         "too_large",
-                        f"the message is over the {limit} characters a "
-                        f"frame of MAX_UPLOAD_MB={self.settings.max_upload_mb:g} "
-                        "takes",
-                        {"max_frame_bytes": self.settings.max_upload_bytes},
+                        f"the message is over the {frame_limit} characters a frame of MAX_UPLOAD_MB="
+                        f"{self.settings.max_upload_mb:g} takes",
+                        {"max_frame_bytes": self.settings.max_frame_bytes},
                     )
                 )
             else:
@@ -188,11 +184,7 @@ class Connection:
     async def handle(self, text: str) -> None:
         incoming: Incoming | None = None
         try:
-            obj = (
-                proto.parse_json(text)
-                if len(text) <= INLINE_JSON_CHARS
-                else await run_in_threadpool(proto.parse_json, text)
-            )
+            obj = proto.parse_json(text) if len(text) <= INLINE_JSON_CHARS else await in_thread(proto.parse_json, text)
             incoming = proto.parse_message(obj)
             if incoming.name in proto.FRAME_MESSAGES:
                 self.enqueue(self.job(incoming))
@@ -336,10 +328,12 @@ class Connection:
     async def blocking(self, fn: Callable[[], T], ticket: Ticket | None) -> T:
         """`fn` in the thread pool, bounded by REQUEST_TIMEOUT. On a timeout or when the socket goes away, the
         ticket is cancelled: the batcher drops the frame if it has not reached the engine yet."""
-        task = asyncio.ensure_future(run_in_threadpool(fn))
+        task = asyncio.ensure_future(in_thread(fn))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned one is not reported
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=self.settings.request_timeout)
+        except (OceanoError, ProtocolError) as exc:
+            raise exc.with_traceback(None) from None  # see in_thread: this frame holds the task, which holds exc
         except TimeoutError:
             if ticket is not None:
                 ticket.cancel()
@@ -352,14 +346,17 @@ class Connection:
         finally:
             if ticket is not None:
                 ticket.release()
+            del task
 
 
 @router.websocket("/ws")
+@router.websocket("/")  # where the emotion service's clients connect (GET / is still the HTML page)
 async def realtime_socket(websocket: WebSocket) -> None:
     state = websocket.app.state
     settings: Settings = state.settings
     stats: RealtimeStats = state.realtime_stats
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     service: FaceService | None = getattr(state, "service", None)
     if service is None or getattr(state, "shutting_down", False):
         await close_with_error(
@@ -370,24 +367,23 @@ async def realtime_socket(websocket: WebSocket) -> None:
         )
         return
     limit = settings.max_concurrent_connections
-    if stats.active_connections >= limit:
-        stats.rejected_connections += 1
-        await close_with_error(
-            websocket,
-            "connection_limit",
-            f"too many connections: the service serves {limit} at once (MAX_CONCURRENT_CONNECTIONS); retry later",
-            CloseCode.TRY_AGAIN_LATER,
-            {"max_concurrent_connections": limit},
-        )
-        return
-    stats.active_connections += 1  # before any await: the limit holds however many connect at once
     try:
-        identity = await authorize_socket(websocket)
-        if identity is None:
-            await close_with_error(
-                websocket, "unauthorized", "this socket is not authorized", CloseCode.POLICY_VIOLATION
+        identity = await authorize_socket(websocket, stats)
+        if stats.active_connections >= limit:
+            stats.rejected_connections += 1
+            raise SocketRefused(
+                "connection_limit",
+                f"too many connections: the service serves {limit} at once (MAX_CONCURRENT_CONNECTIONS); retry later",
+                CloseCode.TRY_AGAIN_LATER,
+                {"max_concurrent_connections": limit},
             )
-            return
+    except SocketRefused as refused:
+        await close_with_error(websocket, refused.code, refused.message, refused.close_code, refused.details)
+        return
+    except WebSocketDisconnect:
+        return
+    stats.active_connections += 1  # no await since the check: the limit holds however many connect at once
+    try:
         stats.total_connections += 1
         connection = Connection(websocket, service=service, settings=settings, stats=stats)
         logger.info("ws %s connected (%s, %d active)", connection.client_id, identity, stats.active_connections)

@@ -36,10 +36,11 @@ WS_ERROR_CODES: dict[type[OceanoError], str] = {cls: code for cls, (_, code) in 
 class CloseCode(IntEnum):
     """WebSocket close codes this service uses (RFC 6455 section 7.4)."""
 
-    POLICY_VIOLATION = 1008  # not authorized
+    POLICY_VIOLATION = 1008  # not authorized, or no key in time
+    MESSAGE_TOO_BIG = 1009  # a message over WS_MAX_MESSAGE_BYTES
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012  # shutting down
-    TRY_AGAIN_LATER = 1013  # MAX_CONCURRENT_CONNECTIONS reached
+    TRY_AGAIN_LATER = 1013  # MAX_CONCURRENT_CONNECTIONS reached, or a waiting place (WS_AUTH_PENDING) given up
 
 
 def error_code(exc: OceanoError) -> str:
@@ -78,7 +79,6 @@ REPLY_TYPES = {
     "ping": "pong",
     "auth": "auth",
 }
-ENVELOPE_SLACK = 64 * 1024  # characters a frame message may hold beyond its base64 frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +174,8 @@ def frame_options(body: dict[str, Any], settings: Settings) -> FrameOptions:
 
 
 def frame_text(body: dict[str, Any], settings: Settings, keys: tuple[str, ...] = ("frame", "image")) -> str:
-    """The frame's base64 text (a data: URL prefix removed), its length checked against MAX_UPLOAD_MB before
-    anything is decoded."""
+    """The frame's base64 text (a data: URL prefix removed), its length checked against the frame limit
+    (Settings.max_frame_chars) before anything is decoded."""
     value = next((body[k] for k in keys if k in body), None)
     if value is None:
         raise ProtocolError("invalid_request", f'the message has no frame: give the image as base64 in "{keys[0]}"')
@@ -185,8 +185,8 @@ def frame_text(body: dict[str, Any], settings: Settings, keys: tuple[str, ...] =
         value = value.partition(",")[2]
     if len(value) > settings.max_frame_chars:
         raise ImageTooLarge(
-            f"the frame is over the {settings.max_upload_mb:g} MB limit (MAX_UPLOAD_MB): "
-            f"{len(value)} base64 characters, at most {settings.max_frame_chars}"
+            f"the frame is over the {settings.max_frame_bytes} bytes a socket takes (the smaller of MAX_UPLOAD_MB "
+            f"and WS_MAX_MESSAGE_BYTES): {len(value)} base64 characters, at most {settings.max_frame_chars}"
         )
     return value
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
+from app.engine.model import OnnxModel
+from app.engine.runtime import Runtime
 from app.errors import ModelPackError
 
 
@@ -33,40 +35,80 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 MAX_UPSCALE = 2.0
 
 
-class ScrfdDetector:
-    """SCRFD with 5 keypoints; runs a whole batch in one call when the model's batch axis allows it."""
+# The canvases a single image is letterboxed onto on the CPU: the smallest of them that holds the scaled image. A
+# few aspect ratios (square, 4:3, 3:2, 16:9, each way) fitted in DET_SIZE: a bounded set of input shapes, all
+# warmed at start-up, that wastes little detector work on padding (the common photo shapes fit one closely). On a
+# GPU, and for any batch of more than one image, the one canvas is DET_SIZE itself.
+CANVAS_ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16))
+
+
+def _up32(value: float) -> int:
+    return -(-round(value) // 32) * 32
+
+
+def aspect_canvases(det_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """(width, height) of each CANVAS_ASPECTS canvas fitted in det_size, smallest area first."""
+    width, height = det_size
+    canvases = set()
+    for aspect_w, aspect_h in CANVAS_ASPECTS:
+        scale = min(width / aspect_w, height / aspect_h)
+        canvases.add((min(width, _up32(aspect_w * scale)), min(height, _up32(aspect_h * scale))))
+    return sorted(canvases, key=lambda c: (c[0] * c[1], c))
+
+
+class ScrfdDetector(OnnxModel):
+    """SCRFD with 5 keypoints; runs a whole chunk of images in one call when the model's batch axis allows it."""
 
     STRIDES = (8, 16, 32)
     NMS_IOU = 0.4
+    REWRITE_BATCH_AXIS = False  # SCRFD's outputs are per-anchor arrays: _batch_axis_usable reads them
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        path: Path,
         *,
+        runtime: Runtime,
         det_size: tuple[int, int],
         threshold: float,
-        batch: int,
-        fixed_canvas: bool = False,
+        batch_sizes: Sequence[int] = (),
+        canvases: Sequence[tuple[int, int]] | None = None,
         max_faces: int = 0,
     ) -> None:
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        outputs = session.get_outputs()
-        if len(outputs) != 9:
-            raise ModelPackError(
-                f"detector has {len(outputs)} outputs; a SCRFD model with keypoints (9 outputs) is required"
-            )
-        self.output_names = [o.name for o in outputs]
-        batch_dim = session.get_inputs()[0].shape[0]
-        self.batched = len(outputs[0].shape) == 3 and not (isinstance(batch_dim, int) and batch_dim == 1)
-        self.batch = batch if self.batched else 1
+        """`batch_sizes`: empty for 1 on the CPU, 1,4,16 on a GPU. `canvases`: (width, height) of the canvases one
+        image may be letterboxed onto, each within det_size; None: det_size alone on a GPU (every new input shape
+        costs a kernel search there), aspect_canvases(det_size) on the CPU."""
         self.det_size = det_size
+        super().__init__(path, name=path.name, runtime=runtime, batch_sizes=batch_sizes)
+        if len(self.output_names) != 9:
+            raise ModelPackError(
+                f"detector has {len(self.output_names)} outputs; a SCRFD model with keypoints (9 outputs) is required"
+            )
         self.threshold = threshold
         self.max_faces = max_faces  # 0: no cap
-        # On a GPU every new input shape costs a kernel/algorithm search: keep one canvas size there.
-        self.fixed_canvas = fixed_canvas
+        if canvases is None:
+            canvases = [det_size] if self.on_gpu else aspect_canvases(det_size)
+        if any(w > det_size[0] or h > det_size[1] or w % 32 or h % 32 for w, h in canvases):
+            raise ValueError(f"detector canvases {canvases} must be multiples of 32 within DET_SIZE {det_size}")
+        # The full canvas is always there: it holds any scaled image.
+        self.canvases = sorted({*canvases, det_size}, key=lambda c: (c[0] * c[1], c))
         self.num_anchors = 2
         self._centers: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def default_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
+        return (1, 4, 16) if on_gpu else (1,)  # batching the detector helps on a GPU only
+
+    def _gpu_item_shape(self) -> tuple[int, ...] | None:
+        return (3, self.det_size[1], self.det_size[0])  # the one canvas on a GPU
+
+    def _batch_axis_usable(self) -> bool:
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        return len(self.session.get_outputs()[0].shape) == 3 and not (isinstance(batch_dim, int) and batch_dim == 1)
+
+    def input_shapes(self) -> Sequence[tuple[int, ...]]:
+        """Batch 1 on each canvas; larger batches on the full canvas (a batch is stacked on one canvas)."""
+        width, height = self.det_size
+        shapes = [(1, 3, h, w) for w, h in self.canvases] if 1 in self.batch_sizes else []
+        return shapes + [(size, 3, height, width) for size in self.batch_sizes if size > 1]
 
     def _anchor_centers(self, height: int, width: int, stride: int) -> np.ndarray:
         key = (height, width, stride)
@@ -77,15 +119,15 @@ class ScrfdDetector:
         return self._centers[key]
 
     def _letterbox(self, image: np.ndarray, fixed: bool) -> tuple[np.ndarray, float]:
-        """Scale to fit det_size, up by MAX_UPSCALE at most. A fixed canvas is needed to stack a batch; a single
-        image gets the smallest canvas (multiple of 32) that holds it, so the strip a landscape photo leaves free
-        is not spent on padding (faces cut by the image's edge may come out slightly differently)."""
+        """Scale to fit det_size, up by MAX_UPSCALE at most. A batch is stacked on the full canvas; a single image
+        gets the smallest of the canvases that holds it, so most of the strip a landscape photo leaves free is not
+        spent on padding (faces cut by the image's edge may come out slightly differently)."""
         width, height = self.det_size
         h, w = image.shape[:2]
         scale = min(width / w, height / h, MAX_UPSCALE)
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
         if not fixed:
-            width, height = -(-new_w // 32) * 32, -(-new_h // 32) * 32
+            width, height = next((cw, ch) for cw, ch in self.canvases if cw >= new_w and ch >= new_h)
         canvas = np.zeros((height, width, 3), dtype=np.uint8)
         # Bilinear, as insightface does: INTER_AREA cost ~11 ms per 2000 px photo against ~1 ms, with the
         # same identity accuracy (bench/identity.py).
@@ -96,15 +138,13 @@ class ScrfdDetector:
     def detect(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per image: boxes (N, 4), scores (N,), keypoints (N, 5, 2) in the image's pixels."""
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for start in range(0, len(images), self.batch):
-            chunk = images[start : start + self.batch]
-            fixed = self.fixed_canvas or len(chunk) > 1
-            boxed = [self._letterbox(img, fixed) for img in chunk]
+        for chunk in self.chunks(len(images)):
+            boxed = [self._letterbox(img, chunk.size > 1) for img in images[chunk.start : chunk.stop]]
             canvas_h, canvas_w = boxed[0][0].shape[:2]
             blob = cv2.dnn.blobFromImages(
                 [b[0] for b in boxed], 1.0 / 128.0, (canvas_w, canvas_h), (127.5, 127.5, 127.5), swapRB=True
             )
-            outs = self.session.run(self.output_names, {self.input_name: blob})
+            outs = self.run_blob(blob, chunk.size)
             for i, (_, det_scale) in enumerate(boxed):
                 per_image = [o[i] if self.batched else o for o in outs]
                 results.append(self._decode(per_image, det_scale, canvas_w, canvas_h))

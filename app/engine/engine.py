@@ -8,16 +8,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from app.config import Settings
 from app.engine.align import align_face, alignment_source
 from app.engine.detector import ScrfdDetector
+from app.engine.model import OnnxModel, Shape, log_warm_up
 from app.engine.observe import CallSource, EngineObserver, NullObserver
 from app.engine.packs import ModelPack, resolve_pack
 from app.engine.recognizer import ArcFaceRecognizer
-from app.engine.runtime import InferenceGate, create_session, select_providers, uses_gpu
+from app.engine.runtime import InferenceGate, Runtime
 from app.faces import Face, FaceHead
 from app.imaging import DecodedImage
 
@@ -33,42 +35,47 @@ class FaceEngine:
         self,
         pack: ModelPack,
         *,
-        providers: list[str],
+        runtime: Runtime,
         det_size: tuple[int, int],
         det_threshold: float,
-        det_batch: int,
-        rec_batch: int,
-        threads: int,
         gate: InferenceGate,
+        det_batch_sizes: Sequence[int] = (),
+        rec_batch_sizes: Sequence[int] = (),
         max_faces: int = 0,
     ) -> None:
+        """Loads the detector and the recognizer and warms every input shape they run at (`warm_up`) before
+        returning: whoever builds an engine (the service, the ingest CLI, benchmarks) gets one that pays no
+        first-shape cost later."""
         started = time.perf_counter()
         self.pack = pack
         self.gate = gate
-        det_session = create_session(pack.detector, providers=providers, threads=threads, name=pack.detector.name)
-        on_gpu = uses_gpu(det_session)
+        self.runtime = runtime
         self.detector = ScrfdDetector(
-            det_session,
+            pack.detector,
+            runtime=runtime,
             det_size=det_size,
             threshold=det_threshold,
             max_faces=max_faces,
-            batch=det_batch or (16 if on_gpu else 1),
-            fixed_canvas=on_gpu,
+            batch_sizes=det_batch_sizes,
         )
-        self.recognizer = ArcFaceRecognizer(pack.recognizer, providers=providers, threads=threads, batch=rec_batch)
-        self.providers = det_session.get_providers()
-        self.on_gpu = on_gpu
+        self.recognizer = ArcFaceRecognizer(pack.recognizer, runtime=runtime, batch_sizes=rec_batch_sizes)
+        self.providers = self.detector.providers
+        self.on_gpu = self.detector.on_gpu
         self.fingerprint = pack.fingerprint
         self.observer: EngineObserver = NullObserver()  # the HTTP layer installs its metrics here
+        loaded = time.perf_counter() - started
+        self.warm_up_s = log_warm_up("the face models", self.warm_up())
         logger.warning(
-            "MODEL PACK IN USE: %s (detector %s, recognizer %s, %d-d embeddings) from %s on %s; loaded in %.1fs",
+            "MODEL PACK IN USE: %s (detector %s, recognizer %s, %d-d embeddings) from %s on %s; loaded in %.1fs, "
+            "warmed in %.1fs",
             pack.name,
             pack.detector.name,
             pack.recognizer.name,
             self.recognizer.dim,
             pack.directory,
             self.providers[0],
-            time.perf_counter() - started,
+            loaded,
+            self.warm_up_s,
         )
 
     @classmethod
@@ -77,15 +84,38 @@ class FaceEngine:
         pack = resolve_pack(settings)
         return cls(
             pack,
-            providers=select_providers(settings.providers, standin=settings.engine_standin),
+            runtime=Runtime.from_settings(settings),
             det_size=settings.det_size,
             det_threshold=settings.det_threshold,
-            det_batch=settings.det_batch,
-            rec_batch=settings.rec_batch,
-            threads=settings.ort_threads,
+            det_batch_sizes=settings.det_batch_sizes,
+            rec_batch_sizes=settings.rec_batch_sizes,
             gate=gate,
             max_faces=settings.max_faces,
         )
+
+    @property
+    def models(self) -> dict[str, OnnxModel]:
+        """The engine's ONNX models by role (benchmarks time them: OnnxModel.warm_up, time_run)."""
+        return {"detector": self.detector, "recognizer": self.recognizer}
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Every batch size any face model runs at (bench.gpu times the engine's stages at each)."""
+        return sorted({size for model in self.models.values() for size in model.batch_sizes})
+
+    def warm_up(self) -> dict[str, dict[Shape, float]]:
+        """Runs every input shape of each model once; seconds per shape, per model."""
+        return {name: model.warm_up() for name, model in self.models.items()}
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs the models (/status): providers and options in force, and each model's batch sizes."""
+        return {
+            **self.runtime.info(),
+            "providers_in_use": self.providers,
+            "batch_sizes": {name: list(model.batch_sizes) for name, model in self.models.items()},
+            "detector_canvases": [list(c) for c in self.detector.canvases],
+            "warm_up_s": round(self.warm_up_s, 3),
+        }
 
     @property
     def dim(self) -> int:
@@ -102,7 +132,7 @@ class FaceEngine:
     ) -> list[list[Face]]:
         """Detect, align and embed every face of every image, then run `heads` on them (answers in
         Face.attributes). All faces of the call are embedded in one batch, and each head runs once over them
-        (both chunked by REC_BATCH). Raises EngineBusy when the gate is not free within `timeout`.
+        (both in chunks of REC_BATCH_SIZES). Raises EngineBusy when the gate is not free within `timeout`.
         Coordinates are in the pixels of each image (a DecodedImage's `pixels`). `embed=False` skips the
         recognizer (faces keep an empty `embedding`): for callers that only need boxes and heads."""
         asked = time.perf_counter()

@@ -6,62 +6,161 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 import onnxruntime as ort
 
-from app.config import ProviderChoice
+from app.config import ProviderChoice, Settings
 from app.errors import EngineBusy, ModelPackError
 
 logger = logging.getLogger(__name__)
 
 # Preference order; what onnxruntime offers is filtered against it.
 _PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 # Not an onnxruntime provider: a marker in the provider list that makes create_session wrap each session in a
 # ReplaySession (ENGINE_STANDIN=1, benchmarks only). It rides the list so that every model of the process gets it.
 REPLAY_MARKER = "OceanoReplayStandIn"
 # Input shapes a ReplaySession remembers (each costs one set of the model's outputs).
 REPLAY_SHAPES = 256
+# TensorRT's engines and timing cache, under STATE_DIR: built once per model and shape range, reused at restart.
+TENSORRT_CACHE = "tensorrt"
 
 
-def select_providers(choice: ProviderChoice, *, standin: bool = False) -> list[str]:
+def select_providers(choice: ProviderChoice, *, standin: bool = False, tensorrt: bool = False) -> list[str]:
+    """The one place providers are chosen: names in preference order (REPLAY_MARKER first for the stand-in)."""
     providers = _select_providers(choice)
+    if tensorrt and providers[0] == CUDA_PROVIDER:
+        if TENSORRT_PROVIDER in ort.get_available_providers():
+            providers = [TENSORRT_PROVIDER, *providers]
+        else:
+            logger.warning("TENSORRT=1 but onnxruntime offers no TensorrtExecutionProvider: CUDA only")
     return [REPLAY_MARKER, *providers] if standin else providers
 
 
 def _select_providers(choice: ProviderChoice) -> list[str]:
     available = set(ort.get_available_providers())
     if choice is ProviderChoice.CPU:
-        return ["CPUExecutionProvider"]
+        return [CPU_PROVIDER]
     if choice is ProviderChoice.CUDA:
-        if "CUDAExecutionProvider" not in available:
+        if CUDA_PROVIDER not in available:
             raise ModelPackError(
                 "PROVIDERS=cuda but onnxruntime offers no CUDAExecutionProvider "
                 f"(available: {sorted(available)}); install onnxruntime-gpu or set PROVIDERS=auto"
             )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [CUDA_PROVIDER, CPU_PROVIDER]
     return [p for p in _PROVIDER_ORDER if p in available]
 
 
+def provider_options(provider: str, settings: Settings) -> dict[str, str]:
+    """Each provider's options, from the settings (onnxruntime takes them as strings). CUDA's are set, never left
+    to onnxruntime's defaults: its default EXHAUSTIVE convolution search costs 1-3 s per new input shape on a GPU."""
+    if provider == CUDA_PROVIDER:
+        options = {
+            "device_id": str(settings.cuda_device_id),
+            "cudnn_conv_algo_search": settings.cudnn_conv_algo_search.value,
+            "arena_extend_strategy": settings.arena_extend_strategy.value,
+        }
+        if settings.gpu_mem_limit_mb:
+            options["gpu_mem_limit"] = str(settings.gpu_mem_limit_mb * 1024 * 1024)
+        return options
+    if provider == TENSORRT_PROVIDER:
+        cache = str(settings.state_dir / TENSORRT_CACHE)
+        return {
+            "device_id": str(settings.cuda_device_id),
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": cache,
+        }
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Where the ONNX sessions run: providers in preference order, each with its options, and the CPU threads.
+    Every model of the process (face models and heads) is created from the same one (app.engine.model)."""
+
+    providers: tuple[str, ...] = (CPU_PROVIDER,)
+    options: tuple[dict[str, str], ...] = ({},)
+    threads: int = 0  # intra-op threads; 0: onnxruntime picks (all cores)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        providers = select_providers(settings.providers, standin=settings.engine_standin, tensorrt=settings.tensorrt)
+        if TENSORRT_PROVIDER in providers:
+            (settings.state_dir / TENSORRT_CACHE).mkdir(parents=True, exist_ok=True)
+        return cls(
+            providers=tuple(providers),
+            options=tuple(provider_options(p, settings) for p in providers),
+            threads=settings.ort_threads,
+        )
+
+    @property
+    def standin(self) -> bool:
+        return REPLAY_MARKER in self.providers
+
+    def session_providers(self, profile: TensorrtProfile | None = None) -> list[tuple[str, dict[str, str]]]:
+        """(provider, options) pairs for ort.InferenceSession, the stand-in marker left out. `profile`: the input
+        shapes a model runs at, so TensorRT builds one engine for the whole range instead of one per new shape."""
+        pairs = []
+        for name, options in zip(self.providers, self.options, strict=True):
+            if name == REPLAY_MARKER:
+                continue
+            if name == TENSORRT_PROVIDER and profile is not None:
+                options = {**options, **profile.options()}
+            pairs.append((name, options))
+        return pairs
+
+    def info(self) -> dict[str, Any]:
+        """The providers and their options in force (/status)."""
+        return {
+            "providers": [p for p in self.providers if p != REPLAY_MARKER],
+            "provider_options": {p: o for p, o in zip(self.providers, self.options, strict=True) if p != REPLAY_MARKER},
+            "threads": self.threads,
+            "standin": self.standin,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TensorrtProfile:
+    """The smallest, largest and most common input shape of one model (TensorRT's optimisation profile)."""
+
+    input_name: str
+    smallest: tuple[int, ...]
+    largest: tuple[int, ...]
+
+    def options(self) -> dict[str, str]:
+        def shape(dims: tuple[int, ...]) -> str:
+            return f"{self.input_name}:{'x'.join(str(d) for d in dims)}"
+
+        return {
+            "trt_profile_min_shapes": shape(self.smallest),
+            "trt_profile_max_shapes": shape(self.largest),
+            "trt_profile_opt_shapes": shape(self.largest),
+        }
+
+
 def create_session(
-    model: Path | bytes, *, providers: list[str], threads: int = 0, name: str = ""
+    model: Path | bytes, *, runtime: Runtime, name: str = "", profile: TensorrtProfile | None = None
 ) -> ort.InferenceSession:
-    if REPLAY_MARKER in providers:
-        real = create_session(model, providers=[p for p in providers if p != REPLAY_MARKER], threads=threads, name=name)
-        return ReplaySession(real, name=name)
+    """A session on the runtime's providers with their options; wrapped in a ReplaySession for the stand-in."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
+    if runtime.threads:
+        options.intra_op_num_threads = runtime.threads
     source: Any = str(model) if isinstance(model, Path) else model
     try:
-        session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        session = ort.InferenceSession(source, sess_options=options, providers=runtime.session_providers(profile))
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise ModelPackError(f"cannot load ONNX model {name or str(model)[:80]}: {exc}") from exc
-    return session
+    return ReplaySession(session, name=name) if runtime.standin else session
 
 
 class ReplaySession:
@@ -71,7 +170,7 @@ class ReplaySession:
     GPU machine meets. Its answers are those of the first input of each shape: never for real use."""
 
     def __init__(self, real: ort.InferenceSession, *, name: str) -> None:
-        self._real = real
+        self.real = real  # warm-up runs here: zeros must not become the recorded answers
         self._name = name
         self._outputs: dict[tuple[Any, ...], list[Any]] = {}
         self._lock = threading.Lock()
@@ -80,13 +179,13 @@ class ReplaySession:
         logger.warning("ENGINE STAND-IN: %s answers recorded outputs, one per input shape; not for real use", name)
 
     def get_inputs(self) -> Any:
-        return self._real.get_inputs()
+        return self.real.get_inputs()
 
     def get_outputs(self) -> Any:
-        return self._real.get_outputs()
+        return self.real.get_outputs()
 
     def get_providers(self) -> list[str]:
-        return self._real.get_providers()
+        return self.real.get_providers()
 
     def run(self, output_names: list[str] | None, feed: dict[str, Any], *args: Any) -> list[Any]:
         key = (tuple(output_names or ()), *((k, v.shape, str(v.dtype)) for k, v in sorted(feed.items())))
@@ -95,7 +194,7 @@ class ReplaySession:
         if recorded is not None:
             self.replayed_runs += 1
             return list(recorded)
-        outputs = self._real.run(output_names, feed, *args)
+        outputs = self.real.run(output_names, feed, *args)
         with self._lock:
             self.real_runs += 1
             if len(self._outputs) < REPLAY_SHAPES:

@@ -7,19 +7,17 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 import onnx
 
-from app.engine.runtime import create_session, dynamic_batch_model
+from app.engine.model import OnnxModel, Shape
+from app.engine.runtime import Runtime
 from app.errors import ModelPackError
 from app.faces import Face
 from app.heads.spec import ColorMode, CropSource, HeadSpec, Layout, OutputKind
-
-if TYPE_CHECKING:
-    import onnxruntime as ort
 
 
 def box_crop(image: np.ndarray, bbox: np.ndarray, size: tuple[int, int], margin: float) -> np.ndarray:
@@ -69,11 +67,13 @@ def dims(value: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
 
 
-class Head:
-    """One loaded head. `predict` takes prepared crops (H x W x C uint8) and returns the model's output rows."""
+class Head(OnnxModel):
+    """One loaded head. `predict` takes prepared crops (H x W x C uint8) and returns the model's output rows. The
+    session, batch sizes, padding and warm-up are the engine's OnnxModel: a head is warmed at every batch size
+    when it is loaded."""
 
     def __init__(
-        self, spec: HeadSpec, path: Path, *, providers: list[str], threads: int, batch: int, origin: str
+        self, spec: HeadSpec, path: Path, *, runtime: Runtime, batch_sizes: Sequence[int], origin: str
     ) -> None:
         self.spec = spec
         self.path = path
@@ -108,13 +108,9 @@ class Head:
         producer = {out: node for node in model.graph.node for out in node.output}.get(output.name)
         # A softmax head whose graph stops at the logits still answers probabilities.
         self._apply_softmax = spec.output is OutputKind.SOFTMAX and (producer is None or producer.op_type != "Softmax")
-        batched, changed = dynamic_batch_model(model)
-        self.session: ort.InferenceSession = create_session(
-            model.SerializeToString() if changed else path, providers=providers, threads=threads, name=path.name
-        )
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self.batch = batch if batched else 1
+        super().__init__(model, path=path, name=path.name, runtime=runtime, batch_sizes=batch_sizes)
+        self.output_name = self.output_names[0]
+        self.warmed: dict[Shape, float] = {}  # seconds per input shape, from the warm-up in _check_output
         self.info = ModelInfo(
             file=path.name,
             sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -133,12 +129,17 @@ class Head:
         c = self.spec.channels
         return [1, c, height, width] if self.spec.layout is Layout.NCHW else [1, height, width, c]
 
+    def input_shapes(self) -> Sequence[tuple[int, ...]]:
+        return [(size, *self._expected_input()[1:]) for size in self.batch_sizes]
+
     def _check_output(self, where: str) -> None:
-        """A dry run on a blank batch: proves the model runs and gives one row of the right width per crop."""
+        """Warms every batch size, then a dry run on a blank batch: proves the model runs and gives one row of the
+        right width per crop."""
         width, height = self.spec.input_size
-        n = min(2, self.batch)
+        n = min(2, self.max_batch)
         blank = [np.zeros((height, width, self.spec.channels), np.uint8)] * n
         try:
+            self.warmed = self.warm_up()
             out = self.infer(self.blob(blank))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelPackError(f"{where}: a trial run on a blank input failed: {exc}") from exc
@@ -184,14 +185,14 @@ class Head:
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x)
 
-    def infer(self, blob: np.ndarray) -> np.ndarray:
-        """One ONNX run (tests count these)."""
-        out = self.session.run([self.output_name], {self.input_name: blob})[0]
+    def infer(self, blob: np.ndarray, size: int | None = None) -> np.ndarray:
+        """One ONNX run at batch `size` (default: the smallest that holds the blob); tests count these."""
+        out = self.run_blob(blob, size)[0]
         return np.asarray(out, dtype=np.float32).reshape(len(blob), -1)
 
     def predict(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Output rows for prepared crops, in batches of at most `batch`."""
-        rows = [self.infer(self.blob(crops[i : i + self.batch])) for i in range(0, len(crops), self.batch)]
+        """Output rows for prepared crops, in chunks of the head's batch sizes."""
+        rows = [self.infer(self.blob(crops[c.start : c.stop]), c.size) for c in self.chunks(len(crops))]
         out = np.concatenate(rows) if rows else np.zeros((0, self.spec.output_width), np.float32)
         return _softmax(out) if self._apply_softmax else out
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import onnx
 
+from app.engine.model import log_warm_up
+from app.engine.runtime import Runtime
 from app.errors import ModelPackError, NoSuchHead
 from app.heads.head import Head, dims
 from app.heads.spec import GENDERAGE, SPEC_SUFFIXES, HeadSpec, genderage_spec, read_spec
@@ -56,16 +58,15 @@ class HeadRegistry:
         heads_dir: Path | None,
         genderage: Path | None,
         pack_name: str,
-        providers: list[str],
-        threads: int,
-        batch: int,
+        runtime: Runtime,
+        batch_sizes: Sequence[int],
     ) -> HeadRegistry:
         """Built-in heads, then HEADS_DIR (a user head of the same name replaces a built-in one). Any bad spec
         or model is a ModelPackError naming the file; an absent genderage.onnx only marks genderage
-        unavailable."""
+        unavailable. Each head is warmed at every batch size as it loads."""
 
         def load_head(spec: HeadSpec, path: Path, origin: str) -> Head:
-            return Head(spec, path, providers=providers, threads=threads, batch=batch, origin=origin)
+            return Head(spec, path, runtime=runtime, batch_sizes=batch_sizes, origin=origin)
 
         found: dict[str, tuple[HeadSpec, Path, str]] = {}
         emotion = read_spec(ASSETS_DIR / "emotion.json")
@@ -97,6 +98,7 @@ class HeadRegistry:
             for spec, model, origin in found.values()
         ]
         _check_keys(listings)
+        log_warm_up("the heads", {e.spec.name: e.head.warmed for e in listings if e.head is not None})
         registry = cls([*listings, *unavailable.values()])
         registry._set_defaults(defaults)
         for entry in registry._listings.values():

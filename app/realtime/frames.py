@@ -4,6 +4,7 @@ layer runs these in its thread pool."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,22 @@ EMOTION_DESCRIPTIONS = {
     "surprise": "raised brows, wide-open eyes, open mouth",
     "neutral": "no marked expression",
 }
+# The emotion service's class ids: from 1, in this order (its clients keep predictions by them). The head's own
+# label order (app/assets/heads/emotion.json) is fer's, and no concern of theirs.
+EMOTION_SERVICE_IDS = {"angry": 1, "disgust": 2, "fear": 3, "happy": 4, "neutral": 5, "sad": 6, "surprise": 7}
+
+
+def emotion_ids(labels: Sequence[str]) -> dict[str, int]:
+    """Each label's id in the emotion service's numbering; a label it did not have (a HEADS_DIR emotion head with
+    other classes) gets the next free id, in the head's order."""
+    ids: dict[str, int] = {}
+    next_id = max(EMOTION_SERVICE_IDS.values()) + 1
+    for label in labels:
+        if label in EMOTION_SERVICE_IDS:
+            ids[label] = EMOTION_SERVICE_IDS[label]
+        else:
+            ids[label], next_id = next_id, next_id + 1
+    return ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +84,7 @@ class FrameResult:
 
 @dataclass(frozen=True, slots=True)
 class EmotionClass:
-    id: int
+    id: int  # the emotion service's (EMOTION_SERVICE_IDS)
     name: str
     description: str
 
@@ -90,7 +107,7 @@ class EmotionModel:
 class Prediction:
     """The largest face's emotion. `faces`: how many faces the image has."""
 
-    emotion_id: int
+    emotion_id: int  # the emotion service's (EMOTION_SERVICE_IDS)
     emotion_name: str
     confidence: float
     scores: dict[str, float]
@@ -147,7 +164,9 @@ class FrameAnalyzer:
         except NoSuchHead as exc:
             return EmotionModel(EMOTION_HEAD, False, exc.message, [], [], 0, "", [])
         spec = entry.spec
-        classes = [EmotionClass(i, label, EMOTION_DESCRIPTIONS.get(label, "")) for i, label in enumerate(spec.labels)]
+        ids = emotion_ids(spec.labels)
+        classes = [EmotionClass(ids[label], label, EMOTION_DESCRIPTIONS.get(label, "")) for label in spec.labels]
+        classes.sort(key=lambda c: c.id)
         head = entry.head
         if head is None:
             return EmotionModel(spec.name, False, entry.reason, classes, [], 0, "", [])
@@ -174,9 +193,8 @@ class FrameAnalyzer:
         faces = [FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes) for f in analyzed]
         main = max(faces, key=lambda f: f.area)
         answer = main.attributes[head.name]
-        labels = list(head.spec.labels)
         return Prediction(
-            emotion_id=labels.index(answer["label"]),
+            emotion_id=emotion_ids(head.spec.labels)[answer["label"]],
             emotion_name=answer["label"],
             confidence=float(answer["scores"][answer["label"]]),
             scores=answer["scores"],

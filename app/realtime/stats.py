@@ -19,9 +19,11 @@ WINDOW = 1000  # the latest processing times kept for the p95
 
 @dataclass
 class RealtimeStats:
-    active_connections: int = 0
+    active_connections: int = 0  # served now (MAX_CONCURRENT_CONNECTIONS at most)
+    authenticating: int = 0  # waiting for their first message's key (WS_AUTH_PENDING at most), not served yet
     total_connections: int = 0  # accepted since start
-    rejected_connections: int = 0  # turned away at MAX_CONCURRENT_CONNECTIONS
+    rejected_connections: int = 0  # turned away at MAX_CONCURRENT_CONNECTIONS, or waiting for a key when all
+    # WS_AUTH_PENDING places were taken and a newer socket took theirs
     total_frames_received: int = 0  # frames and predict commands received
     total_frames_processed: int = 0  # answered with a result (detection_result or prediction)
     total_frames_dropped: int = 0  # replaced by a newer frame of the same connection before processing

@@ -95,3 +95,47 @@ def test_live_page_streams_the_camera_and_draws_the_face(tmp_path: Path) -> None
         stats = httpx.get(f"{url}/api/stats").json()
         assert stats["total_frames_processed"] >= 5 and stats["total_frames_failed"] == 0
         assert stats["total_connections"] == 2  # the page's first socket, and the one it reconnected
+
+
+def test_live_page_sends_the_key_in_the_handshake_not_the_url(tmp_path: Path) -> None:
+    """AUTH_READS=key and the search page's key in the tab: the live page's sockets carry it as the `oceano.key.`
+    subprotocol, never in their URL (which servers and proxies log), and the frames flow."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it where it can)")
+    if importlib.util.find_spec("playwright") is None:
+        cannot_run("playwright is not installed (pip install -e '.[test]')")
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    from app.access.keys import KEYS_FILE, KeyStore
+
+    state = tmp_path / "state"
+    store = KeyStore(state / KEYS_FILE)
+    _, key = store.create("kiosk", ["search"])
+    store.close()
+    frame = cv2.imdecode(np.frombuffer(one_face_frame(), np.uint8), cv2.IMREAD_COLOR)
+    camera = write_y4m(tmp_path / "face.y4m", frame)
+    with live_service(make_settings(state, auth_reads="key")) as url, ExitStack() as stack:
+        try:
+            playwright = stack.enter_context(sync_playwright())
+        except Exception as exc:  # its node driver did not start
+            cannot_run(f"playwright did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        try:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=[*FAKE_CAMERA_FLAGS, f"--use-file-for-fake-video-capture={camera}"]
+            )
+        except PlaywrightError as exc:
+            cannot_run(f"chromium did not start under playwright: {str(exc).splitlines()[0]}")
+        try:
+            page = browser.new_page()
+            sockets: list[str] = []
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            page.add_init_script(f"sessionStorage.setItem('oceano-api-key', {key!r})")
+            page.goto(f"{url}/live")
+            page.click("#camera")
+            page.wait_for_function("Number(document.getElementById('result').dataset.frames) >= 2", timeout=25_000)
+            assert sockets and all("key" not in socket_url and socket_url.endswith("/ws") for socket_url in sockets)
+        finally:
+            browser.close()
+        stats = httpx.get(f"{url}/api/stats", headers={"X-API-Key": key}).json()
+        assert stats["total_frames_processed"] >= 2 and stats["total_connections"] == 1

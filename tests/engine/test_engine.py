@@ -71,17 +71,17 @@ def test_batched_detector_equals_one_image_at_a_time(
     photos,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """DET_BATCH=3 on the CPU: the batched path (fixed letterbox canvas, one session call per chunk, outputs
-    split per image) finds what single-image calls find. The bundled SCRFD has a dynamic batch axis."""
-    batched = FaceEngine.from_settings(Settings(det_batch=3), InferenceGate(1, 5.0))
-    assert batched.detector.batched and batched.detector.batch == 3
-    assert engine.detector.batch == 1  # the reference: one image per call, each on its smallest canvas
+    """DET_BATCH_SIZES=1,3 on the CPU: the batched path (the full letterbox canvas, one session call per chunk,
+    outputs split per image) finds what single-image calls find. The bundled SCRFD has a dynamic batch axis."""
+    batched = FaceEngine.from_settings(Settings(det_batch_sizes="1,3"), InferenceGate(1, 5.0))
+    assert batched.detector.batched and batched.detector.batch_sizes == (1, 3)
+    assert engine.detector.batch_sizes == (1,)  # the reference: one image per call, each on its smallest canvas
     recorder = RecordingSession(batched.detector.session)
     monkeypatch.setattr(batched.detector, "session", recorder)
     # sizes and shapes differ: landscape and portrait over 640 px, small photos under it
     images = [read_bgr(p) for p in (photos.t1, photos.players, photos.gdp, photos.yaoming, photos.tom_hanks)]
     together = batched.analyze_batch(images)
-    assert recorder.batches == [3, 2]
+    assert recorder.batches == [3, 1, 1]  # the CPU decomposes 5 images into sizes of the set, without padding
     alone = [engine.analyze_batch([img])[0] for img in images]
     assert [len(row) for row in together] == [len(row) for row in alone] == [6, 22, 5, 1, 1]
     for image, row, reference in zip(images, together, alone, strict=True):

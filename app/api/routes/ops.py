@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.contract import errors
 from app.api.deps import ServiceDep, run_blocking
 from app.api.metrics import CONTENT_TYPE, Metrics
-from app.api.schemas import HealthChecks, HealthOut, StatusOut
+from app.api.schemas import HealthChecks, HealthOut, RuntimeOut, StatusOut
 from app.calibration import CalibratedThreshold
 from app.people import People
 from app.service import FaceService
@@ -66,6 +66,7 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
         model_fingerprint=engine.fingerprint,
         backend=info.backend.value,
         providers=engine.providers,
+        runtime=RuntimeOut(**service.runtime_info()),
         gpu_concurrency=engine.gate.concurrency,
         inference_in_use=engine.gate.in_use,
         inference_waiting=engine.gate.waiting,
