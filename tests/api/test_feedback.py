@@ -86,3 +86,21 @@ def test_feedback_recorded_listed_exported_and_erased(client: TestClient, eval_d
 def test_calibration_needs_both_kinds_of_pairs(client: TestClient) -> None:
     r = client.post("/api/feedback/calibrate")
     assert r.status_code == 400 and "at least one of each" in r.json()["detail"]
+
+
+def test_feedback_records_the_key_that_sent_it(client: TestClient, eval_dir: Path) -> None:
+    alice = index(client, eval_dir, "img1.jpg", "Alice") + index(client, eval_dir, "img2.jpg", "Alice")
+    made = client.post("/api/keys", json={"name": "labeller", "scopes": ["write"]})  # loopback, no key yet
+    assert made.status_code == 201, made.text
+    key = {"X-API-Key": made.json()["key"]}
+    reader = client.post("/api/keys", json={"name": "viewer", "scopes": ["search"]}, headers=key)
+    assert reader.status_code == 403  # (a write key cannot make keys; an admin one would)
+    given = client.post(
+        "/api/feedback", json={"query": alice[0], "match_id": alice[1], "same_person": True}, headers=key
+    )
+    assert given.status_code == 201 and given.json()["key"] == "labeller"
+    assert (
+        client.post("/api/feedback", json={"query": alice[0], "match_id": alice[1], "same_person": True}).status_code
+        == 401
+    )
+    assert client.get("/api/feedback", headers=key).json()["feedback"][0]["key"] == "labeller"
