@@ -8,7 +8,7 @@ import logging
 import uvicorn
 
 from app.api import create_app
-from app.config import LogFormat, Settings
+from app.config import LogFormat, Settings, private_files
 from app.logs import configure_logging
 
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="override HOST")
     parser.add_argument("--port", type=int, help="override PORT")
     args = parser.parse_args(argv)
+    private_files()  # before anything is opened: crops, segments and state files 0600, folders 0700
     settings = Settings()
     if args.host:
         settings.host = args.host

@@ -4,6 +4,7 @@ state and job manager, in order. Used by the service (app.api), the CLI's local 
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -15,9 +16,17 @@ from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
 from app.ingest.model import STATE_FILE
 from app.ingest.state import IngestState
-from app.people import PEOPLE_FILE, People, PeopleState
+from app.people import PEOPLE_FILE, People, PeopleFaceService, PeopleState
 from app.service import FaceService
-from app.store import ThumbnailStore, VectorStore, open_store
+from app.store import (
+    ERASURES_FILE,
+    ErasureJournal,
+    ThumbnailStore,
+    VectorStore,
+    open_store,
+    other_embedded_collections,
+    store_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +81,7 @@ def open_services(
     build_index: bool = True,
     observer: EngineObserver | None = None,
     keys: bool = True,
+    sweep: bool = True,
 ) -> Services:
     """Everything a Settings describes, opened in order; on a failure half-way what was opened is closed.
 
@@ -80,7 +90,8 @@ def open_services(
     ingest state (implied by `jobs`). `build_index`: build a pending HNSW index before serving (it blocks the
     process, see EdgeStore). `observer`: told of every engine call, wait, shed and drop (the service's metrics),
     installed before any job runs. `keys`: the API keys of STATE_DIR, kept up to date with changes made by other
-    processes (the service)."""
+    processes (the service). `sweep`: remove crops without a point, on a thread beside the service, when
+    THUMBS_DIR is this collection's alone (see ThumbnailStore.claim)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     configure_pixel_limits(int(settings.max_megapixels * 1e6))
     engine, heads = models or load_models(settings)
@@ -98,12 +109,20 @@ def open_services(
         if build_index and store.info().status != "green":
             store.optimize()
         thumbs = ThumbnailStore(settings.thumbs_dir)
+        erasures = ErasureJournal(settings.state_dir / ERASURES_FILE)
+        closer.callback(erasures.close)
         request_batcher = None
         if batcher:
             request_batcher = InferenceBatcher(engine, max_images=settings.request_batch)
             closer.callback(request_batcher.close)
-        service = FaceService(
-            settings=settings, engine=engine, heads=heads, store=store, thumbs=thumbs, analyzer=request_batcher
+        service = PeopleFaceService(  # a FaceService whose search answers say who each face is
+            settings=settings,
+            engine=engine,
+            heads=heads,
+            store=store,
+            thumbs=thumbs,
+            erasures=erasures,
+            analyzer=request_batcher,
         )
         service.settle_thumbnails()  # before any writer starts
         people_state = PeopleState(settings.state_dir / PEOPLE_FILE)
@@ -117,7 +136,15 @@ def open_services(
             pack=engine.pack.name,
         )
         people.finish_pending()  # renames and merges a stop interrupted, before any reader or writer
-        service.identifier = people
+        service.people = people
+        if sweep and thumbs.claim(store_identity(settings), alone=not other_embedded_collections(settings)):
+            stop_sweep = threading.Event()
+            sweeper = threading.Thread(
+                target=service.sweep_orphans, args=(stop_sweep,), name="orphan-sweep", daemon=True
+            )
+            sweeper.start()
+            closer.callback(sweeper.join)  # after stop_sweep is set, before the store closes
+            closer.callback(stop_sweep.set)
         ingest_state = manager = None
         if state or jobs:
             ingest_state = IngestState(settings.state_dir / STATE_FILE)

@@ -181,6 +181,8 @@ class Settings(BaseSettings):
     thumbs_dir: Path = Path("state/thumbs")
     # POST /api/ingest makes the service read a path: comma-separated folders it may read from (empty: refused).
     ingest_roots: str = ""
+    # Seconds an ingest run waits for one file's bytes (a hung network mount): then the file is recorded failed.
+    ingest_file_timeout: float = Field(default=30.0, gt=0)
     # Writes are refused (507) while the embedded store's disk has less free space than this.
     min_free_disk_mb: int = Field(default=256, ge=0)
     max_upload_mb: float = Field(default=20.0, gt=0)
@@ -402,3 +404,14 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.rstrip("/") for o in _items(self.cors_origins)]
+
+
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> None:
+    """Every file this process makes is 0600 and every folder 0700, whoever starts it and with whatever umask:
+    face crops, the collection's segments and the state databases are nobody else's business. Called once by
+    each command (`python -m app`, `app.ingest`, `app.keys`, `app.collection`) before it opens anything; files made
+    earlier keep their modes (`chmod -R go-rwx` them)."""
+    os.umask(PRIVATE_UMASK)

@@ -32,16 +32,19 @@ from app.imaging import (
     encode_jpeg,
     read_header,
 )
-from app.store import FaceFilter, FacePoint, Match, Origin, PointQuery, ThumbnailStore, VectorStore, point_id
+from app.store import (
+    ErasureJournal,
+    FacePoint,
+    Match,
+    Origin,
+    PointQuery,
+    ThumbnailStore,
+    VectorStore,
+    erasure_key,
+    point_id,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class Identifier(Protocol):
-    """Decides who the faces of one search are (app.people wires one in): sets identity, same_person and ref on
-    each face of each photo."""
-
-    def identify(self, photos: Sequence[Sequence[SearchedFace]]) -> None: ...
 
 
 class Analyzer(Protocol):
@@ -60,16 +63,6 @@ class Analyzer(Protocol):
     ) -> list[list[Face]]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a searched face is: the enrolled subject whose matches agree best (app.people.identity)."""
-
-    subject: str
-    same_person: bool  # False: the subject went to another face of the same photo that matched it better
-    confidence: float  # the subject's best match score
-    threshold: float  # the "same person" threshold it was decided at
-
-
 @dataclass(slots=True)
 class SearchedFace:
     face: Face
@@ -77,9 +70,6 @@ class SearchedFace:
     kps: list[list[float]]
     matches: list[Match]
     image: DecodedImage  # the query photo, for thumbnail()
-    identity: Identity | None = None  # set by the service's Identifier, if any
-    same_person: list[bool] | None = None  # per match: at or over the threshold in force (Identifier)
-    ref: str | None = None  # a reference to this query face for feedback (Identifier)
 
     def thumbnail(self, size: int) -> bytes:
         """JPEG crop of the query face (the HTML page shows it; JSON answers do not pay for it)."""
@@ -155,19 +145,21 @@ class FaceService:
         heads: HeadRegistry,
         store: VectorStore,
         thumbs: ThumbnailStore,
+        erasures: ErasureJournal,
         analyzer: Analyzer | None = None,
     ) -> None:
         """`analyzer` runs the models for requests (the request batcher in the service, so that concurrent
-        requests share engine batches); `engine` directly when None. Ingest jobs bring their own batches."""
+        requests share engine batches); `engine` directly when None. Ingest jobs bring their own batches.
+        `erasures`: where every deletion is recorded before it starts (see ErasureJournal)."""
         self.settings = settings
         self.engine = engine
         self.heads = heads
         self.store = store
         self.thumbs = thumbs
+        self.erasures = erasures
         self.analyzer: Analyzer = analyzer or _EngineAnalyzer(engine)
         self.file_locks = FileLocks()
         self.decode_gate = PixelGate(int(settings.decode_megapixels * 1e6), timeout=settings.gpu_acquire_timeout)
-        self.identifier: Identifier | None = None  # app.bootstrap wires app.people's in
 
     def runtime_info(self) -> dict[str, Any]:
         """What runs the models: providers and their options in force, batch sizes, warm-up seconds (/status)."""
@@ -248,8 +240,6 @@ class FaceService:
                 searched.append(SearchedFace(face=face, bbox=bbox, kps=kps, matches=matches[i], image=image))
                 i += 1
             out.append(searched)
-        if self.identifier is not None:
-            self.identifier.identify(out)
         return out
 
     # ------------------------------------------------------------------ heads
@@ -357,51 +347,58 @@ class FaceService:
                 self._delete(stale)
 
     # ------------------------------------------------------------------ delete
-    def _delete(self, ids: Sequence[str]) -> None:
-        """Points first, then thumbnails: a crash in between leaves a thumbnail without its point, which is never
-        served (thumbnail() checks the store)."""
+    def _delete(self, ids: Sequence[str], *, key: str | None = None) -> None:
+        """Journaled first (a crash part-way is finished at the next start, or by a retried DELETE), then points,
+        then thumbnails: a thumbnail without its point is never served meanwhile (thumbnail() checks the store).
+        `key`: what a retried DELETE names (erasure_key); None for the stale faces of a replaced file."""
+        token = self.erasures.begin(ids, key)
         self.store.delete(ids)
         for fid in ids:
             self.thumbs.delete(fid)
+        self.erasures.finish(token)
+
+    def _stored(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` are points in the store."""
+        present: set[str] = set()
+        for start in range(0, len(ids), 1000):
+            present |= {m.id for m in self.store.retrieve(ids[start : start + 1000])}
+        return present
 
     def delete_face(self, face_id: str) -> None:
+        """One face and its thumbnail; an erasure of it cut short is finished (not a 404)."""
         face_id = self.thumbs.validate_id(face_id)
+        key = erasure_key(face_id=face_id)
         found = self.store.retrieve([face_id])
         if not found:
-            raise NotFound(f"no face with id {face_id}")
+            if self.erasures.find(key) is None:
+                raise NotFound(f"no face with id {face_id}")
+            self._delete([face_id], key=key)  # its point is gone: what may be left is its thumbnail
+            return
         with self.file_locks.hold([str(found[0].payload.get("file"))]):
-            self._delete([face_id])
+            self._delete([face_id], key=key)
 
     def delete_where(self, query: PointQuery) -> list[str]:
-        """Every face of one source file, or of one subject (erasure: points, then thumbnails)."""
+        """Every face of one source file, or of one subject (erasure: points, then thumbnails). The same DELETE
+        again finishes one that was cut short (a crash, a failing disk), and answers as the first did once it is
+        complete (for RECEIPT_SECONDS)."""
         files = [query.file] if query.file is not None else []
+        key = erasure_key(query)
         with self.file_locks.hold(files):
             ids = self.store.find_ids(query)
+            earlier = self.erasures.find(key)
+            if earlier is not None and (not earlier.finished or not ids):
+                # Its faces no longer stored are finished here; one stored again since (the same photo uploaded
+                # under another subject) belongs to that upload now and is left alone.
+                present = self._stored(earlier.ids)
+                ids = list(dict.fromkeys([*ids, *(i for i in earlier.ids if i not in present)]))
             if not ids:
                 what = f"file {query.file!r}" if query.file is not None else f"subject {query.subject!r}"
                 raise NotFound(f"no faces stored for {what}")
-            self._delete(ids)
+            self._delete(ids, key=key)
         return ids
 
     def delete_file(self, file: str) -> list[str]:
         return self.delete_where(PointQuery(file=file))
-
-    # ------------------------------------------------------------------ faces by payload (app.people)
-    def list_faces(
-        self, where: FaceFilter, *, offset: str | None, limit: int, keys: Sequence[str] | None = None
-    ) -> tuple[list[Match], str | None]:
-        """One page of stored faces (payloads, id order) and where the next page starts (None: the end)."""
-        return self.store.scroll(where, offset=offset, limit=limit, keys=keys)
-
-    def get_faces(self, ids: Sequence[str]) -> list[Match]:
-        return self.store.retrieve([self.thumbs.validate_id(i) for i in ids])
-
-    def set_subject(self, ids: Sequence[str], subject: str | None) -> None:
-        """Give these faces a subject (None: none); the faces of a file are not being replaced meanwhile."""
-        self.store.set_payload(ids, {"subject": subject})
-
-    def face_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return self.store.vectors(ids)
 
     def thumbnail(self, face_id: str) -> Path:
         """The thumbnail of a face that is in the store (an erased face's is never served)."""
@@ -411,8 +408,25 @@ class FaceService:
         return self.thumbs.existing(face_id)
 
     def settle_thumbnails(self) -> None:
-        """At start-up, before any writer: thumbnails a crash left staged (see ThumbnailStore)."""
-        self.thumbs.sweep_pending(lambda ids: {m.id for m in self.store.retrieve(ids)})
+        """At start-up, before any writer: thumbnails a crash left staged (see ThumbnailStore) and erasures a crash
+        cut short (see ErasureJournal)."""
+        self.thumbs.sweep_pending(self._stored)
+        for erasure in self.erasures.unfinished():
+            logger.warning("finishing an erasure of %d faces that was cut short", len(erasure.ids))
+            for start in range(0, len(erasure.ids), 1000):
+                self.store.delete(erasure.ids[start : start + 1000])
+            for fid in erasure.ids:
+                self.thumbs.delete(fid)
+            self.erasures.finish(erasure.key)
+
+    def sweep_orphans(self, stop: threading.Event) -> None:
+        """Crops whose point is gone (see ThumbnailStore.sweep_orphans): a walk of THUMBS_DIR, run beside the
+        service on a thread of its own (about 35 us a crop on 2 busy cores: half a minute at a million)."""
+        try:
+            self.thumbs.sweep_orphans(self._stored, stop=stop)
+        except Exception as exc:  # the store closing under it, a folder unreadable: tried again at the next start
+            if not stop.is_set():
+                logger.warning("the sweep of crops without a face stopped: %s", exc)
 
 
 class _EngineAnalyzer:

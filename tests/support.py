@@ -7,12 +7,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -470,3 +472,72 @@ def zero_png(width: int, height: int, *, segment: int = 1 << 24) -> bytes:
     idat = b"\x78\xda" + block * count + tail + struct.pack(">I", adler)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+# ------------------------------------------------------------------------------------------------- erasure
+
+
+def seed_subject(service: FaceService, subject: str, n: int, *, tag: str = "") -> list[str]:
+    """n faces of one subject straight into the store, each with a crop (random unit vectors: the erasure does not
+    look at them); returns their ids."""
+    from app.store import FacePoint, point_id
+
+    rng = np.random.default_rng(n)
+    vectors = rng.standard_normal((n, service.engine.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    points = []
+    for i in range(n):
+        pid = point_id(f"seed-{subject}-{tag}-{i}", 0)
+        service.thumbs.save(pid, b"\xff\xd8 crop of " + pid.encode())
+        points.append(FacePoint(pid, vectors[i], {"file": f"/photos/{subject}/{i}.jpg", "subject": subject}))
+    service.store.upsert(points)
+    return [p.id for p in points]
+
+
+def erase_and_hang(state: str, subject: str, hang_at: str, after: int, marker: str) -> None:
+    """A child process of the erasure crash tests: opens the services on `state` as the service does, erases
+    `subject`, and stops dead where `hang_at` says: "points" (nothing deleted yet) or "crops" (the points deleted,
+    `after` crops removed). There it writes `marker` and waits to be SIGKILLed."""
+    from app.store import PointQuery
+
+    services = open_services(make_settings(Path(state)), batcher=False, jobs=False, state=False, keys=False)
+    service = services.service
+
+    def hang() -> None:
+        Path(marker).write_text(hang_at)
+        threading.Event().wait()
+
+    if hang_at == "points":
+        service.store.delete = lambda ids: hang()  # type: ignore[method-assign]
+    else:
+        remove = service.thumbs.delete
+        removed = 0
+
+        def delete_crop(face_id: str) -> None:
+            nonlocal removed
+            if removed == after:
+                hang()
+            remove(face_id)
+            removed += 1
+
+        service.thumbs.delete = delete_crop  # type: ignore[method-assign]
+    service.delete_where(PointQuery(subject=subject))
+    raise SystemExit("the erasure finished without reaching its hang")
+
+
+def kill_mid_erasure(state: Path, subject: str, hang_at: str, after: int = 0, timeout: float = 180.0) -> None:
+    """Run erase_and_hang in a child process, wait (at most `timeout` s) for its marker, and SIGKILL it."""
+    marker = state / f"hanging-{uuid.uuid4().hex}"
+    arguments = f"{str(state)!r}, {subject!r}, {hang_at!r}, {after}, {str(marker)!r}"
+    call = f"from tests.support import erase_and_hang; erase_and_hang({arguments})"
+    child = subprocess.Popen([sys.executable, "-c", call], cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert child.poll() is None, f"the erasing child exited with {child.returncode} before its hang"
+            assert time.monotonic() < deadline, "the erasing child did not reach its hang"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    marker.unlink()

@@ -105,6 +105,7 @@ class KeyStore:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._last_touch = time.monotonic()
+        self._missing = False  # the file was found deleted while keys were loaded (logged once)
         self._db = self._connect()
         self._reload()
 
@@ -148,7 +149,20 @@ class KeyStore:
             try:
                 st = os.stat(self.path)
                 replaced = (st.st_dev, st.st_ino) != self._identity
+                self._missing = False
             except FileNotFoundError:
+                if self._by_hash:
+                    # Deleted under a running service: an empty file in its place would silently drop every key
+                    # (protected mode). The keys loaded are kept until a file is there again.
+                    if not self._missing:
+                        logger.error(
+                            "the API keys file %s was deleted while the service runs: the %d key(s) loaded are kept; "
+                            "restore the file (or create keys again with python -m app.keys) to change them",
+                            self.path,
+                            len(self._by_hash),
+                        )
+                    self._missing = True
+                    return False
                 replaced = True
             if replaced:
                 self._db.close()

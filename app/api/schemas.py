@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.heads import HeadListing, HeadSpec, ModelInfo
 from app.ingest.model import DEFAULT_BATCH, DEFAULT_WORKERS, MAX_BATCH, MAX_WORKERS, JobOut
+from app.people import IdentifiedFace
 from app.service import AnalyzedFace, SearchedFace
 
 
@@ -191,8 +192,9 @@ class JobListOut(BaseModel):
 
 
 def face_out(face: SearchedFace) -> FaceOut:
-    same: list[bool | None] = [None] * len(face.matches) if face.same_person is None else list(face.same_person)
-    identity = face.identity
+    who = face if isinstance(face, IdentifiedFace) else None  # searched by app.people's service
+    same: list[bool | None] = list(who.same_person) if who else [None] * len(face.matches)
+    identity = who.identity if who else None
     return FaceOut(
         bbox=face.bbox,
         det_score=round(face.face.det_score, 4),
@@ -217,7 +219,7 @@ def face_out(face: SearchedFace) -> FaceOut:
             confidence=identity.confidence,
             threshold=identity.threshold,
         ),
-        ref=face.ref,
+        ref=who.ref if who else None,
         **face.face.attributes,
     )
 

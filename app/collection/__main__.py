@@ -3,5 +3,7 @@
 import sys
 
 from app.cli.collection import main
+from app.config import private_files
 
+private_files()
 sys.exit(main())

@@ -3,9 +3,12 @@ OpenCV does not read well), finer decodes on demand, and thumbnails."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import math
+import os
+import stat
 import threading
 import warnings
 from collections.abc import Iterator
@@ -226,18 +229,46 @@ def decode_image(
     )
 
 
-def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
-    """Read a file from disk, refusing oversized files before reading them."""
+READ_CHUNK = 1 << 20
+
+
+def read_image_bytes(path: Path, *, max_bytes: int, follow_symlinks: bool = True) -> bytes:
+    """Read a regular file from disk, never more than `max_bytes`. Opened without blocking (a FIFO or a device put
+    where a photo was listed never hangs the reader in open()), then checked on the open descriptor (fstat), so what
+    is read is what was checked; `follow_symlinks` False refuses a link (O_NOFOLLOW)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        size = path.stat().st_size
+        fd = os.open(path, flags)
+    except ValueError as exc:  # a NUL in the name
+        raise BadImage(f"cannot read {path!r}: {exc}") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise BadImage(f"cannot read {path}: it is a symbolic link (links are not followed)") from exc
+        raise BadImage(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage(f"cannot read {path}: not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_size > max_bytes:
+            raise ImageTooLarge(f"file is {st.st_size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit")
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, min(READ_CHUNK, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:  # grew since fstat
+                raise ImageTooLarge(f"file is over the {max_bytes / 2**20:.0f} MB limit")
+        return b"".join(chunks)
     except OSError as exc:
         raise BadImage(f"cannot read {path}: {exc.strerror}") from exc
-    if size > max_bytes:
-        raise ImageTooLarge(f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise BadImage(f"cannot read {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kinds |= {stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a plain file")
 
 
 def read_image_file(path: Path, *, max_bytes: int, max_pixels: int, max_side: int | None = None) -> DecodedImage:

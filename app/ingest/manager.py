@@ -78,6 +78,8 @@ class JobManager:
         """The real path a client's path names: absolute, or relative to a root (the first that has it). Refused
         (403) unless INGEST_ROOTS is set and the path, links resolved, lies in one of them; checked before
         anything about the path itself is said, so nothing outside the roots can be probed."""
+        if "\x00" in path:  # no filesystem name holds one (os.path.realpath would raise, a 500)
+            raise InvalidRequest("the path contains a NUL character (\\0): no file or folder is named that way")
         roots = self.roots
         if not roots:
             raise AccessDenied(

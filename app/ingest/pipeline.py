@@ -36,7 +36,7 @@ from app.config import Settings
 from app.engine import CallSource, resolve_pack
 from app.errors import EngineBusy, OceanoError, StoreUnavailable
 from app.faces import Face
-from app.imaging import DecodedImage, decode_image, read_image_bytes
+from app.imaging import DecodedImage, decode_image
 from app.ingest.commit import CommitBuffer, Entry, EntryKind, write_with_retry
 from app.ingest.model import (
     LAST_ERRORS,
@@ -49,6 +49,7 @@ from app.ingest.model import (
     RetryPolicy,
     RunOutcome,
 )
+from app.ingest.read import read_with_deadline
 from app.ingest.state import IngestState, collection_key
 from app.ingest.walk import Roots, iter_image_files
 from app.service import FaceService, ImageToIndex, content_hash
@@ -365,7 +366,16 @@ class IngestJob:
             if not stat.S_ISREG(st.st_mode):
                 loaded.error = "not a regular file"
                 return loaded
-            data = read_image_bytes(path, max_bytes=self.settings.max_upload_bytes)
+            data = read_with_deadline(
+                path,
+                max_bytes=self.settings.max_upload_bytes,
+                follow_symlinks=self.options.follow_symlinks or path == self.root,  # the walk yields links only then
+                timeout=self.settings.ingest_file_timeout,
+                stop=self._halt,
+            )
+            if data is None:
+                loaded.error = "stopped"
+                return loaded
             loaded.content_hash = content_hash(data)
             if previous is not None and previous.content_hash == loaded.content_hash:
                 loaded.unchanged = True

@@ -10,9 +10,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from app.service import Identity
-
 DEFAULT_VOTERS = 5  # the k of the vote: a face's nearest matches that have a subject
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a searched face is: the enrolled subject whose matches agree best."""
+
+    subject: str
+    same_person: bool  # False: the subject went to another face of the same photo that matched it better
+    confidence: float  # the subject's best match score
+    threshold: float  # the "same person" threshold it was decided at
 
 
 @dataclass(frozen=True, slots=True)

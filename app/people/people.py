@@ -21,8 +21,8 @@ from app.calibration.report import Calibration, calibrate
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.people.identity import identify_photo
 from app.people.names import subject_name
+from app.people.searched import IdentifiedFace, PeopleFaceService
 from app.people.state import FeedbackRecord, Move, MoveKind, PeopleState
-from app.service import FaceService, SearchedFace
 from app.store import FaceFilter, Match, PointQuery
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,14 @@ class People:
     name for every face of the old one."""
 
     def __init__(
-        self, *, service: FaceService, state: PeopleState, state_dir: Path, collection: str, fingerprint: str, pack: str
+        self,
+        *,
+        service: PeopleFaceService,
+        state: PeopleState,
+        state_dir: Path,
+        collection: str,
+        fingerprint: str,
+        pack: str,
     ) -> None:
         self.service = service
         self.state = state
@@ -108,22 +115,21 @@ class People:
             self._threshold = cached
         return cached[1]
 
-    def identify(self, photos: Sequence[Sequence[SearchedFace]]) -> None:
-        """FaceService's Identifier: each face's identity (one subject per face of a photo), whether each match
-        passes the threshold, and a reference to the face for feedback."""
+    def identify(self, photo: Sequence[IdentifiedFace]) -> None:
+        """Who the faces of one photo are (one subject per face of the photo), whether each match passes the
+        threshold, and a reference to each face for feedback."""
         threshold = self.threshold().threshold
-        for photo in photos:
-            rows = []
-            for face in photo:
-                for match in face.matches:
-                    if match.payload.get("subject") in self._aliases:
-                        match.payload["subject"] = self._aliases[match.payload["subject"]]
-                rows.append([(m.payload.get("subject"), m.score) for m in face.matches])
-                face.same_person = [m.score >= threshold for m in face.matches]
-                if face.face.embedding is not None:
-                    face.ref = self._remember(face.face.embedding)
-            for face, identity in zip(photo, identify_photo(rows, threshold), strict=True):
-                face.identity = identity
+        rows = []
+        for face in photo:
+            for match in face.matches:
+                if match.payload.get("subject") in self._aliases:
+                    match.payload["subject"] = self._aliases[match.payload["subject"]]
+            rows.append([(m.payload.get("subject"), m.score) for m in face.matches])
+            face.same_person = [m.score >= threshold for m in face.matches]
+            if face.face.embedding is not None:
+                face.ref = self._remember(face.face.embedding)
+        for face, identity in zip(photo, identify_photo(rows, threshold), strict=True):
+            face.identity = identity
 
     def _remember(self, embedding: np.ndarray) -> str:
         vector = np.asarray(embedding, np.float32)

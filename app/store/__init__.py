@@ -13,6 +13,7 @@ from typing import Any
 
 from app.config import Settings
 from app.store.edge import META_FILE, EdgeStore
+from app.store.erasures import ERASURES_FILE, Erasure, ErasureJournal, erasure_key
 from app.store.model import (
     PACK_KEY,
     POINT_NAMESPACE,
@@ -32,10 +33,13 @@ from app.store.server import ServerStore
 from app.store.thumbs import ThumbnailStore
 
 __all__ = [
+    "ERASURES_FILE",
     "POINT_NAMESPACE",
     "CollectionInfo",
     "CollectionSpec",
     "EdgeStore",
+    "Erasure",
+    "ErasureJournal",
     "FaceFilter",
     "FacePoint",
     "Match",
@@ -45,11 +49,14 @@ __all__ = [
     "StoreBackend",
     "ThumbnailStore",
     "VectorStore",
+    "erasure_key",
     "open_store",
     "point_id",
     "recorded_identity",
     "server_client",
     "spec_from_settings",
+    "store_identity",
+    "other_embedded_collections",
 ]
 
 
@@ -77,6 +84,24 @@ def recorded_identity(settings: Settings, client: Any = None) -> tuple[str, int]
         return None
     meta = json.loads(meta_path.read_text())
     return str(meta.get("pack")), int(meta.get("dim") or 0)
+
+
+def store_identity(settings: Settings) -> str:
+    """The collection a wiring writes to, as THUMBS_DIR's owners record names it."""
+    if settings.qdrant_url:
+        return f"server {settings.qdrant_url.rstrip('/')} {settings.collection_name}"
+    return f"embedded {(settings.qdrant_path / settings.collection_name).resolve()}"
+
+
+def other_embedded_collections(settings: Settings) -> list[str]:
+    """Collections beside this one under QDRANT_PATH (embedded store; empty for a server)."""
+    if settings.qdrant_url or not settings.qdrant_path.is_dir():
+        return []
+    return [
+        p.name
+        for p in settings.qdrant_path.iterdir()
+        if p.name != settings.collection_name and (p / "edge_config.json").exists()
+    ]
 
 
 def open_store(settings: Settings, *, dim: int, pack: str) -> VectorStore:

@@ -94,6 +94,31 @@ def test_last_used_is_written_back_every_few_seconds_not_per_use(store: KeyStore
 
 def test_a_replaced_file_is_reopened(store: KeyStore, tmp_path: Path) -> None:
     _, key = store.create("ci", ["write"])
+    restored = KeyStore(tmp_path / "restored" / "keys.sqlite3")  # another file (a backup) put in its place
+    _, other = restored.create("backup", ["search"])
+    restored.close()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{tmp_path / 'keys.sqlite3'}{suffix}").unlink(missing_ok=True)
-    assert store.refresh() and not store.has_keys() and store.authenticate(key) is None
+    os.replace(tmp_path / "restored" / "keys.sqlite3", tmp_path / "keys.sqlite3")
+    assert store.refresh() and store.authenticate(key) is None
+    found = store.authenticate(other)
+    assert found is not None and found.name == "backup"
+
+
+def test_a_keys_file_deleted_under_the_service_keeps_the_loaded_keys(
+    store: KeyStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, key = store.create("ci", ["write"])
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'keys.sqlite3'}{suffix}").unlink(missing_ok=True)
+    with caplog.at_level("ERROR", logger="app.access.keys"):
+        assert not store.refresh() and not store.refresh()
+    assert store.has_keys() and store.authenticate(key) is not None  # not dropped into protected mode
+    assert not (tmp_path / "keys.sqlite3").exists()  # and no empty file made in its place
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "deleted" in errors[0].getMessage()  # said once, not every second
+    # Keys created again (python -m app.keys writes a new file): those apply.
+    again = KeyStore(tmp_path / "keys.sqlite3")
+    _, new_key = again.create("new", ["search"])
+    again.close()
+    assert store.refresh() and store.authenticate(key) is None and store.authenticate(new_key) is not None

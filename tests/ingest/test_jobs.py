@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import types
 from collections import Counter
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.engine import FaceEngine
 from app.errors import StoreUnavailable
+from app.ingest import read
 from app.ingest.model import STATE_FILE, FileStatus, JobStatus, RetryPolicy, RunOutcome
 from app.ingest.pipeline import IngestJob
 from app.ingest.state import IngestState
@@ -424,3 +426,93 @@ def test_an_unusable_ingest_path_is_a_400_not_a_500(tmp_path: Path) -> None:
     with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(root))), client=LOOPBACK) as client:
         r = client.post("/api/ingest", json={"path": "0" * 4000})
         assert r.status_code == 400 and "cannot use that path" in r.json()["detail"], r.text
+
+
+# ------------------------------------------------------------------------------------------------- hostile files
+
+
+def test_a_photo_swapped_for_a_fifo_after_the_walk_is_failed_and_the_job_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "photos"
+    victim, *_ = sorted(face_folder(root, 3, nested=False))
+    listed = IngestJob._check
+
+    def listed_then_swapped(job: IngestJob, path: Path) -> Any:
+        found = listed(job, path)  # the walk saw a regular file...
+        if path == victim:
+            victim.unlink()
+            os.mkfifo(victim)  # ...which is a FIFO nobody writes to by the time it is read
+        return found
+
+    monkeypatch.setattr(IngestJob, "_check", listed_then_swapped)
+    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(root))), client=LOOPBACK) as client:
+        try:
+            job = wait_for(client, client.post("/api/ingest", json={"path": str(root)}).json()["id"], FINISHED, 60)
+        finally:  # a reader stuck in open() (the bug) is released, so that the service can stop
+            if victim.is_fifo():
+                os.close(os.open(victim, os.O_RDWR | os.O_NONBLOCK))
+        assert job["status"] == "completed", job
+        assert (job["counts"]["ingested"], job["counts"]["failed"]) == (2, 1)
+        (error,) = job["last_errors"]
+        assert error["path"] == victim.name and "not a regular file (a FIFO)" in error["reason"], error
+
+
+class HungMount:
+    """A stand-in for a file on a dead network mount (no real one can be made here): reading `path` blocks until
+    `release`; other files are read for real."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.released = threading.Event()
+        self.read = read.read_image_bytes
+
+    def __call__(self, path: Path, **limits: Any) -> bytes:
+        if path == self.path:
+            self.released.wait()
+        return self.read(path, **limits)
+
+
+def test_a_read_that_hangs_is_failed_at_ingest_file_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "photos"
+    victim, *_ = sorted(face_folder(root, 3, nested=False))
+    hung = HungMount(victim)
+    monkeypatch.setattr(read, "read_image_bytes", hung)
+    settings = make_settings(tmp_path / "state", ingest_roots=str(root), ingest_file_timeout=1.0)
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        try:
+            job = wait_for(client, client.post("/api/ingest", json={"path": str(root)}).json()["id"], FINISHED, 60)
+        finally:
+            hung.released.set()
+        assert job["status"] == "completed", job
+        assert (job["counts"]["ingested"], job["counts"]["failed"]) == (2, 1)
+        (error,) = job["last_errors"]
+        assert error["path"] == victim.name and "INGEST_FILE_TIMEOUT" in error["reason"], error
+
+
+def test_cancelling_a_job_stuck_on_a_read_ends_it_and_the_next_job_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, other = tmp_path / "photos", tmp_path / "other"
+    victim, *_ = sorted(face_folder(root, 3, nested=False))
+    face_folder(other, 2, start=3)
+    hung = HungMount(victim)
+    monkeypatch.setattr(read, "read_image_bytes", hung)
+    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))), client=LOOPBACK) as c:
+        try:
+            stuck = c.post("/api/ingest", json={"path": str(root), "workers": 1}).json()["id"]
+            following = c.post("/api/ingest", json={"path": str(other)}).json()["id"]
+            wait_for(c, stuck, {"processing"})
+            cancelled = c.delete(f"/api/jobs/{stuck}").json()  # the API waits for the job to end (10 s at most)
+            assert cancelled["status"] == "cancelled", cancelled
+            assert wait_for(c, following, FINISHED, 60)["status"] == "completed"
+        finally:
+            hung.released.set()
+
+
+def test_a_nul_in_an_ingest_path_is_a_400_naming_it(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    with TestClient(create_app(make_settings(tmp_path / "state", ingest_roots=str(root))), client=LOOPBACK) as client:
+        r = client.post("/api/ingest", json={"path": f"{root}/a\x00b.jpg"})
+        assert r.status_code == 400 and "NUL" in r.json()["detail"], r.text

@@ -15,10 +15,19 @@ from app.config import Settings
 from app.engine import FaceEngine
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.heads import HeadRegistry
-from app.people import People, PeopleState
+from app.people import People, PeopleFaceService, PeopleState
 from app.people import people as people_module
-from app.service import FaceService
-from app.store import CollectionSpec, EdgeStore, FaceFilter, FacePoint, Origin, ServerStore, ThumbnailStore, point_id
+from app.store import (
+    CollectionSpec,
+    EdgeStore,
+    ErasureJournal,
+    FaceFilter,
+    FacePoint,
+    Origin,
+    ServerStore,
+    ThumbnailStore,
+    point_id,
+)
 
 DIM = 512
 
@@ -31,12 +40,13 @@ def people(request: pytest.FixtureRequest, tmp_path: Path, engine: FaceEngine) -
         if request.param == "edge"
         else ServerStore(QdrantClient(location=":memory:"), spec)
     )
-    service = FaceService(
+    service = PeopleFaceService(
         settings=Settings(state_dir=tmp_path),
         engine=engine,
         heads=HeadRegistry(),
         store=store,
         thumbs=ThumbnailStore(tmp_path / "thumbs"),
+        erasures=ErasureJournal(tmp_path / "erasures.sqlite3"),
     )
     state = PeopleState(tmp_path / "people.sqlite")
     yield People(service=service, state=state, state_dir=tmp_path, collection="faces", fingerprint="fp", pack="bundled")
@@ -113,8 +123,9 @@ def test_rename_merge_move_delete(people: People, monkeypatch: pytest.MonkeyPatc
         people.set_face_subject(ids["Bob"][1], "a/b")
     assert people.delete_subject("Carol") == [ids[None][0]]
     assert not people.service.get_faces([ids[None][0]])
+    assert people.delete_subject("Carol") == [ids[None][0]]  # sent again: answered as the first (erasure receipt)
     with pytest.raises(NotFound):
-        people.delete_subject("Carol")
+        people.delete_subject("Nobody")
 
 
 def test_an_interrupted_move_is_finished_at_start_and_shown_whole_meanwhile(people: People) -> None:

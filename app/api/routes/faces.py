@@ -84,7 +84,8 @@ async def api_index(
 
 @router.delete("/api/faces/{face_id}", response_model=DeleteOut, responses=errors(404, 422, 503, 504))
 async def api_delete_face(request: Request, face_id: str, service: ServiceDep, people: PeopleDep) -> DeleteOut:
-    """Remove one face and its thumbnail (and the feedback about it)."""
+    """Remove one face and its thumbnail (and the feedback about it). Sent again, it finishes an erasure cut short
+    (a crash) and answers as the first did (for 24 hours); 404 only for a face never stored."""
     await run_blocking(request, lambda: service.delete_face(face_id))
     await run_blocking(request, lambda: people.forget([face_id]))
     return DeleteOut(deleted=[face_id])
@@ -98,8 +99,9 @@ async def api_delete_faces(
     file: Annotated[str | None, Query(min_length=1, description="the source file of the faces")] = None,
     subject: Annotated[str | None, Query(min_length=1, description="the subject of the faces")] = None,
 ) -> DeleteOut:
-    """Remove every face of one source image (`file`) or of one person (`subject`), with their thumbnails (and
-    the feedback about them)."""
+    """Remove every face of one source image (`file`) or of one person (`subject`), with their thumbnails and the
+    feedback about them. Crash-safe: recorded before it starts and finished at the next start if cut short; sent
+    again, it finishes one cut short and answers with the faces erased (for 24 hours after)."""
     if (file is None) == (subject is None):
         raise InvalidRequest("give exactly one of `file` or `subject`: the faces to delete")
     query = PointQuery(file=file, subject=subject)
