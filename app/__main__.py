@@ -8,6 +8,8 @@ import logging
 import uvicorn
 
 from app.api import create_app
+from app.api.metrics import Metrics
+from app.api.server import ConnectionGuard
 from app.config import LogFormat, Settings, private_files
 from app.logs import configure_logging
 
@@ -30,8 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
     logging.getLogger("uvicorn.access").disabled = True  # app.access logs each request, with its id and key
     # The app reads forwarded headers itself (FORWARDED_ALLOW_IPS, app.api.context): uvicorn's own reading off.
+    app = create_app(settings)
+    metrics: Metrics = app.state.metrics
+    guard = ConnectionGuard.from_settings(settings, on_refused=metrics.connection_refused)
     uvicorn.run(
-        create_app(settings),
+        app,
+        http=guard.protocol(),  # HEADER_TIMEOUT and MAX_CLIENT_CONNECTIONS (app.api.server)
         host=settings.host,
         port=settings.port,
         workers=1,

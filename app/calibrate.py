@@ -3,6 +3,8 @@
 import sys
 
 from app.cli.calibrate import main
+from app.config import private_files
 
 if __name__ == "__main__":
+    private_files()
     sys.exit(main())

@@ -225,6 +225,15 @@ class Settings(BaseSettings):
     # and the upload limits, not by this; it only stops an unbounded pile of idle sockets.
     uvicorn_limit_concurrency: int | None = 1024
     uvicorn_backlog: int = 2048
+    # Slow clients (app.api.server, app.api.errors.BodyDeadline). Seconds a connection has to send a whole request
+    # head (408 and closed past it): without it, idle half-sent requests hold the connection slots for good.
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # Seconds a request has to send its whole body, from the end of its head (408 and closed past it): 120 s
+    # takes a 20 MB upload at 1.4 Mbit/s. REQUEST_TIMEOUT starts once the body is in.
+    body_timeout: float = Field(default=120.0, gt=0, le=3600)
+    # Connections (WebSockets included) open at once from one client address; the one over it is answered 429 and
+    # closed. Peers in FORWARDED_ALLOW_IPS are proxies and are not counted (they bound their clients). 0: off.
+    max_client_connections: int = Field(default=64, ge=0, le=100_000)
     log_level: str = "info"
     log_format: LogFormat = LogFormat.TEXT
 

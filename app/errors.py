@@ -59,6 +59,10 @@ class RequestTimeout(OceanoError):
     """The work for one request took longer than REQUEST_TIMEOUT."""
 
 
+class ClientTooSlow(OceanoError):
+    """The client did not send its request in time (BODY_TIMEOUT): nothing of it was worked on."""
+
+
 class ShuttingDown(OceanoError):
     """The service is stopping: work is refused until it is back."""
 

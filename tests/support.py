@@ -366,6 +366,9 @@ class ServiceProcess:
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
         return {key: int(value) for key, value in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
 
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
     def reset_peak(self) -> bool:
         """VmHWM back to the current RSS (Linux 4.0+); False where the kernel does not allow it."""
         try:

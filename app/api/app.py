@@ -18,8 +18,9 @@ from app.api import live, pages, ws
 from app.api.admission import AdmissionGuard
 from app.api.auth import AccessGuard
 from app.api.context import RequestContext
-from app.api.errors import BodyLimit, install_error_handlers
+from app.api.errors import BodyDeadline, BodyLimit, install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
+from app.api.paths import PathGuard
 from app.api.routes import faces, feedback, heads, jobs, keys, ops, search, subjects
 from app.api.routing import MethodGuard
 from app.api.ws_auth import WaitingRoom
@@ -96,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Retry-After", "X-Request-ID"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
         )
+    app.add_middleware(PathGuard)  # a NUL in the path or query: 400 before keys, methods or routes
+    app.add_middleware(BodyDeadline, seconds=settings.body_timeout)  # outside the others: its 408 replaces theirs
     app.add_middleware(RequestMetrics, metrics=metrics)  # every answer is counted
     app.add_middleware(RequestContext, proxies=settings.forwarded_networks)  # outermost: client, request id, log
     install_error_handlers(app)

@@ -34,7 +34,9 @@ PUBLIC = None  # no key ever needed
 # The one table: (method, route path) -> the scope a caller needs. HEAD is looked up as GET.
 ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("GET", "/health"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
+    # Request counts per key name and the collection's size: a read, as open as the searches (AUTH_READS); under
+    # AUTH_READS=key, Prometheus sends a search-scoped key (its `authorization` setting).
+    ("GET", "/metrics"): KeyScope.SEARCH,
     ("GET", "/"): PUBLIC,  # the page itself holds no data; with AUTH_READS=key it asks for the key
     ("GET", "/live"): PUBLIC,  # likewise; its socket (/ws) checks the key itself (app.api.ws_auth.authorize_socket)
     ("GET", "/static/{file:path}"): PUBLIC,

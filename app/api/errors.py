@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,7 @@ from app.api.pages import templates, wants_json
 from app.errors import (
     AccessDenied,
     BadImage,
+    ClientTooSlow,
     Conflict,
     EngineBusy,
     ImageTooLarge,
@@ -39,6 +41,7 @@ HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "too_large",
     429: "rate_limited",
 }
@@ -56,6 +59,7 @@ ERROR_STATUS: dict[type[OceanoError], tuple[int, str]] = {
     ShuttingDown: (503, "shutting_down"),
     IncompatibleState: (503, "store_unavailable"),
     RequestTimeout: (504, "timeout"),
+    ClientTooSlow: (408, "request_timeout"),
     StorageFull: (507, "insufficient_storage"),
     NotAuthenticated: (401, "unauthorized"),
     AccessDenied: (403, "forbidden"),
@@ -124,6 +128,63 @@ class BodyLimit:
         await self.app(scope, counted_receive, guarded_send)
         if over:
             await self._too_large()(scope, receive, send)
+
+
+class BodyDeadline:
+    """The whole request body must arrive within `seconds` (BODY_TIMEOUT) of its head; else the answer is 408 and
+    the connection is closed, whatever the app was doing with the partial body (it sees the client leave). Without
+    it a body sent at a few bytes a second holds its connection, its task and its spooled part for good:
+    REQUEST_TIMEOUT only starts once the body is in. Once the body is complete nothing is timed here."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        reading = True
+        late = False
+
+        async def timed_receive() -> Message:
+            nonlocal reading, late
+            if late:
+                return {"type": "http.disconnect"}
+            if not reading:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                late = True
+                return {"type": "http.disconnect"}  # the app stops reading as if the client had left
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                reading = False
+            return message
+
+        started = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if not late:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not late:
+                raise
+        if late and not started:
+            error = ClientTooSlow(
+                f"the request body did not arrive within {self.seconds:g} s (BODY_TIMEOUT); send it faster or "
+                "in smaller requests"
+            )
+            response = error_response(error)
+            response.headers["Connection"] = "close"  # the rest of the body is never read: the connection ends
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.api.routing import RouteTable, route_path
+from app.api.server import Refusal
 from app.engine import CallSource, Dropped, Shed
 from app.ingest.model import FileStatus, JobStatus
 
@@ -124,11 +125,23 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.connections_refused = Counter(
+            "oceano_http_connections_refused",
+            "Connections closed before a request was served: no whole request head within HEADER_TIMEOUT "
+            "(header_timeout), or over MAX_CLIENT_CONNECTIONS from one address (client_limit); python -m app only",
+            ["reason"],
+            registry=registry,
+        )
+        for refusal in Refusal:
+            self.connections_refused.labels(refusal.value)
         for stage in Shed:  # every label at 0 from the start: rate() sees the first one
             self.shed_requests.labels(stage.value)
         for reason in Dropped:
             self.dropped_requests.labels(reason.value)
         registry.register(ServiceGauges(self))
+
+    def connection_refused(self, reason: Refusal) -> None:
+        self.connections_refused.labels(reason.value).inc()
 
     # ------------------------------------------------------------------ EngineObserver
     def model_batch(self, model: str, source: CallSource, size: int, seconds: float) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.heads import HeadListing, HeadSpec, ModelInfo
 from app.ingest.model import DEFAULT_BATCH, DEFAULT_WORKERS, MAX_BATCH, MAX_WORKERS, JobOut
@@ -184,6 +184,14 @@ class IngestIn(BaseModel):
     exclude: list[str] = Field(
         default_factory=list, max_length=100, description="glob patterns (relative path or name) to leave out"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("a path cannot hold a NUL character (\\x00)")
+        return value
+
     follow_symlinks: bool = False
 
 

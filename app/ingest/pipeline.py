@@ -22,38 +22,35 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import Settings
 from app.engine import CallSource, resolve_pack
 from app.errors import EngineBusy, OceanoError, StoreUnavailable
 from app.faces import Face
-from app.imaging import DecodedImage, decode_image
+from app.imaging import DecodedImage
 from app.ingest.commit import CommitBuffer, Entry, EntryKind, write_with_retry
+from app.ingest.loaded import LoadedFile, inferred_entries, load_file, unread_entry
 from app.ingest.model import (
     LAST_ERRORS,
     TOP_REASONS,
     Counts,
     FileRecord,
-    FileStatus,
     IngestOptions,
     Progress,
     RetryPolicy,
     RunOutcome,
 )
-from app.ingest.read import read_with_deadline
 from app.ingest.state import IngestState, collection_key
 from app.ingest.walk import Roots, iter_image_files
-from app.service import FaceService, ImageToIndex, content_hash
-from app.store import FacePoint, Origin
+from app.service import FaceService, ImageToIndex
+from app.store import Origin
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +58,6 @@ INFER_BATCH = 16  # images per FaceEngine.analyze_batch call
 # Jobs inside a CPU-only service: the inference gate is held for a whole call and requests wait behind it, so
 # calls are kept shorter there (on 2 cores 16 images are ~0.6 s of work; 16 vs 8 gained only ~3% throughput).
 INFER_BATCH_SHARED_CPU = 8
-
-
-@dataclass(slots=True)
-class _Loaded:
-    """What a decode worker hands to the inference loop."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    previous: FileRecord | None = None  # the record of an earlier run that the file may still match
-    content_hash: str | None = None
-    image: DecodedImage | None = None
-    unchanged: bool = False  # same bytes as `previous`: only the record's size/mtime are refreshed
-    error: str | None = None
 
 
 class IngestJob:
@@ -252,7 +235,7 @@ class IngestJob:
 
     def _pipeline(self) -> None:
         assert self.service is not None
-        futures: queue.Queue[Future[_Loaded] | None] = queue.Queue(maxsize=self.queue_size)
+        futures: queue.Queue[Future[LoadedFile] | None] = queue.Queue(maxsize=self.queue_size)
         pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="ingest-decode")
         feeder = threading.Thread(target=self._feed, args=(pool, futures), name="ingest-feed", daemon=True)
         others = [
@@ -279,9 +262,9 @@ class IngestJob:
         if not self._stop.is_set():
             self._build_index()
 
-    def _infer_loop(self, futures: queue.Queue[Future[_Loaded] | None]) -> None:
+    def _infer_loop(self, futures: queue.Queue[Future[LoadedFile] | None]) -> None:
         """One inference worker: decoded images -> engine batches -> pending points -> upserts when due."""
-        batch: list[_Loaded] = []
+        batch: list[LoadedFile] = []
         try:
             while not self._halt.is_set():
                 try:
@@ -322,7 +305,7 @@ class IngestJob:
                 exc,
             )
 
-    def _feed(self, pool: ThreadPoolExecutor, futures: queue.Queue[Future[_Loaded] | None]) -> None:
+    def _feed(self, pool: ThreadPoolExecutor, futures: queue.Queue[Future[LoadedFile] | None]) -> None:
         try:
             for path in self._walk():
                 st, record, skip = self._check(path)
@@ -342,7 +325,7 @@ class IngestJob:
         finally:
             self._put(futures, None)
 
-    def _put(self, futures: queue.Queue[Future[_Loaded] | None], item: Future[_Loaded] | None) -> bool:
+    def _put(self, futures: queue.Queue[Future[LoadedFile] | None], item: Future[LoadedFile] | None) -> bool:
         while not self._halt.is_set():
             try:
                 futures.put(item, timeout=0.25)
@@ -351,75 +334,16 @@ class IngestJob:
                 continue
         return False
 
-    def _load(self, path: Path, st: os.stat_result | None, previous: FileRecord | None) -> _Loaded:
+    def _load(self, path: Path, st: os.stat_result | None, previous: FileRecord | None) -> LoadedFile:
         """Decode worker: read once, hash, decode (reduced-size JPEG decoding for big photos)."""
-        loaded = _Loaded(
-            path=str(path), size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1, previous=previous
-        )
-        if self._halt.is_set():
-            loaded.error = "stopped"
-            return loaded
-        try:
-            if st is None:
-                loaded.error = "cannot read: the file vanished or cannot be listed"
-                return loaded
-            if not stat.S_ISREG(st.st_mode):
-                loaded.error = "not a regular file"
-                return loaded
-            data = read_with_deadline(
-                path,
-                max_bytes=self.settings.max_upload_bytes,
-                follow_symlinks=self.options.follow_symlinks or path == self.root,  # the walk yields links only then
-                timeout=self.settings.ingest_file_timeout,
-                stop=self._halt,
-            )
-            if data is None:
-                loaded.error = "stopped"
-                return loaded
-            loaded.content_hash = content_hash(data)
-            if previous is not None and previous.content_hash == loaded.content_hash:
-                loaded.unchanged = True
-                return loaded
-            loaded.image = decode_image(
-                data, max_bytes=self.settings.max_upload_bytes, max_pixels=int(self.settings.max_megapixels * 1e6)
-            )
-        except OceanoError as exc:
-            loaded.error = exc.message.replace(str(path), "the file")
-        except Exception as exc:  # a decoder crash on one file must not stop the run
-            loaded.error = f"cannot decode: {type(exc).__name__}: {exc}"
-        return loaded
+        follow = self.options.follow_symlinks or path == self.root  # the walk yields symbolic links only then
+        return load_file(path, st, previous, settings=self.settings, follow_symlinks=follow, halt=self._halt)
 
-    def _record_unread(self, loaded: _Loaded) -> None:
+    def _record_unread(self, loaded: LoadedFile) -> None:
         """A file that needs no inference: failed, or unchanged content under a new mtime."""
-        if loaded.error == "stopped":
-            return  # not recorded: redone next time
-        if loaded.unchanged and loaded.previous is not None:
-            entry = Entry(
-                FileRecord(
-                    path=loaded.path,
-                    size=loaded.size,
-                    mtime_ns=loaded.mtime_ns,
-                    content_hash=loaded.content_hash,
-                    status=loaded.previous.status,
-                    faces=loaded.previous.faces,
-                    run_id=self.run_id,
-                ),
-                EntryKind.SKIPPED,
-            )
-        else:
-            entry = Entry(
-                FileRecord(
-                    path=loaded.path,
-                    size=loaded.size,
-                    mtime_ns=loaded.mtime_ns,
-                    content_hash=loaded.content_hash,
-                    status=FileStatus.FAILED,
-                    reason=loaded.error or "unknown error",
-                    run_id=self.run_id,
-                ),
-                EntryKind.FAILED,
-            )
-        self._buffer.add(entry)
+        entry = unread_entry(loaded, self.run_id)
+        if entry is not None:
+            self._buffer.add(entry)
 
     def _analyze(self, images: list[DecodedImage]) -> list[list[Face]] | None:
         """Faces per image through the engine's batch entry point; None when stopped while the inference gate
@@ -433,7 +357,7 @@ class IngestJob:
                 if self._halt.is_set():
                     return None
 
-    def _infer(self, batch: list[_Loaded]) -> None:
+    def _infer(self, batch: list[LoadedFile]) -> None:
         assert self.service is not None
         try:
             faces = self._analyze([item.image for item in batch if item.image is not None])
@@ -462,26 +386,7 @@ class IngestJob:
             if item.image is not None
         ]
         points, results = self.service.prepare_points(items, faces)  # thumbnails written here
-        by_file: dict[str, list[FacePoint]] = {}
-        for point in points:
-            by_file.setdefault(point.payload["file"], []).append(point)
-        entries = []
-        for item, row, result in zip(batch, faces, results, strict=True):
-            item.image = None  # release the pixels now; only the points wait for the upsert
-            record = FileRecord(
-                path=item.path,
-                size=item.size,
-                mtime_ns=item.mtime_ns,
-                content_hash=item.content_hash,
-                status=FileStatus.DONE if row else FileStatus.NO_FACE,
-                faces=len(row),
-                run_id=self.run_id,
-            )
-            entries.append(
-                Entry(
-                    record, EntryKind.INGESTED if row else EntryKind.NO_FACE, result, tuple(by_file.get(item.path, ()))
-                )
-            )
+        entries = inferred_entries(batch, faces, results, points, self.run_id)
         self._buffer.add(*entries)
 
     def _commit_due(self) -> None:
@@ -535,7 +440,7 @@ class IngestJob:
                 self._errors.append({"path": entry.record.path, "reason": reason})
 
 
-def _drain(futures: queue.Queue[Future[_Loaded] | None]) -> None:
+def _drain(futures: queue.Queue[Future[LoadedFile] | None]) -> None:
     while True:
         try:
             future = futures.get_nowait()

@@ -204,7 +204,10 @@ def test_auth_reads_key(client_factory: Callable[..., TestClient]) -> None:
     page = client.get("/")  # the page itself is open: it asks for the key and keeps it in the tab's session
     assert page.status_code == 200 and 'data-key="required"' in page.text and 'id="api-key"' in page.text
     assert "sessionStorage" in client.get("/static/app.js").text
-    assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
+    assert client.get("/health").status_code == 200
+    # /metrics is a read too (key names, collection size): a search key, like /status.
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"X-API-Key": reader}).status_code == 200
 
 
 def test_page_asks_for_no_key_when_reads_are_open(client: TestClient) -> None:

@@ -19,7 +19,7 @@ from app.api.schemas import ErrorOut
 from tests.support import live_service, make_settings
 
 ERROR_OUT = {"$ref": "#/components/schemas/ErrorOut"}
-UNPROTECTED = {"/health", "/metrics"}  # every other operation will take API keys and rate limits
+UNPROTECTED = {"/health"}  # every other operation will take API keys (and rate limits: all but /metrics)
 
 
 def operations(schema: dict) -> Iterator[tuple[str, str, dict]]:

@@ -159,3 +159,20 @@ def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
     one.searches.inc()
     assert one.registry.get_sample_value("oceano_search_requests_total") == 1
     assert other.registry.get_sample_value("oceano_search_requests_total") == 0
+
+
+def test_metrics_follow_auth_reads(tmp_path: Path, client_factory: Any) -> None:
+    """Under AUTH_READS=key /metrics is a read like /status (key names, collection size): a search or admin key,
+    else 401 (403 for a key without the scope). Open reads leave it open (the other tests here scrape it so)."""
+    store = KeyStore(tmp_path / KEYS_FILE)
+    _, reader = store.create("prometheus", ["search"])
+    _, admin = store.create("root", ["admin"])
+    _, writer = store.create("writer", ["write"])
+    store.close()
+    closed = client_factory(auth_reads="key")
+    assert closed.get("/metrics").status_code == 401
+    assert closed.get("/metrics", headers={"X-API-Key": writer}).status_code == 403
+    for key in (reader, admin):
+        r = closed.get("/metrics", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and "oceano_http_requests_by_key_total" in r.text
+    assert closed.get("/status").status_code == 401  # the same rule as /status

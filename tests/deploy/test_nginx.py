@@ -463,3 +463,116 @@ def test_search_routes_rate_limited_by_nginx(service: Service, nginx: Nginx) -> 
             time.sleep(0.2)
         assert status == 415
     time.sleep(2.5)
+
+
+# ------------------------------------------------------------------------------------------------ slow clients
+# deploy/nginx.conf: client_header_timeout 10s, client_body_timeout 20s, limit_conn 32 per address. Each wait below
+# is bounded well under nginx's defaults (60 s for both timeouts), so a config without them fails here.
+HEADER_DEADLINE = 40.0
+BODY_DEADLINE = 45.0
+CONN_LIMIT = 32
+
+
+def tls_from(nginx: Nginx, source: str = "127.0.0.1") -> ssl.SSLSocket:
+    """A TLS connection to nginx's HTTPS port from `source` (any 127.0.0.0/8 address: its own client to nginx)."""
+    port = int(nginx.url.rsplit(":", 1)[1])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+    return nginx.tls.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def closed_within(sock: ssl.SSLSocket, seconds: float, drip: bytes = b"") -> tuple[bytes, bool]:
+    """Reads until the peer closes (or resets) the connection or `seconds` pass, sending one byte of `drip` every
+    quarter second meanwhile. Returns (bytes read, closed)."""
+    received = b""
+    end = time.monotonic() + seconds
+    sent = 0
+    sock.settimeout(0.25)
+    while time.monotonic() < end:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ssl.SSLWantReadError):
+            if sent < len(drip):
+                try:
+                    sock.sendall(drip[sent : sent + 1])
+                except OSError:
+                    return received, True
+                sent += 1
+            continue
+        except OSError:  # reset (reset_timedout_connection) or a TLS error on a dead connection
+            return received, True
+        if not chunk:
+            return received, True
+        received += chunk
+    return received, False
+
+
+def test_nginx_cuts_off_a_slow_request_head(service: Service, nginx: Nginx) -> None:
+    """A request head sent a byte at a time (never finished) and a connection that sends nothing: nginx closes
+    both at client_header_timeout; the service never hears of them; /health through nginx is 200 meanwhile."""
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: slow-head-1\r\nX-Pad: " + b"a" * 10_000
+    with tls_from(nginx, "127.0.0.6") as dripping, tls_from(nginx, "127.0.0.6") as silent:
+        with nginx.client() as http:
+            assert http.get("/health").status_code == 200
+        _, closed = closed_within(dripping, HEADER_DEADLINE, drip=head)
+        assert closed, "nginx kept a connection whose request head never ended"
+        _, closed = closed_within(silent, HEADER_DEADLINE)
+        assert closed
+    assert "slow-head-1" not in service.log.read_text()
+
+
+def test_nginx_cuts_off_a_stalled_body_before_the_service_sees_it(service: Service, nginx: Nginx) -> None:
+    """An upload that sends its head and the first bytes of its body, then nothing: nginx ends it at
+    client_body_timeout. The body is buffered by nginx, so the service never saw the request at all."""
+    head = (
+        b"POST /api/faces HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: stalled-body-1\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n"
+    )
+    with tls_from(nginx, "127.0.0.7") as sock:
+        sock.sendall(head)
+        received, closed = closed_within(sock, BODY_DEADLINE)
+    assert closed, "nginx kept a connection whose body stalled"
+    assert not received.startswith(b"HTTP/1.1 2")
+    assert "stalled-body-1" not in service.log.read_text()
+    with nginx.client() as http:
+        assert http.get("/health").status_code == 200
+
+
+def test_nginx_limits_connections_per_client_address(service: Service, nginx: Nginx) -> None:
+    """CONN_LIMIT uploads in progress (head sent, body pending) from one address: the next request from it is
+    answered 429 by nginx itself (JSON naming the limit, Retry-After); another address is served; once they end,
+    the address is served again."""
+    source = "127.0.0.8"
+    head = (
+        b"POST /api/faces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 1000000\r\n\r\n--b\r\n"
+    )
+    held: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(CONN_LIMIT):
+            sock = tls_from(nginx, source)
+            sock.sendall(head)
+            held.append(sock)
+        time.sleep(0.5)  # nginx reads each head as it comes: let the last ones in (the check below is bounded)
+        with tls_from(nginx, source) as extra:
+            extra.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            received, _ = closed_within(extra, 30)
+        status, _, rest = received.partition(b"\r\n")
+        assert status == b"HTTP/1.1 429 Too Many Requests", received[:400]
+        body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+        assert body["error"] == "rate_limited" and "too many connections" in body["detail"] and source in body["detail"]
+        assert b"\r\nRetry-After: 1\r\n" in rest
+        with nginx.client() as http:  # 127.0.0.1: its own count
+            assert http.get("/health").status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    assert 'limiting connections by zone "oceano_conn"' in nginx.error_log()
+    deadline = time.monotonic() + 15
+    while True:
+        with tls_from(nginx, source) as again:
+            again.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            received, _ = closed_within(again, 30)
+        if received.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert received.startswith(b"HTTP/1.1 200"), received[:300]

@@ -88,7 +88,8 @@ def threshold_source(value: CalibratedThreshold) -> str:
         200: {
             "content": {"text/plain": {"schema": {"type": "string"}}},
             "description": "Prometheus text format (the metrics are listed in the README)",
-        }
+        },
+        **errors(),  # a read: AUTH_READS=key asks for a search key (never rate-limited: no 429 in practice)
     },
 )
 async def metrics(request: Request) -> Response:
