@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     # Benchmarks only: every ONNX run answers the outputs recorded at its input shape's first run (see
     # app.engine.runtime.ReplaySession), so a benchmark measures everything but inference. Logged loudly.
     engine_standin: bool = False
+    # On a GPU the detector takes uint8 pixels and casts, normalises and transposes them inside its graph: a quarter
+    # of the bytes to copy to the device and no blob to build on the CPU (app.engine.graph). Off: the float blob.
+    gpu_image_input: bool = True
     ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
     # The only batch sizes each model runs at (app.engine.model): a call's images or faces are cut into chunks of
     # these sizes, every one of them run once at start-up. Empty: DET_BATCH_SIZES 1 on the CPU (batching the

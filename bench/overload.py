@@ -23,7 +23,10 @@ git worktree of REF in a temporary folder, and the service started from REF's tr
 settings and the same photos; the printed ratio is current / REF (goal: current >= REF within the noise, the
 spread between rounds of one tree). The worktree is removed at the end.
 
-    python -m bench.overload [--duration 30] [--levels 50,200] [--compare-ref e362951 --rounds 2]
+--standin runs every service on the stand-in engine (ENGINE_STANDIN=1, app.engine.runtime.ReplaySession):
+inference then costs next to nothing, and the searches/s reached is the ceiling a GPU machine meets.
+
+    python -m bench.overload [--duration 30] [--levels 50,200] [--compare-ref e362951 --rounds 2] [--standin]
 """
 
 from __future__ import annotations
@@ -84,10 +87,15 @@ def index_photos() -> list[tuple[str, bytes]]:
     return [(p.name, jpeg_long_side(p, 800)) for p in paths]
 
 
-def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]], busy_retry_s: float = 0.0) -> int:
+def prepare(
+    server: Server, query: bytes, photos: list[tuple[str, bytes]], busy_retry_s: float = 0.0, warm_batches: int = 0
+) -> int:
     """Index the photos, then search the query a few times (warm-up); returns the faces found in the query.
     busy_retry_s: for that long in all, a 503 is retried after its Retry-After (at most 5 s) instead of failing (a
-    cold GPU engine sheds while each new input shape costs seconds)."""
+    cold GPU engine sheds while each new input shape costs seconds). warm_batches: also search 1, 2, ... that many
+    copies of the query in one request each, so that every engine batch size the load can make has run once before
+    counting (the stand-in engine runs each new input shape for real once: unwarmed, those runs would be counted
+    in the ceiling)."""
     deadline = time.monotonic() + busy_retry_s
 
     def post(http: httpx.Client, path: str, name: str, data: bytes, form: dict[str, str]) -> httpx.Response:
@@ -97,7 +105,12 @@ def prepare(server: Server, query: bytes, photos: list[tuple[str, bytes]], busy_
                 return r
             time.sleep(min(5.0, float(r.headers.get("retry-after") or 1)))
 
-    with httpx.Client(base_url=server.base_url, timeout=120) as http:
+    with httpx.Client(base_url=server.base_url, timeout=300) as http:
+        for copies in range(1, warm_batches + 1):
+            files = [("files", (f"q{i}.jpg", query, "image/jpeg")) for i in range(copies)]
+            r = http.post("/api/search/batch", files=files)
+            if r.status_code != 200:
+                raise SystemExit(f"warm-up batch of {copies} answered {r.status_code}: {r.text[:300]}")
         for name, data in photos:
             r = post(http, "/api/faces", name, data, {"subject": name})
             if r.status_code != 201:
@@ -441,10 +454,12 @@ def compare(
                 if where != "its own":
                     raise SystemExit(f"{label}: the service would not run the tree under test")
             runs: dict[str, list[float]] = {label: [] for label, _ in trees}
+            # The service's CPU per answer: far less swayed by other load on the machine than answers per second.
+            cpu_ms: dict[str, list[float]] = {label: [] for label, _ in trees}
             for round_ in range(args.rounds):
                 for label, tree in trees:
                     with live_server(tree, env=env, prefix="oceano-overload-") as server:
-                        prepare(server, query, photos)
+                        prepare(server, query, photos, warm_batches=args.warm_batches)
                         level = run_level(
                             server,
                             f"round {round_ + 1} {label}",
@@ -455,8 +470,10 @@ def compare(
                         )
                     st = level.statuses()
                     runs[label].append(level.throughput)
+                    cpu_ms[label].append(level.server_cpu_s * 1e3 / max(1, len(level.answers)))
                     print(
                         f"round {round_ + 1}  {label:<40} 200/s {level.throughput:6.1f}  "
+                        f"service CPU {cpu_ms[label][-1]:.2f} ms per answer  "
                         f"({', '.join(f'{k} x{v}' for k, v in sorted(st.items()))}; 200 p50 "
                         f"{ms(level.p('200', 50))} ms, p95 {ms(level.p('200', 95))} ms; load average "
                         f"{level.load[0]:.1f} -> {level.load[1]:.1f})"
@@ -482,6 +499,12 @@ def compare(
     print(f"  {cur_label:<40} {' '.join(f'{v:6.1f}' for v in cur_runs)}   mean {cur_mean:6.1f}")
     print(f"  ratio current / REF {ratio:.2f}; noise (largest spread between rounds of one tree) {noise:.0%}")
     print(f"  {verdict(ratio >= 1 - noise)}  current >= REF within noise ({ratio:.2f} >= {1 - noise:.2f})")
+    ref_cpu, cur_cpu = statistics.fmean(cpu_ms[ref_label]), statistics.fmean(cpu_ms[cur_label])
+    print(
+        f"service CPU ms per answer (any status): REF {' '.join(f'{v:.2f}' for v in cpu_ms[ref_label])} mean "
+        f"{ref_cpu:.2f}; current {' '.join(f'{v:.2f}' for v in cpu_ms[cur_label])} mean {cur_cpu:.2f}; answers per "
+        f"CPU second current / REF {ref_cpu / cur_cpu if cur_cpu else float('inf'):.2f}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -513,6 +536,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--app-dir", type=Path, default=REPO, help="checkout whose `app` is run as the current tree (default: this one)"
     )
+    parser.add_argument(
+        "--standin",
+        action="store_true",
+        help="run the service on the stand-in engine (ENGINE_STANDIN=1: ONNX outputs recorded once per input shape "
+        "and replayed): the searches/s it reaches is the ceiling set by everything but inference",
+    )
+    parser.add_argument(
+        "--warm-batches",
+        type=int,
+        help="before counting, search 1..N copies of the query in one request each, so that every engine batch "
+        "size has run once (default: REQUEST_BATCH's default, 32, with --standin; else 0)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -527,12 +562,20 @@ def main(argv: list[str] | None = None) -> None:
     ):
         parser.error("levels 1..1000 clients, duration 1..600 s, rounds 1..10")
 
+    if args.warm_batches is None:
+        args.warm_batches = 32 if args.standin else 0
     name, query = query_photo(args.photo)
     photos = index_photos()
     env = {"GPU_ACQUIRE_TIMEOUT": str(args.acquire_timeout)}
+    if args.standin:
+        env["ENGINE_STANDIN"] = "1"
+        print(
+            "STAND-IN ENGINE (ENGINE_STANDIN=1): inference answers recorded outputs at once; the figures below are "
+            "the ceiling set by HTTP, decoding, pre/post-processing and search, not a real service's"
+        )
     if not args.skip_levels:
         with live_server(args.app_dir, env=env, prefix="oceano-overload-") as server:
-            faces = prepare(server, query, photos)
+            faces = prepare(server, query, photos, warm_batches=args.warm_batches)
             print(
                 f"query: {name} at 640 px ({len(query) / 1024:.0f} KB), {faces} face(s) found; "
                 f"{len(photos)} photos indexed"

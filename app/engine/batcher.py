@@ -11,6 +11,12 @@ measured engine time per image, so it can tell a new request how long it would w
 EngineBusy at once, with a Retry-After from the estimate. Queued requests whose deadline passed, or whose
 client left (`Ticket.cancel`), are dropped before they reach the engine. So overload is a fast 503, never a
 growing queue.
+
+The estimate must survive a cold or slow engine: one call at a new input shape costs seconds on a GPU (cuDNN's
+algorithm search), and an average that took it in would refuse nearly everything, so that nothing would run to
+correct it. So a call that looks cold (a batch size never seen, many times slower than the estimate) is left
+out, any one batch can raise the estimate by a bounded step only, fast batches pull it down quickly, and a
+request that finds nothing ahead of it is always let in.
 """
 
 from __future__ import annotations
@@ -34,7 +40,17 @@ logger = logging.getLogger(__name__)
 
 # Engine seconds per image before anything was measured (a CPU's order of magnitude); measured from then on.
 INITIAL_SECONDS_PER_IMAGE = 0.05
-EWMA_WEIGHT = 0.2  # weight of the newest batch in the moving average of seconds per image
+# Weights of the newest batch in the moving average of seconds per image: a slower batch moves it up gently, a
+# faster one down quickly (an estimate too high refuses work that would have fitted, and recovers only by the
+# batches it still lets in).
+RISE_WEIGHT = 0.2
+FALL_WEIGHT = 0.5
+# One batch counts as at most this many times the estimate: a slow outlier raises it by RISE_WEIGHT * (MAX_RISE - 1)
+# (20 %) at most, while an engine slow for good doubles it in four batches.
+MAX_RISE = 2.0
+# A call at a batch size never seen before that is this many times slower than the estimate is taken for a cold
+# call (a first run at a new input shape: cuDNN's search on a GPU, 1-3 s) and left out of the estimate.
+COLD_FACTOR = 4.0
 # Requests are let in at the door while the estimated wait is under this share of GPU_ACQUIRE_TIMEOUT: the
 # estimate is an average, and one let in at the edge would often pass its deadline in the queue and get a late
 # 503. Measured at 200 clients (bench/overload.py): with the whole timeout 503 p95 835 ms and 200 p95 3.2 s; with
@@ -97,6 +113,8 @@ class InferenceBatcher:
         self.requests = 0
         self.shed = 0  # requests refused at admission
         self.dropped = 0  # queued requests dropped: deadline passed or client gone
+        self.cold_calls = 0  # engine calls left out of the estimate as cold (first run of a batch size)
+        self._sizes_seen: set[int] = set()  # batch sizes (images per engine call) measured so far
         self._threads = [
             threading.Thread(target=self._run, name=f"inference-batcher-{i}", daemon=True)
             for i in range(engine.gate.concurrency)
@@ -120,9 +138,9 @@ class InferenceBatcher:
 
     def refusal_at_door(self) -> EngineBusy | None:
         """The EngineBusy a request arriving now gets before its body is read (counted as shed), or None when
-        the work ahead fits in GPU_ACQUIRE_TIMEOUT."""
+        the work ahead fits in GPU_ACQUIRE_TIMEOUT, or nothing waits for the engine but the call it runs."""
         wait = self.estimated_wait()
-        if wait <= self.engine.gate.timeout * ADMIT_SHARE:
+        if wait <= self.engine.gate.timeout * ADMIT_SHARE or self._nothing_waiting():
             return None
         self.shed += 1
         self.engine.observer.shed(Shed.DOOR)
@@ -137,12 +155,17 @@ class InferenceBatcher:
             wait = self.estimated_wait()
             # The whole timeout here: a request let in at the door (ADMIT_SHARE) is not refused after its body
             # was read unless the work ahead grew past the timeout meanwhile.
-            if wait > self.engine.gate.timeout and (self._queued or self._running or self._reserved):
+            if wait > self.engine.gate.timeout and not self._nothing_waiting():
                 self.shed += 1
                 self.engine.observer.shed(Shed.ADMIT)
                 raise self.busy_error(wait)
             self._reserved += images
         return Ticket(self, images)
+
+    def _nothing_waiting(self) -> bool:
+        """No request queued or admitted ahead: a newcomer is next, whatever the estimate says. However wrong the
+        estimate, the engine is then never left without work, and each call it runs corrects the estimate."""
+        return self._queued == 0 and self._reserved == 0
 
     def _unreserve(self, images: int) -> None:
         with self._cond:
@@ -292,8 +315,25 @@ class InferenceBatcher:
             start += len(r.images)
 
     def _measured(self, seconds: float, images: int) -> None:
+        """Take one engine call into the estimate of seconds per image, unless it looks cold."""
         per_image = seconds / max(1, images)
-        self.seconds_per_image += EWMA_WEIGHT * (per_image - self.seconds_per_image)
+        estimate = self.seconds_per_image
+        first_of_size = images not in self._sizes_seen
+        self._sizes_seen.add(images)
+        if first_of_size and per_image > COLD_FACTOR * estimate:
+            self.cold_calls += 1
+            logger.info(
+                "engine call of %d images took %.2fs (%.0fx the estimate), first at this size: left out of the "
+                "admission estimate as cold",
+                images,
+                seconds,
+                per_image / estimate,
+            )
+            return
+        if per_image > estimate:
+            self.seconds_per_image += RISE_WEIGHT * (min(per_image, MAX_RISE * estimate) - estimate)
+        else:
+            self.seconds_per_image += FALL_WEIGHT * (per_image - estimate)
 
     def close(self) -> None:
         with self._cond:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from app.config import Settings
-from app.engine.align import align_face, alignment_source
+from app.engine.align import align_faces, alignment_source
 from app.engine.detector import ScrfdDetector
 from app.engine.model import OnnxModel, Shape, log_warm_up
 from app.engine.observe import CallSource, EngineObserver, NullObserver
@@ -153,16 +153,25 @@ class FaceEngine:
         started = time.perf_counter()
         detections = self.detector.detect(arrays)
         self._observed("detector", source, len(arrays), started)
-        faces: list[list[Face]] = []
-        crops: list[np.ndarray] = []
-        for image, pixels, (boxes, scores, kps) in zip(images, arrays, detections, strict=True):
+        # Every face of the batch aligned in one call (transforms solved together); the crops are cut from the
+        # finer pixels where a reduced decode has them, with the keypoints scaled to those pixels.
+        sources: list[np.ndarray] = []
+        points: list[np.ndarray] = []
+        for image, pixels, (boxes, _, kps) in zip(images, arrays, detections, strict=True):
             source_image, ratio = alignment_source(image, pixels, boxes)
-            row = []
-            for box, score, points in zip(boxes, scores, kps, strict=True):
-                crop = align_face(source_image, points * ratio)
-                crops.append(crop)
-                row.append(Face(bbox=box, kps=points, det_score=float(score), crop=crop))
-            faces.append(row)
+            sources.extend([source_image] * len(kps))
+            points.append(kps * ratio)
+        # A list of (112, 112, 3) views: what the recognizer and the heads take.
+        crops = list(align_faces(sources, np.concatenate(points) if points else np.zeros((0, 5, 2), np.float32)))
+        faces: list[list[Face]] = []
+        next_crop = iter(crops)
+        for boxes, scores, kps in detections:
+            faces.append(
+                [
+                    Face(bbox=box, kps=face_kps, det_score=float(score), crop=next(next_crop))
+                    for box, score, face_kps in zip(boxes, scores, kps, strict=True)
+                ]
+            )
         for head in heads:
             started = time.perf_counter()
             head.run(arrays, faces)

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from app.engine.graph import with_image_input
 from app.engine.runtime import ReplaySession, Runtime, TensorrtProfile, create_session, dynamic_batch_model, uses_gpu
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class OnnxModel:
     # dynamic: their declared outputs are rewritten at load (dynamic_batch_model). SCRFD's outputs are not per-row
     # arrays of that kind: the detector reads its batch axis itself.
     REWRITE_BATCH_AXIS = True
+    # (mean, std) of a model that takes a normalised RGB blob: with Runtime.image_input it is given uint8 BGR
+    # pixels (N x H x W x 3) instead, normalised inside its graph (app.engine.graph). None: never.
+    IMAGE_NORMALISATION: tuple[float, float] | None = None
 
     def __init__(
         self,
@@ -98,6 +102,10 @@ class OnnxModel:
         self.runtime = runtime
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
         batched, changed = dynamic_batch_model(proto) if self.REWRITE_BATCH_AXIS else (True, False)
+        normalisation = self.IMAGE_NORMALISATION if runtime.image_input else None
+        self.image_input = normalisation is not None
+        if normalisation is not None:
+            proto, changed = with_image_input(proto, mean=normalisation[0], std=normalisation[1]), True
         # Kept as plain numbers: a reference into the graph would keep the whole model (250 MB for glintr100) alive.
         first = proto.graph.input[0]
         self._item_shape = _fixed_dims(first.type.tensor_type.shape.dim[1:])
@@ -207,15 +215,18 @@ class OnnxModel:
         seconds: dict[Shape, float] = {}
         for shape in self.input_shapes():
             started = time.perf_counter()
-            self._timed_run(session, np.zeros(shape, np.float32))
+            self._timed_run(session, self._blank(shape))
             seconds[shape] = time.perf_counter() - started
         return seconds
 
     def time_run(self, shape: Shape) -> float:
         """Seconds of one run at `shape` (zeros): for benchmarks (bench/gpu.py: first call and warm)."""
         started = time.perf_counter()
-        self._timed_run(self.session, np.zeros(shape, np.float32))
+        self._timed_run(self.session, self._blank(shape))
         return time.perf_counter() - started
+
+    def _blank(self, shape: Shape) -> np.ndarray:
+        return np.zeros(shape, np.uint8 if self.image_input else np.float32)
 
     @property
     def providers(self) -> list[str]:

@@ -89,6 +89,8 @@ class Runtime:
     providers: tuple[str, ...] = (CPU_PROVIDER,)
     options: tuple[dict[str, str], ...] = ({},)
     threads: int = 0  # intra-op threads; 0: onnxruntime picks (all cores)
+    # Models that take a normalised image blob get uint8 pixels instead (app.engine.graph), on a GPU only.
+    image_input: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -99,6 +101,7 @@ class Runtime:
             providers=tuple(providers),
             options=tuple(provider_options(p, settings) for p in providers),
             threads=settings.ort_threads,
+            image_input=settings.gpu_image_input and bool({CUDA_PROVIDER, TENSORRT_PROVIDER} & set(providers)),
         )
 
     @property
@@ -124,6 +127,7 @@ class Runtime:
             "provider_options": {p: o for p, o in zip(self.providers, self.options, strict=True) if p != REPLAY_MARKER},
             "threads": self.threads,
             "standin": self.standin,
+            "image_input": self.image_input,
         }
 
 

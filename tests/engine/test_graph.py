@@ -8,7 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from app.engine.detector import ScrfdDetector
 from app.engine.graph import IMAGE_INPUT, with_image_input
+from app.engine.runtime import Runtime
 from tests.support import VECTRON_DIR, read_bgr
 
 
@@ -40,3 +42,21 @@ def test_a_model_with_two_inputs_is_refused() -> None:
     graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["x", "y"], ["z"])], "two", [x, y], [out])
     with pytest.raises(ValueError, match="one input"):
         with_image_input(onnx.helper.make_model(graph), mean=0.0, std=1.0)
+
+
+def test_a_detector_given_image_input_finds_the_same_faces_and_warms_uint8_shapes(photos) -> None:  # type: ignore[no-untyped-def]
+    """Runtime.image_input is what a GPU runtime sets (GPU_IMAGE_INPUT); the graph runs the same on the CPU."""
+    path = VECTRON_DIR / "scrfd_500m_bnkps.onnx"
+    common = {"det_size": (640, 640), "threshold": 0.5, "batch_sizes": (1, 2)}
+    plain = ScrfdDetector(path, runtime=Runtime(threads=1), **common)  # type: ignore[arg-type]
+    pixels = ScrfdDetector(path, runtime=Runtime(threads=1, image_input=True), **common)  # type: ignore[arg-type]
+    assert pixels.input_name == IMAGE_INPUT and plain.input_name != IMAGE_INPUT
+    shapes = pixels.input_shapes()
+    assert all(s[-1] == 3 for s in shapes) and (2, 640, 640, 3) in shapes
+    pixels.warm_up()
+    assert set(pixels.timings) == set(shapes)  # the warm-up ran uint8 NHWC blanks at exactly those shapes
+    images = [read_bgr(photos.t1), read_bgr(photos.yaoming)]
+    for ours, theirs in zip(pixels.detect(images), plain.detect(images), strict=True):
+        assert len(ours[0]) == len(theirs[0]) > 0
+        np.testing.assert_allclose(ours[0], theirs[0], atol=1e-2)
+        np.testing.assert_allclose(ours[2], theirs[2], atol=1e-2)
