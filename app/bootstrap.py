@@ -65,6 +65,11 @@ class Services:
     people: People | None = None
     _closer: ExitStack = field(default_factory=ExitStack, repr=False)
 
+    @property
+    def backend(self) -> str:
+        """The store's backend (edge, server)."""
+        return self.store.backend.value
+
     def close(self) -> None:
         """Stop the running job first (it commits its batch and resumes at the next start), then the batcher,
         then the store (flushed). Idempotent."""

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Matches per query face: the one bound of TOP_K and of the top_k request parameter.
 MAX_TOP_K = 100
+AUTO_WORKERS = "auto"
+MAX_WORKERS = 64
 # Bytes a WebSocket frame message holds besides its base64 frame (the JSON envelope, settings, timestamp).
 WS_ENVELOPE_BYTES = 16 * 1024
 
@@ -223,6 +225,11 @@ class Settings(BaseSettings):
     # The same for `predict`, which reads the largest face only: a quarter of the detector's work at 320.
     predict_max_side: int = Field(default=320, ge=32, le=4096)
 
+    # Processes of `python -m app`: 1 = one process serves HTTP and runs the engine (the default); N > 1 = one core
+    # process owns the engine, the request batcher, the store and ingest jobs, and N HTTP worker processes parse,
+    # decode and answer (app.core); auto = min(8, cores - 2) when CUDA is in use, else 1.
+    workers: str = "1"
+
     # uvicorn (python -m app).
     # Connections and tasks uvicorn serves at once (past it: a bare 503). Memory is bounded by admission control
     # and the upload limits, not by this; it only stops an unbounded pile of idle sockets.
@@ -298,6 +305,20 @@ class Settings(BaseSettings):
         if not 1 <= value[0] < value[1] < value[2]:
             raise ValueError("CROWD_LEVELS must rise strictly from at least 1 (e.g. 2,5,10)")
         return value
+
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value != AUTO_WORKERS and not (value.isdigit() and 1 <= int(value) <= MAX_WORKERS):
+            raise ValueError(f"WORKERS must be a number from 1 to {MAX_WORKERS}, or auto; got {value!r}")
+        return value
+
+    def worker_count(self, *, cuda: bool) -> int:
+        """HTTP worker processes; 1: no core process, one process does everything."""
+        if self.workers != AUTO_WORKERS:
+            return int(self.workers)
+        return max(1, min(8, (os.cpu_count() or 1) - 2)) if cuda else 1
 
     @field_validator("uvicorn_limit_concurrency", mode="before")
     @classmethod

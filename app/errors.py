@@ -10,6 +10,18 @@ class OceanoError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled with its attributes (retry_after too), so that an error raised in the core process is raised
+        again, the same, in the HTTP worker that asked (app.core)."""
+        return _rebuilt, (type(self), self.message, self.__dict__)
+
+
+def _rebuilt(cls: type[OceanoError], message: str, state: dict[str, object]) -> OceanoError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class BadImage(OceanoError):
     """The bytes claim to be an image but cannot be decoded, or its dimensions are unusable."""

@@ -55,6 +55,26 @@ def test_access_settings_defaults_and_parsing(monkeypatch: pytest.MonkeyPatch) -
     assert settings.cors_origin_list == ["https://a.example.org", "http://localhost:3000"]
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "65", "many", "2.5"])
+def test_workers_must_be_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("WORKERS", value)
+    with pytest.raises(ValidationError, match="WORKERS"):
+        Settings()
+
+
+def test_workers_auto_means_several_only_with_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().worker_count(cuda=True) == 1  # the default: one process, as before
+    monkeypatch.setenv("WORKERS", " AUTO ")
+    settings = Settings()
+    assert settings.worker_count(cuda=False) == 1  # on the CPU the engine itself needs the cores
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert settings.worker_count(cuda=True) == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert settings.worker_count(cuda=True) == 2
+    monkeypatch.setenv("WORKERS", "3")
+    assert Settings().worker_count(cuda=False) == 3
+
+
 @pytest.mark.parametrize(("old", "new"), [("DET_BATCH", "DET_BATCH_SIZES"), ("REC_BATCH", "REC_BATCH_SIZES")])
 def test_a_renamed_setting_stops_start_up_naming_its_new_name(
     monkeypatch: pytest.MonkeyPatch, old: str, new: str

@@ -9,6 +9,7 @@ import asyncio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import error_response
+from app.service import FaceServiceApi
 
 # The routes that send images to the engine.
 UPLOAD_ROUTES = frozenset({"/api/search", "/api/search/batch", "/api/analyze", "/api/faces", "/search"})
@@ -25,9 +26,8 @@ class AdmissionGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_ROUTES:
-            services = getattr(scope["app"].state, "services", None)
-            batcher = services.batcher if services is not None else None
-            error = batcher.refusal_at_door() if batcher is not None else None
+            service: FaceServiceApi | None = getattr(scope["app"].state, "service", None)
+            error = service.refusal_at_door() if service is not None else None
             if error is not None:
                 if self.shed_delay:
                     await asyncio.sleep(self.shed_delay)

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -25,39 +26,50 @@ from app.api.routes import faces, feedback, heads, jobs, keys, ops, search, subj
 from app.api.routing import MethodGuard
 from app.api.ws_auth import WaitingRoom
 from app.bootstrap import Services, open_services
-from app.config import Settings
+from app.config import LogFormat, Settings
+from app.core import CoreAddress, CoreClient, RemoteRateLimiter, WorkerServices, connect_core
 from app.errors import OceanoError
+from app.logs import configure_logging
 from app.realtime import RealtimeStats
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, core: CoreAddress | None = None) -> FastAPI:
+    """The app of one process that opens everything (app.bootstrap); with `core`, the app of an HTTP worker
+    process whose service, jobs and rate limits are the core process's (WORKERS > 1, app.core)."""
     settings = settings or Settings()
+    client = CoreClient(core) if core is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.shutting_down = False
+        services: Services | WorkerServices
         try:
-            services = open_services(settings, observer=metrics)
+            if client is not None:
+                services = await run_in_threadpool(connect_core, settings, client)
+            else:
+                services = open_services(settings, observer=metrics)
         except OceanoError as exc:
             logger.critical("Oceano cannot start: %s", exc.message)
             raise
         app.state.services = services
         app.state.service = services.service
         app.state.jobs = services.jobs
-        metrics.services = services
+        metrics.service, metrics.jobs, metrics.backend = services.service, services.jobs, services.backend
         app.state.keys = services.keys
-        app.state.people = services.people
-        logger.info("Oceano ready: collection %s, backend %s", settings.collection_name, services.store.backend.value)
+        app.state.people = getattr(services, "people", None)  # None in an HTTP worker (WORKERS > 1)
+        if client is None:
+            logger.info("Oceano ready: collection %s, backend %s", settings.collection_name, services.backend)
         try:
             yield
         finally:
             app.state.shutting_down = True
-            stopping: Services = app.state.services
+            stopping: Services | WorkerServices = app.state.services
             stopping.close()
-            logger.info("Oceano stopped: store flushed and closed")
+            if client is None:
+                logger.info("Oceano stopped: store flushed and closed")
 
     app = FastAPI(
         title="Oceano",
@@ -86,7 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 1024 * 1024)
     # a busy engine refuses uploads before anything is read (refusals held SHED_DELAY)
     app.add_middleware(AdmissionGuard, shed_delay=settings.shed_delay)
-    app.add_middleware(AccessGuard, settings=settings)  # keys, scopes, rate limits: before admission and bodies
+    # keys, scopes, rate limits (counted by the core for all workers): before admission and bodies
+    app.add_middleware(AccessGuard, settings=settings, limiter=RemoteRateLimiter(client) if client else None)
     app.add_middleware(MethodGuard)  # OPTIONS and wrong methods answered with Allow (no key needed to ask)
     if settings.cors_origin_list:  # outside both: a preflight is answered before keys or methods are checked
         app.add_middleware(
@@ -103,3 +116,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, proxies=settings.forwarded_networks)  # outermost: client, request id, log
     install_error_handlers(app)
     return app
+
+
+def worker_app() -> FastAPI:
+    """The app of one HTTP worker process, as uvicorn starts it (a factory: settings from the environment, the
+    core's address from the variables the core set, app.core.wire)."""
+    settings = Settings()
+    configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
+    logging.getLogger("uvicorn.access").disabled = True
+    core = CoreAddress.from_env()
+    if core is None:
+        raise RuntimeError("worker_app runs in the HTTP workers the core process starts (python -m app, WORKERS > 1)")
+    return create_app(settings, core=core)

@@ -11,17 +11,13 @@ rate limits. One middleware (AccessGuard) applies all of it before a request's b
 
 from __future__ import annotations
 
-import math
-import time
+from typing import Protocol
 from urllib.parse import parse_qs
 
-from limits import RateLimitItem
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.access import KeyInfo, KeyStore
+from app.access import KeyInfo, KeyStore, RateLimiter
 from app.access import Scope as KeyScope
 from app.api.context import is_loopback
 from app.api.errors import error_response
@@ -121,28 +117,6 @@ def route_scope(method: str, path: str) -> KeyScope | None:
     return KeyScope.ADMIN
 
 
-class RateLimiter:
-    """RATE_LIMIT's items (all must hold) over a moving window, in memory (one process: the service)."""
-
-    def __init__(self, items: list[RateLimitItem]) -> None:
-        self.items = items
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
-
-    def acquire(self, identity: str) -> float | None:
-        """Counts one request and returns None, or returns the seconds until one is allowed (nothing counted)."""
-        now = time.time()
-        waits = [
-            self._limiter.get_window_stats(item, identity).reset_time - now
-            for item in self.items
-            if not self._limiter.test(item, identity)
-        ]
-        if waits:
-            return max(1.0, math.ceil(max(waits)))
-        for item in self.items:
-            self._limiter.hit(item, identity)
-        return None
-
-
 def decide(
     needed: KeyScope | None, info: KeyInfo | None, local: bool, store: KeyStore, reads: ReadAccess
 ) -> OceanoError | None:
@@ -167,11 +141,19 @@ def decide(
     )
 
 
+class Limiter(Protocol):
+    def acquire(self, identity: str) -> float | None: ...
+
+
 class AccessGuard:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    """`limiter`: where RATE_LIMIT is counted when not in this process (the core's, for an HTTP worker)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, limiter: Limiter | None = None) -> None:
         self.app = app
         self.reads = settings.auth_reads
-        self.limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
+        self.limiter: Limiter | None = None
+        if settings.rate_limits:
+            self.limiter = limiter or RateLimiter(settings.rate_limits)
         self.limit_text = settings.rate_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import ClientGone
 from app.api.pages import templates, wants_json
+from app.api.upload import ClientGone
 from app.errors import (
     AccessDenied,
     BadImage,
@@ -198,7 +198,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return templates(request).TemplateResponse(
                 request,
                 "index.html",
-                {"model": service.engine.pack.name if service else "", "faces": None, "error": exc.message},
+                {"model": service.model_name if service else "", "faces": None, "error": exc.message},
                 status_code=status,
                 headers=headers,
             )

@@ -18,7 +18,7 @@ async def live(request: Request, service: ServiceDep, settings: SettingsDep) -> 
         request,
         "live.html",
         {
-            "model": service.engine.pack.name,
+            "model": service.model_name,
             "heads": [h.name for h in service.select_heads(None)],
             "crowd_threshold": settings.crowd_threshold,
         },

@@ -10,8 +10,10 @@ The metrics are listed in the README's table."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import (
@@ -21,9 +23,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
+    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,13 +38,15 @@ from app.engine import CallSource, Dropped, Shed
 from app.ingest.model import FileStatus, JobStatus
 
 if TYPE_CHECKING:
-    from app.bootstrap import Services
+    from app.ingest.manager import IngestJobs
     from app.realtime.stats import RealtimeStats
+    from app.service import FaceServiceApi
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # text/plain, the Prometheus text format
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ANONYMOUS = "anonymous"  # the `key` label of requests made without an API key
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ENGINE_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -58,7 +64,10 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
-        self.services: Services | None = None  # set by the lifespan; the scrape-time gauges read them
+        # Set by the lifespan; the scrape-time gauges read them.
+        self.service: FaceServiceApi | None = None
+        self.jobs: IngestJobs | None = None
+        self.backend = ""  # the store's backend (edge, server)
         self.realtime: RealtimeStats | None = None  # /ws counters (app.realtime.stats), set by create_app
         self.http_seconds = Histogram(
             "oceano_http_request_duration_seconds",
@@ -164,8 +173,24 @@ class Metrics:
         self.search_seconds.observe(seconds)
 
     def render(self) -> bytes:
-        """The Prometheus text of every metric (blocking: collects the scrape-time gauges)."""
-        return generate_latest(self.registry)
+        """The Prometheus text of every metric (blocking: collects the scrape-time gauges). With WORKERS > 1 the
+        counters and histograms are those of every process (core and HTTP workers) summed; the WebSocket
+        gauges are this worker's."""
+        folder = os.environ.get(MULTIPROCESS_ENV)
+        if not folder:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=folder)
+        registry.register(ServiceGauges(self))
+        return generate_latest(registry)
+
+
+def share_across_processes(folder: Path) -> None:
+    """WORKERS > 1: every process's counters and histograms are kept in files under `folder` (prometheus-client's
+    multiprocess mode) and summed at each scrape. Called in the core before any metric is made; the HTTP workers
+    it starts inherit the setting through their environment."""
+    os.environ[MULTIPROCESS_ENV] = str(folder)
+    values.ValueClass = values.MultiProcessValue()
 
 
 def _safely(what: str, read: Callable[[], T]) -> T | None:
@@ -191,43 +216,43 @@ class ServiceGauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._realtime()
-        services = self.metrics.services
-        if services is None:
+        service = self.metrics.service
+        if service is None:
             return
         info = GaugeMetricFamily(
             "oceano_info",
             "The running service: version, model pack, store backend",
             labels=["version", "model", "backend"],
         )
-        info.add_metric([__version__, services.engine.pack.name, services.store.backend.value], 1)
+        info.add_metric([__version__, service.model_name, self.metrics.backend], 1)
         yield info
-        gate = services.engine.gate
-        yield _gauge("oceano_inference_slots", "Inference slots (GPU_CONCURRENCY)", gate.concurrency)
-        yield _gauge("oceano_inference_in_use", "Inference slots running a model now", gate.in_use)
-        yield _gauge("oceano_inference_waiting", "Callers waiting for an inference slot now", gate.waiting)
-        if services.batcher is not None:
+        engine = service.engine_status()
+        yield _gauge("oceano_inference_slots", "Inference slots (GPU_CONCURRENCY)", engine.concurrency)
+        yield _gauge("oceano_inference_in_use", "Inference slots running a model now", engine.in_use)
+        yield _gauge("oceano_inference_waiting", "Callers waiting for an inference slot now", engine.waiting)
+        if engine.estimated_wait is not None:
             yield _gauge(
                 "oceano_inference_estimated_wait_seconds",
                 "Seconds a request arriving now would wait for the engine (it is shed over GPU_ACQUIRE_TIMEOUT)",
-                services.batcher.estimated_wait(),
+                engine.estimated_wait,
             )
-        count = _safely("the collection size", services.store.count)
+        count = _safely("the collection size", service.face_count)
         yield _gauge("oceano_store_up", "1 when the vector store answered this scrape, else 0", count is not None)
         if count is not None:
             yield _gauge("oceano_collection_vectors", "Faces (vectors) in the collection", count)
-        jobs = services.jobs
+        jobs = self.metrics.jobs
         if jobs is not None:
             yield from _by_status(
                 "oceano_ingest_jobs",
                 "Ingest jobs of this collection by status",
                 JobStatus,
-                _safely("ingest jobs", lambda: jobs.state.job_counts(jobs.collection)),
+                _safely("ingest jobs", jobs.job_counts),
             )
             yield from _by_status(
                 "oceano_ingest_files",
                 "Files recorded by ingest for this collection by status",
                 FileStatus,
-                _safely("ingest files", lambda: jobs.state.file_counts(jobs.collection)),
+                _safely("ingest files", jobs.file_counts),
             )
 
     def _realtime(self) -> Iterator[Metric]:

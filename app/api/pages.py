@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,10 +10,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app.api.contract import UPLOAD, errors, or_html
-from app.api.deps import ServiceDep, SettingsDep, Threshold, TopK, Upload, read_upload, run_blocking
+from app.api.deps import ServiceDep, SettingsDep, Threshold, TopK, Upload
 from app.api.routes.ops import threshold_source
 from app.api.routes.search import search_bytes
 from app.api.schemas import SearchOut, face_out
+from app.api.upload import handle_uploads, run_blocking
 from app.config import ReadAccess
 from app.heads import Head, OutputKind
 from app.people import People
@@ -63,7 +63,7 @@ async def index(request: Request, service: ServiceDep, settings: SettingsDep) ->
         request,
         "index.html",
         {
-            "model": service.engine.pack.name,
+            "model": service.model_name,
             "faces": None,
             "error": None,
             "key_needed": settings.auth_reads is ReadAccess.KEY,
@@ -82,15 +82,14 @@ async def search_page(
 ) -> Response:
     """The page's form target: HTML results, or JSON with `Accept: application/json`. The default heads (HEADS,
     e.g. emotion) run on each face and are shown next to its matches."""
-    started = time.perf_counter()
     heads = service.select_heads(None)
-    data = await read_upload(file, settings.max_upload_bytes)
-    ticket = service.admit(1)  # before decoding: a busy engine answers 503 at once
-    faces = await run_blocking(request, lambda: search_bytes(service, data, top_k, threshold, heads, ticket), ticket)
-    took = round((time.perf_counter() - started) * 1e3, 2)
-    request.app.state.metrics.observe_search(len(faces), took / 1e3)
+    done = await handle_uploads(
+        request, service, [file], lambda data, ticket: search_bytes(service, data[0], top_k, threshold, heads, ticket)
+    )
+    faces, took = done.value, done.took_ms
+    request.app.state.metrics.observe_search(len(faces), done.seconds)
     if wants_json(request):
-        body = SearchOut(faces=[face_out(f) for f in faces], took_ms=took, model=service.engine.pack.name)
+        body = SearchOut(faces=[face_out(f) for f in faces], took_ms=took, model=service.model_name)
         return JSONResponse(body.model_dump())
     crops = await run_blocking(request, lambda: [f.thumbnail(settings.thumb_size) for f in faces])
     view = [
@@ -105,7 +104,7 @@ async def search_page(
         request,
         "index.html",
         {
-            "model": service.engine.pack.name,
+            "model": service.model_name,
             "faces": view,
             "error": None,
             "took_ms": took,

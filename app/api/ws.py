@@ -17,10 +17,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
@@ -30,11 +29,12 @@ from app import __version__
 from app.api import ws_protocol as proto
 from app.api.auth import SUBPROTOCOL
 from app.api.contract import errors
+from app.api.upload import engine_call, in_thread
 from app.api.ws_auth import SocketRefused, authorize_socket
 from app.api.ws_protocol import CloseCode, Envelope, Incoming, ProtocolError
 from app.config import WS_ENVELOPE_BYTES, Settings
 from app.engine import Ticket
-from app.errors import EngineBusy, OceanoError, RequestTimeout
+from app.errors import EngineBusy, OceanoError
 from app.realtime import (
     AlertThrottle,
     CrowdScale,
@@ -47,30 +47,18 @@ from app.realtime import (
     crowd_alert,
 )
 from app.realtime.alerts import processing_alert
-from app.service import FaceService
+from app.service import FaceServiceApi
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])
-T = TypeVar("T")
 
 INLINE_JSON_CHARS = 64 * 1024  # larger messages are parsed in the thread pool
+ANSWERED = (OceanoError, ProtocolError)  # errors answered with an error event (not bugs)
 
 
 def message_bytes(text: str) -> int:
     """A text message's size as it came (UTF-8); isascii() is O(1), so the common case costs no encoding."""
     return len(text) if text.isascii() else len(text.encode(errors="surrogatepass"))
-
-
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in the thread pool. A domain or protocol error (an expected answer, not a bug) comes back
-    without the traceback of its thread: that traceback holds the frames that held the message and the frame
-    (megabytes), in a reference cycle with the pool's future, so they would stay in memory until the garbage
-    collector's next full pass, which an idle service may not run for a long time (measured: 64 sockets x 2
-    messages of 4 MB that were no image left 1.3 GB behind)."""
-    try:
-        return await run_in_threadpool(fn, *args)
-    except (OceanoError, ProtocolError) as exc:
-        raise exc.with_traceback(None) from None
 
 
 @dataclass(slots=True)
@@ -85,7 +73,9 @@ class Job:
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, *, service: FaceService, settings: Settings, stats: RealtimeStats) -> None:
+    def __init__(
+        self, websocket: WebSocket, *, service: FaceServiceApi, settings: Settings, stats: RealtimeStats
+    ) -> None:
         self.websocket = websocket
         self.service = service
         self.settings = settings
@@ -115,7 +105,7 @@ class Connection:
                 {
                     "client_id": self.client_id,
                     "server_time": proto.now_ms(),
-                    "model": service.engine.pack.name,
+                    "model": service.model_name,
                     "heads": service.heads.available(),
                     "default_heads": [h.name for h in service.select_heads(None)],
                     "version": __version__,
@@ -184,7 +174,11 @@ class Connection:
     async def handle(self, text: str) -> None:
         incoming: Incoming | None = None
         try:
-            obj = proto.parse_json(text) if len(text) <= INLINE_JSON_CHARS else await in_thread(proto.parse_json, text)
+            obj = (
+                proto.parse_json(text)
+                if len(text) <= INLINE_JSON_CHARS
+                else await in_thread(proto.parse_json, text, answered=ANSWERED)
+            )
             incoming = proto.parse_message(obj)
             if incoming.name in proto.FRAME_MESSAGES:
                 self.enqueue(self.job(incoming))
@@ -223,18 +217,18 @@ class Connection:
         if name == "emotions":
             return proto.emotions(self.analyzer.emotion_model())
         if name == "model_info":
-            return proto.model_info(self.analyzer.emotion_model(), detector=self.service.engine.pack.name)
+            return proto.model_info(self.analyzer.emotion_model(), detector=self.service.model_name)
         if name == "health":
             app_state = self.websocket.app.state
             healthy = not getattr(app_state, "shutting_down", False) and await run_in_threadpool(
-                self.service.store.healthy
+                self.service.store_healthy
             )
             return {
                 "type": "health",
                 "status": "healthy" if healthy else "unhealthy",
                 "service": proto.SERVICE_NAME,
                 "version": __version__,
-                "model": self.service.engine.pack.name,
+                "model": self.service.model_name,
                 "model_loaded": True,
                 "clients_connected": stats.active_connections,
                 "timestamp": time.time(),
@@ -263,17 +257,19 @@ class Connection:
     async def process(self, job: Job) -> None:
         started = time.perf_counter()
         reply_type = job.incoming.reply_type
+        options = job.options
+
+        def work(ticket: Ticket | None) -> FrameResult | Prediction | None:
+            data = proto.decode_base64(job.text)
+            if options is None:
+                return self.analyzer.predict(data, ticket)
+            return self.analyzer.process(data, options, ticket)
+
         try:
-            ticket = self.service.admit(1)  # a busy engine answers `busy` at once: no queue of frames
-            if job.options is None:
-                outcome: FrameResult | Prediction | None = await self.blocking(
-                    lambda: self.analyzer.predict(proto.decode_base64(job.text), ticket), ticket
-                )
-            else:
-                options = job.options
-                outcome = await self.blocking(
-                    lambda: self.analyzer.process(proto.decode_base64(job.text), options, ticket), ticket
-                )
+            # A busy engine answers `busy` at once: no queue of frames. The socket's reader goes on meanwhile.
+            outcome = await engine_call(
+                self.service, 1, work, timeout=self.settings.request_timeout, what="the frame", answered=ANSWERED
+            )
         except ProtocolError as exc:
             await self.failed(exc.code, exc.message, exc.details, reply_type)
             return
@@ -325,29 +321,6 @@ class Connection:
         self.last_failure = (code, message)
         await self.send(proto.error_message(code, message, details, reply_type))
 
-    async def blocking(self, fn: Callable[[], T], ticket: Ticket | None) -> T:
-        """`fn` in the thread pool, bounded by REQUEST_TIMEOUT. On a timeout or when the socket goes away, the
-        ticket is cancelled: the batcher drops the frame if it has not reached the engine yet."""
-        task = asyncio.ensure_future(in_thread(fn))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned one is not reported
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout=self.settings.request_timeout)
-        except (OceanoError, ProtocolError) as exc:
-            raise exc.with_traceback(None) from None  # see in_thread: this frame holds the task, which holds exc
-        except TimeoutError:
-            if ticket is not None:
-                ticket.cancel()
-            timeout = self.settings.request_timeout
-            raise RequestTimeout(f"the frame took longer than REQUEST_TIMEOUT={timeout:g}s") from None
-        except asyncio.CancelledError:
-            if ticket is not None:
-                ticket.cancel()
-            raise
-        finally:
-            if ticket is not None:
-                ticket.release()
-            del task
-
 
 @router.websocket("/ws")
 @router.websocket("/")  # where the emotion service's clients connect (GET / is still the HTML page)
@@ -357,7 +330,7 @@ async def realtime_socket(websocket: WebSocket) -> None:
     stats: RealtimeStats = state.realtime_stats
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    service: FaceService | None = getattr(state, "service", None)
+    service: FaceServiceApi | None = getattr(state, "service", None)
     if service is None or getattr(state, "shutting_down", False):
         await close_with_error(
             websocket,

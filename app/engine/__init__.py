@@ -3,7 +3,7 @@ ONNX model base (model: batch sizes, padding, warm-up), model packs, SCRFD detec
 ArcFace embedding, the FaceEngine that runs them over batches of images, and the request batcher in front of
 it. Knows nothing of HTTP, storage or what a classifier head is (heads reach it as app.faces.FaceHead)."""
 
-from app.engine.batcher import InferenceBatcher, Ticket
+from app.engine.batcher import InferenceBatcher, Ticket, busy_error, refused_at_door
 from app.engine.engine import FaceEngine, Image
 from app.engine.model import Chunk, OnnxModel, Shape
 from app.engine.observe import CallSource, Dropped, EngineObserver, NullObserver, Shed
@@ -31,4 +31,6 @@ __all__ = [
     "resolve_pack",
     "select_providers",
     "Ticket",
+    "busy_error",
+    "refused_at_door",
 ]

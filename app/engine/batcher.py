@@ -58,6 +58,20 @@ COLD_FACTOR = 4.0
 ADMIT_SHARE = 0.5
 
 
+def busy_error(wait: float, timeout: float) -> EngineBusy:
+    """The 503 of a request that would wait `wait` seconds, over GPU_ACQUIRE_TIMEOUT (`timeout`)."""
+    return EngineBusy(
+        f"the inference engine is busy: about {wait:.1f}s of work is ahead, over the "
+        f"{timeout:.1f}s a request may wait (GPU_ACQUIRE_TIMEOUT); retry shortly",
+        retry_after=max(1.0, math.ceil(wait)),
+    )
+
+
+def refused_at_door(wait: float, timeout: float) -> bool:
+    """Whether an upload is refused before its body is read, with `wait` seconds of work ahead."""
+    return wait > timeout * ADMIT_SHARE
+
+
 class Ticket:
     """A request's place in line, taken before its upload is decoded. Its images count as work ahead of later
     requests until they are submitted (then they are queued) or the ticket is released."""
@@ -129,22 +143,26 @@ class InferenceBatcher:
         return ahead * self.seconds_per_image / self.engine.gate.concurrency
 
     def busy_error(self, wait: float) -> EngineBusy:
-        gate = self.engine.gate
-        return EngineBusy(
-            f"the inference engine is busy: about {wait:.1f}s of work is ahead, over the "
-            f"{gate.timeout:.1f}s a request may wait (GPU_ACQUIRE_TIMEOUT); retry shortly",
-            retry_after=max(1.0, math.ceil(wait)),
-        )
+        return busy_error(wait, self.engine.gate.timeout)
 
     def refusal_at_door(self) -> EngineBusy | None:
         """The EngineBusy a request arriving now gets before its body is read (counted as shed), or None when
         the work ahead fits in GPU_ACQUIRE_TIMEOUT, or nothing waits for the engine but the call it runs."""
-        wait = self.estimated_wait()
-        if wait <= self.engine.gate.timeout * ADMIT_SHARE or self._nothing_waiting():
+        wait = self.door_wait()
+        if not refused_at_door(wait, self.engine.gate.timeout):
             return None
+        self.count_shed_at_door()
+        return self.busy_error(wait)
+
+    def door_wait(self) -> float:
+        """The wait the door judges by (also what the core shares with its HTTP workers): the estimate, or 0 when
+        nothing waits for the engine but the call it runs."""
+        return 0.0 if self._nothing_waiting() else self.estimated_wait()
+
+    def count_shed_at_door(self) -> None:
+        """One upload refused at the door: here, or by an HTTP worker from the core's shared estimate."""
         self.shed += 1
         self.engine.observer.shed(Shed.DOOR)
-        return self.busy_error(wait)
 
     def admit(self, images: int) -> Ticket:
         """A place in line for `images` images, or EngineBusy at once when the wait would exceed

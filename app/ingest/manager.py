@@ -11,6 +11,7 @@ import uuid
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from app.config import Settings
 from app.errors import AccessDenied, InvalidRequest, NotFound, OceanoError, ShuttingDown
@@ -23,6 +24,23 @@ from app.ingest.walk import Roots, inside
 from app.service import FaceService
 
 logger = logging.getLogger(__name__)
+
+
+class IngestJobs(Protocol):
+    """What entry points may do with ingest jobs: the JobManager itself, or (WORKERS > 1) its client in an
+    HTTP worker (app.core)."""
+
+    def submit(self, path: str, options: IngestOptions) -> JobView: ...
+
+    def get(self, job_id: str) -> JobView: ...
+
+    def list(self, limit: int = 50) -> list[JobView]: ...
+
+    def cancel(self, job_id: str, *, wait: float = 30.0) -> JobView: ...
+
+    def job_counts(self) -> dict[str, int]: ...
+
+    def file_counts(self) -> dict[str, int]: ...
 
 
 class JobManager:
@@ -44,7 +62,7 @@ class JobManager:
         self.service = service
         self.state = state
         self.settings = settings
-        self.collection = collection_key(settings, service.engine.fingerprint)
+        self.collection = collection_key(settings, service.fingerprint)
         self.retry = retry
         self.persist_every = persist_every
         self._cv = threading.Condition()
@@ -150,6 +168,14 @@ class JobManager:
         return [
             self.get(job.id) if not job.status.finished else self.shown(job) for job in self.state.jobs(limit=limit)
         ]
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs of this collection by status."""
+        return self.state.job_counts(self.collection)
+
+    def file_counts(self) -> dict[str, int]:
+        """Files recorded by ingest for this collection by status."""
+        return self.state.file_counts(self.collection)
 
     def cancel(self, job_id: str, *, wait: float = 30.0) -> JobView:
         """Stop a job for good: a queued one at once, the running one after its current batch is committed."""

@@ -12,7 +12,7 @@ from app.engine import Ticket
 from app.errors import NoSuchHead
 from app.heads import Head, OutputKind
 from app.realtime.crowd import CrowdAnalysis, CrowdScale
-from app.service import FaceService
+from app.service import FaceServiceApi
 from app.store import Match
 
 EMOTION_HEAD = "emotion"
@@ -117,7 +117,7 @@ class Prediction:
 
 
 class FrameAnalyzer:
-    def __init__(self, service: FaceService, scale: CrowdScale, *, predict_max_side: int | None = None) -> None:
+    def __init__(self, service: FaceServiceApi, scale: CrowdScale, *, predict_max_side: int | None = None) -> None:
         """`predict_max_side`: predict detects on the image reduced to this long side (PREDICT_MAX_SIDE)."""
         self.service = service
         self.scale = scale

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse
 
 from app.api.contract import UPLOAD, errors
-from app.api.deps import PeopleDep, ServiceDep, SettingsDep, Upload, read_upload, run_blocking
+from app.api.deps import ServiceDep, Upload
 from app.api.schemas import DeleteOut, IndexOut
+from app.api.upload import handle_uploads, run_blocking
+from app.engine import Ticket
 from app.errors import InvalidRequest
-from app.service import ImageToIndex, content_hash
+from app.people import People
+from app.service import ImageToIndex, IndexedImage, content_hash
 from app.store import Origin, PointQuery
 
 router = APIRouter(tags=["faces"])
@@ -22,7 +24,6 @@ router = APIRouter(tags=["faces"])
 async def api_index(
     request: Request,
     service: ServiceDep,
-    settings: SettingsDep,
     file: Upload = None,
     subject: Annotated[str | None, Form(max_length=256)] = None,
     source: Annotated[
@@ -47,47 +48,36 @@ async def api_index(
 ) -> IndexOut:
     """Index every face of one image. The same bytes indexed again keep the same face ids (nothing is
     duplicated; subject and source become those of the latest upload)."""
-    started = time.perf_counter()
     if replace and not source:
         raise InvalidRequest("replace=true needs `source`: the key whose earlier faces this photo replaces")
-    data = await read_upload(file, settings.max_upload_bytes)
-    ticket = service.admit(1)  # before decoding: a busy engine answers 503 at once
     name = source or (file.filename if file else None) or "upload"
 
-    def work() -> IndexOut:
-        image = service.decode(data)
-        result = service.index(
-            [
-                ImageToIndex(
-                    image=image,
-                    content_hash=content_hash(data),
-                    file=name,
-                    subject=subject or None,
-                    origin=Origin.UPLOAD,
-                    replace=replace,
-                )
-            ],
-            ticket=ticket,
-        )[0]
-        return IndexOut(
-            file=result.file,
-            ids=result.ids,
-            faces=len(result.ids),
-            replaced=len(result.replaced),
-            took_ms=round((time.perf_counter() - started) * 1e3, 2),
+    def work(uploads: list[bytes], ticket: Ticket | None) -> IndexedImage:
+        data = uploads[0]
+        item = ImageToIndex(
+            image=service.decode(data),
+            content_hash=content_hash(data),
+            file=name,
+            subject=subject or None,
+            origin=Origin.UPLOAD,
+            replace=replace,
         )
+        return service.index([item], ticket=ticket)[0]
 
-    out = await run_blocking(request, work, ticket)
-    request.app.state.metrics.faces_indexed.inc(out.faces)
-    return out
+    done = await handle_uploads(request, service, [file], work)
+    result = done.value
+    request.app.state.metrics.faces_indexed.inc(len(result.ids))
+    return IndexOut(
+        file=result.file, ids=result.ids, faces=len(result.ids), replaced=len(result.replaced), took_ms=done.took_ms
+    )
 
 
 @router.delete("/api/faces/{face_id}", response_model=DeleteOut, responses=errors(404, 422, 503, 504))
-async def api_delete_face(request: Request, face_id: str, service: ServiceDep, people: PeopleDep) -> DeleteOut:
+async def api_delete_face(request: Request, face_id: str, service: ServiceDep) -> DeleteOut:
     """Remove one face and its thumbnail (and the feedback about it). Sent again, it finishes an erasure cut short
     (a crash) and answers as the first did (for 24 hours); 404 only for a face never stored."""
     await run_blocking(request, lambda: service.delete_face(face_id))
-    await run_blocking(request, lambda: people.forget([face_id]))
+    await forget_feedback(request, [face_id])
     return DeleteOut(deleted=[face_id])
 
 
@@ -95,7 +85,6 @@ async def api_delete_face(request: Request, face_id: str, service: ServiceDep, p
 async def api_delete_faces(
     request: Request,
     service: ServiceDep,
-    people: PeopleDep,
     file: Annotated[str | None, Query(min_length=1, description="the source file of the faces")] = None,
     subject: Annotated[str | None, Query(min_length=1, description="the subject of the faces")] = None,
 ) -> DeleteOut:
@@ -106,8 +95,15 @@ async def api_delete_faces(
         raise InvalidRequest("give exactly one of `file` or `subject`: the faces to delete")
     query = PointQuery(file=file, subject=subject)
     deleted = await run_blocking(request, lambda: service.delete_where(query))
-    await run_blocking(request, lambda: people.forget(deleted, subject=subject))
+    await forget_feedback(request, deleted, subject)
     return DeleteOut(deleted=deleted)
+
+
+async def forget_feedback(request: Request, ids: list[str], subject: str | None = None) -> None:
+    """Erasure takes the feedback about the faces with it (app.people; not in an HTTP worker, WORKERS > 1)."""
+    people: People | None = request.app.state.people
+    if people is not None:
+        await run_blocking(request, lambda: people.forget(ids, subject=subject))
 
 
 @router.get(

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.api.contract import errors
-from app.api.deps import PeopleDep, run_blocking
+from app.api.deps import PeopleDep
 from app.api.people_schemas import (
     FeedbackCalibrationOut,
     FeedbackIn,
@@ -22,6 +22,7 @@ from app.api.people_schemas import (
     FeedbackOut,
     feedback_out,
 )
+from app.api.upload import run_blocking
 from app.people import People
 
 router = APIRouter(tags=["feedback"])

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 
 from app.api.contract import UPLOAD, errors
-from app.api.deps import HeadsQuery, ServiceDep, SettingsDep, Upload, read_upload, run_blocking
+from app.api.deps import HeadsQuery, ServiceDep, Upload
 from app.api.schemas import AnalyzeOut, HeadDetailOut, HeadsOut, analyzed_out, head_out
+from app.api.upload import handle_uploads
+from app.engine import Ticket
 from app.errors import InvalidRequest, NoSuchHead, NotFound
 from app.service import AnalyzedFace
 
@@ -20,7 +21,6 @@ router = APIRouter(tags=["heads"])
 async def api_analyze(
     request: Request,
     service: ServiceDep,
-    settings: SettingsDep,
     file: Upload = None,
     heads: HeadsQuery = None,
     heads_form: Annotated[
@@ -30,22 +30,19 @@ async def api_analyze(
     """Every face in the photo (box, detector score, 5 keypoints) with the answers of the classifier heads: the
     default heads (HEADS) unless `heads` names others (as a query parameter or a form field); `heads=` (empty)
     runs none. Nothing is searched or stored."""
-    started = time.perf_counter()
     if heads is not None and heads_form is not None and heads != heads_form:
         raise InvalidRequest("give `heads` once: as a query parameter or as a form field, not both")
     chosen = service.select_heads(heads if heads is not None else heads_form)
-    data = await read_upload(file, settings.max_upload_bytes)
-    ticket = service.admit(1)  # before decoding: a busy engine answers 503 at once
 
-    def work() -> list[AnalyzedFace]:
-        return service.analyze([service.decode(data)], heads=chosen, ticket=ticket)[0]
+    def work(uploads: list[bytes], ticket: Ticket | None) -> list[AnalyzedFace]:
+        return service.analyze([service.decode(uploads[0])], heads=chosen, ticket=ticket)[0]
 
-    faces = await run_blocking(request, work, ticket)
+    done = await handle_uploads(request, service, [file], work)
     return AnalyzeOut(
-        faces=[analyzed_out(f) for f in faces],
+        faces=[analyzed_out(f) for f in done.value],
         heads=[h.name for h in chosen],
-        took_ms=round((time.perf_counter() - started) * 1e3, 2),
-        model=service.engine.pack.name,
+        took_ms=done.took_ms,
+        model=service.model_name,
     )
 
 

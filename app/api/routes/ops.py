@@ -7,12 +7,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from app.api.contract import errors
-from app.api.deps import ServiceDep, run_blocking
+from app.api.deps import ServiceDep
 from app.api.metrics import CONTENT_TYPE, Metrics
 from app.api.schemas import HealthChecks, HealthOut, RuntimeOut, StatusOut
+from app.api.upload import run_blocking
 from app.calibration import CalibratedThreshold
 from app.people import People
-from app.service import FaceService
+from app.service import FaceServiceApi
 from app.store import CollectionInfo
 
 router = APIRouter(tags=["ops"])
@@ -25,8 +26,8 @@ router = APIRouter(tags=["ops"])
 )
 async def health(request: Request) -> JSONResponse:
     state = request.app.state
-    service: FaceService | None = getattr(state, "service", None)
-    store_ok = bool(service) and await run_in_threadpool(lambda: service.store.healthy() if service else False)
+    service: FaceServiceApi | None = getattr(state, "service", None)
+    store_ok = bool(service) and await run_in_threadpool(lambda: service.store_healthy() if service else False)
     info = await run_in_threadpool(_index_info, service) if service and store_ok else None
     checks = HealthChecks(
         model_loaded=service is not None,
@@ -44,17 +45,17 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-def _index_info(service: FaceService) -> CollectionInfo | None:
+def _index_info(service: FaceServiceApi) -> CollectionInfo | None:
     try:
-        return service.store.info()
+        return service.collection_info()
     except Exception:  # the store went away between the two calls: the next probe says so
         return None
 
 
 @router.get("/status", response_model=StatusOut, responses=errors(503, 504))
 async def status(request: Request, service: ServiceDep) -> StatusOut:
-    info = await run_blocking(request, service.store.info)
-    engine = service.engine
+    info = await run_blocking(request, service.collection_info)
+    engine = await run_blocking(request, service.engine_status)
     people: People | None = getattr(request.app.state, "people", None)
     threshold = people.threshold() if people is not None else None
     return StatusOut(
@@ -62,14 +63,14 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
         vectors=info.vectors,
         indexed_vectors=info.indexed,
         status=info.status,
-        model=engine.pack.name,
-        model_fingerprint=engine.fingerprint,
+        model=service.model_name,
+        model_fingerprint=service.fingerprint,
         backend=info.backend.value,
         providers=engine.providers,
-        runtime=RuntimeOut(**service.runtime_info()),
-        gpu_concurrency=engine.gate.concurrency,
-        inference_in_use=engine.gate.in_use,
-        inference_waiting=engine.gate.waiting,
+        runtime=RuntimeOut(**await run_blocking(request, service.runtime_info)),
+        gpu_concurrency=engine.concurrency,
+        inference_in_use=engine.in_use,
+        inference_waiting=engine.waiting,
         index_building=info.index_building,
         unindexed=info.unindexed,
         threshold=threshold.threshold if threshold else None,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 
 from app.api.contract import errors
-from app.api.deps import PeopleDep, run_blocking
+from app.api.deps import PeopleDep
 from app.api.people_schemas import (
     FACE_ID_RULE,
     NAME_RULE,
@@ -24,6 +24,7 @@ from app.api.people_schemas import (
     subject_out,
 )
 from app.api.schemas import DeleteOut
+from app.api.upload import run_blocking
 from app.errors import InvalidRequest
 from app.people import subject_name
 from app.store import FaceFilter, Origin

@@ -5,38 +5,35 @@ decode -> FaceEngine.analyze_batch -> VectorStore search / upsert (+ thumbnails)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from app.config import MAX_TOP_K, Settings
+from app.config import Settings
 from app.engine import CallSource, FaceEngine, Image, Ticket
-from app.errors import ImageTooLarge, InvalidRequest, NotFound, OceanoError
+from app.errors import EngineBusy, NotFound
 from app.faces import Face, FaceHead
 from app.heads import Head, HeadRegistry
-from app.imaging import (
-    DecodedImage,
-    PixelGate,
-    checked_header,
-    crop_thumbnail,
-    decode_image,
-    decoded_pixels,
-    encode_jpeg,
-    read_header,
+from app.imaging import DecodedImage, crop_thumbnail, encode_jpeg
+from app.service.api import (
+    AnalyzedFace,
+    EngineStatus,
+    FaceServiceApi,
+    ImageToIndex,
+    IndexedImage,
+    SearchedFace,
+    original_coords,
 )
 from app.store import (
+    CollectionInfo,
     ErasureJournal,
     FacePoint,
-    Match,
-    Origin,
     PointQuery,
     ThumbnailStore,
     VectorStore,
@@ -52,6 +49,10 @@ class Analyzer(Protocol):
 
     def admit(self, images: int) -> Ticket | None: ...
 
+    def refusal_at_door(self) -> EngineBusy | None: ...
+
+    def estimated_wait(self) -> float | None: ...
+
     def analyze(
         self,
         images: Sequence[Image],
@@ -61,51 +62,6 @@ class Analyzer(Protocol):
         ticket: Ticket | None = None,
         embed: bool = True,
     ) -> list[list[Face]]: ...
-
-
-@dataclass(slots=True)
-class SearchedFace:
-    face: Face
-    bbox: list[float]  # in the original image's pixels
-    kps: list[list[float]]
-    matches: list[Match]
-    image: DecodedImage  # the query photo, for thumbnail()
-
-    def thumbnail(self, size: int) -> bytes:
-        """JPEG crop of the query face (the HTML page shows it; JSON answers do not pay for it)."""
-        return encode_jpeg(crop_thumbnail(self.image.pixels, tuple(self.face.bbox), size=size))
-
-
-@dataclass(slots=True)
-class AnalyzedFace:
-    face: Face  # face.attributes holds the heads' answers
-    bbox: list[float]  # in the original image's pixels
-    kps: list[list[float]]
-
-
-@dataclass(slots=True)
-class ImageToIndex:
-    """One decoded image and where it came from. `replace`: the faces written earlier under the same `file` by
-    the same origin, and not found again in this image, are removed (bulk ingest of a changed file on disk; an
-    upload only when its caller names the `source` and asks for it). Nothing else ever deletes faces."""
-
-    image: DecodedImage
-    content_hash: str
-    file: str
-    subject: str | None = None
-    origin: Origin = Origin.UPLOAD
-    replace: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class IndexedImage:
-    file: str
-    ids: list[str]
-    replaced: list[str]
-    origin: Origin = Origin.UPLOAD
-    replace: bool = False
-    staged: dict[str, Path] = field(default_factory=dict)  # thumbnails written, moved into place after the upsert
 
 
 class FileLocks:
@@ -125,18 +81,7 @@ class FileLocks:
             yield
 
 
-def content_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def original_coords(face: Face, image: DecodedImage) -> tuple[list[float], list[list[float]]]:
-    s = image.scale
-    bbox = [round(float(v) * s, 1) for v in face.bbox]
-    kps = [[round(float(x) * s, 1), round(float(y) * s, 1)] for x, y in face.kps]
-    return bbox, kps
-
-
-class FaceService:
+class FaceService(FaceServiceApi):
     def __init__(
         self,
         *,
@@ -151,15 +96,44 @@ class FaceService:
         """`analyzer` runs the models for requests (the request batcher in the service, so that concurrent
         requests share engine batches); `engine` directly when None. Ingest jobs bring their own batches.
         `erasures`: where every deletion is recorded before it starts (see ErasureJournal)."""
-        self.settings = settings
+        super().__init__(settings=settings, heads=heads)
         self.engine = engine
-        self.heads = heads
         self.store = store
         self.thumbs = thumbs
         self.erasures = erasures
         self.analyzer: Analyzer = analyzer or _EngineAnalyzer(engine)
         self.file_locks = FileLocks()
-        self.decode_gate = PixelGate(int(settings.decode_megapixels * 1e6), timeout=settings.gpu_acquire_timeout)
+
+    # ------------------------------------------------------------------ what the service runs
+    @property
+    def model_name(self) -> str:
+        return self.engine.pack.name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.engine.fingerprint
+
+    def engine_status(self) -> EngineStatus:
+        gate = self.engine.gate
+        return EngineStatus(
+            providers=list(self.engine.providers),
+            concurrency=gate.concurrency,
+            in_use=gate.in_use,
+            waiting=gate.waiting,
+            estimated_wait=self.analyzer.estimated_wait(),
+        )
+
+    def collection_info(self) -> CollectionInfo:
+        return self.store.info()
+
+    def store_healthy(self) -> bool:
+        return self.store.healthy()
+
+    def face_count(self) -> int:
+        return self.store.count()
+
+    def refusal_at_door(self) -> EngineBusy | None:
+        return self.analyzer.refusal_at_door()
 
     def runtime_info(self) -> dict[str, Any]:
         """What runs the models: providers and their options in force, batch sizes, warm-up seconds (/status)."""
@@ -169,50 +143,12 @@ class FaceService:
         }
 
     def admit(self, images: int = 1) -> Ticket | None:
-        """A place in line for a request's images, taken before its uploads are decoded: EngineBusy at once when
-        the engine is too busy to take them within GPU_ACQUIRE_TIMEOUT (None: no request batcher)."""
         return self.analyzer.admit(images)
 
     def _analyze(
         self, images: Sequence[DecodedImage], heads: Sequence[Head], ticket: Ticket | None = None, embed: bool = True
     ) -> list[list[Face]]:
         return self.analyzer.analyze(images, heads=heads, ticket=ticket, embed=embed)
-
-    # ------------------------------------------------------------------ inputs
-    def decode(self, data: bytes, *, max_side: int | None = None) -> DecodedImage:
-        """Validate and decode one upload: refused from its header when over the limits, decoded only when the
-        process-wide decode bound (DECODE_MEGAPIXELS) has room for it. `max_side`: reduce the pixels to at most
-        this long side (detection then costs less; boxes still come back in the original's pixels)."""
-        limits = {"max_bytes": self.settings.max_upload_bytes, "max_pixels": int(self.settings.max_megapixels * 1e6)}
-        header = checked_header(data, **limits)
-        with self.decode_gate.hold(decoded_pixels(header)):
-            return decode_image(data, **limits, max_side=max_side, header=header)
-
-    def check_request_pixels(self, uploads: Sequence[bytes]) -> None:
-        """One request's images together, from their headers, before any is decoded: at most
-        MAX_REQUEST_MEGAPIXELS (the batch endpoint's 32 flat 49 MP PNGs are refused here). Unreadable headers are
-        left for decode() to name, image by image."""
-        total = 0
-        for data in uploads:
-            try:
-                total += read_header(data).pixels
-            except OceanoError:
-                continue
-        budget = int(self.settings.max_request_megapixels * 1e6)
-        if total > budget:
-            raise ImageTooLarge(
-                f"the images of this request hold {total / 1e6:.0f} megapixels together, over the "
-                f"{budget / 1e6:.0f} megapixel budget of one request (MAX_REQUEST_MEGAPIXELS)"
-            )
-
-    def search_params(self, top_k: int | None, threshold: float | None) -> tuple[int, float]:
-        k = self.settings.top_k if top_k is None else top_k
-        t = self.settings.sim_threshold if threshold is None else threshold
-        if not 1 <= k <= MAX_TOP_K:
-            raise InvalidRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
-        if not -1.0 <= t <= 1.0:
-            raise InvalidRequest(f"threshold must be between -1 and 1, got {t}")
-        return k, t
 
     # ------------------------------------------------------------------ search
     def search(
@@ -243,10 +179,6 @@ class FaceService:
         return out
 
     # ------------------------------------------------------------------ heads
-    def select_heads(self, names: str | None) -> list[Head]:
-        """Heads by comma-separated names (NoSuchHead names the available ones); None: the HEADS default."""
-        return self.heads.select(names)
-
     def analyze(
         self, images: Sequence[DecodedImage], *, heads: Sequence[Head], ticket: Ticket | None = None
     ) -> list[list[AnalyzedFace]]:
@@ -301,7 +233,7 @@ class FaceService:
                         "det_score": round(face.det_score, 4),
                         "thumb": pid,
                         "ingested_at": now,
-                        "model": self.engine.pack.name,
+                        "model": self.model_name,
                         "content_hash": item.content_hash,
                         "subject": item.subject,
                         "origin": item.origin.value,
@@ -436,6 +368,12 @@ class _EngineAnalyzer:
         self.engine = engine
 
     def admit(self, images: int) -> Ticket | None:
+        return None
+
+    def refusal_at_door(self) -> EngineBusy | None:
+        return None
+
+    def estimated_wait(self) -> float | None:
         return None
 
     def analyze(

@@ -1,0 +1,29 @@
+"""The service layer: FaceServiceApi, the surface every entry point calls, and FaceService, which runs it over
+the engine, the heads and the store (decode -> FaceEngine.analyze_batch -> VectorStore search / upsert, plus
+thumbnails). No HTTP here."""
+
+from app.service.api import (
+    AnalyzedFace,
+    EngineStatus,
+    FaceServiceApi,
+    ImageToIndex,
+    IndexedImage,
+    SearchedFace,
+    content_hash,
+    original_coords,
+)
+from app.service.facade import Analyzer, FaceService, FileLocks
+
+__all__ = [
+    "AnalyzedFace",
+    "Analyzer",
+    "EngineStatus",
+    "FaceService",
+    "FaceServiceApi",
+    "FileLocks",
+    "ImageToIndex",
+    "IndexedImage",
+    "SearchedFace",
+    "content_hash",
+    "original_coords",
+]
