@@ -11,7 +11,8 @@ from app.api.deps import ServiceDep
 from app.api.metrics import CONTENT_TYPE, Metrics
 from app.api.schemas import HealthChecks, HealthOut, RuntimeOut, StatusOut
 from app.api.upload import run_blocking
-from app.calibration import CalibratedThreshold
+from app.calibration import CalibratedThreshold, ThresholdStore
+from app.config import Settings
 from app.people import People
 from app.service import FaceServiceApi
 from app.store import CollectionInfo
@@ -57,7 +58,12 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
     info = await run_blocking(request, service.collection_info)
     engine = await run_blocking(request, service.engine_status)
     people: People | None = getattr(request.app.state, "people", None)
-    threshold = people.threshold() if people is not None else None
+    settings: Settings = request.app.state.settings
+    threshold = (  # an HTTP worker (WORKERS > 1) reads the same calibration file
+        people.threshold()
+        if people is not None
+        else ThresholdStore(settings.state_dir).in_force(info.name, service.fingerprint, service.model_name)
+    )
     return StatusOut(
         collection=info.name,
         vectors=info.vectors,
@@ -73,8 +79,8 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
         inference_waiting=engine.waiting,
         index_building=info.index_building,
         unindexed=info.unindexed,
-        threshold=threshold.threshold if threshold else None,
-        threshold_source=threshold_source(threshold) if threshold else None,
+        threshold=threshold.threshold,
+        threshold_source=threshold_source(threshold),
     )
 
 
