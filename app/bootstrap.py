@@ -16,6 +16,7 @@ from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
 from app.ingest.model import STATE_FILE
 from app.ingest.state import IngestState
+from app.people import PEOPLE_FILE, People, PeopleFaceService, PeopleState
 from app.service import FaceService
 from app.store import (
     ERASURES_FILE,
@@ -61,6 +62,7 @@ class Services:
     state: IngestState | None = None
     jobs: JobManager | None = None
     keys: KeyStore | None = None
+    people: People | None = None
     _closer: ExitStack = field(default_factory=ExitStack, repr=False)
 
     @property
@@ -118,7 +120,7 @@ def open_services(
         if batcher:
             request_batcher = InferenceBatcher(engine, max_images=settings.request_batch)
             closer.callback(request_batcher.close)
-        service = FaceService(
+        service = PeopleFaceService(  # a FaceService whose search answers say who each face is
             settings=settings,
             engine=engine,
             heads=heads,
@@ -128,6 +130,18 @@ def open_services(
             analyzer=request_batcher,
         )
         service.settle_thumbnails()  # before any writer starts
+        people_state = PeopleState(settings.state_dir / PEOPLE_FILE)
+        closer.callback(people_state.close)
+        people = People(
+            service=service,
+            state=people_state,
+            state_dir=settings.state_dir,
+            collection=settings.collection_name,
+            fingerprint=engine.fingerprint,
+            pack=engine.pack.name,
+        )
+        people.finish_pending()  # renames and merges a stop interrupted, before any reader or writer
+        service.people = people
         if sweep and thumbs.claim(store_identity(settings), alone=not other_embedded_collections(settings)):
             stop_sweep = threading.Event()
             sweeper = threading.Thread(
@@ -159,5 +173,6 @@ def open_services(
         state=ingest_state,
         jobs=manager,
         keys=key_store,
+        people=people,
         _closer=closer,
     )

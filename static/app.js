@@ -59,6 +59,18 @@
     }
   }
 
+  // Thumbs up / down on a match: POST /api/feedback (the query face's ref from the answer, the match's id).
+  results.addEventListener("click", async (event) => {
+    const button = event.target.closest(".feedback button");
+    if (!button) return;
+    const box = button.parentElement;
+    const body = { query: box.dataset.query, match_id: box.dataset.match, same_person: button.dataset.same === "true" };
+    const response = await fetch("/api/feedback", { method: "POST", body: JSON.stringify(body),
+                                                    headers: { "Content-Type": "application/json", ...keyHeaders() } });
+    box.classList.toggle("failed", !response.ok);
+    box.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", String(b === button && response.ok)));
+  });
+
   form.addEventListener("submit", (event) => { event.preventDefault(); submit(); });
   input.addEventListener("change", submit);
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));

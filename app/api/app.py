@@ -22,7 +22,7 @@ from app.api.context import RequestContext
 from app.api.errors import BodyDeadline, BodyLimit, install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
 from app.api.paths import PathGuard
-from app.api.routes import faces, heads, jobs, keys, ops, search
+from app.api.routes import faces, feedback, heads, jobs, keys, ops, search, subjects
 from app.api.routing import MethodGuard
 from app.api.ws_auth import WaitingRoom
 from app.bootstrap import Services, open_services
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, core: CoreAddress | None = N
         app.state.jobs = services.jobs
         metrics.service, metrics.jobs, metrics.backend = services.service, services.jobs, services.backend
         app.state.keys = services.keys
+        app.state.people = getattr(services, "people", None)  # None in an HTTP worker (WORKERS > 1)
         if client is None:
             logger.info("Oceano ready: collection %s, backend %s", settings.collection_name, services.backend)
         try:
@@ -83,7 +84,9 @@ def create_app(settings: Settings | None = None, *, core: CoreAddress | None = N
     app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(pages.router)
+    app.include_router(subjects.router)  # before faces: GET /api/faces and /api/faces/{id}/subject live there
     app.include_router(faces.router)
+    app.include_router(feedback.router)
     app.include_router(search.router)
     app.include_router(heads.router)
     app.include_router(ops.router)
@@ -103,7 +106,7 @@ def create_app(settings: Settings | None = None, *, core: CoreAddress | None = N
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             max_age=600,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             expose_headers=["Retry-After", "X-Request-ID"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
         )

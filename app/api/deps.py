@@ -9,7 +9,9 @@ from fastapi import Depends, File, Query, Request, UploadFile
 
 from app.access import KeyStore
 from app.config import MAX_TOP_K, Settings
+from app.errors import StoreUnavailable
 from app.ingest.manager import IngestJobs
+from app.people import People
 from app.service import FaceServiceApi
 
 
@@ -33,10 +35,18 @@ def get_keys(request: Request) -> KeyStore:
     return keys
 
 
+def get_people(request: Request) -> People:
+    people: People | None = request.app.state.people
+    if people is None:  # an HTTP worker (WORKERS > 1): the store and its journal are the core process's
+        raise StoreUnavailable("the people routes run in the process that owns the collection: set WORKERS=1")
+    return people
+
+
 ServiceDep = Annotated[FaceServiceApi, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[IngestJobs, Depends(get_jobs)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
+PeopleDep = Annotated[People, Depends(get_people)]
 
 TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="matches per face (default TOP_K)")]
 Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]

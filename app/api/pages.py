@@ -11,13 +11,24 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.contract import UPLOAD, errors, or_html
 from app.api.deps import ServiceDep, SettingsDep, Threshold, TopK, Upload
+from app.api.routes.ops import threshold_source
 from app.api.routes.search import search_bytes
 from app.api.schemas import SearchOut, face_out
 from app.api.upload import handle_uploads, run_blocking
 from app.config import ReadAccess
 from app.heads import Head, OutputKind
+from app.people import People
 
 router = APIRouter()
+
+
+def threshold_view(request: Request) -> dict[str, Any]:
+    """The 'same person' threshold in force, for the results page."""
+    people: People | None = getattr(request.app.state, "people", None)
+    if people is None:
+        return {"threshold": None, "threshold_source": ""}
+    value = people.threshold()
+    return {"threshold": value.threshold, "threshold_source": threshold_source(value)}
 
 
 def wants_json(request: Request) -> bool:
@@ -98,5 +109,6 @@ async def search_page(
             "error": None,
             "took_ms": took,
             "filename": file.filename if file else None,
+            **threshold_view(request),
         },
     )

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.heads import HeadListing, HeadSpec, ModelInfo
 from app.ingest.model import DEFAULT_BATCH, DEFAULT_WORKERS, MAX_BATCH, MAX_WORKERS, JobOut
+from app.people import IdentifiedFace
 from app.service import AnalyzedFace, SearchedFace
 
 
@@ -26,6 +27,19 @@ class MatchOut(BaseModel):
     face_index: int | None
     subject: str | None
     thumb_url: str
+    same_person: bool | None = Field(
+        default=None, description="the score is at or over the 'same person' threshold in force (GET /status)"
+    )
+
+
+class IdentityOut(BaseModel):
+    """Who the face is: the enrolled subject whose matches agree best (a vote of the nearest matches that have a
+    subject, at the threshold in force); one subject goes to at most one face of a photo."""
+
+    subject: str
+    same_person: bool = Field(description="false: the subject went to another face of this photo that matched better")
+    confidence: float = Field(description="the subject's best match score (cosine similarity)")
+    threshold: float = Field(description="the 'same person' threshold it was decided at")
 
 
 class FaceOut(BaseModel):
@@ -38,6 +52,8 @@ class FaceOut(BaseModel):
     det_score: float
     kps: list[list[float]]
     matches: list[MatchOut]
+    identity: IdentityOut | None = Field(default=None, description="null: no enrolled subject passes the threshold")
+    ref: str | None = Field(default=None, description="this query face, for POST /api/feedback (`query`)")
 
 
 class AnalyzedFaceOut(BaseModel):
@@ -149,6 +165,10 @@ class StatusOut(BaseModel):
     inference_waiting: int
     index_building: bool = Field(description="an index build is running (searches still answer)")
     unindexed: int = Field(description="points searched exactly until the next index build")
+    threshold: float | None = Field(default=None, description="the 'same person' threshold in force")
+    threshold_source: str | None = Field(
+        default=None, description="where it comes from: 'calibrated: ...' or 'default for pack ...'"
+    )
 
 
 class IngestIn(BaseModel):
@@ -180,6 +200,9 @@ class JobListOut(BaseModel):
 
 
 def face_out(face: SearchedFace) -> FaceOut:
+    who = face if isinstance(face, IdentifiedFace) else None  # searched by app.people's service
+    same: list[bool | None] = list(who.same_person) if who else [None] * len(face.matches)
+    identity = who.identity if who else None
     return FaceOut(
         bbox=face.bbox,
         det_score=round(face.face.det_score, 4),
@@ -192,9 +215,19 @@ def face_out(face: SearchedFace) -> FaceOut:
                 face_index=m.payload.get("face_index"),
                 subject=m.payload.get("subject"),
                 thumb_url=f"/thumbs/{m.id}",
+                same_person=passes,
             )
-            for m in face.matches
+            for m, passes in zip(face.matches, same, strict=True)
         ],
+        identity=None
+        if identity is None
+        else IdentityOut(
+            subject=identity.subject,
+            same_person=identity.same_person,
+            confidence=identity.confidence,
+            threshold=identity.threshold,
+        ),
+        ref=who.ref if who else None,
         **face.face.attributes,
     )
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.bootstrap import load_models
+from app.bootstrap import load_models, open_services
 from app.calibration import CalibratedThreshold, ThresholdStore, build_pairs, read_labels
 from app.calibration.embed import embed_labelled
 from app.calibration.report import calibrate, write_report
+from app.cli.ingest_client import connect, probe_service
 from app.config import LogFormat, Settings
 from app.errors import OceanoError
 from app.logs import configure_logging
@@ -34,9 +36,16 @@ with at least 1/FAR impostor pairs: 1e-4 needs 10,000 of them.
 --apply FAR stores the threshold for that FAR with the collection (STATE_DIR/calibration.json, per COLLECTION_NAME
 and model fingerprint); the service uses it from its next start, and /status shows it.
 
+--feedback uses the feedback users gave on matches (POST /api/feedback, the thumbs on the results page) as the
+labelled pairs instead of a folder, scored from the stored vectors. When the service runs on this machine (it owns
+the embedded store), the calibration runs inside it (POST /api/feedback/calibrate, an admin route: set
+OCEANO_API_KEY to an admin key once keys exist); otherwise in this process. It prints the figures; --apply stores
+the threshold, in force at once.
+
 examples:
   python -m app.calibrate ../shared/eval/faces-a
   python -m app.calibrate photos/ --labels photos/people.csv --apply 1e-3
+  python -m app.calibrate --feedback --apply 1e-2
 """
 
 
@@ -62,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("folder", type=Path, help="folder of labelled photos")
+    parser.add_argument("folder", type=Path, nargs="?", help="folder of labelled photos (not with --feedback)")
+    parser.add_argument("--feedback", action="store_true", help="calibrate on the stored feedback instead of a folder")
+    parser.add_argument("--url", help="the running service (default http://127.0.0.1:$PORT), for --feedback")
     parser.add_argument("--labels", type=Path, help="labels CSV (file,identity); default FOLDER/labels.csv")
     parser.add_argument("--out", type=Path, help="report folder; default STATE_DIR/calibration-report")
     parser.add_argument("--far", type=_fars, default=_fars(DEFAULT_FARS), help=f"FAR targets (default {DEFAULT_FARS})")
@@ -75,9 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.folder is None) != args.feedback:
+        parser.error("give a folder of labelled photos, or --feedback")
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
+    if args.feedback:
+        return calibrate_feedback(settings, far=args.apply or 1e-3, apply=args.apply is not None, url=args.url)
     try:
         labels = read_labels(args.labels or args.folder / "labels.csv")
         engine, _ = load_models(settings)
@@ -124,4 +140,45 @@ def main(argv: list[str] | None = None) -> int:
             f"{settings.collection_name}, pack {engine.pack.name}",
             file=sys.stderr,
         )
+    return EXIT_OK
+
+
+def calibrate_feedback(settings: Settings, *, far: float, apply: bool, url: str | None) -> int:
+    """The threshold measured on the stored feedback: inside the running service when one answers (it owns the
+    embedded store), else in this process."""
+    url = (url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+    if probe_service(url):
+        with connect(url) as client:
+            response = client.post("/api/feedback/calibrate", params={"far": far, "apply": apply}, timeout=600)
+        if response.status_code != 200:
+            print(f"calibrate: the service at {url} answered {response.status_code}: {response.text}", file=sys.stderr)
+            return EXIT_FAILED
+        figures = response.json()
+    else:
+        try:
+            services = open_services(settings, batcher=False, jobs=False, state=False, build_index=False, keys=False)
+        except OceanoError as exc:
+            print(f"calibrate: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        try:
+            assert services.people is not None
+            result, labelled = services.people.calibrate_feedback(far=far, apply=apply)
+        except OceanoError as exc:
+            print(f"calibrate: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            services.close()
+        point = result.chosen.point
+        figures = {
+            "genuine_pairs": result.genuine_pairs,
+            "impostor_pairs": result.impostor_pairs,
+            "eer": result.eer.far,
+            "far_target": far,
+            "threshold": point.threshold,
+            "far": point.far,
+            "frr": point.frr,
+            "applied": apply,
+            "left_out": len(labelled.left_out),
+        }
+    print(json.dumps(figures, indent=2))
     return EXIT_OK

@@ -21,6 +21,7 @@ from app.errors import EngineBusy, OceanoError, ShuttingDown
 from app.heads import Head
 from app.imaging import DecodedImage
 from app.ingest.model import IngestOptions, JobView
+from app.people import IdentifiedFace
 from app.service import (
     AnalyzedFace,
     EngineStatus,
@@ -214,7 +215,7 @@ class RemoteFaceService(FaceServiceApi):
             "search", images, top_k=top_k, threshold=threshold, heads=_names(heads), ticket=_ticket_id(ticket)
         )
         return [
-            [SearchedFace(face=f, bbox=bbox, kps=kps, matches=matches, image=image) for f, bbox, kps, matches in row]
+            [_searched(image, f, bbox, kps, matches, who) for f, bbox, kps, matches, who in row]
             for image, row in zip(images, rows, strict=True)
         ]
 
@@ -282,3 +283,13 @@ class RemoteRateLimiter:
     def acquire(self, identity: str) -> float | None:
         wait: float | None = self.client.call("rate_acquire", identity)
         return wait
+
+
+def _searched(image: DecodedImage, face: Any, bbox: Any, kps: Any, matches: Any, who: Any) -> SearchedFace:
+    """A searched face as the core answered it, with who it is when the core's service says (app.people)."""
+    if who is None:
+        return SearchedFace(face=face, bbox=bbox, kps=kps, matches=matches, image=image)
+    identity, same_person, ref = who
+    return IdentifiedFace(
+        face=face, bbox=bbox, kps=kps, matches=matches, image=image, identity=identity, same_person=same_person, ref=ref
+    )

@@ -24,14 +24,17 @@ from app.engine import Ticket
 from app.errors import InvalidRequest, OceanoError
 from app.faces import Face
 from app.imaging import DecodedImage
-from app.service import AnalyzedFace, ImageToIndex, IndexedImage
+from app.people import IdentifiedFace, Identity
+from app.service import AnalyzedFace, ImageToIndex, IndexedImage, SearchedFace
 from app.store import Match
 
 logger = logging.getLogger(__name__)
 
 ESTIMATE_EVERY = 0.01  # seconds between writes of the engine's estimated wait for the workers' doors
 
-SearchedRow = list[tuple[Face, list[float], list[list[float]], list[Match]]]
+# Who each face is (app.people's service): identity, same_person per match, ref; None from a plain FaceService.
+PeopleAnswer = tuple[Identity | None, list[bool], str | None] | None
+SearchedRow = list[tuple[Face, list[float], list[list[float]], list[Match], PeopleAnswer]]
 
 
 def _light(face: Face, *, embedding: bool) -> Face:
@@ -248,7 +251,7 @@ class CoreServer:
         finally:
             if ticket is not None:
                 self.ticket_release(ticket)
-        return [[(_light(f.face, embedding=True), f.bbox, f.kps, f.matches) for f in row] for row in rows]
+        return [[(_light(f.face, embedding=True), f.bbox, f.kps, f.matches, _who(f)) for f in row] for row in rows]
 
     def analyze(self, images: Sequence[DecodedImage], *, heads: str, ticket: int | None) -> list[list[AnalyzedFace]]:
         try:
@@ -271,3 +274,7 @@ class CoreServer:
     def rate_acquire(self, identity: str) -> float | None:
         """RATE_LIMIT counted here for every worker, so that N workers do not let N times the rate through."""
         return self._limiter.acquire(identity) if self._limiter is not None else None
+
+
+def _who(face: SearchedFace) -> PeopleAnswer:
+    return (face.identity, face.same_person, face.ref) if isinstance(face, IdentifiedFace) else None

@@ -8,6 +8,7 @@ import logging
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from app.store.model import (
     SCROLL_PAGE,
     CollectionInfo,
     CollectionSpec,
+    FaceFilter,
     FacePoint,
     Match,
     Origin,
@@ -286,6 +288,44 @@ class EdgeStore:
         points = [FacePoint(str(r.id), _dense(r.vector, self.spec.dim), dict(r.payload or {})) for r in records]
         return Page(points, None if next_offset is None else str(next_offset))
 
+    def scroll(
+        self, where: FaceFilter, *, offset: str | None, limit: int, keys: Sequence[str] | None = None
+    ) -> tuple[list[Match], str | None]:
+        """One page of the faces `where` selects, in id order, with their payload (only `keys` when given)."""
+        from qdrant_edge import ScrollRequest
+
+        self._check_open()
+        request = ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=_edge_filter(where),
+            with_payload=list(keys) if keys is not None else True,
+            with_vector=False,
+        )
+        records, next_offset = self._read(lambda: self._shard.scroll(request))
+        return [Match(str(r.id), 0.0, dict(r.payload or {})) for r in records], (
+            None if next_offset is None else str(next_offset)
+        )
+
+    def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Set these payload keys on these points (other keys kept); ids that are gone are left alone."""
+        from qdrant_edge import UpdateOperation
+
+        if not ids:
+            return
+        self._check_open()
+        self._check_disk()
+        with self._write_lock:
+            self._check_open()
+            present: list[int | uuid.UUID | str] = [str(r.id) for r in self._shard.retrieve(list(ids), False, False)]
+            if present:  # Qdrant Edge refuses the whole call for one missing id
+                self._shard.update(UpdateOperation.set_payload(present, payload))
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        self._check_open()
+        records = self._read(lambda: self._shard.retrieve(list(ids), False, True))
+        return {str(r.id): _dense(r.vector, self.spec.dim) for r in records}
+
     def snapshot(self, dest: Path) -> Path:
         """A consistent copy of the collection's folder: flushed, with writes and builds held off meanwhile."""
         self._check_open()
@@ -356,6 +396,26 @@ class _Indexer:
             self._stop = True
             self._due.set()
         self._thread.join(timeout=600)
+
+
+def _edge_filter(where: FaceFilter) -> Any:
+    from qdrant_edge import FieldCondition, Filter, IsEmptyCondition, MatchValue
+
+    must: list[Any] = [
+        FieldCondition(key=key, match=MatchValue(value))
+        for key, value in (("file", where.file), ("subject", where.subject))
+        if value is not None
+    ]
+    must_not: list[Any] = []
+    if where.no_subject:
+        must.append(IsEmptyCondition("subject"))
+    if where.origin is Origin.UPLOAD:
+        must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
+    elif where.origin is Origin.INGEST:
+        must_not.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
+    if not must and not must_not:
+        return None
+    return Filter(must=must or None, must_not=must_not or None)
 
 
 def _dense(vector: Any, dim: int) -> np.ndarray:

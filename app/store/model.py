@@ -48,6 +48,17 @@ class PointQuery:
             raise ValueError("a point query needs a file or a subject")
 
 
+@dataclass(frozen=True, slots=True)
+class FaceFilter:
+    """Which faces a listing wants: every condition given must hold (none: every face). `no_subject`: faces
+    without a subject (null or missing)."""
+
+    subject: str | None = None
+    file: str | None = None
+    origin: Origin | None = None
+    no_subject: bool = False
+
+
 class StoreBackend(StrEnum):
     EDGE = "edge"
     SERVER = "server"
@@ -188,6 +199,11 @@ class VectorStore(Protocol):
     def flush(self) -> None: ...
     def close(self) -> None: ...
     def page(self, offset: str | None, limit: int) -> Page: ...
+    def scroll(
+        self, where: FaceFilter, *, offset: str | None, limit: int, keys: Sequence[str] | None = None
+    ) -> tuple[list[Match], str | None]: ...
+    def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None: ...
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
 
 
 def iter_pages(store: VectorStore, *, offset: str | None = None, limit: int = SCROLL_PAGE) -> Iterator[Page]:

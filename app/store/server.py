@@ -26,6 +26,7 @@ from app.store.model import (
     SCROLL_PAGE,
     CollectionInfo,
     CollectionSpec,
+    FaceFilter,
     FacePoint,
     Match,
     Origin,
@@ -303,6 +304,48 @@ class ServerStore:
         points = [FacePoint(str(r.id), _dense(r.vector), dict(r.payload or {})) for r in records]
         return Page(points, None if next_offset is None else str(next_offset))
 
+    def scroll(
+        self, where: FaceFilter, *, offset: str | None, limit: int, keys: Sequence[str] | None = None
+    ) -> tuple[list[Match], str | None]:
+        """One page of the faces `where` selects, in id order, with their payload (only `keys` when given)."""
+        flt = _server_filter(where)
+        records, next_offset = self._call(
+            "scroll",
+            lambda: self.client.scroll(
+                self.spec.name,
+                scroll_filter=flt,
+                limit=limit,
+                offset=offset,
+                with_payload=list(keys) if keys is not None else True,
+                with_vectors=False,
+                consistency=self.consistency,
+            ),
+        )
+        return [Match(str(r.id), 0.0, dict(r.payload or {})) for r in records], (
+            None if next_offset is None else str(next_offset)
+        )
+
+    def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Set these payload keys on these points (other keys kept)."""
+        from qdrant_client import models
+
+        if ids:
+            self._call(
+                "set payload",
+                lambda: self.client.set_payload(
+                    self.spec.name, payload=payload, points=models.PointIdsList(points=list(ids)), wait=True
+                ),
+            )
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        records = self._call(
+            "retrieve",
+            lambda: self.client.retrieve(
+                self.spec.name, ids=list(ids), with_payload=False, with_vectors=True, consistency=self.consistency
+            ),
+        )
+        return {str(r.id): _dense(r.vector) for r in records}
+
     def snapshot(self) -> str:
         """A server-side snapshot of the collection (on a cluster: of the shards on the node answering); returns
         its name. Download it with GET /collections/{name}/snapshots/{snapshot}."""
@@ -352,6 +395,27 @@ class ServerStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _server_filter(where: FaceFilter) -> Any:
+    from qdrant_client import models
+
+    must: list[Any] = [
+        models.FieldCondition(key=key, match=models.MatchValue(value=value))
+        for key, value in (("file", where.file), ("subject", where.subject))
+        if value is not None
+    ]
+    must_not: list[Any] = []
+    if where.no_subject:
+        must.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="subject")))
+    upload = models.FieldCondition(key="origin", match=models.MatchValue(value=Origin.UPLOAD.value))
+    if where.origin is Origin.UPLOAD:
+        must.append(upload)
+    elif where.origin is Origin.INGEST:
+        must_not.append(upload)
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
 
 
 def _dense(vector: Any) -> np.ndarray:

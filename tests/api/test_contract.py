@@ -51,19 +51,19 @@ def test_every_operation_documents_its_error_answers(tmp_path: Path) -> None:
             assert answer["content"]["application/json"]["schema"] == ERROR_OUT, (method, path, code)
             if int(code) in (429, 503):
                 assert "Retry-After" in answer["headers"]
-    assert seen == 21  # 17 + the three key routes + /api/stats
+    assert seen == 32  # 17 + the three key routes + /api/stats + 11 people routes (subjects, faces, feedback)
     assert 507 in {int(c) for c in schema["paths"]["/api/faces"]["post"]["responses"]}
 
 
 def test_options_and_wrong_methods_answer_with_allow(tmp_path: Path) -> None:
     client = TestClient(create_app(make_settings(tmp_path)))  # no lifespan: routing alone answers these
     r = client.options("/api/faces")
-    assert r.status_code == 204 and r.headers["allow"] == "DELETE, OPTIONS, POST" and not r.content
+    assert r.status_code == 204 and r.headers["allow"] == "DELETE, GET, OPTIONS, POST" and not r.content
     assert client.options("/api/jobs/0123").headers["allow"] == "DELETE, GET, OPTIONS"
     assert client.options("/metrics").headers["allow"] == "GET, OPTIONS"
     for method, path, allow in (
         ("GET", "/api/search", "OPTIONS, POST"),
-        ("PUT", "/api/faces", "DELETE, OPTIONS, POST"),
+        ("PUT", "/api/faces", "DELETE, GET, OPTIONS, POST"),
         ("PATCH", "/api/faces/abc", "DELETE, OPTIONS"),
         ("POST", "/health", "GET, OPTIONS"),
     ):
@@ -186,5 +186,5 @@ def test_schemathesis_finds_no_contract_failure(contract_service: str, capsys: p
         )
     assert not run.errors, "\n".join(run.errors)
     assert not run.failures, "\n\n".join(run.failures)
-    assert len(run.operations) == 21 and run.cases > 21 * MAX_EXAMPLES // 2
+    assert len(run.operations) == 32 and run.cases > 32 * MAX_EXAMPLES // 2
     assert REQUIRED_CHECKS <= set(run.checks)

@@ -53,3 +53,44 @@ def test_page_asks_for_a_key_once_and_sends_it(tmp_path: Path) -> None:
                 assert page.is_visible("#key-form")
             finally:
                 browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install chromium)")
+def test_page_shows_who_and_takes_thumbs(tmp_path: Path, eval_dir: Path) -> None:
+    """The results page names the person ("Alice, same person (0.71)"), dims the matches under the threshold,
+    shows the threshold, and a thumbs up is recorded as feedback. The screenshot goes to OCEANO_SCREENSHOT_DIR when
+    set (else the test's tmp folder)."""
+    import os
+
+    settings = make_settings(tmp_path / "state")
+    with live_service(settings) as url:
+        for name, subject in (("img1.jpg", "Alice"), ("img2.jpg", "Alice"), ("img3.jpg", "Bob")):
+            r = httpx.post(
+                f"{url}/api/faces",
+                files={"file": (name, (eval_dir / name).read_bytes())},
+                data={"subject": subject},
+                timeout=60,
+            )
+            assert r.status_code == 201
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1000, "height": 700})
+                page.goto(url)
+                page.set_input_files("#file", str(eval_dir / "img4.jpg"))
+                page.wait_for_selector("text=1 face found", timeout=60_000)
+                identity = page.inner_text(".identity")
+                assert identity.startswith("Alice, same person (0.")
+                assert "same person at ≥ 0.36 (default)" in page.inner_text(".summary")
+                classes = page.eval_on_selector_all(".matches li", "items => items.map(i => i.className)")
+                assert classes[:2] == ["same", "same"] and classes[-1] == "below"  # Bob's face is someone else
+                assert page.eval_on_selector(".matches li.below", "e => getComputedStyle(e).opacity") == "0.45"
+                page.click(".matches li:first-child button[data-same='true']")
+                page.wait_for_selector(".matches li:first-child button[aria-pressed='true']", timeout=10_000)
+                shots = Path(os.environ.get("OCEANO_SCREENSHOT_DIR") or tmp_path)
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / "people-page.png"), full_page=True)
+            finally:
+                browser.close()
+        feedback = httpx.get(f"{url}/api/feedback").json()["feedback"]
+        assert [(f["match_subject"], f["same_person"]) for f in feedback] == [("Alice", True)]

@@ -13,6 +13,7 @@ from app.api.schemas import DeleteOut, IndexOut
 from app.api.upload import handle_uploads, run_blocking
 from app.engine import Ticket
 from app.errors import InvalidRequest
+from app.people import People
 from app.service import ImageToIndex, IndexedImage, content_hash
 from app.store import Origin, PointQuery
 
@@ -73,9 +74,10 @@ async def api_index(
 
 @router.delete("/api/faces/{face_id}", response_model=DeleteOut, responses=errors(404, 422, 503, 504))
 async def api_delete_face(request: Request, face_id: str, service: ServiceDep) -> DeleteOut:
-    """Remove one face and its thumbnail. Sent again, it finishes an erasure cut short (a crash) and answers as
-    the first did (for 24 hours); 404 only for a face never stored."""
+    """Remove one face and its thumbnail (and the feedback about it). Sent again, it finishes an erasure cut short
+    (a crash) and answers as the first did (for 24 hours); 404 only for a face never stored."""
     await run_blocking(request, lambda: service.delete_face(face_id))
+    await forget_feedback(request, [face_id])
     return DeleteOut(deleted=[face_id])
 
 
@@ -86,13 +88,22 @@ async def api_delete_faces(
     file: Annotated[str | None, Query(min_length=1, description="the source file of the faces")] = None,
     subject: Annotated[str | None, Query(min_length=1, description="the subject of the faces")] = None,
 ) -> DeleteOut:
-    """Remove every face of one source image (`file`) or of one person (`subject`), with their thumbnails. Crash-safe:
-    recorded before it starts and finished at the next start if cut short; sent again, it finishes one cut short and
-    answers with the faces erased (for 24 hours after)."""
+    """Remove every face of one source image (`file`) or of one person (`subject`), with their thumbnails and the
+    feedback about them. Crash-safe: recorded before it starts and finished at the next start if cut short; sent
+    again, it finishes one cut short and answers with the faces erased (for 24 hours after)."""
     if (file is None) == (subject is None):
         raise InvalidRequest("give exactly one of `file` or `subject`: the faces to delete")
     query = PointQuery(file=file, subject=subject)
-    return DeleteOut(deleted=await run_blocking(request, lambda: service.delete_where(query)))
+    deleted = await run_blocking(request, lambda: service.delete_where(query))
+    await forget_feedback(request, deleted, subject)
+    return DeleteOut(deleted=deleted)
+
+
+async def forget_feedback(request: Request, ids: list[str], subject: str | None = None) -> None:
+    """Erasure takes the feedback about the faces with it (app.people; not in an HTTP worker, WORKERS > 1)."""
+    people: People | None = request.app.state.people
+    if people is not None:
+        await run_blocking(request, lambda: people.forget(ids, subject=subject))
 
 
 @router.get(

@@ -11,6 +11,9 @@ from app.api.deps import ServiceDep
 from app.api.metrics import CONTENT_TYPE, Metrics
 from app.api.schemas import HealthChecks, HealthOut, RuntimeOut, StatusOut
 from app.api.upload import run_blocking
+from app.calibration import CalibratedThreshold, ThresholdStore
+from app.config import Settings
+from app.people import People
 from app.service import FaceServiceApi
 from app.store import CollectionInfo
 
@@ -54,6 +57,13 @@ def _index_info(service: FaceServiceApi) -> CollectionInfo | None:
 async def status(request: Request, service: ServiceDep) -> StatusOut:
     info = await run_blocking(request, service.collection_info)
     engine = await run_blocking(request, service.engine_status)
+    people: People | None = getattr(request.app.state, "people", None)
+    settings: Settings = request.app.state.settings
+    threshold = (  # an HTTP worker (WORKERS > 1) reads the same calibration file
+        people.threshold()
+        if people is not None
+        else ThresholdStore(settings.state_dir).in_force(info.name, service.fingerprint, service.model_name)
+    )
     return StatusOut(
         collection=info.name,
         vectors=info.vectors,
@@ -69,7 +79,13 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
         inference_waiting=engine.waiting,
         index_building=info.index_building,
         unindexed=info.unindexed,
+        threshold=threshold.threshold,
+        threshold_source=threshold_source(threshold),
     )
+
+
+def threshold_source(value: CalibratedThreshold) -> str:
+    return value.source if value.source.startswith("default") else f"calibrated: {value.source}"
 
 
 @router.get(

@@ -1,0 +1,159 @@
+"""Request and response schemas of the people routes (subjects, faces by subject, feedback)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
+
+from app.people import MAX_NAME, NAME_PATTERN, FeedbackRecord, SubjectSummary
+from app.store import Match
+
+# Documented in the schema; checked by app.people.subject_name, whose 400 names the problem.
+NAME_RULE: JsonDict = {"pattern": NAME_PATTERN, "maxLength": MAX_NAME}
+FACE_ID_RULE: JsonDict = {"pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+
+
+class SubjectOut(BaseModel):
+    name: str
+    faces: int = Field(description="how many faces have this subject")
+    cover_id: str | None = Field(description="the face shown for the subject (best detection score)")
+    cover_url: str | None = Field(description="its thumbnail")
+    created: float | None = Field(description="when its earliest face was indexed (Unix time)")
+    updated: float | None = Field(description="when its latest face was indexed (Unix time)")
+
+
+class SubjectListOut(BaseModel):
+    subjects: list[SubjectOut]
+    total: int = Field(description="subjects matching `search`")
+    offset: int
+    limit: int
+
+
+class StoredFaceOut(BaseModel):
+    id: str
+    subject: str | None
+    file: str | None
+    face_index: int | None
+    origin: str | None
+    bbox: list[float] | None
+    det_score: float | None
+    ingested_at: float | None
+    thumb_url: str
+
+
+class FaceListOut(BaseModel):
+    faces: list[StoredFaceOut]
+    next: str | None = Field(description="pass as `after` for the next page; null: the last page")
+
+
+class SubjectDetailOut(SubjectOut):
+    face_list: FaceListOut = Field(description="a page of the subject's faces")
+
+
+class RenameIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=4 * MAX_NAME, description="the new name", json_schema_extra=NAME_RULE)
+
+
+class MergeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    source: str = Field(
+        alias="from",
+        max_length=4 * MAX_NAME,
+        description="the subject whose faces join this one",
+        json_schema_extra=NAME_RULE,
+    )
+
+
+class MergeOut(BaseModel):
+    subject: SubjectOut
+
+
+class FaceSubjectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject: str | None = Field(
+        max_length=4 * MAX_NAME, description="the face's new subject; null: none", json_schema_extra=NAME_RULE
+    )
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the query face: a stored face's id, or the `ref` a search answer gave the face",
+    )
+    match_id: str = Field(min_length=1, max_length=64, description="the id of the match judged")
+    same_person: bool = Field(description="true: the same person (thumbs up); false: someone else")
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    created: float
+    key: str | None = Field(description="the API key that sent it (null: a loopback client in protected mode)")
+    query: str
+    query_face: str | None
+    query_subject: str | None
+    match_id: str
+    match_subject: str | None
+    same_person: bool
+    score: float = Field(description="the pair's cosine similarity when the feedback was given")
+
+
+class FeedbackListOut(BaseModel):
+    feedback: list[FeedbackOut]
+    total: int
+    next: int | None = Field(description="pass as `after` for the next page; null: the last page")
+
+
+class FeedbackCalibrationOut(BaseModel):
+    genuine_pairs: int
+    impostor_pairs: int
+    eer: float
+    far_target: float
+    threshold: float
+    far: float
+    frr: float
+    applied: bool
+    left_out: int = Field(description="feedback whose faces were erased since")
+
+
+def subject_out(s: SubjectSummary) -> SubjectOut:
+    return SubjectOut(
+        name=s.name,
+        faces=s.faces,
+        cover_id=s.cover,
+        cover_url=f"/thumbs/{s.cover}" if s.cover else None,
+        created=s.created,
+        updated=s.updated,
+    )
+
+
+def stored_face_out(m: Match) -> StoredFaceOut:
+    p = m.payload
+    return StoredFaceOut(
+        id=m.id,
+        subject=p.get("subject"),
+        file=p.get("file"),
+        face_index=p.get("face_index"),
+        origin=p.get("origin"),
+        bbox=p.get("bbox"),
+        det_score=p.get("det_score"),
+        ingested_at=p.get("ingested_at"),
+        thumb_url=f"/thumbs/{m.id}",
+    )
+
+
+def feedback_out(r: FeedbackRecord) -> FeedbackOut:
+    return FeedbackOut(
+        id=r.id,
+        created=r.created,
+        key=r.key,
+        query=r.query,
+        query_face=r.query_face,
+        query_subject=r.query_subject,
+        match_id=r.match_id,
+        match_subject=r.match_subject,
+        same_person=r.same_person,
+        score=r.score,
+    )

@@ -1,0 +1,29 @@
+"""People: subjects as a resource (list, rename, merge, move a face, erase), who the faces of a search are (a vote
+over matches at the calibrated threshold, one subject per face of a photo), and feedback on matches."""
+
+from app.people.identity import Candidate, Identity, assign, candidates, identify_photo
+from app.people.names import MAX_NAME, NAME_PATTERN, subject_name
+from app.people.people import FacePage, FeedbackPairs, People, SubjectPage, SubjectSummary
+from app.people.searched import IdentifiedFace, PeopleFaceService
+from app.people.state import PEOPLE_FILE, FeedbackRecord, PeopleState
+
+__all__ = [
+    "MAX_NAME",
+    "NAME_PATTERN",
+    "PEOPLE_FILE",
+    "Candidate",
+    "FacePage",
+    "FeedbackPairs",
+    "FeedbackRecord",
+    "IdentifiedFace",
+    "Identity",
+    "People",
+    "PeopleFaceService",
+    "PeopleState",
+    "SubjectPage",
+    "SubjectSummary",
+    "assign",
+    "candidates",
+    "identify_photo",
+    "subject_name",
+]
