@@ -135,8 +135,9 @@ class Settings(BaseSettings):
     ort_threads: int = Field(default=0, ge=0)  # 0: onnxruntime picks (all cores)
     # The only batch sizes each model runs at (app.engine.model): a call's images or faces are cut into chunks of
     # these sizes, every one of them run once at start-up. Empty: DET_BATCH_SIZES 1 on the CPU (batching the
-    # detector does not help there), 1,4,16 on a GPU; REC_BATCH_SIZES (the recognizer and the heads) 1,4,16 on
-    # the CPU (a CPU run costs per face: larger batches gain nothing and cost warm-up), 1,4,16,64 on a GPU.
+    # detector does not help there), 16 on a GPU; REC_BATCH_SIZES (the recognizer and the heads) 1,4,16 on
+    # the CPU (a CPU run costs per face: larger batches gain nothing and cost warm-up), 64 on a GPU (one size per
+    # session there: onnxruntime's CUDA provider pays again whenever a session's input shape changes).
     det_batch_sizes: Annotated[tuple[int, ...], NoDecode] = ()
     rec_batch_sizes: Annotated[tuple[int, ...], NoDecode] = ()
     # The CUDA provider (PROVIDERS=auto/cuda on a GPU): set, not onnxruntime's defaults (README "GPU").

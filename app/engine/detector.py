@@ -51,7 +51,7 @@ class ScrfdDetector(OnnxModel):
         canvases: Sequence[tuple[int, int]] | None = None,
         max_faces: int = 0,
     ) -> None:
-        """`batch_sizes`: empty for 1 on the CPU, 1,4,16 on a GPU. `canvases`: (width, height) of the canvases one
+        """`batch_sizes`: empty for 1 on the CPU, 16 on a GPU. `canvases`: (width, height) of the canvases one
         image may be letterboxed onto, each within det_size; None: det_size alone on a GPU (every new input shape
         costs a kernel search there), aspect_canvases(det_size) on the CPU."""
         self.det_size = det_size
@@ -70,7 +70,7 @@ class ScrfdDetector(OnnxModel):
         self.canvases = sorted({*canvases, det_size}, key=lambda c: (c[0] * c[1], c))
 
     def default_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
-        return (1, 4, 16) if on_gpu else (1,)  # batching the detector helps on a GPU only
+        return (16,) if on_gpu else (1,)  # batching helps on a GPU only; one size there (OnnxModel's note)
 
     def _gpu_item_shape(self) -> tuple[int, ...] | None:
         width, height = self.det_size  # the one canvas on a GPU

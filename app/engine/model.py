@@ -129,9 +129,11 @@ class OnnxModel:
 
     # ------------------------------------------------------------------------------------------- subclass hooks
     def default_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
-        """The sizes when none were given: a CPU run costs per row, so larger batches gain nothing there and
-        only lengthen the warm-up; a GPU runs 64 rows in about the time of one."""
-        return (1, 4, 16, 64) if on_gpu else (1, 4, 16)
+        """The sizes when none were given. A CPU run costs per row, so larger batches gain nothing there and only
+        lengthen the warm-up. On a GPU one size: onnxruntime's CUDA provider (1.31, H200) paid its first-run cost,
+        0.1-2 s, again each time a session's input shape changed, warm-up or not; with 1, 4, 16 and 64 the service
+        answered 19 searches/s, with one size 250 (docs/PERFORMANCE.md). 64 rows cost 7 ms there, one row 1.2."""
+        return (64,) if on_gpu else (1, 4, 16)
 
     def _gpu_item_shape(self) -> tuple[int, ...] | None:
         """One row's input shape on a GPU, for TensorRT's profile (None: no profile)."""
