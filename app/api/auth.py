@@ -67,6 +67,7 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("GET", "/api/feedback"): KeyScope.SEARCH,
     ("GET", "/api/feedback/export"): KeyScope.SEARCH,
     ("POST", "/api/feedback/calibrate"): KeyScope.ADMIN,
+    ("POST", "/api/calibrate/subjects"): KeyScope.ADMIN,
     ("GET", "/api/keys"): KeyScope.ADMIN,
     ("POST", "/api/keys"): KeyScope.ADMIN,
     ("DELETE", "/api/keys/{name}"): KeyScope.ADMIN,

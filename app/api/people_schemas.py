@@ -118,6 +118,20 @@ class FeedbackCalibrationOut(BaseModel):
     left_out: int = Field(description="feedback whose faces were erased since")
 
 
+class EnrolledCalibrationOut(BaseModel):
+    genuine_pairs: int
+    impostor_pairs: int
+    eer: float
+    far_target: float
+    threshold: float
+    far: float
+    frr: float
+    applied: bool
+    subjects: int = Field(description="subjects in the collection")
+    faces: int = Field(description="faces with a subject in the collection")
+    scored: int = Field(description="faces scored: at most `per_subject` of a subject, `max_faces` in all")
+
+
 def subject_out(s: SubjectSummary) -> SubjectOut:
     return SubjectOut(
         name=s.name,

@@ -42,10 +42,15 @@ the embedded store), the calibration runs inside it (POST /api/feedback/calibrat
 OCEANO_API_KEY to an admin key once keys exist); otherwise in this process. It prints the figures; --apply stores
 the threshold, in force at once.
 
+--enrolled uses the collection's own subjects the same way: faces of one subject are genuine pairs, faces of two
+subjects impostor pairs, scored from the stored vectors; at most --per-subject faces of a subject (20) and --max-faces
+in all (1000: 499,500 pairs). Inside the running service when one answers (POST /api/calibrate/subjects, admin).
+
 examples:
   python -m app.calibrate ../shared/eval/faces-a
   python -m app.calibrate photos/ --labels photos/people.csv --apply 1e-3
   python -m app.calibrate --feedback --apply 1e-2
+  python -m app.calibrate --enrolled --apply 1e-3
 """
 
 
@@ -73,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("folder", type=Path, nargs="?", help="folder of labelled photos (not with --feedback)")
     parser.add_argument("--feedback", action="store_true", help="calibrate on the stored feedback instead of a folder")
-    parser.add_argument("--url", help="the running service (default http://127.0.0.1:$PORT), for --feedback")
+    parser.add_argument(
+        "--enrolled", action="store_true", help="calibrate on the collection's own subjects instead of a folder"
+    )
+    parser.add_argument("--per-subject", type=int, default=20, help="--enrolled: faces of a subject scored (20)")
+    parser.add_argument("--max-faces", type=int, default=1000, help="--enrolled: faces scored in all (1000)")
+    parser.add_argument("--url", help="the running service (default http://127.0.0.1:$PORT), for --feedback/--enrolled")
     parser.add_argument("--labels", type=Path, help="labels CSV (file,identity); default FOLDER/labels.csv")
     parser.add_argument("--out", type=Path, help="report folder; default STATE_DIR/calibration-report")
     parser.add_argument("--far", type=_fars, default=_fars(DEFAULT_FARS), help=f"FAR targets (default {DEFAULT_FARS})")
@@ -88,12 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.folder is None) != args.feedback:
-        parser.error("give a folder of labelled photos, or --feedback")
+    if [args.folder is not None, args.feedback, args.enrolled].count(True) != 1:
+        parser.error("give a folder of labelled photos, or --feedback, or --enrolled")
+    if not (2 <= args.per_subject <= 1000 and 3 <= args.max_faces <= 2000):
+        parser.error("--per-subject lies in 2..1000 and --max-faces in 3..2000")
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_format is LogFormat.JSON)
     if args.feedback:
         return calibrate_feedback(settings, far=args.apply or 1e-3, apply=args.apply is not None, url=args.url)
+    if args.enrolled:
+        return calibrate_enrolled(
+            settings,
+            far=args.apply or 1e-3,
+            apply=args.apply is not None,
+            url=args.url,
+            per_subject=args.per_subject,
+            max_faces=args.max_faces,
+        )
     try:
         labels = read_labels(args.labels or args.folder / "labels.csv")
         engine, _ = load_models(settings)
@@ -179,6 +200,59 @@ def calibrate_feedback(settings: Settings, *, far: float, apply: bool, url: str 
             "frr": point.frr,
             "applied": apply,
             "left_out": len(labelled.left_out),
+        }
+    print(json.dumps(figures, indent=2))
+    return EXIT_OK
+
+
+def calibrate_enrolled(
+    settings: Settings, *, far: float, apply: bool, url: str | None, per_subject: int, max_faces: int
+) -> int:
+    """The threshold measured on the collection's own subjects: inside the running service when one answers (it
+    owns the embedded store), else in this process."""
+    url = (url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+    params: dict[str, float | int | bool] = {
+        "far": far,
+        "apply": apply,
+        "per_subject": per_subject,
+        "max_faces": max_faces,
+    }
+    if probe_service(url):
+        with connect(url) as client:
+            response = client.post("/api/calibrate/subjects", params=params, timeout=600)
+        if response.status_code != 200:
+            print(f"calibrate: the service at {url} answered {response.status_code}: {response.text}", file=sys.stderr)
+            return EXIT_FAILED
+        figures = response.json()
+    else:
+        try:
+            services = open_services(settings, batcher=False, jobs=False, state=False, build_index=False, keys=False)
+        except OceanoError as exc:
+            print(f"calibrate: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        try:
+            assert services.people is not None
+            result, sample = services.people.calibrate_enrolled(
+                far=far, apply=apply, per_subject=per_subject, max_faces=max_faces
+            )
+        except OceanoError as exc:
+            print(f"calibrate: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            services.close()
+        point = result.chosen.point
+        figures = {
+            "genuine_pairs": result.genuine_pairs,
+            "impostor_pairs": result.impostor_pairs,
+            "eer": result.eer.far,
+            "far_target": far,
+            "threshold": point.threshold,
+            "far": point.far,
+            "frr": point.frr,
+            "applied": apply,
+            "subjects": sample.subjects,
+            "faces": sample.faces,
+            "scored": len(sample.files),
         }
     print(json.dumps(figures, indent=2))
     return EXIT_OK

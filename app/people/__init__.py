@@ -1,6 +1,7 @@
 """People: subjects as a resource (list, rename, merge, move a face, erase), who the faces of a search are (a vote
 over matches at the calibrated threshold, one subject per face of a photo), and feedback on matches."""
 
+from app.people.enrolled import EnrolledSample, sample_enrolled
 from app.people.identity import Candidate, Identity, assign, candidates, identify_photo
 from app.people.names import MAX_NAME, NAME_PATTERN, subject_name
 from app.people.people import FacePage, FeedbackPairs, People, SubjectPage, SubjectSummary
@@ -12,6 +13,7 @@ __all__ = [
     "NAME_PATTERN",
     "PEOPLE_FILE",
     "Candidate",
+    "EnrolledSample",
     "FacePage",
     "FeedbackPairs",
     "FeedbackRecord",
@@ -25,5 +27,6 @@ __all__ = [
     "assign",
     "candidates",
     "identify_photo",
+    "sample_enrolled",
     "subject_name",
 ]

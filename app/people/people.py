@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from app.calibration import CalibratedThreshold, Pairs, ThresholdStore
+from app.calibration import CalibratedThreshold, Pairs, ThresholdStore, build_pairs
 from app.calibration.report import Calibration, calibrate
 from app.errors import Conflict, InvalidRequest, NotFound
+from app.people.enrolled import EnrolledSample, sample_enrolled
 from app.people.identity import identify_photo
 from app.people.names import subject_name
 from app.people.searched import IdentifiedFace, PeopleFaceService
@@ -377,23 +378,60 @@ class People:
             left_out=labelled.left_out,
         )
         if apply:
-            point = result.chosen.point
-            self.thresholds.put(
-                self.collection,
-                self.fingerprint,
-                CalibratedThreshold(
-                    threshold=point.threshold,
-                    source=f"feedback ({pairs.genuine} genuine, {pairs.impostor} impostor pairs)",
-                    far_target=far,
-                    far=point.far,
-                    frr=point.frr,
-                    eer=result.eer.far,
-                    genuine_pairs=result.genuine_pairs,
-                    impostor_pairs=result.impostor_pairs,
-                    measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                ),
-            )
+            self._apply(result, far, f"feedback ({pairs.genuine} genuine, {pairs.impostor} impostor pairs)")
         return result, labelled
+
+    def calibrate_enrolled(
+        self, *, far: float, apply: bool, per_subject: int, max_faces: int, rounds: int = 200
+    ) -> tuple[Calibration, EnrolledSample]:
+        """The threshold for FAR `far` measured on the collection's own subjects: faces of one subject make the
+        genuine pairs, faces of two subjects the impostor pairs, scored from the stored vectors. Bounded: at most
+        `per_subject` faces of a subject and `max_faces` in all (max_faces (max_faces - 1) / 2 pairs)."""
+        named = ((f.id, self._shown(f.payload.get("subject"))) for f in self._scan(FaceFilter(), keys=("subject",)))
+        sample = sample_enrolled(named, per_subject=per_subject, max_faces=max_faces)
+        vectors: dict[str, np.ndarray] = {}
+        for start in range(0, len(sample.files), SCAN_PAGE):
+            vectors.update(self.service.face_vectors(sample.files[start : start + SCAN_PAGE]))
+        kept = [i for i, face_id in enumerate(sample.files) if face_id in vectors]  # (erased meanwhile: left out)
+        files = [sample.files[i] for i in kept]
+        identities = [sample.identities[i] for i in kept]
+        sample.files, sample.identities = files, identities
+        pairs = build_pairs(files, identities, np.stack([vectors[f] for f in files]) if files else np.zeros((0, 1)))
+        if pairs.genuine < 1 or pairs.impostor < 1:
+            raise InvalidRequest(
+                f"the subjects give {pairs.genuine} 'same person' and {pairs.impostor} 'someone else' pairs: "
+                "calibration needs two subjects, one of them with two faces or more"
+            )
+        result, _ = calibrate(
+            pairs,
+            pack=self.pack,
+            fingerprint=self.fingerprint,
+            far_targets=[far],
+            chosen_far=far,
+            rounds=max(10, rounds),
+            left_out={},
+        )
+        if apply:
+            self._apply(result, far, f"enrolled subjects ({sample.subjects} subjects, {len(files)} faces)")
+        return result, sample
+
+    def _apply(self, result: Calibration, far: float, source: str) -> None:
+        point = result.chosen.point
+        self.thresholds.put(
+            self.collection,
+            self.fingerprint,
+            CalibratedThreshold(
+                threshold=point.threshold,
+                source=source,
+                far_target=far,
+                far=point.far,
+                frr=point.frr,
+                eer=result.eer.far,
+                genuine_pairs=result.genuine_pairs,
+                impostor_pairs=result.impostor_pairs,
+                measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            ),
+        )
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -139,6 +139,7 @@ def test_every_people_route_has_its_scope() -> None:
     assert all(route_scope(m, p) is Scope.SEARCH for m, p in reads)
     assert all(route_scope(m, p) is Scope.WRITE for m, p in writes)
     assert route_scope("POST", "/api/feedback/calibrate") is Scope.ADMIN
+    assert route_scope("POST", "/api/calibrate/subjects") is Scope.ADMIN
 
 
 def test_search_answers_who(client_factory: Callable[..., TestClient], eval_dir: Path) -> None:
@@ -165,3 +166,29 @@ def test_search_answers_who(client_factory: Callable[..., TestClient], eval_dir:
 
     page = client.post("/search", files={"file": ("q.jpg", (eval_dir / "img5.jpg").read_bytes())}).text
     assert "Alice, same person" in page and "0.36" in page
+
+
+def test_calibration_on_the_enrolled_subjects(client: TestClient, people: dict[str, list[str]]) -> None:
+    """Faces of one subject are the genuine pairs, of two subjects the impostor pairs (the face without a subject
+    takes no part); `per_subject` bounds the faces of each subject; `apply` puts the threshold in force."""
+    r = client.post("/api/calibrate/subjects", params={"far": 0.1})
+    assert r.status_code == 200, r.text
+    every = r.json()
+    # Alice 3 faces, Bob 2: 3 + 1 genuine pairs, 3 x 2 impostor pairs.
+    assert (every["subjects"], every["faces"], every["scored"]) == (2, 5, 5)
+    assert (every["genuine_pairs"], every["impostor_pairs"], every["applied"]) == (4, 6, False)
+    assert every["far"] == 0 and every["frr"] == 0  # two people told apart by the stored vectors
+    assert client.get("/status").json()["threshold_source"].startswith("default")
+
+    r = client.post("/api/calibrate/subjects", params={"far": 0.1, "per_subject": 2, "apply": True})
+    bounded = r.json()
+    assert (bounded["scored"], bounded["genuine_pairs"], bounded["impostor_pairs"]) == (4, 2, 4)
+    status = client.get("/status").json()
+    assert status["threshold"] == pytest.approx(bounded["threshold"])
+    assert status["threshold_source"].startswith("calibrated: enrolled subjects (2 subjects, 4 faces)")
+
+    r = client.post("/api/calibrate/subjects", params={"max_faces": 2})
+    assert r.status_code == 422  # below the bound the route states
+    assert client.delete("/api/subjects/Bob").status_code == 200
+    r = client.post("/api/calibrate/subjects")
+    assert r.status_code == 400 and "two subjects" in r.json()["detail"]

@@ -12,6 +12,7 @@ from app.api.deps import PeopleDep
 from app.api.people_schemas import (
     FACE_ID_RULE,
     NAME_RULE,
+    EnrolledCalibrationOut,
     FaceListOut,
     FaceSubjectIn,
     MergeIn,
@@ -36,6 +37,7 @@ After = Annotated[
     str | None,
     Query(max_length=64, description="the `next` of the previous page", json_schema_extra=FACE_ID_RULE),
 ]
+MAX_CALIBRATION_FACES = 2000  # 1,999,000 pairs: the most one calibration scores (with its bootstrap)
 SubjectName = Annotated[str, Path(description="the subject's name", json_schema_extra=NAME_RULE)]
 
 
@@ -52,6 +54,39 @@ async def list_subjects(
     page = await run_blocking(request, lambda: people.subjects(search=search, offset=offset, limit=limit))
     return SubjectListOut(
         subjects=[subject_out(s) for s in page.subjects], total=page.total, offset=page.offset, limit=page.limit
+    )
+
+
+@router.post("/api/calibrate/subjects", response_model=EnrolledCalibrationOut, responses=errors(400, 422, 503, 504))
+async def calibrate_on_subjects(
+    request: Request,
+    people: PeopleDep,
+    far: Annotated[float, Query(gt=0, lt=1, description="the false accept rate to choose the threshold at")] = 1e-3,
+    apply: Annotated[bool, Query(description="store the threshold with the collection (in force at once)")] = False,
+    per_subject: Annotated[int, Query(ge=2, le=1000, description="faces of one subject scored at most")] = 20,
+    max_faces: Annotated[int, Query(ge=3, le=MAX_CALIBRATION_FACES, description="faces scored in all")] = 1000,
+) -> EnrolledCalibrationOut:
+    """The threshold measured on the collection's own subjects (faces of one subject: genuine pairs, of two
+    subjects: impostor pairs; scores from the stored vectors): what `python -m app.calibrate --enrolled` runs when
+    the service owns the embedded store. Bounded: `max_faces` faces give at most max_faces (max_faces - 1) / 2
+    pairs (1000: 499,500)."""
+    result, sample = await run_blocking(
+        request,
+        lambda: people.calibrate_enrolled(far=far, apply=apply, per_subject=per_subject, max_faces=max_faces),
+    )
+    point = result.chosen.point
+    return EnrolledCalibrationOut(
+        genuine_pairs=result.genuine_pairs,
+        impostor_pairs=result.impostor_pairs,
+        eer=result.eer.far,
+        far_target=far,
+        threshold=point.threshold,
+        far=point.far,
+        frr=point.frr,
+        applied=apply,
+        subjects=sample.subjects,
+        faces=sample.faces,
+        scored=len(sample.files),
     )
 
 
