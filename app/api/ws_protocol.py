@@ -22,8 +22,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.errors import ERROR_STATUS
+from app.api.schemas import face_out
 from app.config import MAX_TOP_K, Settings
 from app.errors import ImageTooLarge, OceanoError
+from app.people import IdentifiedFace
 from app.realtime import Alert, EmotionModel, FrameFace, FrameOptions, FrameResult, Prediction
 
 SERVICE_NAME = "oceano"
@@ -249,6 +251,12 @@ def face_json(face: FrameFace) -> dict[str, Any]:
             }
             for m in face.matches
         ]
+    if isinstance(face.searched, IdentifiedFace):  # who the face is, as /api/search says it (one serializer)
+        said = face_out(face.searched)
+        out["identity"] = said.identity.model_dump() if said.identity else None
+        out["ref"] = said.ref
+        for match, passes in zip(out["matches"], said.matches, strict=True):
+            match["same_person"] = passes.same_person
     return out
 
 

@@ -12,7 +12,7 @@ from app.engine import Ticket
 from app.errors import NoSuchHead
 from app.heads import Head, OutputKind
 from app.realtime.crowd import CrowdAnalysis, CrowdScale
-from app.service import FaceServiceApi
+from app.service import FaceServiceApi, SearchedFace
 from app.store import Match
 
 EMOTION_HEAD = "emotion"
@@ -67,6 +67,7 @@ class FrameFace:
     kps: list[list[float]]
     attributes: dict[str, Any]  # each head's answer, e.g. {"emotion": {"label", "scores"}}
     matches: list[Match] | None = None  # with `search` only: nearest stored faces, best first
+    searched: SearchedFace | None = None  # with `search` only: the service's answer (app.people's says who it is)
 
     @property
     def area(self) -> float:
@@ -138,7 +139,7 @@ class FrameAnalyzer:
                 [image], top_k=options.top_k, threshold=options.threshold, heads=heads, ticket=ticket
             )[0]
             faces = [
-                FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes, f.matches) for f in searched
+                FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes, f.matches, f) for f in searched
             ]
         else:
             analyzed = service.analyze([image], heads=heads, ticket=ticket)[0]

@@ -160,6 +160,15 @@ def test_process_frame_with_search_names_the_closest_match(client: TestClient) -
         top, second = face["matches"]
         assert top["subject"] == "Yao Ming" and top["file"] == "players.jpg" and top["score"] > 0.45
         assert top["score"] > second["score"] and top["thumb_url"] == f"/thumbs/{top['id']}"
+        # Who the face is, as /api/search says it for the same photo: identity, each match's decision, a ref.
+        searched = client.post("/api/search", params={"top_k": 2}, files={"file": ("f.jpg", one_face_frame())})
+        (http_face,) = searched.json()["faces"]
+        assert face["identity"]["subject"] == "Yao Ming" and face["identity"]["same_person"] is True
+        assert face["identity"] == http_face["identity"]
+        assert [m["same_person"] for m in face["matches"]] == [m["same_person"] for m in http_face["matches"]]
+        assert top["same_person"] is True and face["ref"] == http_face["ref"]
+        ws.send_json(frame_event(one_face_frame(), heads=[]))  # without search: no matches, no identity
+        assert not {"matches", "identity", "ref"} & set(ws.receive_json()["data"]["faces"][0])
 
 
 def test_errors_keep_the_socket_open_and_usable(client_factory: Factory) -> None:
