@@ -8,6 +8,9 @@ and the stored largest face of the other (stored faces' boxes from GET /api/face
 /status says is in force. Plain insightface: FaceAnalysis over the same bundled model files, the largest face of
 each photo, cosine similarity of its normed embeddings. Both decide "same person" when score >= threshold.
 
+The photos are indexed with their labels.csv identity as `subject`, and the service's calibration on its enrolled
+subjects (POST /api/calibrate/subjects, what `python -m app.calibrate --enrolled` runs) is printed at FAR 1e-2 and
+1e-3, after the other faces of a photo with several (bystanders given the photo's subject) have it cleared.
 Also printed: each pipeline's own threshold at FAR 1e-2 on these pairs (app.calibration.threshold_at_far), so the
 rule "threshold at a FAR target" is compared too, not only one fixed number.
 
@@ -26,7 +29,7 @@ import httpx
 import numpy as np
 
 from app.calibration import threshold_at_far
-from bench.common import EVAL_DIR, insightface_baseline, read_bgr, setup_logging
+from bench.common import EVAL_DIR, eval_labels, insightface_baseline, read_bgr, setup_logging
 from bench.live import live_server
 
 MISSING = -1.0  # a pair whose face the search did not return (none expected: top_k covers the collection)
@@ -46,21 +49,32 @@ def oceano_scores(eval_dir: Path, files: list[str], pairs: list[tuple[str, str, 
         live_server(env={"LOG_LEVEL": "warning", **os.environ}) as server,
         httpx.Client(base_url=server.base_url, timeout=120) as http,
     ):
+        identity = {path.name: who for path, who in eval_labels(eval_dir)}
         for name in files:
-            r = http.post("/api/faces", files={"file": (name, (eval_dir / name).read_bytes())})
+            data = {"subject": identity[name]} if name in identity else {}
+            r = http.post("/api/faces", files={"file": (name, (eval_dir / name).read_bytes())}, data=data)
             r.raise_for_status()
         stored: dict[str, str] = {}  # file -> id of its largest stored face
         after = None
         best: dict[str, float] = {}
+        every: list[str] = []
         while True:
             page = http.get("/api/faces", params={"limit": 1000, **({"after": after} if after else {})}).json()
             for face in page["faces"]:
+                every.append(face["id"])
                 if area(face["bbox"]) > best.get(face["file"], -1.0):
                     best[face["file"]], stored[face["file"]] = area(face["bbox"]), face["id"]
             after = page["next"]
             if after is None:
                 break
-        total = http.get("/status").json()
+        # A photo's subject goes to every face of it: the other faces of a photo (bystanders) lose it, as a user
+        # would clear them, so that only the labelled person's face stands for the subject.
+        for face_id in set(every) - set(stored.values()):
+            http.post(f"/api/faces/{face_id}/subject", json={"subject": None}).raise_for_status()
+        enrolled = {  # the same photos as subjects: `python -m app.calibrate --enrolled` runs this route
+            far: http.post("/api/calibrate/subjects", params={"far": far}).json() for far in (1e-2, 1e-3)
+        }
+        total = {**http.get("/status").json(), "enrolled": enrolled}
         by_query: dict[str, dict[str, float]] = {}  # file -> {stored face id: score}
         for name in sorted({a for a, _, _ in pairs}):
             r = http.post(
@@ -145,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name}: lowest same-person score {float(scores[same].min()):.4f}, "
             f"highest different-person score {float(scores[~same].max()):.4f}"
+        )
+    for far, measured in status["enrolled"].items():
+        print(
+            f"calibrated on the photos as enrolled subjects (POST /api/calibrate/subjects, {measured['scored']} faces "
+            f"of {measured['subjects']} subjects, {measured['genuine_pairs']} + {measured['impostor_pairs']} pairs): "
+            f"EER {measured['eer']:.4f}, at FAR {far:g} threshold {measured['threshold']:.4f} "
+            f"(FAR {measured['far']:.4f}, FRR {measured['frr']:.4f})"
         )
     print(f"largest score difference on a pair, oceano vs insightface: {float(np.abs(ours - theirs).max()):.4f}")
     return 0
