@@ -54,6 +54,4 @@ def test_benchmarks_never_import_tests() -> None:
     offenders = [
         p.relative_to(REPO).as_posix() for p in (REPO / "bench").rglob("*.py") if imports.search(p.read_text())
     ]
-    # bench/stages.py (new) compares with the replaced per-image code kept in tests/engine/test_vectorised.py; that
-    # code is to move into bench/ (its owner's), then this exception goes.
-    assert [name for name in offenders if name != "bench/stages.py"] == []
+    assert offenders == []
