@@ -15,7 +15,7 @@ from tests.support import REPO
 
 MAX_MODULE_LINES = 450
 # Over the limit today, being split by their owners: they may shrink, never grow; remove an entry once it is done.
-OVERSIZE = {"app/ingest/pipeline.py": 535, "bench/gpu.py": 783}
+OVERSIZE = {"app/ingest/pipeline.py": 535}
 
 
 def test_import_contracts_are_kept() -> None:
