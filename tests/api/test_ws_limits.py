@@ -172,24 +172,26 @@ def test_key_less_sockets_do_not_lock_keyed_clients_out(tmp_path: Path) -> None:
         stop = threading.Event()
         attacker = threading.Thread(target=lambda: asyncio.run(idle_sockets(endpoint, 64, stop, closes)), daemon=True)
         attacker.start()
-        # The attack in full swing: the key-less sockets have come in and been turned away 64 times (at 8 places).
-        wait_until(lambda: len(closes) >= 64, seconds=120, what="64 key-less sockets closed")
-        handshake = ({"additional_headers": {"X-API-Key": key}}, {"subprotocols": ["oceano", f"oceano.key.{key}"]})
-        for options in (*handshake, {}):
-            try:
-                with connect(endpoint, open_timeout=30, **options) as ws:  # type: ignore[arg-type]
-                    if not options:  # the key in the first message, sent at once
-                        ws.send(json.dumps({"command": "auth", "key": key}))
-                        assert json.loads(ws.recv(timeout=30))["type"] == "auth"
-                    assert json.loads(ws.recv(timeout=30))["event"] == "connected"
-                    ws.send(frame)
-                    outcomes.append(json.loads(ws.recv(timeout=60))["event"])
-            except ConnectionClosed as exc:
-                outcomes.append(close_code(exc))
-        assert attacker.is_alive()  # the keyed clients got in while the attack went on
-        stop.set()
-        attacker.join(60)
-        assert not attacker.is_alive()
+        try:
+            # The attack in full swing: the key-less sockets have come in and been turned away 64 times (at 8 places).
+            wait_until(lambda: len(closes) >= 64, seconds=120, what="64 key-less sockets closed")
+            handshake = ({"additional_headers": {"X-API-Key": key}}, {"subprotocols": ["oceano", f"oceano.key.{key}"]})
+            for options in (*handshake, {}):
+                try:
+                    with connect(endpoint, open_timeout=30, **options) as ws:  # type: ignore[arg-type]
+                        if not options:  # the key in the first message, sent at once
+                            ws.send(json.dumps({"command": "auth", "key": key}))
+                            assert json.loads(ws.recv(timeout=30))["type"] == "auth"
+                        assert json.loads(ws.recv(timeout=30))["event"] == "connected"
+                        ws.send(frame)
+                        outcomes.append(json.loads(ws.recv(timeout=60))["event"])
+                except ConnectionClosed as exc:
+                    outcomes.append(close_code(exc))
+            alive_throughout = attacker.is_alive()  # the keyed clients got in while the attack went on
+        finally:  # a failure above must not leave the attack running (a tight reconnect loop once the service stops)
+            stop.set()
+            attacker.join(60)
+        assert alive_throughout and not attacker.is_alive()
         idle = Counter(closes)
         assert outcomes == ["detection_result"] * 3
         assert set(idle) <= {"1008", "1013"} and idle.total() >= 64, idle  # every key-less socket was closed
