@@ -215,8 +215,7 @@ class Settings(BaseSettings):
     crowd_levels: Annotated[tuple[int, int, int], NoDecode] = (2, 5, 10)
     # density_score = min(1, face count / CROWD_CAPACITY): the share of a scene's capacity in use.
     crowd_capacity: int = Field(default=20, ge=1)
-    # A frame with more faces than this raises a crowd_warning alert (a frame's settings may give their own;
-    # 0: no crowd alerts).
+    # A frame with more faces than this raises a crowd_warning alert (a frame's own settings may differ; 0: none).
     crowd_threshold: int = Field(default=10, ge=0)
     # Seconds before a connection gets the same kind of alert again (unless its level rises).
     alert_cooldown: float = Field(default=10.0, ge=0, le=86_400)

@@ -44,7 +44,7 @@ def with_loadgen(loadgen: Path, host: str, port: int, path: str, image: Path, cl
 
 
 def with_overload(url: str, image: Path, clients: int, args: Any) -> list[Sample]:
-    from bench.overload import closed_loop
+    from bench.load_client import closed_loop
 
     answers, _ = asyncio.run(closed_loop(url, image.read_bytes(), clients, args.warmup, args.seconds, timeout=60))
     return [(a.status, a.latency, a.retry_after) for a in answers]

@@ -24,7 +24,7 @@ the mean per stage of each and the ratio REF / this tree. REF is checked out as 
 temporary folder, removed at the end.
 
 `--same-process ROUNDS` instead compares the stages this work changed (detect pre, detect post, align) with the
-replaced per-image code, kept as the reference in tests/engine/test_vectorised.py, alternated in one process.
+replaced per-image code, kept as the reference in bench/reference_scrfd.py, alternated in one process.
 
     python -m bench.stages [--ref main] [--rounds 2] [--variants standin,real] [--batches 1,16]
     python -m bench.stages --same-process 9
@@ -238,7 +238,7 @@ def worker(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ same process
 def same_process(rounds: int) -> None:
     """The engine stages this tree changed (detect pre, detect post, align), the replaced per-image code (kept in
-    tests/engine/test_vectorised.py as the reference) against this tree's, alternated in one process on the same
+    bench/reference_scrfd.py as the reference) against this tree's, alternated in one process on the same
     photos and the same detector outputs: thread CPU ms per image."""
     import cv2
     import numpy as np
@@ -259,7 +259,7 @@ def same_process_batch(det: Any, images: list[Any], batch: int, rounds: int) -> 
 
     from app.engine.align import ARCFACE_TEMPLATE, CROP_SIZE, align_faces
     from app.engine.scrfd import decode_batch, letterbox_batch
-    from tests.engine.test_vectorised import old_blob, old_decode, old_similarity_transform
+    from bench.reference_scrfd import old_blob, old_decode, old_similarity_transform
 
     groups = [images[i : i + batch] for i in range(0, len(images), batch)]
     fixed = batch > 1

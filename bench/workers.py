@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.live import live_server
-from bench.overload import Answer, closed_loop, cpu_seconds, index_photos, pct_ms, prepare, query_photo
+from bench.load_client import closed_loop, cpu_seconds
+from bench.overload import index_photos, prepare, query_photo
+from bench.overload_report import Answer, pct_ms
 
 logger = logging.getLogger("bench.workers")
 

@@ -389,13 +389,16 @@ def live_app(settings: Settings) -> Iterator[tuple[str, Any]]:
     app.state once started)."""
     port = free_port()
     app = create_app(settings)
-    # As `python -m app` runs it: the app reads forwarded headers itself (FORWARDED_ALLOW_IPS).
+    # As `python -m app` runs it: the app reads forwarded headers itself (FORWARDED_ALLOW_IPS); uvicorn's logging
+    # left alone (no dictConfig of its own, no logger levels set), since it would outlive the server and change
+    # what later tests in this process log.
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host="127.0.0.1",
             port=port,
-            log_level="warning",
+            log_config=None,
+            log_level=None,
             proxy_headers=False,
             access_log=False,
             ws_max_size=settings.ws_max_message_bytes,

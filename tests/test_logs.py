@@ -49,15 +49,20 @@ def test_every_logger_goes_through_the_filter(json_lines: bool, monkeypatch: pyt
     are tracebacks."""
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
-    # As `python -m app` leaves them (uvicorn run with log_config=None); a test that ran uvicorn with its own
-    # logging config earlier in this process gave them handlers of their own.
+    # As `python -m app` leaves them (uvicorn run with log_config=None and log_level=LOG_LEVEL), whatever uvicorn
+    # run earlier in this process did to them (its own logging config gives them handlers, its log_level a level).
     uvicorn_logger = logging.getLogger("uvicorn")
     monkeypatch.setattr(uvicorn_logger, "handlers", [])
     monkeypatch.setattr(uvicorn_logger, "propagate", True)
-    monkeypatch.setattr(logging.getLogger("uvicorn.error"), "handlers", [])
+    error_logger = logging.getLogger("uvicorn.error")
+    monkeypatch.setattr(error_logger, "handlers", [])
+    monkeypatch.setattr(error_logger, "propagate", True)
+    monkeypatch.setattr(error_logger, "disabled", False)
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
+    saved = (list(root.handlers), root.level, uvicorn_logger.level, error_logger.level)
     try:
+        uvicorn_logger.setLevel(logging.NOTSET)
+        error_logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears logging's cache of levels
         configure_logging("INFO", json_lines=json_lines)
         logging.getLogger("uvicorn.error").info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", f"/ws?key={KEY}")
         logging.getLogger("app.api.context").info("GET %s 404", "/a\nFORGED")
@@ -68,6 +73,8 @@ def test_every_logger_goes_through_the_filter(json_lines: bool, monkeypatch: pyt
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        uvicorn_logger.setLevel(saved[2])
+        error_logger.setLevel(saved[3])
     out = stream.getvalue()
     assert KEY not in out and "/ws?key=[redacted]" in out
     if json_lines:

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
 from app.access.keys import KEYS_FILE, KeyStore
-from tests.support import Photos, b64, live_service, make_settings, service_process
+from tests.support import Photos, b64, live_service, make_settings, service_process, wait_until
 
 MB = 2**20
+ATTACK_SECONDS = 300  # the key-less sockets' attack stops when the test is done, or at the latest after this
 # The emotion service's numbering, which its clients keep predictions by: from 1, in this order.
 EMOTION_SERVICE_IDS = {"angry": 1, "disgust": 2, "fear": 3, "happy": 4, "neutral": 5, "sad": 6, "surprise": 7}
 
@@ -129,23 +131,26 @@ def test_the_app_itself_closes_a_message_over_the_limit(client_factory: Any) -> 
         assert closed.value.code == 1009 and "WS_MAX_MESSAGE_BYTES" in closed.value.reason
 
 
-async def idle_sockets(url: str, count: int, until: float) -> Counter[str]:
-    """`count` sockets that never send anything, each reconnecting as soon as it is closed, until `until`."""
+async def idle_sockets(url: str, count: int, stop: threading.Event, closes: list[str]) -> None:
+    """`count` sockets that never send anything, each reconnecting as soon as it is closed, until `stop` is set (or
+    ATTACK_SECONDS pass); the close code of each close is appended to `closes` as it comes (an append is atomic:
+    another thread reads its length meanwhile)."""
+    deadline = time.monotonic() + ATTACK_SECONDS
 
-    async def one() -> Counter[str]:
-        seen: Counter[str] = Counter()
-        while time.monotonic() < until:
+    def attacking() -> bool:
+        return not stop.is_set() and time.monotonic() < deadline
+
+    async def one() -> None:
+        while attacking():
             try:
                 async with async_connect(url, open_timeout=30) as ws:
-                    while True:
-                        await asyncio.wait_for(ws.recv(), max(0.05, until - time.monotonic()))
-            except TimeoutError:  # still waiting when the attack ends (an OSError: caught first)
-                break
+                    while attacking():
+                        with suppress(TimeoutError):  # still waiting: look at `stop` again
+                            await asyncio.wait_for(ws.recv(), 0.2)
             except (ConnectionClosed, WebSocketException, OSError) as exc:
-                seen[close_code(exc).split()[0]] += 1
-        return seen
+                closes.append(close_code(exc).split()[0])
 
-    return sum(await asyncio.gather(*(one() for _ in range(count))), Counter())
+    await asyncio.gather(*(one() for _ in range(count)))
 
 
 def test_key_less_sockets_do_not_lock_keyed_clients_out(tmp_path: Path) -> None:
@@ -163,28 +168,31 @@ def test_key_less_sockets_do_not_lock_keyed_clients_out(tmp_path: Path) -> None:
     with live_service(settings) as url:
         endpoint = url.replace("http://", "ws://") + "/ws"
         outcomes: list[str] = []
-        idle: Counter[str] = Counter()
-
-        def attack() -> None:
-            idle.update(asyncio.run(idle_sockets(endpoint, 64, time.monotonic() + 8)))
-
-        attacker = threading.Thread(target=attack, daemon=True)
+        closes: list[str] = []
+        stop = threading.Event()
+        attacker = threading.Thread(target=lambda: asyncio.run(idle_sockets(endpoint, 64, stop, closes)), daemon=True)
         attacker.start()
-        time.sleep(2)  # the key-less sockets are in (or refused) by now
-        handshake = ({"additional_headers": {"X-API-Key": key}}, {"subprotocols": ["oceano", f"oceano.key.{key}"]})
-        for options in (*handshake, {}):
-            try:
-                with connect(endpoint, open_timeout=30, **options) as ws:  # type: ignore[arg-type]
-                    if not options:  # the key in the first message, sent at once
-                        ws.send(json.dumps({"command": "auth", "key": key}))
-                        assert json.loads(ws.recv(timeout=30))["type"] == "auth"
-                    assert json.loads(ws.recv(timeout=30))["event"] == "connected"
-                    ws.send(frame)
-                    outcomes.append(json.loads(ws.recv(timeout=60))["event"])
-            except ConnectionClosed as exc:
-                outcomes.append(close_code(exc))
-        attacker.join(60)
-        assert not attacker.is_alive()
+        try:
+            # The attack in full swing, past its first burst: the key-less sockets turned away twice each on average.
+            wait_until(lambda: len(closes) >= 2 * 64, seconds=120, what="128 closes of key-less sockets")
+            handshake = ({"additional_headers": {"X-API-Key": key}}, {"subprotocols": ["oceano", f"oceano.key.{key}"]})
+            for options in (*handshake, {}):
+                try:
+                    with connect(endpoint, open_timeout=30, **options) as ws:  # type: ignore[arg-type]
+                        if not options:  # the key in the first message, sent at once
+                            ws.send(json.dumps({"command": "auth", "key": key}))
+                            assert json.loads(ws.recv(timeout=30))["type"] == "auth"
+                        assert json.loads(ws.recv(timeout=30))["event"] == "connected"
+                        ws.send(frame)
+                        outcomes.append(json.loads(ws.recv(timeout=60))["event"])
+                except ConnectionClosed as exc:
+                    outcomes.append(close_code(exc))
+            alive_throughout = attacker.is_alive()  # the keyed clients got in while the attack went on
+        finally:  # a failure above must not leave the attack running (a tight reconnect loop once the service stops)
+            stop.set()
+            attacker.join(60)
+        assert alive_throughout and not attacker.is_alive()
+        idle = Counter(closes)
         assert outcomes == ["detection_result"] * 3
         assert set(idle) <= {"1008", "1013"} and idle.total() >= 64, idle  # every key-less socket was closed
         stats = httpx.get(f"{url}/api/stats", headers={"X-API-Key": key}).json()

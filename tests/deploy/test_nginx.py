@@ -554,10 +554,16 @@ def test_nginx_limits_connections_per_client_address(service: Service, nginx: Ng
             sock = tls_from(nginx, source)
             sock.sendall(head)
             held.append(sock)
-        time.sleep(0.5)  # nginx reads each head as it comes: let the last ones in (the check below is bounded)
-        with tls_from(nginx, source) as extra:
-            extra.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            received, _ = closed_within(extra, 30)
+        # nginx counts each held upload once it has read its head, as it comes: until the last are counted the
+        # next request may still be served, so ask again (bounded) until it is refused; without the limit it never is.
+        deadline = time.monotonic() + 30
+        while True:
+            with tls_from(nginx, source) as extra:
+                extra.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                received, _ = closed_within(extra, 30)
+            if not received.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         status, _, rest = received.partition(b"\r\n")
         assert status == b"HTTP/1.1 429 Too Many Requests", received[:400]
         body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
