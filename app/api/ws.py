@@ -29,6 +29,7 @@ from app import __version__
 from app.api import ws_protocol as proto
 from app.api.auth import SUBPROTOCOL
 from app.api.contract import errors
+from app.api.memory import heap_trimmer
 from app.api.upload import engine_call, in_thread
 from app.api.ws_auth import SocketRefused, authorize_socket
 from app.api.ws_protocol import CloseCode, Envelope, Incoming, ProtocolError
@@ -371,6 +372,7 @@ async def realtime_socket(websocket: WebSocket) -> None:
         pass
     finally:
         stats.active_connections -= 1
+        heap_trimmer.soon()  # what its messages took goes back to the system, not only to glibc's arenas
 
 
 async def close_with_error(
