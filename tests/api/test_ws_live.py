@@ -21,7 +21,12 @@ def ask(ws: ClientConnection, message: dict[str, Any] | str) -> dict[str, Any]:
 
 
 def test_live_uvicorn_socket(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, max_concurrent_connections=2, max_upload_mb=0.25)
+    # A small WS_MAX_MESSAGE_BYTES: the oversized message below is then written whole into the loopback socket's
+    # buffers before uvicorn reads its header and closes, so the client reads the close frame (with 4 MiB the
+    # connection was sometimes torn down while the client was still writing, and no close code arrived).
+    settings = make_settings(
+        tmp_path, max_concurrent_connections=2, max_upload_mb=0.25, ws_max_message_bytes=512 * 1024
+    )
     with live_service(settings) as url:
         endpoint = url.replace("http://", "ws://") + "/ws"
         with connect(endpoint, max_size=2**23) as ws, connect(endpoint) as second:
