@@ -12,7 +12,7 @@ from pathlib import Path
 from app.bootstrap import load_models, open_services
 from app.calibration import CalibratedThreshold, ThresholdStore, build_pairs, read_labels
 from app.calibration.embed import embed_labelled
-from app.calibration.report import calibrate, write_report
+from app.calibration.report import Calibration, calibrate, write_report
 from app.cli.ingest_client import connect, probe_service
 from app.config import LogFormat, Settings
 from app.errors import OceanoError
@@ -189,20 +189,24 @@ def calibrate_feedback(settings: Settings, *, far: float, apply: bool, url: str 
             return EXIT_FAILED
         finally:
             services.close()
-        point = result.chosen.point
-        figures = {
-            "genuine_pairs": result.genuine_pairs,
-            "impostor_pairs": result.impostor_pairs,
-            "eer": result.eer.far,
-            "far_target": far,
-            "threshold": point.threshold,
-            "far": point.far,
-            "frr": point.frr,
-            "applied": apply,
-            "left_out": len(labelled.left_out),
-        }
+        figures = {**summary(result, far=far, apply=apply), "left_out": len(labelled.left_out)}
     print(json.dumps(figures, indent=2))
     return EXIT_OK
+
+
+def summary(result: Calibration, *, far: float, apply: bool) -> dict[str, object]:
+    """The figures a local --feedback or --enrolled run prints (the service's routes answer the same keys)."""
+    point = result.chosen.point
+    return {
+        "genuine_pairs": result.genuine_pairs,
+        "impostor_pairs": result.impostor_pairs,
+        "eer": result.eer.far,
+        "far_target": far,
+        "threshold": point.threshold,
+        "far": point.far,
+        "frr": point.frr,
+        "applied": apply,
+    }
 
 
 def calibrate_enrolled(
@@ -240,16 +244,8 @@ def calibrate_enrolled(
             return EXIT_FAILED
         finally:
             services.close()
-        point = result.chosen.point
         figures = {
-            "genuine_pairs": result.genuine_pairs,
-            "impostor_pairs": result.impostor_pairs,
-            "eer": result.eer.far,
-            "far_target": far,
-            "threshold": point.threshold,
-            "far": point.far,
-            "frr": point.frr,
-            "applied": apply,
+            **summary(result, far=far, apply=apply),
             "subjects": sample.subjects,
             "faces": sample.faces,
             "scored": len(sample.files),
