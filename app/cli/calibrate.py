@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from app.cli.ingest_client import connect, probe_service
 from app.config import LogFormat, Settings
 from app.errors import OceanoError
 from app.logs import configure_logging
+from app.people import People
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def calibrate_feedback(settings: Settings, *, far: float, apply: bool, url: str | None) -> int:
-    """The threshold measured on the stored feedback: inside the running service when one answers (it owns the
-    embedded store), else in this process."""
+def in_service_or_here(
+    settings: Settings,
+    *,
+    url: str | None,
+    route: str,
+    params: dict[str, float | int | bool],
+    here: Callable[[People], dict[str, object]],
+) -> int:
+    """A calibration on stored vectors: inside the running service when one answers (it owns the embedded store),
+    through `route`, else `here` in this process over the store opened for it. Prints the figures as JSON."""
     url = (url or f"http://127.0.0.1:{settings.port}").rstrip("/")
     if probe_service(url):
         with connect(url) as client:
-            response = client.post("/api/feedback/calibrate", params={"far": far, "apply": apply}, timeout=600)
+            response = client.post(route, params=params, timeout=600)
         if response.status_code != 200:
             print(f"calibrate: the service at {url} answered {response.status_code}: {response.text}", file=sys.stderr)
             return EXIT_FAILED
@@ -183,15 +192,26 @@ def calibrate_feedback(settings: Settings, *, far: float, apply: bool, url: str 
             return EXIT_FAILED
         try:
             assert services.people is not None
-            result, labelled = services.people.calibrate_feedback(far=far, apply=apply)
+            figures = here(services.people)
         except OceanoError as exc:
             print(f"calibrate: {exc}", file=sys.stderr)
             return EXIT_FAILED
         finally:
             services.close()
-        figures = {**summary(result, far=far, apply=apply), "left_out": len(labelled.left_out)}
     print(json.dumps(figures, indent=2))
     return EXIT_OK
+
+
+def calibrate_feedback(settings: Settings, *, far: float, apply: bool, url: str | None) -> int:
+    """The threshold measured on the stored feedback."""
+
+    def here(people: People) -> dict[str, object]:
+        result, labelled = people.calibrate_feedback(far=far, apply=apply)
+        return {**summary(result, far=far, apply=apply), "left_out": len(labelled.left_out)}
+
+    return in_service_or_here(
+        settings, url=url, route="/api/feedback/calibrate", params={"far": far, "apply": apply}, here=here
+    )
 
 
 def summary(result: Calibration, *, far: float, apply: bool) -> dict[str, object]:
@@ -212,43 +232,21 @@ def summary(result: Calibration, *, far: float, apply: bool) -> dict[str, object
 def calibrate_enrolled(
     settings: Settings, *, far: float, apply: bool, url: str | None, per_subject: int, max_faces: int
 ) -> int:
-    """The threshold measured on the collection's own subjects: inside the running service when one answers (it
-    owns the embedded store), else in this process."""
-    url = (url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+    """The threshold measured on the collection's own subjects."""
+
+    def here(people: People) -> dict[str, object]:
+        result, sample = people.calibrate_enrolled(far=far, apply=apply, per_subject=per_subject, max_faces=max_faces)
+        return {
+            **summary(result, far=far, apply=apply),
+            "subjects": sample.subjects,
+            "faces": sample.faces,
+            "scored": len(sample.files),
+        }
+
     params: dict[str, float | int | bool] = {
         "far": far,
         "apply": apply,
         "per_subject": per_subject,
         "max_faces": max_faces,
     }
-    if probe_service(url):
-        with connect(url) as client:
-            response = client.post("/api/calibrate/subjects", params=params, timeout=600)
-        if response.status_code != 200:
-            print(f"calibrate: the service at {url} answered {response.status_code}: {response.text}", file=sys.stderr)
-            return EXIT_FAILED
-        figures = response.json()
-    else:
-        try:
-            services = open_services(settings, batcher=False, jobs=False, state=False, build_index=False, keys=False)
-        except OceanoError as exc:
-            print(f"calibrate: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        try:
-            assert services.people is not None
-            result, sample = services.people.calibrate_enrolled(
-                far=far, apply=apply, per_subject=per_subject, max_faces=max_faces
-            )
-        except OceanoError as exc:
-            print(f"calibrate: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        finally:
-            services.close()
-        figures = {
-            **summary(result, far=far, apply=apply),
-            "subjects": sample.subjects,
-            "faces": sample.faces,
-            "scored": len(sample.files),
-        }
-    print(json.dumps(figures, indent=2))
-    return EXIT_OK
+    return in_service_or_here(settings, url=url, route="/api/calibrate/subjects", params=params, here=here)
