@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,3 +152,18 @@ def write_report(out: Path, calibration: Calibration, roc: Roc) -> list[Path]:
     fig.savefig(paths[2], dpi=110)
     plt.close(fig)
     return paths
+
+
+def calibration_figures(result: Calibration, *, far: float, apply: bool) -> dict[str, Any]:
+    """The figures of a calibration on stored vectors, as the routes answer them and the CLI prints them."""
+    point = result.chosen.point
+    return {
+        "genuine_pairs": result.genuine_pairs,
+        "impostor_pairs": result.impostor_pairs,
+        "eer": result.eer.far,
+        "far_target": far,
+        "threshold": point.threshold,
+        "far": point.far,
+        "frr": point.frr,
+        "applied": apply,
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 from app.bootstrap import load_models, open_services
 from app.calibration import CalibratedThreshold, ThresholdStore, build_pairs, read_labels
 from app.calibration.embed import embed_labelled
-from app.calibration.report import Calibration, calibrate, write_report
+from app.calibration.report import calibrate, calibration_figures, write_report
 from app.cli.ingest_client import connect, probe_service
 from app.config import LogFormat, Settings
 from app.errors import OceanoError
@@ -207,26 +207,11 @@ def calibrate_feedback(settings: Settings, *, far: float, apply: bool, url: str 
 
     def here(people: People) -> dict[str, object]:
         result, labelled = people.calibrate_feedback(far=far, apply=apply)
-        return {**summary(result, far=far, apply=apply), "left_out": len(labelled.left_out)}
+        return {**calibration_figures(result, far=far, apply=apply), "left_out": len(labelled.left_out)}
 
     return in_service_or_here(
         settings, url=url, route="/api/feedback/calibrate", params={"far": far, "apply": apply}, here=here
     )
-
-
-def summary(result: Calibration, *, far: float, apply: bool) -> dict[str, object]:
-    """The figures a local --feedback or --enrolled run prints (the service's routes answer the same keys)."""
-    point = result.chosen.point
-    return {
-        "genuine_pairs": result.genuine_pairs,
-        "impostor_pairs": result.impostor_pairs,
-        "eer": result.eer.far,
-        "far_target": far,
-        "threshold": point.threshold,
-        "far": point.far,
-        "frr": point.frr,
-        "applied": apply,
-    }
 
 
 def calibrate_enrolled(
@@ -237,7 +222,7 @@ def calibrate_enrolled(
     def here(people: People) -> dict[str, object]:
         result, sample = people.calibrate_enrolled(far=far, apply=apply, per_subject=per_subject, max_faces=max_faces)
         return {
-            **summary(result, far=far, apply=apply),
+            **calibration_figures(result, far=far, apply=apply),
             "subjects": sample.subjects,
             "faces": sample.faces,
             "scored": len(sample.files),

@@ -23,6 +23,7 @@ from app.api.people_schemas import (
     feedback_out,
 )
 from app.api.upload import run_blocking
+from app.calibration.report import calibration_figures
 from app.people import People
 
 router = APIRouter(tags=["feedback"])
@@ -113,15 +114,4 @@ async def calibrate_feedback(
     """The threshold measured on the stored feedback (the scores from the stored vectors): what
     `python -m app.calibrate --feedback` runs when the service owns the embedded store."""
     result, labelled = await run_blocking(request, lambda: people.calibrate_feedback(far=far, apply=apply))
-    point = result.chosen.point
-    return FeedbackCalibrationOut(
-        genuine_pairs=result.genuine_pairs,
-        impostor_pairs=result.impostor_pairs,
-        eer=result.eer.far,
-        far_target=far,
-        threshold=point.threshold,
-        far=point.far,
-        frr=point.frr,
-        applied=apply,
-        left_out=len(labelled.left_out),
-    )
+    return FeedbackCalibrationOut(**calibration_figures(result, far=far, apply=apply), left_out=len(labelled.left_out))

@@ -26,6 +26,7 @@ from app.api.people_schemas import (
 )
 from app.api.schemas import DeleteOut
 from app.api.upload import run_blocking
+from app.calibration.report import calibration_figures
 from app.errors import InvalidRequest
 from app.people import subject_name
 from app.store import FaceFilter, Origin
@@ -74,16 +75,8 @@ async def calibrate_on_subjects(
         request,
         lambda: people.calibrate_enrolled(far=far, apply=apply, per_subject=per_subject, max_faces=max_faces),
     )
-    point = result.chosen.point
     return EnrolledCalibrationOut(
-        genuine_pairs=result.genuine_pairs,
-        impostor_pairs=result.impostor_pairs,
-        eer=result.eer.far,
-        far_target=far,
-        threshold=point.threshold,
-        far=point.far,
-        frr=point.frr,
-        applied=apply,
+        **calibration_figures(result, far=far, apply=apply),
         subjects=sample.subjects,
         faces=sample.faces,
         scored=len(sample.files),
