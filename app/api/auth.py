@@ -34,6 +34,7 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     # AUTH_READS=key, Prometheus sends a search-scoped key (its `authorization` setting).
     ("GET", "/metrics"): KeyScope.SEARCH,
     ("GET", "/"): PUBLIC,  # the page itself holds no data; with AUTH_READS=key it asks for the key
+    ("GET", "/people"): PUBLIC,  # likewise: it reads everything through the API with the key
     ("GET", "/live"): PUBLIC,  # likewise; its socket (/ws) checks the key itself (app.api.ws_auth.authorize_socket)
     ("GET", "/static/{file:path}"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
@@ -63,6 +64,8 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("DELETE", "/api/subjects/{name}"): KeyScope.WRITE,
     ("GET", "/api/faces"): KeyScope.SEARCH,
     ("POST", "/api/faces/{face_id}/subject"): KeyScope.WRITE,
+    ("GET", "/api/faces/{face_id}/similar"): KeyScope.SEARCH,
+    ("GET", "/api/people/overview"): KeyScope.SEARCH,
     ("POST", "/api/feedback"): KeyScope.WRITE,
     ("GET", "/api/feedback"): KeyScope.SEARCH,
     ("GET", "/api/feedback/export"): KeyScope.SEARCH,

@@ -1,4 +1,5 @@
-"""HTML pages: / and /search. The page works without JavaScript (plain form POST)."""
+"""HTML pages: / and /search (works without JavaScript: a plain form POST), and /people (a shell whose script reads
+and changes the collection through the JSON API)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,15 @@ async def index(request: Request, service: ServiceDep, settings: SettingsDep) ->
             "error": None,
             "key_needed": settings.auth_reads is ReadAccess.KEY,
         },
+    )
+
+
+@router.get("/people", response_class=HTMLResponse, include_in_schema=False)
+async def people_page(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    """The people page: the collection at a glance, people and their faces, clusters to name (static/people.js
+    over /api/people/overview, /api/subjects, /api/faces, /api/clusters, /api/feedback)."""
+    return templates(request).TemplateResponse(
+        request, "people.html", {"model": service.model_name, "key_needed": settings.auth_reads is ReadAccess.KEY}
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
-from app.people import MAX_NAME, NAME_PATTERN, FeedbackRecord, SubjectSummary
-from app.store import Match
+from app.api.schemas import MatchOut
+from app.ingest.model import JobOut
+from app.people import MAX_NAME, NAME_PATTERN, FeedbackRecord, Overview, Similar, SubjectSummary
+from app.store import CollectionInfo, Match
 
 # Documented in the schema; checked by app.people.subject_name, whose 400 names the problem.
 NAME_RULE: JsonDict = {"pattern": NAME_PATTERN, "maxLength": MAX_NAME}
@@ -130,6 +132,74 @@ class EnrolledCalibrationOut(BaseModel):
     subjects: int = Field(description="subjects in the collection")
     faces: int = Field(description="faces with a subject in the collection")
     scored: int = Field(description="faces scored: at most `per_subject` of a subject, `max_faces` in all")
+
+
+class IndexStateOut(BaseModel):
+    """The index part of GET /status."""
+
+    collection: str
+    backend: str
+    vectors: int
+    indexed_vectors: int
+    status: str
+    index_building: bool = Field(description="an index build is running (searches still answer)")
+    unindexed: int = Field(description="points searched exactly until the next index build")
+
+
+class OverviewOut(BaseModel):
+    faces: int = Field(description="faces in the collection")
+    subjects: int = Field(description="subjects (named people)")
+    unknown_faces: int = Field(description="faces without a subject")
+    clusters: int = Field(description="clusters of unknown faces waiting for a name")
+    unclustered: int = Field(description="unknown faces in no cluster")
+    index: IndexStateOut
+    last_cluster_job: JobOut | None = Field(
+        default=None, description="the latest clustering job (as GET /api/jobs/{id}), null when none ran"
+    )
+
+
+class SimilarOut(BaseModel):
+    face: StoredFaceOut = Field(description="the stored face searched by")
+    threshold: float = Field(description="the 'same person' threshold in force")
+    matches: list[MatchOut] = Field(description="the nearest other stored faces, best first")
+
+
+def overview_out(o: Overview, info: CollectionInfo) -> OverviewOut:
+    return OverviewOut(
+        faces=o.faces,
+        subjects=o.subjects,
+        unknown_faces=o.unknown_faces,
+        clusters=o.clusters,
+        unclustered=o.unclustered,
+        index=IndexStateOut(
+            collection=info.name,
+            backend=info.backend.value,
+            vectors=info.vectors,
+            indexed_vectors=info.indexed,
+            status=info.status,
+            index_building=info.index_building,
+            unindexed=info.unindexed,
+        ),
+    )
+
+
+def similar_out(s: Similar) -> SimilarOut:
+    return SimilarOut(
+        face=stored_face_out(s.face),
+        threshold=s.threshold,
+        matches=[
+            MatchOut(
+                id=m.id,
+                score=round(m.score, 4),
+                file=m.payload.get("file"),
+                face_index=m.payload.get("face_index"),
+                subject=m.payload.get("subject"),
+                thumb_url=f"/thumbs/{m.id}",
+                same_person=passes,
+            )
+            for m, passes in zip(s.matches, s.same_person, strict=True)
+        ],
+    )
 
 
 def subject_out(s: SubjectSummary) -> SubjectOut:

@@ -33,6 +33,7 @@ MOVE_PAGE = 256  # faces renamed per store call during a rename or merge
 QUERY_REFS = 4096  # searched faces remembered for feedback on them (their embeddings, ~2 KB each)
 REF_PREFIX = "q-"
 SUMMARY_KEYS = ("subject", "ingested_at", "det_score")
+OVERVIEW_KEYS = ("subject", "cluster")
 
 
 @dataclass(slots=True)
@@ -67,6 +68,27 @@ class SubjectPage:
 class FacePage:
     faces: list[Match]
     next: str | None  # where the next page starts (None: the end)
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The collection at a glance, from one scan of the faces' `subject` and `cluster` keys."""
+
+    faces: int
+    subjects: int
+    unknown_faces: int  # faces without a subject
+    clusters: int  # cluster ids held by faces without a subject (a named cluster's faces have a subject)
+    unclustered: int  # faces without a subject and in no cluster
+
+
+@dataclass(slots=True)
+class Similar:
+    """A stored face's nearest other stored faces, each with whether it passes the threshold in force."""
+
+    face: Match
+    matches: list[Match]
+    same_person: list[bool]
+    threshold: float
 
 
 @dataclass(slots=True)
@@ -183,6 +205,40 @@ class People:
         if not summary.faces:
             raise NotFound(f"no subject {name!r}: no face has this subject")
         return summary
+
+    def overview(self) -> Overview:
+        """Faces, subjects, unknown faces and their clusters: one scan of two payload keys (a page at a time;
+        memory: a page, plus one entry per subject and per cluster)."""
+        faces = unknown = unclustered = 0
+        subjects: set[str] = set()
+        clusters: set[str] = set()
+        for face in self._scan(FaceFilter(), keys=OVERVIEW_KEYS):
+            faces += 1
+            name = self._shown(face.payload.get("subject"))
+            if name is not None:
+                subjects.add(name)
+                continue
+            unknown += 1
+            cluster = face.payload.get("cluster")
+            if isinstance(cluster, str) and cluster:
+                clusters.add(cluster)
+            else:
+                unclustered += 1
+        return Overview(faces, len(subjects), unknown, len(clusters), unclustered)
+
+    def similar(self, face_id: str, *, limit: int) -> Similar:
+        """The stored faces nearest to a stored one (itself left out), for 'find similar' and feedback on them."""
+        found = self.service.get_faces([face_id])
+        vector = self.service.face_vectors([found[0].id]).get(found[0].id) if found else None
+        if not found or vector is None:
+            raise NotFound(f"no face with id {face_id}")
+        face = found[0]
+        face.payload["subject"] = self._shown(face.payload.get("subject"))
+        matches = [m for m in self.service.nearest(vector, limit=limit + 1) if m.id != face.id][:limit]
+        threshold = self.threshold().threshold
+        for match in matches:
+            match.payload["subject"] = self._shown(match.payload.get("subject"))
+        return Similar(face, matches, [m.score >= threshold for m in matches], threshold)
 
     def faces(self, where: FaceFilter, *, after: str | None, limit: int) -> FacePage:
         """One page of faces (id order) with the subjects they show now; `after`: the `next` of the page before."""

@@ -77,3 +77,12 @@ class PeopleFaceService(FaceService):
 
     def face_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
         return self.store.vectors(ids)
+
+    def nearest(self, vector: np.ndarray[Any, Any], *, limit: int) -> list[Match]:
+        """The stored faces nearest to one vector (a stored face's own), best first, no threshold."""
+        return self.store.search(
+            np.asarray(vector, np.float32)[None, :],
+            limit=limit,
+            threshold=None,
+            hnsw_ef=max(self.settings.hnsw_ef, limit),
+        )[0]

@@ -1,5 +1,6 @@
-"""Subject routes: the people of the collection (list, one with its faces, rename, merge, erase), faces listed by
-subject, file or origin, and one face moved to another subject."""
+"""Subject routes: the collection at a glance, the people of the collection (list, one with its faces, rename,
+merge, erase), faces listed by subject, file or origin, one face moved to another subject, and the stored faces
+nearest to a stored one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 
 from app.api.contract import errors
-from app.api.deps import PeopleDep
+from app.api.deps import PeopleDep, ServiceDep
 from app.api.people_schemas import (
     FACE_ID_RULE,
     NAME_RULE,
@@ -16,11 +17,15 @@ from app.api.people_schemas import (
     FaceListOut,
     FaceSubjectIn,
     MergeIn,
+    OverviewOut,
     RenameIn,
+    SimilarOut,
     StoredFaceOut,
     SubjectDetailOut,
     SubjectListOut,
     SubjectOut,
+    overview_out,
+    similar_out,
     stored_face_out,
     subject_out,
 )
@@ -40,6 +45,14 @@ After = Annotated[
 ]
 MAX_CALIBRATION_FACES = 2000  # 1,999,000 pairs: the most one calibration scores (with its bootstrap)
 SubjectName = Annotated[str, Path(description="the subject's name", json_schema_extra=NAME_RULE)]
+
+
+@router.get("/api/people/overview", response_model=OverviewOut, responses=errors(503, 504))
+async def people_overview(request: Request, people: PeopleDep, service: ServiceDep) -> OverviewOut:
+    """The collection at a glance: faces, subjects, unknown faces (without a subject), their clusters and the
+    faces in none, and the index's state. Counted by one scan of two payload keys (a page of faces at a time)."""
+    counts = await run_blocking(request, people.overview)
+    return overview_out(counts, await run_blocking(request, service.collection_info))
 
 
 @router.get("/api/subjects", response_model=SubjectListOut, responses=errors(422, 503, 504))
@@ -150,3 +163,16 @@ async def list_faces(
 async def set_face_subject(request: Request, face_id: str, body: FaceSubjectIn, people: PeopleDep) -> StoredFaceOut:
     """Move one face to another subject (`{"subject": "Alice"}`), or clear its subject (`{"subject": null}`)."""
     return stored_face_out(await run_blocking(request, lambda: people.set_face_subject(face_id, body.subject)))
+
+
+@router.get("/api/faces/{face_id}/similar", response_model=SimilarOut, responses=errors(400, 404, 422, 503, 504))
+async def similar_faces(
+    request: Request,
+    face_id: str,
+    people: PeopleDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="matches at most")] = 12,
+) -> SimilarOut:
+    """The stored faces nearest to a stored face (itself left out), best first, each marked `same_person` at the
+    threshold in force: 'find similar' from a person's face. Feedback on a match: POST /api/feedback with this
+    face's id as `query`."""
+    return similar_out(await run_blocking(request, lambda: people.similar(face_id, limit=limit)))
