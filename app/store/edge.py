@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.errors import StorageFull, StoreUnavailable
-from app.store.edge_params import create_config, keyword_index, search_params
+from app.store.edge_params import create_config, float_index, keyword_index, search_params
 from app.store.model import (
+    FLOAT_INDEXED_KEYS,
     INDEXED_KEYS,
     LEGACY_BUILD,
     SCROLL_PAGE,
@@ -95,6 +96,9 @@ class EdgeStore:
             for key in INDEXED_KEYS:
                 if key not in present:
                     self._shard.update(UpdateOperation.create_field_index(key, keyword_index()))
+            for key in FLOAT_INDEXED_KEYS:
+                if key not in present:
+                    self._shard.update(UpdateOperation.create_field_index(key, float_index()))
             self._shard.flush()
         except Exception as exc:
             if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
@@ -160,18 +164,28 @@ class EdgeStore:
         info = self._read(self._shard.info)
         return max(0, info.points_count - info.indexed_vectors_count)
 
-    def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None, hnsw_ef: int) -> list[list[Match]]:
+    def search(
+        self,
+        vectors: np.ndarray,
+        *,
+        limit: int,
+        threshold: float | None,
+        hnsw_ef: int,
+        where: FaceFilter | None = None,
+    ) -> list[list[Match]]:
         from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
         if len(vectors) == 0:
             return []
         self._check_open()
         params = search_params(self.spec, hnsw_ef)
+        flt = None if where is None else _edge_filter(where)
         requests = [
             QueryRequest(
                 limit=limit,
                 query=Query.Nearest(v.astype(np.float32).tolist()),
                 with_payload=True,
+                filter=flt,
                 score_threshold=threshold,
                 params=params,
             )
@@ -399,16 +413,20 @@ class _Indexer:
 
 
 def _edge_filter(where: FaceFilter) -> Any:
-    from qdrant_edge import FieldCondition, Filter, IsEmptyCondition, MatchValue
+    from qdrant_edge import FieldCondition, Filter, IsEmptyCondition, MatchValue, RangeFloat
 
     must: list[Any] = [
         FieldCondition(key=key, match=MatchValue(value))
-        for key, value in (("file", where.file), ("subject", where.subject))
+        for key, value in (("file", where.file), ("subject", where.subject), ("cluster", where.cluster))
         if value is not None
     ]
     must_not: list[Any] = []
     if where.no_subject:
         must.append(IsEmptyCondition("subject"))
+    if where.no_cluster:
+        must.append(IsEmptyCondition("cluster"))
+    if where.min_quality is not None:
+        must.append(FieldCondition(key="quality", range=RangeFloat(gte=where.min_quality)))
     if where.origin is Origin.UPLOAD:
         must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
     elif where.origin is Origin.INGEST:

@@ -82,6 +82,13 @@ def keyword_index() -> Any:
     return KeywordIndexParams(memory=Memory.Cached)
 
 
+def float_index() -> Any:
+    """The payload float index on `quality`, memory-mapped like the keyword ones."""
+    from qdrant_edge import FloatIndexParams, Memory
+
+    return FloatIndexParams(memory=Memory.Cached)
+
+
 def search_params(spec: CollectionSpec, hnsw_ef: int) -> Any:
     from qdrant_edge import QuantizationSearchParams, SearchParams
 
