@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *, core: CoreAddress | None = N
         app.state.jobs = services.jobs
         metrics.service, metrics.jobs, metrics.backend = services.service, services.jobs, services.backend
         app.state.keys = services.keys
-        app.state.people = getattr(services, "people", None)  # None in an HTTP worker (WORKERS > 1)
+        app.state.people = services.people  # in an HTTP worker (WORKERS > 1): the core's, over its socket
         if client is None:
             logger.info("Oceano ready: collection %s, backend %s", settings.collection_name, services.backend)
         try:
