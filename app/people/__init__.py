@@ -2,9 +2,11 @@
 over matches at the calibrated threshold, one subject per face of a photo), and feedback on matches."""
 
 from app.people.enrolled import EnrolledSample, sample_enrolled
+from app.people.feedback import FeedbackPairs
+from app.people.glance import Overview, Similar
 from app.people.identity import Candidate, Identity, assign, candidates, identify_photo
 from app.people.names import MAX_NAME, NAME_PATTERN, subject_name
-from app.people.people import FacePage, FeedbackPairs, Overview, People, Similar, SubjectPage, SubjectSummary
+from app.people.people import FacePage, People, SubjectPage, SubjectSummary
 from app.people.searched import IdentifiedFace, PeopleFaceService
 from app.people.state import PEOPLE_FILE, FeedbackRecord, PeopleState
 

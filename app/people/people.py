@@ -9,17 +9,19 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.calibration import CalibratedThreshold, Pairs, ThresholdStore, build_pairs
+from app.calibration import CalibratedThreshold, ThresholdStore, build_pairs
 from app.calibration.report import Calibration, calibrate
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.people.enrolled import EnrolledSample, sample_enrolled
+from app.people.feedback import FeedbackPairs, cosine, feedback_pairs
+from app.people.glance import OVERVIEW_KEYS, Overview, Similar, nearest_faces, tally
 from app.people.identity import identify_photo
 from app.people.names import subject_name
 from app.people.searched import IdentifiedFace, PeopleFaceService
@@ -33,7 +35,6 @@ MOVE_PAGE = 256  # faces renamed per store call during a rename or merge
 QUERY_REFS = 4096  # searched faces remembered for feedback on them (their embeddings, ~2 KB each)
 REF_PREFIX = "q-"
 SUMMARY_KEYS = ("subject", "ingested_at", "det_score")
-OVERVIEW_KEYS = ("subject", "cluster")
 
 
 @dataclass(slots=True)
@@ -68,35 +69,6 @@ class SubjectPage:
 class FacePage:
     faces: list[Match]
     next: str | None  # where the next page starts (None: the end)
-
-
-@dataclass(frozen=True, slots=True)
-class Overview:
-    """The collection at a glance, from one scan of the faces' `subject` and `cluster` keys."""
-
-    faces: int
-    subjects: int
-    unknown_faces: int  # faces without a subject
-    clusters: int  # cluster ids held by faces without a subject (a named cluster's faces have a subject)
-    unclustered: int  # faces without a subject and in no cluster
-
-
-@dataclass(slots=True)
-class Similar:
-    """A stored face's nearest other stored faces, each with whether it passes the threshold in force."""
-
-    face: Match
-    matches: list[Match]
-    same_person: list[bool]
-    threshold: float
-
-
-@dataclass(slots=True)
-class FeedbackPairs:
-    """The stored feedback as labelled pairs, scored from the stored vectors."""
-
-    pairs: Pairs
-    left_out: dict[str, str] = field(default_factory=dict)
 
 
 class People:
@@ -207,38 +179,15 @@ class People:
         return summary
 
     def overview(self) -> Overview:
-        """Faces, subjects, unknown faces and their clusters: one scan of two payload keys (a page at a time;
-        memory: a page, plus one entry per subject and per cluster)."""
-        faces = unknown = unclustered = 0
-        subjects: set[str] = set()
-        clusters: set[str] = set()
-        for face in self._scan(FaceFilter(), keys=OVERVIEW_KEYS):
-            faces += 1
-            name = self._shown(face.payload.get("subject"))
-            if name is not None:
-                subjects.add(name)
-                continue
-            unknown += 1
-            cluster = face.payload.get("cluster")
-            if isinstance(cluster, str) and cluster:
-                clusters.add(cluster)
-            else:
-                unclustered += 1
-        return Overview(faces, len(subjects), unknown, len(clusters), unclustered)
+        """Faces, subjects, unknown faces and their clusters: one scan of two payload keys, a page at a time."""
+        faces = self._scan(FaceFilter(), keys=OVERVIEW_KEYS)
+        return tally((self._shown(f.payload.get("subject")), f.payload.get("cluster")) for f in faces)
 
     def similar(self, face_id: str, *, limit: int) -> Similar:
         """The stored faces nearest to a stored one (itself left out), for 'find similar' and feedback on them."""
-        found = self.service.get_faces([face_id])
-        vector = self.service.face_vectors([found[0].id]).get(found[0].id) if found else None
-        if not found or vector is None:
-            raise NotFound(f"no face with id {face_id}")
-        face = found[0]
-        face.payload["subject"] = self._shown(face.payload.get("subject"))
-        matches = [m for m in self.service.nearest(vector, limit=limit + 1) if m.id != face.id][:limit]
-        threshold = self.threshold().threshold
-        for match in matches:
-            match.payload["subject"] = self._shown(match.payload.get("subject"))
-        return Similar(face, matches, [m.score >= threshold for m in matches], threshold)
+        return nearest_faces(
+            self.service, face_id, limit=limit, threshold=self.threshold().threshold, shown=self._shown
+        )
 
     def faces(self, where: FaceFilter, *, after: str | None, limit: int) -> FacePage:
         """One page of faces (id order) with the subjects they show now; `after`: the `next` of the page before."""
@@ -369,7 +318,7 @@ class People:
         vectors = self.service.face_vectors([i for i in (match_id, query_face) if i])
         if match_id not in vectors or (query_face is not None and query_face not in vectors):
             raise NotFound("the face was erased while the feedback was recorded")
-        score = _cosine(vectors[query_face] if query_face else query_vector, vectors[match_id])  # type: ignore[arg-type]
+        score = cosine(vectors[query_face] if query_face else query_vector, vectors[match_id])  # type: ignore[arg-type]
         return self.state.add_feedback(
             key=key,
             query=query,
@@ -392,34 +341,7 @@ class People:
     def feedback_pairs(self) -> FeedbackPairs:
         """Every feedback as a labelled pair, scored from the stored vectors now (pairs whose faces were erased
         since are left out)."""
-        names: list[str] = []
-        scores: list[float] = []
-        same: list[bool] = []
-        left_out: dict[str, str] = {}
-        after = 0
-        while batch := self.state.feedback(after=after, limit=500):
-            after = batch[-1].id
-            face_ids = {r.match_id for r in batch} | {r.query_face for r in batch if r.query_face}
-            vectors = self.service.face_vectors(sorted(face_ids))
-            kept = self.state.feedback_vectors([r.id for r in batch if r.query_face is None])
-            for record in batch:
-                query = vectors.get(record.query_face) if record.query_face else kept.get(record.id)
-                match = vectors.get(record.match_id)
-                if query is None or match is None:
-                    left_out[f"feedback {record.id}"] = "a face of the pair was erased"
-                    continue
-                names.extend([record.query, record.match_id])
-                scores.append(_cosine(query, match))
-                same.append(record.same_person)
-        n = len(scores)
-        pairs = Pairs(
-            files=names,
-            first=np.arange(0, 2 * n, 2),
-            second=np.arange(1, 2 * n, 2),
-            scores=np.asarray(scores, np.float64),
-            same=np.asarray(same, bool),
-        )
-        return FeedbackPairs(pairs, left_out)
+        return feedback_pairs(self.state, self.service)
 
     def calibrate_feedback(self, *, far: float, apply: bool, rounds: int = 200) -> tuple[Calibration, FeedbackPairs]:
         """The threshold for FAR `far` measured on the stored feedback (thumbs up: genuine, down: impostor);
@@ -495,8 +417,3 @@ class People:
                 measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
             ),
         )
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    return float(np.dot(a, b) / (na * nb)) if na and nb else 0.0
