@@ -196,6 +196,9 @@ def exchange(service: Service) -> list[tuple[str, int, Any]]:
     record("rename", http.patch("/api/subjects/yao", json={"name": "Yao"}))
     record("merge", http.post("/api/subjects/team/merge", json={"from": "Yao"}))
     record("unknown subject", http.get("/api/subjects/nobody"))
+    overview = http.get("/api/people/overview")  # the people page's counts (its index part is timing-dependent)
+    out.append(("overview", overview.status_code, {k: v for k, v in overview.json().items() if k != "index"}))
+    record("similar", http.get(f"/api/faces/{alone['ids'][0]}/similar", params={"limit": 3}))
     pair = {"query": indexed["ids"][0], "match_id": indexed["ids"][1], "same_person": False}
     record("feedback", http.post("/api/feedback", json=pair))
     record("feedback listed", http.get("/api/feedback"))
@@ -292,6 +295,12 @@ def test_the_exchange_is_what_the_api_promises(answers: dict[int, list[Any]]) ->
         "unknown subject": 404,
     }
     assert steps["merge"][1]["faces"] == 7
+    assert steps["overview"] == (
+        200,
+        {k: 0 for k in ("unknown_faces", "clusters", "unclustered")}
+        | {"faces": 7, "subjects": 1, "last_cluster_job": None},
+    )
+    assert steps["similar"][0] == 200 and len(steps["similar"][1]["matches"]) == 3
     assert steps["feedback listed"][1]["total"] == 1 and steps["feedback erased with its face"][1]["total"] == 0
     assert steps["deleted thumbnail"][0] == 404 and len(steps["delete subject"][1]["deleted"]) == 6
     assert steps["ingest"][0] == 202 and steps["ingest done"][1]["status"] == "completed"
