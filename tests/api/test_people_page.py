@@ -292,17 +292,87 @@ def test_phone_width_has_no_horizontal_scrolling(service: str, tmp_path: Path) -
             no_horizontal_scroll(page)
 
 
-def test_clusters_section_follows_the_api(service: str) -> None:
-    """Without /api/clusters (404) the clusters section stays hidden; with it, it lists them."""
-    has_clusters = httpx.get(f"{service}/api/clusters").status_code != 404
-    with browser_page() as page:
-        open_people(page, service)
-        page.wait_for_function("document.querySelector('[data-stat=faces]').textContent !== '…'")
-        if not has_clusters:
-            page.wait_for_load_state("networkidle")
-            assert page.is_hidden("#clusters")
-            return
-        page.wait_for_selector("#clusters:not([hidden])")
+# Unknown faces for the clusters: three people of the eval set, each on several photos, never named.
+UNKNOWN = {
+    **dict.fromkeys(("img27.jpg", "img28.jpg", "img42.jpg", "img43.jpg", "img44.jpg"), None),  # id10
+    **dict.fromkeys(("img34.jpg", "img35.jpg", "img36.jpg", "img37.jpg"), None),  # id12
+    **dict.fromkeys(("img13.jpg", "img14.jpg", "img15.jpg", "img57.jpg", "img58.jpg"), None),  # id04
+    "img1.jpg": "Alice",
+    "img2.jpg": "Alice",
+}
+
+
+def clusters_api(url: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{url}/api/clusters").json()
+    return body
+
+
+def test_clusters_to_name_merge_and_take_a_face_out(tmp_path: Path, eval_dir: Path) -> None:
+    """The clusters section: "Find clusters" runs the job and the clusters appear; a face is taken out; a cluster
+    is merged into another, one named with an existing person's name and one with a new name, each in one action.
+    Without /api/clusters (404: a service without clusters) the section stays hidden."""
+    require_browser()
+    with live_service(make_settings(tmp_path / "state")) as url:
+        index(url, eval_dir, UNKNOWN)
+        with browser_page() as page:
+            page.goto(f"{url}/people")
+            page.wait_for_selector("#people a.person")
+            if httpx.get(f"{url}/api/clusters").status_code == 404:
+                page.wait_for_load_state("networkidle")
+                assert page.is_hidden("#clusters")
+                pytest.skip("this service has no /api/clusters: the section stays hidden (checked)")
+            page.wait_for_selector("#clusters:not([hidden])")
+            assert "unknown faces are in no cluster" in page.inner_text("#cluster-list")
+            page.click("#cluster-run")
+            page.wait_for_function("document.querySelectorAll('#cluster-list .cluster').length >= 3", timeout=120_000)
+            page.wait_for_selector("#cluster-job:text('last run: completed')")
+            listed = clusters_api(url)
+            assert [c["id"] for c in listed["clusters"]] == page.eval_on_selector_all(
+                "#cluster-list .cluster", "cards => cards.map(c => c.dataset.cluster)"
+            )
+            shown = page.inner_text("[data-stat=clusters]")
+            assert shown == str(httpx.get(f"{url}/api/people/overview").json()["clusters"]) == str(listed["total"])
+            thumbs_loaded(page, "#cluster-list img")
+            page.screenshot(path=str(shots_dir(tmp_path) / "people-clusters-desktop.png"), full_page=True)
+            page.set_viewport_size(PHONE)
+            no_horizontal_scroll(page)
+            page.screenshot(path=str(shots_dir(tmp_path) / "people-clusters-phone.png"), full_page=True)
+            page.set_viewport_size(DESKTOP)
+
+            first, second, third = (c["id"] for c in listed["clusters"][:3])
+            card = f"#cluster-list .cluster[data-cluster='{first}']"
+            # Take a face out of the first cluster.
+            size = listed["clusters"][0]["size"]
+            page.click(f"{card} button:text('Show faces')")
+            page.wait_for_selector(f"{card} .cluster-faces .face-card")
+            page.click(f"{card} .cluster-faces .face-card:first-child button:text('Take out')")
+            page.wait_for_selector("#message.done")
+            assert httpx.get(f"{url}/api/clusters/{first}").json()["size"] == size - 1
+            # Merge the third cluster into the second, choosing it in the dialog.
+            merged = listed["clusters"][1]["size"] + listed["clusters"][2]["size"]
+            page.click(f"#cluster-list .cluster[data-cluster='{third}'] button:text('Merge…')")
+            page.wait_for_selector("#dialog[open]")
+            page.select_option("#dialog-select", second)
+            page.click("#dialog-ok")
+            page.wait_for_selector(f"#cluster-list .cluster[data-cluster='{third}']", state="detached")
+            assert httpx.get(f"{url}/api/clusters/{second}").json()["size"] == merged
+            # Name the first cluster with an existing person's name: its faces join Alice.
+            alice = subject(url, "Alice").json()["faces"]
+            page.fill(f"{card} input[name=name]", "Alice")
+            page.press(f"{card} input[name=name]", "Enter")
+            page.wait_for_selector(f"{card}", state="detached")
+            assert subject(url, "Alice").json()["faces"] == alice + size - 1
+            # And the merged one with a new name, a new person.
+            card = f"#cluster-list .cluster[data-cluster='{second}']"
+            page.fill(f"{card} input[name=name]", "Leo")
+            page.click(f"{card} button:text('Name')")
+            page.wait_for_selector("#people a.person:has(strong:text-is('Leo'))")
+            assert subject(url, "Leo").json()["faces"] == merged
+            assert httpx.get(f"{url}/api/clusters/{second}").status_code == 404
+            overview = httpx.get(f"{url}/api/people/overview").json()
+            page.wait_for_function(
+                f"document.querySelector('[data-stat=subjects]').textContent === '{overview['subjects']}'"
+            )
 
 
 def test_auth_reads_key(tmp_path: Path, eval_dir: Path) -> None:
