@@ -159,6 +159,15 @@ def test_a_person_opens_with_their_faces_and_finds_similar_ones(service: str, tm
         files = page.eval_on_selector_all("#person-faces .file", "items => items.map(i => i.textContent)")
         assert sorted(files) == sorted(f["file"] for f in alice["face_list"]["faces"])
         assert page.inner_text("#person-summary") == faces(alice["faces"])
+        # A face's quality score is shown when it has one (faces indexed before quality existed have none).
+        qualities = page.eval_on_selector_all(
+            "#person-faces .face-card",
+            "cards => cards.map(c => [c.querySelector('.file').textContent, c.querySelector('.quality')?.textContent])",
+        )
+        expected = {f["file"]: f.get("quality") for f in alice["face_list"]["faces"]}
+        assert sorted(qualities) == sorted(
+            [file, None if q is None else f"quality {q:.2f}"] for file, q in expected.items()
+        )
         thumbs_loaded(page, "#person-faces img")
         page.screenshot(path=str(shots_dir(tmp_path) / "people-person-desktop.png"), full_page=True)
         # Find similar from the face of img1.jpg: Alice's other faces come first, over the threshold.
@@ -373,6 +382,21 @@ def test_clusters_to_name_merge_and_take_a_face_out(tmp_path: Path, eval_dir: Pa
             page.wait_for_function(
                 f"document.querySelector('[data-stat=subjects]').textContent === '{overview['subjects']}'"
             )
+
+
+def test_empty_collection_and_api_errors(tmp_path: Path) -> None:
+    """An empty collection says how to fill it; an API error is shown with its `detail`."""
+    require_browser()
+    with live_service(make_settings(tmp_path / "state")) as url, browser_page() as page:
+        page.goto(f"{url}/people")
+        page.wait_for_selector("#people .empty")
+        assert page.inner_text("#people .empty").startswith("No people yet: index photos with a name")
+        assert page.is_visible("#overview-empty")
+        assert page.inner_text("[data-stat=faces]") == "0"
+        page.goto(f"{url}/people#person=Nobody")
+        page.wait_for_selector("#message.error")
+        assert page.inner_text("#message") == "no subject 'Nobody': no face has this subject"
+        page.wait_for_selector("#people-list:not([hidden])")  # back on the list
 
 
 def test_auth_reads_key(tmp_path: Path, eval_dir: Path) -> None:
