@@ -24,8 +24,10 @@ export function keyForm(onKey = () => {}) {
   return {
     needed,
     missing: () => needed && !storedKey(),
-    ask() {
-      sessionStorage.removeItem(KEY_ITEM);
+    // refused: the kept key is unknown (401) and forgotten; else (403, a key without the scope) it is kept for
+    // reading until another is entered.
+    ask(refused = true) {
+      if (refused) sessionStorage.removeItem(KEY_ITEM);
       form.hidden = false;
       input.focus();
     },

@@ -7,9 +7,10 @@ import { api, ApiError, el, keyForm, showThumb } from "./common.js";
 const $ = (id) => document.getElementById(id);
 const PAGE = 24;  // people or clusters per page
 const enc = encodeURIComponent;
-const state = { offset: 0, search: "", view: null, person: null, after: null, clusterOffset: 0, clustersOn: false,
-                poll: 0 };
-const key = keyForm(() => start());
+const state = { loaded: false, offset: 0, search: "", view: null, person: null, after: null, clusterOffset: 0,
+                clustersOn: false, poll: 0 };
+// A key entered: the page loads when it could not yet; otherwise the action it was refused can simply be retried.
+const key = keyForm(() => { if (!state.loaded) start(); });
 
 // ------------------------------------------------------------------ messages and the one dialog
 function say(text, kind = "error") {
@@ -25,7 +26,7 @@ async function call(path, options) {
     return await api(path, options);
   } catch (err) {
     if (!(err instanceof ApiError)) { say(`The service could not be reached: ${err.message}`); return null; }
-    if (err.status === 401 || err.status === 403) key.ask();
+    if (err.status === 401 || err.status === 403) key.ask(err.status === 401);
     say(err.detail);
     return null;
   }
@@ -75,7 +76,7 @@ const quality = (face) => {
 // ------------------------------------------------------------------ the collection at a glance
 async function loadOverview() {
   const o = await call("/api/people/overview");
-  if (!o) return;
+  if (!o) return false;
   for (const dd of document.querySelectorAll("[data-stat]")) {
     const name = dd.dataset.stat;
     if (name === "index") {
@@ -88,6 +89,7 @@ async function loadOverview() {
     }
   }
   $("overview-empty").hidden = o.faces > 0;
+  return true;
 }
 
 // ------------------------------------------------------------------ people
@@ -326,7 +328,7 @@ async function route() {
 
 async function start() {
   if (key.missing()) { say("Enter an API key (search scope) to see the collection."); key.ask(); return; }
-  await Promise.all([loadOverview(), loadPeople(), loadNames(), loadClusters()]);
+  [state.loaded] = await Promise.all([loadOverview(), loadPeople(), loadNames(), loadClusters()]);
   await route();
 }
 

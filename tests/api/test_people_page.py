@@ -435,6 +435,7 @@ def test_auth_reads_key(tmp_path: Path, eval_dir: Path) -> None:
             page.wait_for_selector("#message.error")
             assert "scope" in page.inner_text("#message")  # the API's detail: the key lacks the write scope
             assert page.is_visible("#key-form")
+            assert page.evaluate("sessionStorage.getItem('oceano-api-key')") == reader  # still good for reading
             page.fill("#api-key", writer)
             page.press("#api-key", "Enter")
             page.fill("#rename-name", "Alicia")
