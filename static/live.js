@@ -1,6 +1,7 @@
 // The live page: camera (getUserMedia) or a video file -> JPEG frames over /ws, one at a time (the next frame
 // is sent when the answer to the previous one arrives, so the rate follows what the server sustains) -> boxes,
 // the closest match, emotion and the crowd level drawn over the video. Reconnects with backoff after a drop.
+import { storedKey } from "./common.js";
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -20,7 +21,7 @@
     // `oceano.key.KEY` (a browser cannot set headers), never in the URL, which servers and proxies log. The
     // service answers with the plain `oceano` subprotocol.
     // A key that is not a token (mistyped) cannot be a subprotocol: it goes in the first message instead.
-    const key = sessionStorage.getItem("oceano-api-key") || "";
+    const key = storedKey();
     const token = /^[A-Za-z0-9_.~-]+$/.test(key);
     const protocols = key && token ? ["oceano", `oceano.key.${key}`] : ["oceano"];
     const ws = new WebSocket(`${scheme}//${location.host}/ws`, protocols);
