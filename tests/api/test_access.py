@@ -195,7 +195,7 @@ def test_auth_reads_key(client_factory: Callable[..., TestClient]) -> None:
     assert client.get(thumb).status_code == 401 and client.get(thumb, headers={"X-API-Key": reader}).status_code == 200
     page = client.get("/")  # the page itself is open: it asks for the key and keeps it in the tab's session
     assert page.status_code == 200 and 'data-key="required"' in page.text and 'id="api-key"' in page.text
-    assert "sessionStorage" in client.get("/static/app.js").text
+    assert "sessionStorage" in client.get("/static/common.js").text  # the key handling the pages share
     assert client.get("/health").status_code == 200
     # /metrics is a read too (key names, collection size): a search key, like /status.
     assert client.get("/metrics").status_code == 401
