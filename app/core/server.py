@@ -239,6 +239,7 @@ class CoreServer:
         threshold: float | None,
         heads: str,
         ticket: int | None,
+        min_quality: float | None = None,
     ) -> list[SearchedRow]:
         try:
             rows = self.service.search(
@@ -247,6 +248,7 @@ class CoreServer:
                 threshold=threshold,
                 heads=self.service.select_heads(heads),
                 ticket=self._ticket(ticket),
+                min_quality=min_quality,
             )
         finally:
             if ticket is not None:
