@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.errors import StorageFull, StoreUnavailable
-from app.store.edge_params import create_config, keyword_index, search_params
+from app.store.edge_params import create_config, edge_filter, float_index, keyword_index, search_params
 from app.store.model import (
+    FLOAT_INDEXED_KEYS,
     INDEXED_KEYS,
     LEGACY_BUILD,
     SCROLL_PAGE,
@@ -26,7 +27,6 @@ from app.store.model import (
     FaceFilter,
     FacePoint,
     Match,
-    Origin,
     Page,
     PointQuery,
     StoreBackend,
@@ -95,6 +95,9 @@ class EdgeStore:
             for key in INDEXED_KEYS:
                 if key not in present:
                     self._shard.update(UpdateOperation.create_field_index(key, keyword_index()))
+            for key in FLOAT_INDEXED_KEYS:
+                if key not in present:
+                    self._shard.update(UpdateOperation.create_field_index(key, float_index()))
             self._shard.flush()
         except Exception as exc:
             if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
@@ -160,18 +163,28 @@ class EdgeStore:
         info = self._read(self._shard.info)
         return max(0, info.points_count - info.indexed_vectors_count)
 
-    def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None, hnsw_ef: int) -> list[list[Match]]:
+    def search(
+        self,
+        vectors: np.ndarray,
+        *,
+        limit: int,
+        threshold: float | None,
+        hnsw_ef: int,
+        where: FaceFilter | None = None,
+    ) -> list[list[Match]]:
         from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
         if len(vectors) == 0:
             return []
         self._check_open()
         params = search_params(self.spec, hnsw_ef)
+        flt = None if where is None else edge_filter(where)
         requests = [
             QueryRequest(
                 limit=limit,
                 query=Query.Nearest(v.astype(np.float32).tolist()),
                 with_payload=True,
+                filter=flt,
                 score_threshold=threshold,
                 params=params,
             )
@@ -189,20 +202,10 @@ class EdgeStore:
         return self.find_ids(PointQuery(file=file))
 
     def find_ids(self, query: PointQuery) -> list[str]:
-        from qdrant_edge import FieldCondition, Filter, MatchValue, ScrollRequest
+        from qdrant_edge import ScrollRequest
 
         self._check_open()
-        must: list[Any] = [
-            FieldCondition(key=key, match=MatchValue(value))
-            for key, value in (("file", query.file), ("subject", query.subject))
-            if value is not None
-        ]
-        must_not: list[Any] = []
-        if query.origin is Origin.UPLOAD:
-            must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
-        elif query.origin is Origin.INGEST:
-            must_not.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
-        flt = Filter(must=must, must_not=must_not or None)
+        flt = edge_filter(query.as_filter())
         ids: list[str] = []
         offset = None
         while True:
@@ -298,7 +301,7 @@ class EdgeStore:
         request = ScrollRequest(
             offset=offset,
             limit=limit,
-            filter=_edge_filter(where),
+            filter=edge_filter(where),
             with_payload=list(keys) if keys is not None else True,
             with_vector=False,
         )
@@ -396,26 +399,6 @@ class _Indexer:
             self._stop = True
             self._due.set()
         self._thread.join(timeout=600)
-
-
-def _edge_filter(where: FaceFilter) -> Any:
-    from qdrant_edge import FieldCondition, Filter, IsEmptyCondition, MatchValue
-
-    must: list[Any] = [
-        FieldCondition(key=key, match=MatchValue(value))
-        for key, value in (("file", where.file), ("subject", where.subject))
-        if value is not None
-    ]
-    must_not: list[Any] = []
-    if where.no_subject:
-        must.append(IsEmptyCondition("subject"))
-    if where.origin is Origin.UPLOAD:
-        must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
-    elif where.origin is Origin.INGEST:
-        must_not.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
-    if not must and not must_not:
-        return None
-    return Filter(must=must or None, must_not=must_not or None)
 
 
 def _dense(vector: Any, dim: int) -> np.ndarray:

@@ -22,7 +22,9 @@ SCROLL_PAGE = 1000
 
 
 # Payload keys with a keyword index (filters on them are cheap on both backends).
-INDEXED_KEYS = ("file", "subject", "origin")
+INDEXED_KEYS = ("file", "subject", "origin", "cluster")
+# Payload keys with a float index: a face's quality score, for `min_quality` filters inside a search.
+FLOAT_INDEXED_KEYS = ("quality",)
 
 
 class Origin(StrEnum):
@@ -47,16 +49,23 @@ class PointQuery:
         if self.file is None and self.subject is None:
             raise ValueError("a point query needs a file or a subject")
 
+    def as_filter(self) -> FaceFilter:
+        return FaceFilter(subject=self.subject, file=self.file, origin=self.origin)
+
 
 @dataclass(frozen=True, slots=True)
 class FaceFilter:
-    """Which faces a listing wants: every condition given must hold (none: every face). `no_subject`: faces
-    without a subject (null or missing)."""
+    """Which faces a listing or a search wants: every condition given must hold (none: every face).
+    `no_subject` / `no_cluster`: faces without a subject / cluster (null or missing). `min_quality`: faces whose
+    `quality` is at least this (faces without a recorded quality do not match)."""
 
     subject: str | None = None
     file: str | None = None
     origin: Origin | None = None
     no_subject: bool = False
+    cluster: str | None = None
+    no_cluster: bool = False
+    min_quality: float | None = None
 
 
 class StoreBackend(StrEnum):
@@ -186,7 +195,13 @@ class VectorStore(Protocol):
 
     def upsert(self, points: Sequence[FacePoint]) -> None: ...
     def search(
-        self, vectors: np.ndarray, *, limit: int, threshold: float | None, hnsw_ef: int
+        self,
+        vectors: np.ndarray,
+        *,
+        limit: int,
+        threshold: float | None,
+        hnsw_ef: int,
+        where: FaceFilter | None = None,
     ) -> list[list[Match]]: ...
     def retrieve(self, ids: Sequence[str]) -> list[Match]: ...
     def find_ids(self, query: PointQuery) -> list[str]: ...

@@ -20,6 +20,7 @@ from tenacity import (
 from app.config import Quantization
 from app.errors import StoreUnavailable
 from app.store.model import (
+    FLOAT_INDEXED_KEYS,
     INDEXED_KEYS,
     LEGACY_BUILD,
     PACK_KEY,
@@ -200,7 +201,15 @@ class ServerStore:
         ]
         self._call("upsert", lambda: self.client.upsert(self.spec.name, points=structs, wait=True))
 
-    def search(self, vectors: np.ndarray, *, limit: int, threshold: float | None, hnsw_ef: int) -> list[list[Match]]:
+    def search(
+        self,
+        vectors: np.ndarray,
+        *,
+        limit: int,
+        threshold: float | None,
+        hnsw_ef: int,
+        where: FaceFilter | None = None,
+    ) -> list[list[Match]]:
         from qdrant_client import models
 
         if len(vectors) == 0:
@@ -215,6 +224,7 @@ class ServerStore:
             models.QueryRequest(
                 query=v.astype(np.float32).tolist(),
                 limit=limit,
+                filter=None if where is None else _server_filter(where),
                 with_payload=True,
                 score_threshold=threshold,
                 params=params,
@@ -246,25 +256,19 @@ class ServerStore:
                     self.spec.name, field_name=key, field_schema=models.PayloadSchemaType.KEYWORD
                 ),
             )
+        for key in FLOAT_INDEXED_KEYS:
+            self._call(
+                "index create",
+                lambda key=key: self.client.create_payload_index(  # type: ignore[misc]
+                    self.spec.name, field_name=key, field_schema=models.PayloadSchemaType.FLOAT
+                ),
+            )
 
     def ids_for_file(self, file: str) -> list[str]:
         return self.find_ids(PointQuery(file=file))
 
     def find_ids(self, query: PointQuery) -> list[str]:
-        from qdrant_client import models
-
-        must: list[Any] = [
-            models.FieldCondition(key=key, match=models.MatchValue(value=value))
-            for key, value in (("file", query.file), ("subject", query.subject))
-            if value is not None
-        ]
-        must_not: list[Any] = []
-        upload = models.FieldCondition(key="origin", match=models.MatchValue(value=Origin.UPLOAD.value))
-        if query.origin is Origin.UPLOAD:
-            must.append(upload)
-        elif query.origin is Origin.INGEST:
-            must_not.append(upload)
-        flt = models.Filter(must=must, must_not=must_not or None)
+        flt = _server_filter(query.as_filter())
         ids: list[str] = []
         offset = None
         while True:
@@ -402,12 +406,16 @@ def _server_filter(where: FaceFilter) -> Any:
 
     must: list[Any] = [
         models.FieldCondition(key=key, match=models.MatchValue(value=value))
-        for key, value in (("file", where.file), ("subject", where.subject))
+        for key, value in (("file", where.file), ("subject", where.subject), ("cluster", where.cluster))
         if value is not None
     ]
     must_not: list[Any] = []
     if where.no_subject:
         must.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="subject")))
+    if where.no_cluster:
+        must.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="cluster")))
+    if where.min_quality is not None:
+        must.append(models.FieldCondition(key="quality", range=models.Range(gte=where.min_quality)))
     upload = models.FieldCondition(key="origin", match=models.MatchValue(value=Origin.UPLOAD.value))
     if where.origin is Origin.UPLOAD:
         must.append(upload)

@@ -167,7 +167,9 @@ def test_server_collections_are_created_for_a_cluster() -> None:
     scalar = create["quantization_config"].scalar  # int8, kept in RAM
     assert scalar.type == models.ScalarType.INT8 and scalar.always_ram is True
     assert create["metadata"]["oceano_build"]["hnsw_m"] == 24
-    assert {k["field_name"] for k in spy.kwargs("create_payload_index")} == {"file", "subject", "origin"}
+    indexes = {k["field_name"]: k["field_schema"] for k in spy.kwargs("create_payload_index")}
+    keyword, real = models.PayloadSchemaType.KEYWORD, models.PayloadSchemaType.FLOAT
+    assert indexes == {"file": keyword, "subject": keyword, "origin": keyword, "cluster": keyword, "quality": real}
     # what local mode itself reports of it
     config = spy.client.get_collection("faces").config
     assert config.params.vectors.on_disk is True and config.metadata["oceano_build"]["hnsw_m"] == 24

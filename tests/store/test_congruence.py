@@ -5,7 +5,8 @@ compared with the other store's, not with a hand-written expectation.
 
 Operations: upsert (new points, points without an origin as written before origins were recorded, an overwrite of
 existing ids), count, search (top-k, a score threshold, a batch of queries), retrieve, find_ids by file / subject /
-origin and their combinations, the full scan in pages (scroll), deletes by file, by subject and by origin."""
+origin and their combinations, the full scan in pages (scroll), deletes by file, by subject and by origin, and
+searches and scrolls narrowed by a FaceFilter (no subject, a cluster, no cluster, a minimum quality)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,17 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from app.store import CollectionSpec, EdgeStore, FacePoint, Origin, PointQuery, ServerStore, VectorStore, point_id
+from app.store import (
+    CollectionSpec,
+    EdgeStore,
+    FaceFilter,
+    FacePoint,
+    Origin,
+    PointQuery,
+    ServerStore,
+    VectorStore,
+    point_id,
+)
 from app.store.model import iter_pages
 
 DIM = 64
@@ -47,6 +58,10 @@ def collection(n: int = 240, seed: int = 3) -> list[FacePoint]:
             payload["origin"] = Origin.UPLOAD.value
         elif i % 3 == 1:
             payload["origin"] = Origin.INGEST.value  # i % 3 == 2: legacy, no origin recorded
+        if i % 5:  # one face in five: indexed before quality was recorded
+            payload["quality"] = round(float(rng.uniform()), 3)
+        if subject is None and i % 2:
+            payload["cluster"] = f"c{i % 3}"
         points.append(FacePoint(point_id(f"sha-{i}", i % 5), vector / np.linalg.norm(vector), payload))
     return points
 
@@ -72,6 +87,29 @@ def assert_same_matches(edge: list[list[Any]], server: list[list[Any]]) -> None:
         np.testing.assert_allclose([m.score for m in mine], [m.score for m in theirs], atol=1e-4)
 
 
+FILTERS = [
+    FaceFilter(no_subject=True),
+    FaceFilter(cluster="c1"),
+    FaceFilter(no_subject=True, no_cluster=True),
+    FaceFilter(min_quality=0.5),
+    FaceFilter(subject="Ann", min_quality=0.3),
+    FaceFilter(no_subject=True, min_quality=0.8, origin=Origin.INGEST),
+]
+
+
+def holds(where: FaceFilter, payload: dict[str, Any]) -> bool:
+    """What a filter means, written out (for the searches: the stores must agree AND be right)."""
+    quality = payload.get("quality")
+    return (
+        (where.subject is None or payload.get("subject") == where.subject)
+        and (not where.no_subject or payload.get("subject") is None)
+        and (where.cluster is None or payload.get("cluster") == where.cluster)
+        and (not where.no_cluster or payload.get("cluster") is None)
+        and (where.min_quality is None or (quality is not None and quality >= where.min_quality))
+        and (where.origin is not Origin.INGEST or payload.get("origin") != Origin.UPLOAD.value)
+    )
+
+
 def scan(store: VectorStore, limit: int) -> list[FacePoint]:
     return [p for page in iter_pages(store, limit=limit) for p in page.points]
 
@@ -82,6 +120,15 @@ def assert_congruent(stores: tuple[VectorStore, VectorStore], queries: np.ndarra
     assert edge.count() == server.count()
     for limit, threshold in ((1, None), (10, None), (50, 0.5)):
         assert_same_matches(*both(stores, lambda s: s.search(queries, limit=limit, threshold=threshold, hnsw_ef=128)))  # noqa: B023
+    for where in FILTERS:
+        mine_f, theirs_f = both(stores, lambda s: s.search(queries, limit=10, threshold=None, hnsw_ef=128, where=where))  # noqa: B023
+        assert_same_matches(mine_f, theirs_f)
+        selected = sum(holds(where, p.payload) for p in scan(edge, 100))
+        for row in mine_f:  # filtered inside the search: every answer holds, and the limit is filled
+            assert all(holds(where, m.payload) for m in row), where
+            assert len(row) == min(10, selected), where
+        listed = both(stores, lambda s: sorted(m.id for m in s.scroll(where, offset=None, limit=1000)[0]))  # noqa: B023
+        assert listed[0] == listed[1] and len(listed[0]) == selected, where
     mine, theirs = scan(edge, 37), scan(server, 37)  # pages smaller than the collection
     assert [p.id for p in mine] == [p.id for p in theirs]  # the same points in the same (id) order
     assert [p.payload for p in mine] == [p.payload for p in theirs]
@@ -145,6 +192,13 @@ def test_the_indexed_embedded_store_still_answers_as_the_server(tmp_path: Path) 
             for a, b in zip(mine, theirs, strict=True):
                 assert [m.id for m in a] == [m.id for m in b]
                 np.testing.assert_allclose([m.score for m in a], [m.score for m in b], atol=1e-4)  # rescored
+        for where in FILTERS:  # the filter applied inside the HNSW search too
+            mine, theirs = (
+                s.search(queries, limit=5, threshold=None, hnsw_ef=128, where=where) for s in (edge, server)
+            )
+            for a, b in zip(mine, theirs, strict=True):
+                assert [m.id for m in a] == [m.id for m in b], where
+                assert all(holds(where, m.payload) for m in a), where
         assert edge.count() == server.count() == len(points)
         assert sorted(edge.find_ids(PointQuery(subject="Ann"))) == sorted(server.find_ids(PointQuery(subject="Ann")))
     finally:
