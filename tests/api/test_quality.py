@@ -5,7 +5,9 @@ stored-face listings show the score."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -51,8 +53,9 @@ def test_search_analyze_and_index_answers_carry_quality(client: TestClient) -> N
         assert face["id"] in indexed["ids"] and face["refused"] is None
     searched = client.post("/api/search", files={"file": ("t1.jpg", Photos.t1.read_bytes())}).json()
     analyzed = client.post("/api/analyze", files={"file": ("t1.jpg", Photos.t1.read_bytes())}).json()
+    gate = client.app.state.settings.quality_min  # type: ignore[attr-defined]
     for face in [*searched["faces"], *analyzed["faces"]]:
-        assert set(face["quality"]) == QUALITY_KEYS and face["quality"]["flagged"] is False  # QUALITY_MIN 0
+        assert set(face["quality"]) == QUALITY_KEYS and face["quality"]["flagged"] is (face["quality"]["score"] < gate)
     # The same photo, the same faces, the same quality, whichever route measured it.
     assert sorted(f["quality"]["score"] for f in searched["faces"]) == sorted(
         f["quality"]["score"] for f in indexed["detected"]
@@ -110,12 +113,19 @@ def test_policy_refuse_does_not_index_and_says_why(client_factory: Factory) -> N
     assert client.get("/api/faces", params={"file": "blurred.jpg"}).json()["faces"] == []
 
 
-def test_refuse_keeps_the_good_faces_of_a_photo(client_factory: Factory) -> None:
+def test_refuse_keeps_the_good_faces_of_a_photo(client_factory: Factory, tmp_path: Path) -> None:
     """A group photo with faces on both sides of QUALITY_MIN: the good ones are stored, under their usual ids."""
     probe = client_factory()
     scores = sorted(scores_of(probe, Photos.t1.read_bytes()))
-    cut = next((a + b) / 2 for a, b in zip(scores, scores[1:], strict=False) if b - a > 0.05)
-    client = client_factory(quality_min=round(cut, 3), quality_policy="refuse")
+    cut = round(next((a + b) / 2 for a, b in zip(scores, scores[1:], strict=False) if b - a > 0.05), 3)
+    other = tmp_path / "refusing"  # a second service: a state of its own
+    client = client_factory(
+        quality_min=cut,
+        quality_policy="refuse",
+        state_dir=other,
+        qdrant_path=other / "qdrant",
+        thumbs_dir=other / "thumbs",
+    )
     answer = index(client, "t1.jpg", Photos.t1.read_bytes())
     below = [f for f in answer["detected"] if f["quality"]["score"] < cut]
     assert below and answer["refused"] == len(below) and answer["faces"] == len(scores) - len(below)
@@ -124,3 +134,39 @@ def test_refuse_keeps_the_good_faces_of_a_photo(client_factory: Factory) -> None
     # The same photo indexed with no gate stores the same ids for the good faces (ids by face index).
     everything = index(probe, "t1.jpg", Photos.t1.read_bytes())
     assert set(answer["ids"]) < set(everything["ids"])
+
+
+def test_min_quality_matches_only_stored_faces_at_least_that_good(client_factory: Factory) -> None:
+    client = client_factory(quality_min=0.5, quality_policy="flag")
+    index(client, "sharp.jpg", Photos.yaoming.read_bytes(), subject="Yao")
+    index(client, "blurred.jpg", blurred_yaoming(), subject="Yao")
+    query = {"file": ("q.jpg", Photos.yaoming.read_bytes())}
+
+    def matched(**params: Any) -> set[str]:
+        r = client.post("/api/search", files=query, params={"top_k": 10, "threshold": -1, **params})
+        assert r.status_code == 200, r.text
+        (face,) = r.json()["faces"]
+        return {m["file"] for m in face["matches"]}
+
+    assert matched() == {"sharp.jpg", "blurred.jpg"}
+    assert matched(min_quality=0.5) == {"sharp.jpg"}
+    assert matched(min_quality=0.0) == {"sharp.jpg", "blurred.jpg"}  # 0 keeps every face with a score
+    batch = client.post(
+        "/api/search/batch", files=[("files", query["file"])], params={"min_quality": 0.5, "threshold": -1}
+    ).json()
+    assert {m["file"] for m in batch["results"][0]["faces"][0]["matches"]} == {"sharp.jpg"}
+    bad = client.post("/api/search", files=query, params={"min_quality": 2})
+    assert bad.status_code == 422 and "min_quality" in bad.text
+    # The same filter on a /ws frame's search, and quality on each face of its answer.
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        frame = {"frame": base64.b64encode(Photos.yaoming.read_bytes()).decode(), "settings": {}}
+        for settings, files in (({}, {"sharp.jpg", "blurred.jpg"}), ({"min_quality": 0.5}, {"sharp.jpg"})):
+            frame["settings"] = {"search": True, "top_k": 10, "threshold": -1, **settings}
+            ws.send_json({"event": "process_frame", "data": frame})
+            (face,) = ws.receive_json()["data"]["faces"]
+            assert set(face["quality"]) == QUALITY_KEYS
+            assert {m["file"] for m in face["matches"]} == files
+        ws.send_json({"event": "process_frame", "data": {**frame, "settings": {"search": True, "min_quality": 3}}})
+        error = ws.receive_json()
+        assert error["event"] == "error" and "min_quality" in error["data"]["message"]

@@ -4,6 +4,9 @@ the original's pixels (a reduced decode included), and the pose reads the keypoi
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -121,3 +124,25 @@ def test_pose_of_the_template_and_of_turned_keypoints() -> None:
     up = ARCFACE_TEMPLATE.copy()
     up[2, 1] -= 8
     assert keypoint_pose(up[None])[1][0] > pitch[0] + 10
+
+
+def test_on_the_eval_set_degraded_copies_score_lower(engine: FaceEngine, eval_dir: Path) -> None:
+    """A few labelled photos (bench/quality.py runs all 60): a strong blur, a 1/8 downscale and a 60 degree turn of
+    each photo score below the original, as a person would rank them."""
+    with (eval_dir / "labels.csv").open() as fh:
+        names = [row["file"] for row in csv.DictReader(fh)][:6]
+    for name in names:
+        pixels = read_bgr(eval_dir / name)
+        faces = engine.analyze_batch([decoded(pixels)])[0]
+        original = quality(max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))))
+        h, w = pixels.shape[:2]
+        turned = cv2.warpAffine(pixels, cv2.getRotationMatrix2D((w / 2, h / 2), 60, 1.0), (w, h))
+        copies = {
+            "blur": cv2.GaussianBlur(pixels, (0, 0), sigmaX=4.0 * original.size / 112),
+            "downscale": cv2.resize(pixels, (w // 8, h // 8), interpolation=cv2.INTER_AREA),
+            "rotate": turned,
+        }
+        for kind, copy in copies.items():
+            found = engine.analyze_batch([decoded(copy)])[0]
+            best = max((quality(f).score for f in found), default=0.0)
+            assert best < original.score or (kind == "downscale" and best <= original.score), (name, kind)
