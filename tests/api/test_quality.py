@@ -155,6 +155,10 @@ def test_min_quality_matches_only_stored_faces_at_least_that_good(client_factory
         "/api/search/batch", files=[("files", query["file"])], params={"min_quality": 0.5, "threshold": -1}
     ).json()
     assert {m["file"] for m in batch["results"][0]["faces"][0]["matches"]} == {"sharp.jpg"}
+    page = client.post(
+        "/search", files=query, params={"min_quality": 0.5, "threshold": -1}, headers={"Accept": "application/json"}
+    ).json()
+    assert {m["file"] for m in page["faces"][0]["matches"]} == {"sharp.jpg"}  # the page's form target too
     bad = client.post("/api/search", files=query, params={"min_quality": 2})
     assert bad.status_code == 422 and "min_quality" in bad.text
     # The same filter on a /ws frame's search, and quality on each face of its answer.
