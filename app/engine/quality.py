@@ -30,8 +30,11 @@ class ScoreConstants:
     detector's keypoints (and so the crop) drift on a face far from upright, which costs the embedding about what
     a 1/8 downscale does at 60 degrees (cosine similarity to the upright original 0.87 both).
 
-    Chosen by `python -m bench.quality --calibrate`: of a grid over the ramps' ends, the constants that rank the
-    eval set's faces and their degraded copies most like their embeddings' similarity to the original's."""
+    Size, sharpness, det and roll were chosen by `python -m bench.quality --calibrate`: of a grid over the ramps'
+    ends, the constants that rank the eval set's faces and their degraded copies most like their embeddings'
+    similarity to the original's. Yaw and pitch are not fitted: no 2-D copy of a photo turns a head, and the eval
+    set's faces are near frontal (yaw within 13 degrees for 80 % of them); their limits are set wide, so that
+    only a face well past three-quarter view loses much."""
 
     size_lo: float = 16.0
     size_hi: float = 64.0
@@ -57,8 +60,8 @@ _GRAY = np.array([0.114, 0.587, 0.299], dtype=np.float32)  # BGR -> luma (ITU-R 
 # Pose from the five keypoints with a rigid face model: the nose tip stands NOSE_DEPTH_EYES x the eye distance in
 # front of the eyes' and mouth's plane (yaw moves it sideways by depth x sin(yaw) while the eye distance shrinks by
 # cos(yaw)), and NOSE_DEPTH_HEIGHT x the eyes-to-mouth height (pitch). Generic adult proportions (nose tip about
-# 32 mm out, eyes 63 mm apart, eyes to mouth 70 mm): the angles are estimates, good to tens of percent, which is
-# what a pose penalty needs; a 2-D rotation of the photo moves roll only.
+# 32 mm out, eyes 63 mm apart, eyes to mouth 70 mm): rough estimates (no 3-D ground truth here to check them),
+# enough for a pose penalty; a 2-D rotation of the photo moves roll only (tests/engine/test_quality.py).
 NOSE_DEPTH_EYES = 0.5
 NOSE_DEPTH_HEIGHT = 0.45
 # Where the nose tip sits between the eyes' line (0) and the mouth's line (1) in a frontal face: the median over the
