@@ -14,9 +14,9 @@ from app.engine import EngineObserver, FaceEngine, InferenceBatcher, InferenceGa
 from app.heads import HeadRegistry
 from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
-from app.ingest.model import STATE_FILE
+from app.ingest.model import STATE_FILE, JobKind
 from app.ingest.state import IngestState
-from app.people import PEOPLE_FILE, People, PeopleFaceService, PeopleState
+from app.people import PEOPLE_FILE, ClusterParams, Clusters, People, PeopleFaceService, PeopleState
 from app.service import FaceService
 from app.store import (
     ERASURES_FILE,
@@ -142,6 +142,14 @@ def open_services(
         )
         people.finish_pending()  # renames and merges a stop interrupted, before any reader or writer
         service.people = people
+        clusters = Clusters(
+            service=service,
+            state=people_state,
+            params=ClusterParams(min_faces=settings.cluster_min_faces, max_distance=settings.cluster_max_distance),
+            moves=people.moves,
+        )
+        clusters.finish_pending()  # namings and merges of clusters a stop interrupted
+        people.clusters = clusters
         if sweep and thumbs.claim(store_identity(settings), alone=not other_embedded_collections(settings)):
             stop_sweep = threading.Event()
             sweeper = threading.Thread(
@@ -156,7 +164,10 @@ def open_services(
             closer.callback(ingest_state.close)
         if jobs:
             assert ingest_state is not None
-            manager = JobManager(service=service, state=ingest_state, settings=settings)
+            manager = JobManager(
+                service=service, state=ingest_state, settings=settings, runners={JobKind.CLUSTER: clusters.job}
+            )
+            clusters.jobs = manager
             closer.callback(manager.shutdown)  # before the state and the store close: the job commits first
             manager.start()  # resumes the jobs a previous run of the service left unfinished
     except BaseException:

@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     oversampling: float = Field(default=2.0, ge=1.0, le=16.0)
     rescore: bool = True
 
+    # Clusters of unknown faces (app.people.clusters; README "Clusters" has the measurements behind the defaults).
+    # A face with at least CLUSTER_MIN_FACES unknown faces (itself counted) within CLUSTER_MAX_DISTANCE (cosine
+    # distance, 1 - score) is a core face; clusters grow from core faces.
+    cluster_min_faces: int = Field(default=3, ge=1, le=64)
+    cluster_max_distance: float = Field(default=0.6, gt=0.0, lt=2.0)
+
     # How NEW collections are built (docs/SCALE.md has the measurements behind the defaults). A collection keeps
     # the parameters it was created with; to change them, export it and import it into a new collection.
     hnsw_m: int = Field(default=16, ge=4, le=128)

@@ -1,11 +1,13 @@
-"""Request and response schemas of the people routes (subjects, faces by subject, feedback)."""
+"""Request and response schemas of the people routes (subjects, faces by subject, feedback, clusters)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
-from app.people import MAX_NAME, NAME_PATTERN, FeedbackRecord, SubjectSummary
+from app.ingest.model import JobOut
+from app.people import MAX_NAME, NAME_PATTERN, ClusterView, FeedbackRecord, SubjectSummary
+from app.people.state import ClusterRecord
 from app.store import Match
 
 # Documented in the schema; checked by app.people.subject_name, whose 400 names the problem.
@@ -130,6 +132,92 @@ class EnrolledCalibrationOut(BaseModel):
     subjects: int = Field(description="subjects in the collection")
     faces: int = Field(description="faces with a subject in the collection")
     scored: int = Field(description="faces scored: at most `per_subject` of a subject, `max_faces` in all")
+
+
+CLUSTER_ID_RULE: JsonDict = {"pattern": "^[0-9a-f]{16}$"}
+
+
+class ClusterSampleOut(BaseModel):
+    id: str
+    thumbnail: str = Field(description="the face's thumbnail URL")
+
+
+class ClusterOut(BaseModel):
+    id: str
+    size: int = Field(description="faces in the cluster")
+    cohesion: float | None = Field(
+        description="mean cosine similarity of its faces (up to 64) to their mean: 1 is one face, ~0.5 is loose"
+    )
+    samples: list[ClusterSampleOut] = Field(description="its best faces (quality, else detection score)")
+    created: float
+    updated: float
+
+
+class ClusterListOut(BaseModel):
+    clusters: list[ClusterOut] = Field(description="largest first")
+    total: int = Field(description="clusters of at least `min_size` faces")
+    offset: int
+    limit: int
+    unclustered: int = Field(description="faces without a subject in no cluster")
+    job: JobOut | None = Field(description="the latest clustering job (null: none ever ran)")
+
+
+class ClusterFaceOut(BaseModel):
+    id: str
+    file: str | None
+    thumbnail: str
+    quality: float | None = Field(description="the face's quality score (null: indexed before quality existed)")
+
+
+class ClusterDetailOut(BaseModel):
+    id: str
+    size: int
+    cohesion: float | None
+    faces: list[ClusterFaceOut]
+
+
+class ClusterNameIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(
+        max_length=4 * MAX_NAME,
+        description="the subject its faces get (new, or an existing subject they join)",
+        json_schema_extra=NAME_RULE,
+    )
+
+
+class ClusterMergeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    into: str = Field(
+        max_length=64, description="the cluster whose faces these join", json_schema_extra=CLUSTER_ID_RULE
+    )
+
+
+def cluster_out(r: ClusterRecord) -> ClusterOut:
+    return ClusterOut(
+        id=r.id,
+        size=r.size,
+        cohesion=r.cohesion,
+        samples=[ClusterSampleOut(id=i, thumbnail=f"/thumbs/{i}") for i in r.samples],
+        created=r.created,
+        updated=r.updated,
+    )
+
+
+def cluster_detail_out(view: ClusterView) -> ClusterDetailOut:
+    return ClusterDetailOut(
+        id=view.record.id,
+        size=view.record.size,
+        cohesion=view.record.cohesion,
+        faces=[
+            ClusterFaceOut(
+                id=f.id,
+                file=f.payload.get("file"),
+                thumbnail=f"/thumbs/{f.id}",
+                quality=q if isinstance(q := f.payload.get("quality"), int | float) else None,
+            )
+            for f in view.faces
+        ],
+    )
 
 
 def subject_out(s: SubjectSummary) -> SubjectOut:

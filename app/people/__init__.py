@@ -1,6 +1,7 @@
 """People: subjects as a resource (list, rename, merge, move a face, erase), who the faces of a search are (a vote
 over matches at the calibrated threshold, one subject per face of a photo), and feedback on matches."""
 
+from app.people.clusters import ClusterPage, ClusterParams, ClusterRun, Clusters, ClusterView
 from app.people.enrolled import EnrolledSample, sample_enrolled
 from app.people.identity import Candidate, Identity, assign, candidates, identify_photo
 from app.people.names import MAX_NAME, NAME_PATTERN, subject_name
@@ -13,6 +14,11 @@ __all__ = [
     "NAME_PATTERN",
     "PEOPLE_FILE",
     "Candidate",
+    "ClusterPage",
+    "ClusterParams",
+    "ClusterRun",
+    "ClusterView",
+    "Clusters",
     "EnrolledSample",
     "FacePage",
     "FeedbackPairs",

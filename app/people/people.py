@@ -19,6 +19,7 @@ import numpy as np
 from app.calibration import CalibratedThreshold, Pairs, ThresholdStore, build_pairs
 from app.calibration.report import Calibration, calibrate
 from app.errors import Conflict, InvalidRequest, NotFound
+from app.people.clusters import Clusters
 from app.people.enrolled import EnrolledSample, sample_enrolled
 from app.people.identity import identify_photo
 from app.people.names import subject_name
@@ -101,6 +102,12 @@ class People:
         self._refs: OrderedDict[str, np.ndarray] = OrderedDict()
         self._refs_lock = threading.Lock()
         self._threshold: tuple[int, CalibratedThreshold] | None = None
+        self.clusters: Clusters | None = None  # set by app.bootstrap: the clusters of the unknown faces
+
+    @property
+    def moves(self) -> threading.Lock:
+        """Held while subjects are renamed or merged (and while a cluster is named)."""
+        return self._moves
 
     # ------------------------------------------------------------------ threshold and identity
     def threshold(self) -> CalibratedThreshold:
@@ -269,6 +276,8 @@ class People:
             if not found:
                 raise NotFound(f"no face with id {face_id}")
             self.service.set_subject([found[0].id], name)
+            if name is not None and self.clusters is not None:
+                self.clusters.left_cluster(found[0].id)
         found[0].payload["subject"] = name
         return found[0]
 
@@ -283,7 +292,9 @@ class People:
         return deleted
 
     def forget(self, face_ids: Sequence[str], *, subject: str | None = None) -> int:
-        """Erase the feedback about these faces (and this subject)."""
+        """Erase the feedback about these faces (and this subject); erased faces leave their clusters."""
+        if self.clusters is not None:
+            self.clusters.forget(face_ids)
         return self.state.forget(face_ids=face_ids, subject=subject)
 
     # ------------------------------------------------------------------ feedback

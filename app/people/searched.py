@@ -77,3 +77,16 @@ class PeopleFaceService(FaceService):
 
     def face_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
         return self.store.vectors(ids)
+
+    def update_faces(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Set these payload keys on these faces (other keys kept; None clears a key's value; gone faces skipped)."""
+        self.store.set_payload(ids, payload)
+
+    def neighbours(
+        self, vectors: np.ndarray[Any, Any], *, limit: int, min_score: float, where: FaceFilter
+    ) -> list[list[Match]]:
+        """The stored faces `where` selects nearest each vector (at most `limit`, score at least `min_score`), one
+        batched index search, with their payloads (the clustering of app.people.clusters)."""
+        return self.store.search(
+            vectors, limit=limit, threshold=min_score, hnsw_ef=max(self.settings.hnsw_ef, limit), where=where
+        )
