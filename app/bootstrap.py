@@ -16,7 +16,15 @@ from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
 from app.ingest.model import STATE_FILE, JobKind
 from app.ingest.state import IngestState
-from app.people import PEOPLE_FILE, ClusterParams, Clusters, People, PeopleFaceService, PeopleState
+from app.people import (
+    PEOPLE_FILE,
+    ClusterParams,
+    Clusters,
+    ClusterState,
+    People,
+    PeopleFaceService,
+    PeopleState,
+)
 from app.service import FaceService
 from app.store import (
     ERASURES_FILE,
@@ -142,9 +150,11 @@ def open_services(
         )
         people.finish_pending()  # renames and merges a stop interrupted, before any reader or writer
         service.people = people
+        cluster_state = ClusterState(settings.state_dir / PEOPLE_FILE)
+        closer.callback(cluster_state.close)
         clusters = Clusters(
             service=service,
-            state=people_state,
+            state=cluster_state,
             params=ClusterParams(min_faces=settings.cluster_min_faces, max_distance=settings.cluster_max_distance),
             moves=people.moves,
         )

@@ -31,8 +31,8 @@ import numpy as np
 
 from app.bootstrap import open_services
 from app.config import Settings
-from app.people import ClusterParams, ClusterRun, Clusters, PeopleState
-from app.people.clusters import CLUSTER_KEY, CORE_KEY
+from app.people import ClusterParams, ClusterRun, Clusters, ClusterState
+from app.people.clusters_run import CLUSTER_KEY, CORE_KEY
 from app.service import ImageToIndex, content_hash
 from app.store import FaceFilter, FacePoint
 from bench.common import eval_labels, setup_logging
@@ -96,10 +96,10 @@ def compare(labels: Mapping[str, Any], members: Mapping[str, str]) -> dict[str, 
 
 
 def run_clustering(services: Any, state_path: Path, params: ClusterParams, job: str) -> tuple[Clusters, float]:
-    state = PeopleState(state_path)
+    state = ClusterState(state_path)
     clusters = Clusters(service=services.people.service, state=state, params=params, moves=threading.Lock())
     started = time.perf_counter()
-    outcome = ClusterRun(clusters=clusters, run_id=job).run()
+    outcome = ClusterRun(book=clusters.book, params=params, lock=clusters.lock, run_id=job).run()
     assert outcome.value == "completed", outcome
     return clusters, time.perf_counter() - started
 
@@ -212,7 +212,7 @@ def bench_scale(args: argparse.Namespace) -> None:
             print(f"loaded {args.points} faces ({data.n_centres} identities) in {time.perf_counter() - started:.0f}s")
             params = ClusterParams(min_faces=args.min_faces, max_distance=args.max_distance)
             assert services.people is not None
-            state = PeopleState(root / "people.sqlite")
+            state = ClusterState(root / "people.sqlite")
             clusters = Clusters(service=services.people.service, state=state, params=params, moves=threading.Lock())
             for label, job in (("full", "scale-1"), ("incremental", "scale-2")):
                 if label == "incremental":
@@ -223,7 +223,7 @@ def bench_scale(args: argparse.Namespace) -> None:
                 load0 = os.getloadavg()[0]
                 started = time.perf_counter()
                 cpu0 = time.process_time()
-                run = ClusterRun(clusters=clusters, run_id=job)
+                run = ClusterRun(book=clusters.book, params=params, lock=clusters.lock, run_id=job)
                 outcome = run.run()
                 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
                 members = all_members(store)

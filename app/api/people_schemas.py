@@ -7,7 +7,7 @@ from pydantic.json_schema import JsonDict
 
 from app.ingest.model import JobOut
 from app.people import MAX_NAME, NAME_PATTERN, ClusterView, FeedbackRecord, SubjectSummary
-from app.people.state import ClusterRecord
+from app.people.clusters_state import ClusterRecord
 from app.store import Match
 
 # Documented in the schema; checked by app.people.subject_name, whose 400 names the problem.

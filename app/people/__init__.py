@@ -1,7 +1,9 @@
 """People: subjects as a resource (list, rename, merge, move a face, erase), who the faces of a search are (a vote
 over matches at the calibrated threshold, one subject per face of a photo), and feedback on matches."""
 
-from app.people.clusters import ClusterPage, ClusterParams, ClusterRun, Clusters, ClusterView
+from app.people.clusters import ClusterPage, Clusters, ClusterView
+from app.people.clusters_run import ClusterParams, ClusterRun
+from app.people.clusters_state import ClusterState
 from app.people.enrolled import EnrolledSample, sample_enrolled
 from app.people.identity import Candidate, Identity, assign, candidates, identify_photo
 from app.people.names import MAX_NAME, NAME_PATTERN, subject_name
@@ -17,6 +19,7 @@ __all__ = [
     "ClusterPage",
     "ClusterParams",
     "ClusterRun",
+    "ClusterState",
     "ClusterView",
     "Clusters",
     "EnrolledSample",

@@ -21,9 +21,11 @@ from app.engine import FaceEngine
 from app.errors import InvalidRequest, NotFound
 from app.heads import HeadRegistry
 from app.ingest.model import RunOutcome
-from app.people import ClusterParams, ClusterRun, Clusters, People, PeopleFaceService, PeopleState
+from app.people import ClusterParams, ClusterRun, Clusters, ClusterState, People, PeopleFaceService, PeopleState
 from app.people import clusters as clusters_module
-from app.people.clusters import CLUSTER_KEY, CORE_KEY, EXCLUDED_KEY
+from app.people import clusters_run as run_module
+from app.people.clusters_run import CLUSTER_KEY, CORE_KEY, EXCLUDED_KEY
+from app.people.clusters_state import ClusterMoveKind
 from app.store import (
     CollectionSpec,
     EdgeStore,
@@ -43,7 +45,7 @@ PARAMS = ClusterParams(min_faces=3, max_distance=0.6)
 class World:
     people: People
     clusters: Clusters
-    state: PeopleState
+    state: ClusterState
     rng: np.random.Generator
     centres: np.ndarray
     made: int = 0
@@ -69,7 +71,7 @@ class World:
         return face
 
     def run(self, job: str = "job-1") -> ClusterRun:
-        run = ClusterRun(clusters=self.clusters, run_id=job)
+        run = self.clusters.job(job, lambda _: None)
         assert run.run() is RunOutcome.COMPLETED
         return run
 
@@ -99,8 +101,11 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, engine: FaceEngine) ->
         thumbs=ThumbnailStore(tmp_path / "thumbs"),
         erasures=ErasureJournal(tmp_path / "erasures.sqlite3"),
     )
-    state = PeopleState(tmp_path / "people.sqlite")
-    people = People(service=service, state=state, state_dir=tmp_path, collection="faces", fingerprint="fp", pack="x")
+    people_state = PeopleState(tmp_path / "people.sqlite")
+    people = People(
+        service=service, state=people_state, state_dir=tmp_path, collection="faces", fingerprint="fp", pack="x"
+    )
+    state = ClusterState(tmp_path / "people.sqlite")
     clusters = Clusters(service=service, state=state, params=PARAMS, moves=people.moves)
     people.clusters = clusters
     rng = np.random.default_rng(3)
@@ -108,6 +113,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, engine: FaceEngine) ->
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     yield World(people, clusters, state, rng, centres)
     state.close()
+    people_state.close()
     store.close()
 
 
@@ -119,7 +125,7 @@ def groups(world: World) -> list[set[str]]:
 
 
 def test_identities_become_clusters_and_named_faces_stay_out(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clusters_module, "SAMPLES", 2)
+    monkeypatch.setattr(run_module, "SAMPLES", 2)
     a, b, c = world.add(0, 12), world.add(1, 7), world.add(2, 5)
     alone = world.add(3, 1)  # one face of a person: no cluster
     named = world.add(0, 4, subject="Alice")  # identity 0 too, but already named: never clustered
@@ -177,14 +183,14 @@ def test_stop_then_resume_continues_without_loss(world: World, monkeypatch: pyte
         run.stop()
 
     world.clusters.params = ClusterParams(min_faces=3, max_distance=0.6, page=4)
-    first = ClusterRun(clusters=world.clusters, run_id="job-1", report=stop_after_first_page)
+    first = world.clusters.job("job-1", stop_after_first_page)
     assert first.run() is RunOutcome.STOPPED
     cursor = world.state.cursor("job-1")
     assert cursor is not None and (cursor.pass_no, cursor.offset) != (1, None)  # progress recorded durably
     partial = world.membership()
     assert partial and len(partial) < len(faces)
 
-    resumed = ClusterRun(clusters=world.clusters, run_id="job-1")  # a new process would build it the same way
+    resumed = world.clusters.job("job-1", lambda _: None)  # a new process would build it the same way
     assert resumed.counts.faces_seen == stopped[0]  # the counts carry on from the cursor
     assert resumed.run() is RunOutcome.COMPLETED
     done = world.membership()
@@ -230,7 +236,7 @@ def test_name_cut_short_is_finished_at_start(world: World) -> None:
     a = world.add(0, 5)
     world.run()
     cluster = world.membership()[a[0]]
-    world.state.begin_cluster_move(cluster, clusters_module.ClusterMoveKind.SUBJECT, "Alice")
+    world.state.begin_cluster_move(cluster, ClusterMoveKind.SUBJECT, "Alice")
     world.service.update_faces(a[:2], {"subject": "Alice", CLUSTER_KEY: None})  # killed after two faces
     assert world.clusters.finish_pending() == 1
     assert world.people.summary("Alice").faces == 5 and world.state.cluster(cluster) is None
@@ -286,7 +292,6 @@ def test_erasure_and_subject_move_leave_no_gone_face(world: World) -> None:
 
 
 def test_growth_is_one_search_per_page_never_all_pairs(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clusters_module, "NEIGHBOURS", 8)
     faces = [f for i in range(4) for f in world.add(i, 10)]
     calls: list[int] = []
     original = world.service.neighbours
@@ -298,10 +303,10 @@ def test_growth_is_one_search_per_page_never_all_pairs(world: World, monkeypatch
 
     monkeypatch.setattr(world.service, "neighbours", counted)
     world.clusters.params = ClusterParams(min_faces=3, max_distance=0.6, neighbours=8)
-    run = ClusterRun(clusters=world.clusters, run_id="job-1")
+    run = world.clusters.job("job-1", lambda _: None)
     assert run.run() is RunOutcome.COMPLETED
     assert len(groups(world)) == 4
-    assert sum(calls) == run.counts.faces_seen and max(calls) <= clusters_module.PAGE
+    assert sum(calls) == run.counts.faces_seen and max(calls) <= run_module.PAGE
     assert sum(calls) <= 3 * len(faces)  # each face searched a bounded number of times
 
 
