@@ -74,7 +74,13 @@ def serve_with_workers(settings: Settings, workers: int) -> None:
     try:
         server.start()
         server.address.export()  # the workers find the core through their environment
-        config = uvicorn.Config("app.api:worker_app", factory=True, workers=workers, **uvicorn_options(settings))
+        config = uvicorn.Config(
+            "app.api:worker_app",
+            factory=True,
+            workers=workers,
+            http="app.api.server:WorkerHttpProtocol",  # HEADER_TIMEOUT, MAX_CLIENT_CONNECTIONS per worker
+            **uvicorn_options(settings),
+        )
         logger.info(
             "Oceano ready: core process %d, %d HTTP workers on %s:%d, collection %s, backend %s",
             os.getpid(),
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings)
     metrics: Metrics = app.state.metrics
     guard = ConnectionGuard.from_settings(settings, on_refused=metrics.connection_refused)
-    # HEADER_TIMEOUT and MAX_CLIENT_CONNECTIONS (app.api.server); not yet in the HTTP workers of WORKERS > 1
+    # HEADER_TIMEOUT and MAX_CLIENT_CONNECTIONS (app.api.server); each HTTP worker of WORKERS > 1 has its own
     uvicorn.run(app, http=guard.protocol(), workers=1, **uvicorn_options(settings))
 
 

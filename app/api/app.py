@@ -24,6 +24,7 @@ from app.api.metrics import Metrics, RequestMetrics
 from app.api.paths import PathGuard
 from app.api.routes import clusters, faces, feedback, heads, jobs, keys, ops, search, subjects
 from app.api.routing import MethodGuard
+from app.api.server import ConnectionGuard, WorkerHttpProtocol
 from app.api.ws_auth import WaitingRoom
 from app.bootstrap import Services, open_services
 from app.config import LogFormat, Settings
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None, *, core: CoreAddress | None = N
         app.state.jobs = services.jobs
         metrics.service, metrics.jobs, metrics.backend = services.service, services.jobs, services.backend
         app.state.keys = services.keys
-        app.state.people = getattr(services, "people", None)  # None in an HTTP worker (WORKERS > 1)
+        app.state.people = services.people  # in an HTTP worker (WORKERS > 1): the core's, over its socket
         if client is None:
             logger.info("Oceano ready: collection %s, backend %s", settings.collection_name, services.backend)
         try:
@@ -128,4 +129,8 @@ def worker_app() -> FastAPI:
     core = CoreAddress.from_env()
     if core is None:
         raise RuntimeError("worker_app runs in the HTTP workers the core process starts (python -m app, WORKERS > 1)")
-    return create_app(settings, core=core)
+    app = create_app(settings, core=core)
+    metrics: Metrics = app.state.metrics
+    # uvicorn imported the protocol class before calling this factory; it serves no connection before we return.
+    WorkerHttpProtocol.guard = ConnectionGuard.from_settings(settings, on_refused=metrics.connection_refused)
+    return app

@@ -9,7 +9,6 @@ from fastapi import Depends, File, Query, Request, UploadFile
 
 from app.access import KeyStore
 from app.config import MAX_TOP_K, Settings
-from app.errors import StoreUnavailable
 from app.ingest.manager import IngestJobs
 from app.people import People
 from app.service import FaceServiceApi
@@ -36,9 +35,9 @@ def get_keys(request: Request) -> KeyStore:
 
 
 def get_people(request: Request) -> People:
-    people: People | None = request.app.state.people
-    if people is None:  # an HTTP worker (WORKERS > 1): the store and its journal are the core process's
-        raise StoreUnavailable("the people routes run in the process that owns the collection: set WORKERS=1")
+    """People: in an HTTP worker (WORKERS > 1) the core's, each call crossing its socket (app.core.RemotePeople),
+    so every call goes through run_blocking, never on the event loop."""
+    people: People = request.app.state.people
     return people
 
 

@@ -22,12 +22,12 @@ from app.people import People
 router = APIRouter()
 
 
-def threshold_view(request: Request) -> dict[str, Any]:
-    """The 'same person' threshold in force, for the results page."""
+async def threshold_view(request: Request) -> dict[str, Any]:
+    """The 'same person' threshold in force, for the results page (WORKERS > 1: a call to the core)."""
     people: People | None = getattr(request.app.state, "people", None)
     if people is None:
         return {"threshold": None, "threshold_source": ""}
-    value = people.threshold()
+    value = await run_blocking(request, people.threshold)
     return {"threshold": value.threshold, "threshold_source": threshold_source(value)}
 
 
@@ -109,6 +109,6 @@ async def search_page(
             "error": None,
             "took_ms": took,
             "filename": file.filename if file else None,
-            **threshold_view(request),
+            **(await threshold_view(request)),
         },
     )

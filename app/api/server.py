@@ -176,3 +176,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         )
         self.transport.write(raw_response(429, "Too Many Requests", detail, "rate_limited", "retry-after: 1\r\n"))
         self.transport.close()
+
+
+class WorkerHttpProtocol(GuardedHttpProtocol):
+    """The protocol of each HTTP worker (WORKERS > 1): uvicorn imports it by name in the worker process, and the
+    worker's app factory (app.api.worker_app) gives it that process's own guard before the first connection.
+    MAX_CLIENT_CONNECTIONS counts what a peer holds on one worker: the kernel hands a client's connections to any
+    worker, so across the service a peer holds at most WORKERS x MAX_CLIENT_CONNECTIONS (sharing one count
+    between processes would put a lock on every connection; a bound per worker keeps the total bounded)."""

@@ -3,7 +3,15 @@ limits, and serves them over a Unix socket (CoreServer); N HTTP worker processes
 images and build answers, calling the core through a FaceServiceApi of the same surface (RemoteFaceService).
 The ONNX sessions and the embedded store keep one owner; the CPU work around them spreads over the cores."""
 
-from app.core.client import CoreClient, CoreGone, RemoteFaceService, RemoteJobs, RemoteRateLimiter, RemoteTicket
+from app.core.client import (
+    CoreClient,
+    CoreGone,
+    RemoteFaceService,
+    RemoteJobs,
+    RemotePeople,
+    RemoteRateLimiter,
+    RemoteTicket,
+)
 from app.core.server import CoreServer
 from app.core.wire import Catalogue, CoreAddress, EstimateBoard
 from app.core.worker import WorkerServices, connect_core
@@ -17,6 +25,7 @@ __all__ = [
     "EstimateBoard",
     "RemoteFaceService",
     "RemoteJobs",
+    "RemotePeople",
     "RemoteRateLimiter",
     "RemoteTicket",
     "WorkerServices",

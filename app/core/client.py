@@ -8,14 +8,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.core.wire import Catalogue, CoreAddress, EstimateBoard
+from app.core.wire import PEOPLE_CALL, Catalogue, CoreAddress, EstimateBoard, people_methods
 from app.engine import Ticket, busy_error, refused_at_door
 from app.errors import EngineBusy, OceanoError, ShuttingDown
 from app.heads import Head
@@ -241,6 +242,20 @@ class RemoteFaceService(FaceServiceApi):
     def thumbnail(self, face_id: str) -> Path:
         path: Path = self.client.call("thumbnail", face_id)
         return path
+
+
+class RemotePeople:
+    """The core's People (subjects, feedback, clusters), from an HTTP worker: each of its methods but `identify`
+    is a call to the core, answered or raised as in one process. Used where the routes use People."""
+
+    def __init__(self, client: CoreClient) -> None:
+        self._client = client
+        self._methods = people_methods()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_") or name not in self._methods:
+            raise AttributeError(f"People.{name} is not called across processes")
+        return partial(self._client.call, PEOPLE_CALL + name)
 
 
 class RemoteJobs:

@@ -19,7 +19,7 @@ from typing import Any
 
 from app.access import RateLimiter
 from app.bootstrap import Services
-from app.core.wire import Catalogue, CoreAddress, EstimateBoard
+from app.core.wire import PEOPLE_CALL, Catalogue, CoreAddress, EstimateBoard, people_methods
 from app.engine import Ticket
 from app.errors import InvalidRequest, OceanoError
 from app.faces import Face
@@ -84,6 +84,9 @@ class CoreServer:
             "runtime_info": self.service.runtime_info,
             "rate_acquire": self.rate_acquire,
         }
+        people = services.people
+        if people is not None:
+            self._calls.update({PEOPLE_CALL + name: getattr(people, name) for name in people_methods()})
         jobs = services.jobs
         if jobs is not None:
             self._calls.update(

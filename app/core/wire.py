@@ -19,6 +19,7 @@ from typing import Any
 from app.heads import Head, HeadRegistry
 from app.heads.head import ModelInfo
 from app.heads.spec import HeadSpec
+from app.people import People
 
 ADDRESS_ENV = "OCEANO_CORE_SOCKET"  # set by the core for the workers it starts, with the two below
 AUTHKEY_ENV = "OCEANO_CORE_AUTHKEY"
@@ -26,6 +27,20 @@ ESTIMATE_ENV = "OCEANO_CORE_ESTIMATE"
 SOCKET_NAME = "core.sock"
 ESTIMATE_NAME = "core.estimate"
 _ESTIMATE = struct.Struct("<d")  # seconds a request arriving now would wait for the engine
+PEOPLE_CALL = "people."  # + a method of People: the subject, feedback and cluster routes of a worker
+# Not `identify`: it fills in the faces it is given, which a copy sent over the socket cannot do (the core's
+# search identifies the faces before its answers leave).
+PEOPLE_LOCAL = frozenset({"identify"})
+
+
+def people_methods() -> frozenset[str]:
+    """The methods of People an HTTP worker calls in the core: every public one but PEOPLE_LOCAL (new methods
+    cross the socket without a list to keep up)."""
+    return frozenset(
+        name
+        for name, value in vars(People).items()
+        if callable(value) and not name.startswith("_") and name not in PEOPLE_LOCAL
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from app.access import KEYS_FILE, KeyStore
 from app.config import Settings
-from app.core.client import CoreClient, RemoteFaceService, RemoteJobs
+from app.core.client import CoreClient, RemoteFaceService, RemoteJobs, RemotePeople
 from app.imaging import configure_pixel_limits
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class WorkerServices:
     client: CoreClient
     service: RemoteFaceService
     jobs: RemoteJobs
+    people: RemotePeople
     keys: KeyStore
     backend: str
     batcher: None = None  # the request batcher is the core's
@@ -61,6 +62,7 @@ def connect_core(settings: Settings, client: CoreClient) -> WorkerServices:
         client=client,
         service=service,
         jobs=RemoteJobs(client),
+        people=RemotePeople(client),
         keys=keys,
         backend=service.catalogue.backend,
     )

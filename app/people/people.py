@@ -337,6 +337,13 @@ class People:
             score=round(score, 6),
         )
 
+    def feedback(self, *, after: int = 0, limit: int = 100) -> list[FeedbackRecord]:
+        """The feedback in the order it was given, after the record `after`."""
+        return self.state.feedback(after=after, limit=limit)
+
+    def feedback_count(self) -> int:
+        return self.state.feedback_count()
+
     def feedback_pairs(self) -> FeedbackPairs:
         """Every feedback as a labelled pair, scored from the stored vectors now (pairs whose faces were erased
         since are left out)."""

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.errors import StorageFull, StoreUnavailable
-from app.store.edge_params import create_config, float_index, keyword_index, search_params
+from app.store.edge_params import create_config, edge_filter, float_index, keyword_index, search_params
 from app.store.model import (
     FLOAT_INDEXED_KEYS,
     INDEXED_KEYS,
@@ -27,7 +27,6 @@ from app.store.model import (
     FaceFilter,
     FacePoint,
     Match,
-    Origin,
     Page,
     PointQuery,
     StoreBackend,
@@ -179,7 +178,7 @@ class EdgeStore:
             return []
         self._check_open()
         params = search_params(self.spec, hnsw_ef)
-        flt = None if where is None else _edge_filter(where)
+        flt = None if where is None else edge_filter(where)
         requests = [
             QueryRequest(
                 limit=limit,
@@ -203,20 +202,10 @@ class EdgeStore:
         return self.find_ids(PointQuery(file=file))
 
     def find_ids(self, query: PointQuery) -> list[str]:
-        from qdrant_edge import FieldCondition, Filter, MatchValue, ScrollRequest
+        from qdrant_edge import ScrollRequest
 
         self._check_open()
-        must: list[Any] = [
-            FieldCondition(key=key, match=MatchValue(value))
-            for key, value in (("file", query.file), ("subject", query.subject))
-            if value is not None
-        ]
-        must_not: list[Any] = []
-        if query.origin is Origin.UPLOAD:
-            must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
-        elif query.origin is Origin.INGEST:
-            must_not.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
-        flt = Filter(must=must, must_not=must_not or None)
+        flt = edge_filter(query.as_filter())
         ids: list[str] = []
         offset = None
         while True:
@@ -312,7 +301,7 @@ class EdgeStore:
         request = ScrollRequest(
             offset=offset,
             limit=limit,
-            filter=_edge_filter(where),
+            filter=edge_filter(where),
             with_payload=list(keys) if keys is not None else True,
             with_vector=False,
         )
@@ -410,30 +399,6 @@ class _Indexer:
             self._stop = True
             self._due.set()
         self._thread.join(timeout=600)
-
-
-def _edge_filter(where: FaceFilter) -> Any:
-    from qdrant_edge import FieldCondition, Filter, IsEmptyCondition, MatchValue, RangeFloat
-
-    must: list[Any] = [
-        FieldCondition(key=key, match=MatchValue(value))
-        for key, value in (("file", where.file), ("subject", where.subject), ("cluster", where.cluster))
-        if value is not None
-    ]
-    must_not: list[Any] = []
-    if where.no_subject:
-        must.append(IsEmptyCondition("subject"))
-    if where.no_cluster:
-        must.append(IsEmptyCondition("cluster"))
-    if where.min_quality is not None:
-        must.append(FieldCondition(key="quality", range=RangeFloat(gte=where.min_quality)))
-    if where.origin is Origin.UPLOAD:
-        must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
-    elif where.origin is Origin.INGEST:
-        must_not.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
-    if not must and not must_not:
-        return None
-    return Filter(must=must or None, must_not=must_not or None)
 
 
 def _dense(vector: Any, dim: int) -> np.ndarray:

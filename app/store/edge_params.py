@@ -1,4 +1,5 @@
-"""CollectionSpec -> Qdrant Edge configuration and search parameters (the embedded store's levers in one place).
+"""CollectionSpec -> Qdrant Edge configuration, search parameters and filters (the embedded store's levers in one
+place).
 
 Qdrant sizes segments and thresholds in KB of original vectors; the spec counts points.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import Quantization
-from app.store.model import CollectionSpec
+from app.store.model import CollectionSpec, FaceFilter, Origin
 
 FULL_SCAN_KB = 10000  # segments under this many KB of vectors are searched exactly (Qdrant's default)
 
@@ -97,3 +98,28 @@ def search_params(spec: CollectionSpec, hnsw_ef: int) -> Any:
     return SearchParams(
         hnsw_ef=hnsw_ef, quantization=QuantizationSearchParams(rescore=spec.rescore, oversampling=spec.oversampling)
     )
+
+
+def edge_filter(where: FaceFilter) -> Any:
+    """A FaceFilter as Qdrant Edge's Filter (None: every point)."""
+    from qdrant_edge import FieldCondition, Filter, IsEmptyCondition, MatchValue, RangeFloat
+
+    must: list[Any] = [
+        FieldCondition(key=key, match=MatchValue(value))
+        for key, value in (("file", where.file), ("subject", where.subject), ("cluster", where.cluster))
+        if value is not None
+    ]
+    must_not: list[Any] = []
+    if where.no_subject:
+        must.append(IsEmptyCondition("subject"))
+    if where.no_cluster:
+        must.append(IsEmptyCondition("cluster"))
+    if where.min_quality is not None:
+        must.append(FieldCondition(key="quality", range=RangeFloat(gte=where.min_quality)))
+    if where.origin is Origin.UPLOAD:
+        must.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
+    elif where.origin is Origin.INGEST:
+        must_not.append(FieldCondition(key="origin", match=MatchValue(Origin.UPLOAD.value)))
+    if not must and not must_not:
+        return None
+    return Filter(must=must or None, must_not=must_not or None)

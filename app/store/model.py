@@ -49,6 +49,9 @@ class PointQuery:
         if self.file is None and self.subject is None:
             raise ValueError("a point query needs a file or a subject")
 
+    def as_filter(self) -> FaceFilter:
+        return FaceFilter(subject=self.subject, file=self.file, origin=self.origin)
+
 
 @dataclass(frozen=True, slots=True)
 class FaceFilter:

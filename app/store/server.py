@@ -268,20 +268,7 @@ class ServerStore:
         return self.find_ids(PointQuery(file=file))
 
     def find_ids(self, query: PointQuery) -> list[str]:
-        from qdrant_client import models
-
-        must: list[Any] = [
-            models.FieldCondition(key=key, match=models.MatchValue(value=value))
-            for key, value in (("file", query.file), ("subject", query.subject))
-            if value is not None
-        ]
-        must_not: list[Any] = []
-        upload = models.FieldCondition(key="origin", match=models.MatchValue(value=Origin.UPLOAD.value))
-        if query.origin is Origin.UPLOAD:
-            must.append(upload)
-        elif query.origin is Origin.INGEST:
-            must_not.append(upload)
-        flt = models.Filter(must=must, must_not=must_not or None)
+        flt = _server_filter(query.as_filter())
         ids: list[str] = []
         offset = None
         while True:

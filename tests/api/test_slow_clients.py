@@ -234,3 +234,43 @@ def test_websockets_count_against_the_limit_and_free_their_slot(service: Service
         with connect_from(source, service) as extra:
             received, closed = read_until_closed(extra)
         assert closed and status_of(received) == 429, received[:300]
+
+
+def test_each_http_worker_has_the_guard(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """WORKERS=2: the HTTP workers run the same protocol (app.api.server.WorkerHttpProtocol), each with a guard of
+    its own. An idle connection gets 408 at HEADER_TIMEOUT; 30 connections from one address with
+    MAX_CLIENT_CONNECTIONS=5 keep at most 2 x 5 (one count per worker), the rest are answered 429; the refusals
+    are counted in /metrics (summed over the processes). Before, the workers ran uvicorn's own protocol: every
+    one of the 30 stayed open."""
+    per_client, workers, opened = 5, 2, 30
+    env = {
+        "WORKERS": str(workers),
+        "HEADER_TIMEOUT": "2",
+        "MAX_CLIENT_CONNECTIONS": str(per_client),
+        "FORWARDED_ALLOW_IPS": "",
+        "LOG_LEVEL": "info",
+    }
+    with service_process(tmp_path_factory.mktemp("workers"), env) as service:
+        with connect_from(HEADER_ATTACKER, service) as sock:
+            received, closed = read_until_closed(sock)
+        assert closed and status_of(received) == 408 and b"HEADER_TIMEOUT" in received
+        crowd: list[socket.socket] = []
+        try:
+            for _ in range(opened):
+                sock = connect_from(CROWD, service)
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                crowd.append(sock)
+            statuses = []
+            for sock in crowd:
+                received, closed = read_until_closed(sock)
+                assert closed, "a worker kept a connection whose request head never came"
+                statuses.append(status_of(received))
+        finally:
+            for sock in crowd:
+                sock.close()
+        assert set(statuses) <= {429, 408, None}  # None: reset before the refusal could be read
+        assert statuses.count(408) <= workers * per_client and statuses.count(429) >= opened - workers * per_client
+        metrics = httpx.get(f"{service.url}/metrics", timeout=30).text
+        refused = re.search(r'oceano_http_connections_refused_total\{reason="client_limit"\} (\d+)', metrics)
+        assert refused and float(refused.group(1)) >= statuses.count(429)

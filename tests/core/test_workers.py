@@ -1,6 +1,7 @@
 """WORKERS > 1 is the same service: `python -m app` with one process and with a core process plus two HTTP
 workers (real models on the CPU, real Qdrant Edge, real uvicorn) answer one scripted exchange the same (search,
-batch search, analyze, index, thumbnails, deletes, /ws frames, an ingest job, 4xx errors, 503s under a burst);
+batch search, analyze, index, thumbnails, subjects (list, detail, move a face, rename, merge), feedback and its
+erasure with the faces, deletes, /ws frames, an ingest job, 4xx errors, 503s under a burst);
 SIGTERM ends every process; a killed worker is replaced and the service answers meanwhile."""
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ VOLATILE = {
     "throughput",
     "uptime",
     "ingested_at",
+    "created",
+    "updated",
+    "at",
 }
 
 
@@ -155,7 +159,7 @@ def exchange(service: Service) -> list[tuple[str, int, Any]]:
         return {"file": (path.name, path.read_bytes(), "image/jpeg")}
 
     indexed = record("index", http.post("/api/faces", files=upload(Photos.t1), data={"subject": "team"}))
-    record("index again", http.post("/api/faces", files=upload(Photos.yaoming)))
+    alone = record("index again", http.post("/api/faces", files=upload(Photos.yaoming)))
     record("search", http.post("/api/search", files=upload(Photos.t1), params={"top_k": 2}))
     record("search with heads", http.post("/api/search", files=upload(Photos.yaoming), params={"heads": "emotion"}))
     record(
@@ -185,8 +189,19 @@ def exchange(service: Service) -> list[tuple[str, int, Any]]:
     record("unknown face", http.delete("/api/faces/00000000-0000-0000-0000-000000000000"))
     record("bad face id", http.get("/thumbs/not-an-id"))
     record("ingest outside the roots", http.post("/api/ingest", json={"path": "/etc"}))
+    # People: the core's subjects and feedback, from whichever process took the request.
+    record("subjects", http.get("/api/subjects"))
+    record("subject", http.get("/api/subjects/team"))
+    record("move a face", http.post(f"/api/faces/{alone['ids'][0]}/subject", json={"subject": "yao"}))
+    record("rename", http.patch("/api/subjects/yao", json={"name": "Yao"}))
+    record("merge", http.post("/api/subjects/team/merge", json={"from": "Yao"}))
+    record("unknown subject", http.get("/api/subjects/nobody"))
+    pair = {"query": indexed["ids"][0], "match_id": indexed["ids"][1], "same_person": False}
+    record("feedback", http.post("/api/feedback", json=pair))
+    record("feedback listed", http.get("/api/feedback"))
     # Deletes.
     record("delete one", http.delete(f"/api/faces/{indexed['ids'][0]}"))
+    record("feedback erased with its face", http.get("/api/feedback"))
     record("deleted thumbnail", http.get(f"/thumbs/{indexed['ids'][0]}"))
     record("delete subject", http.delete("/api/faces", params={"subject": "team"}))
     # An ingest job, run by the core's job manager.
@@ -266,7 +281,19 @@ def test_the_exchange_is_what_the_api_promises(answers: dict[int, list[Any]]) ->
     }
     assert steps["unknown face"][0] == 404 and steps["bad face id"][0] in (404, 422)
     assert steps["ingest outside the roots"][0] == 403
-    assert steps["deleted thumbnail"][0] == 404 and len(steps["delete subject"][1]["deleted"]) == 5
+    assert steps["subjects"][0] == 200 and [(s["name"], s["faces"]) for s in steps["subjects"][1]["subjects"]] == [
+        ("team", 6)
+    ]
+    assert {k: steps[k][0] for k in ("subject", "move a face", "rename", "merge", "unknown subject")} == {
+        "subject": 200,
+        "move a face": 200,
+        "rename": 200,
+        "merge": 200,
+        "unknown subject": 404,
+    }
+    assert steps["merge"][1]["faces"] == 7
+    assert steps["feedback listed"][1]["total"] == 1 and steps["feedback erased with its face"][1]["total"] == 0
+    assert steps["deleted thumbnail"][0] == 404 and len(steps["delete subject"][1]["deleted"]) == 6
     assert steps["ingest"][0] == 202 and steps["ingest done"][1]["status"] == "completed"
     assert steps["ingest done"][1]["counts"]["faces_added"] == 6
     assert steps["ws frame"][1]["event"] == "detection_result" and len(steps["ws frame"][1]["data"]["faces"]) == 6

@@ -100,7 +100,7 @@ async def api_delete_faces(
 
 
 async def forget_feedback(request: Request, ids: list[str], subject: str | None = None) -> None:
-    """Erasure takes the feedback about the faces with it (app.people; not in an HTTP worker, WORKERS > 1)."""
+    """Erasure takes the feedback about the faces with it (app.people; in an HTTP worker, the core's)."""
     people: People | None = request.app.state.people
     if people is not None:
         await run_blocking(request, lambda: people.forget(ids, subject=subject))

@@ -57,12 +57,12 @@ async def list_feedback(
     """The feedback in the order it was given, a page at a time."""
 
     def work() -> FeedbackListOut:
-        rows = people.state.feedback(after=after, limit=limit + 1)
+        rows = people.feedback(after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return FeedbackListOut(
             feedback=[feedback_out(r) for r in rows],
-            total=people.state.feedback_count(),
+            total=people.feedback_count(),
             next=rows[-1].id if more and rows else None,
         )
 
@@ -74,7 +74,7 @@ def _export(people: People, fmt: ExportFormat) -> Iterator[str]:
     if fmt is ExportFormat.CSV:
         yield ",".join(fields) + "\r\n"
     after = 0
-    while rows := people.state.feedback(after=after, limit=EXPORT_PAGE):
+    while rows := people.feedback(after=after, limit=EXPORT_PAGE):
         after = rows[-1].id
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=fields)

@@ -59,8 +59,8 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
     engine = await run_blocking(request, service.engine_status)
     people: People | None = getattr(request.app.state, "people", None)
     settings: Settings = request.app.state.settings
-    threshold = (  # an HTTP worker (WORKERS > 1) reads the same calibration file
-        people.threshold()
+    threshold = (
+        await run_blocking(request, people.threshold)  # WORKERS > 1: a call to the core
         if people is not None
         else ThresholdStore(settings.state_dir).in_force(info.name, service.fingerprint, service.model_name)
     )
