@@ -156,7 +156,6 @@ def open_services(
             service=service,
             state=cluster_state,
             params=ClusterParams(min_faces=settings.cluster_min_faces, max_distance=settings.cluster_max_distance),
-            moves=people.moves,
         )
         clusters.finish_pending()  # namings and merges of clusters a stop interrupted
         people.clusters = clusters

@@ -20,7 +20,6 @@ import argparse
 import itertools
 import os
 import tempfile
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -97,7 +96,7 @@ def compare(labels: Mapping[str, Any], members: Mapping[str, str]) -> dict[str, 
 
 def run_clustering(services: Any, state_path: Path, params: ClusterParams, job: str) -> tuple[Clusters, float]:
     state = ClusterState(state_path)
-    clusters = Clusters(service=services.people.service, state=state, params=params, moves=threading.Lock())
+    clusters = Clusters(service=services.people.service, state=state, params=params)
     started = time.perf_counter()
     outcome = ClusterRun(book=clusters.book, params=params, lock=clusters.lock, run_id=job).run()
     assert outcome.value == "completed", outcome
@@ -213,7 +212,7 @@ def bench_scale(args: argparse.Namespace) -> None:
             params = ClusterParams(min_faces=args.min_faces, max_distance=args.max_distance)
             assert services.people is not None
             state = ClusterState(root / "people.sqlite")
-            clusters = Clusters(service=services.people.service, state=state, params=params, moves=threading.Lock())
+            clusters = Clusters(service=services.people.service, state=state, params=params)
             for label, job in (("full", "scale-1"), ("incremental", "scale-2")):
                 if label == "incremental":
                     load(args.points, args.points + args.more)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from app.errors import InvalidRequest, NotFound
@@ -60,14 +60,12 @@ class Clusters:
         service: PeopleFaceService,
         state: ClusterState,
         params: ClusterParams,
-        moves: threading.Lock,
     ) -> None:
         self.book = ClusterBook(service, state)
         self.service = service
         self.state = state
         self.params = params
         self.lock = threading.RLock()  # the job's page, or one action: never both
-        self._moves = moves  # People's: a cluster named while its subject is renamed waits
         self.jobs: JobManager | None = None  # set by app.bootstrap once the manager is built
 
     # ------------------------------------------------------------------ the job
@@ -131,7 +129,8 @@ class Clusters:
         """Every face of the cluster gets the subject `name` (a new subject, or more faces of one), and the cluster
         is gone. Journalled: a stop half-way is finished at the next start."""
         name = subject_name(name)
-        with self._moves, self.lock:
+        # A rename of `name` running meanwhile moves these faces too: it moves pages until none has the old name.
+        with self.lock:
             self._open(cluster_id)
             self.state.begin_cluster_move(cluster_id, ClusterMoveKind.SUBJECT, name)
             self._move(cluster_id, ClusterMoveKind.SUBJECT, name)
@@ -162,10 +161,6 @@ class Clusters:
         if record is None:  # its last face: the cluster is gone
             return ClusterView(ClusterRecord(cluster_id, time.time(), time.time(), 0, None, [], dirty=False))
         return self.get(cluster_id)
-
-    def forget(self, face_ids: Sequence[str]) -> None:
-        """Erased faces leave their clusters (figures refreshed on the next listing)."""
-        self.state.remove_members(face_ids)
 
     def left_cluster(self, face_id: str) -> None:
         """A face given a subject leaves its cluster (the payload and the membership)."""

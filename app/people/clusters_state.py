@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_SCHEMA = """
+CLUSTER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
     id TEXT PRIMARY KEY,
     created REAL NOT NULL,
@@ -90,7 +90,7 @@ class ClusterState:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a journalled membership survives a power cut too
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(CLUSTER_SCHEMA)
         except BaseException:
             self._db.close()
             raise

@@ -104,11 +104,6 @@ class People:
         self._threshold: tuple[int, CalibratedThreshold] | None = None
         self.clusters: Clusters | None = None  # set by app.bootstrap: the clusters of the unknown faces
 
-    @property
-    def moves(self) -> threading.Lock:
-        """Held while subjects are renamed or merged (and while a cluster is named)."""
-        return self._moves
-
     # ------------------------------------------------------------------ threshold and identity
     def threshold(self) -> CalibratedThreshold:
         """The threshold in force: calibrated for this collection and fingerprint, else the pack's default. Read
@@ -292,9 +287,7 @@ class People:
         return deleted
 
     def forget(self, face_ids: Sequence[str], *, subject: str | None = None) -> int:
-        """Erase the feedback about these faces (and this subject); erased faces leave their clusters."""
-        if self.clusters is not None:
-            self.clusters.forget(face_ids)
+        """Erase the feedback about these faces (and this subject), and their cluster memberships."""
         return self.state.forget(face_ids=face_ids, subject=subject)
 
     # ------------------------------------------------------------------ feedback

@@ -106,7 +106,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, engine: FaceEngine) ->
         service=service, state=people_state, state_dir=tmp_path, collection="faces", fingerprint="fp", pack="x"
     )
     state = ClusterState(tmp_path / "people.sqlite")
-    clusters = Clusters(service=service, state=state, params=PARAMS, moves=people.moves)
+    clusters = Clusters(service=service, state=state, params=PARAMS)
     people.clusters = clusters
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((8, DIM)).astype(np.float32)
