@@ -8,7 +8,8 @@ also prints the same-person / different-person score percentiles that the defaul
 
 `scale`: N synthetic unknown faces made as bench.scale makes them (identities with noise around centres), one full
 clustering run, then 1,000 more faces and an incremental run: run time and peak RSS (VmHWM, reset before each
-run) of each, cluster purity against the centres, and the load average.
+run, which counts the store's memory-mapped files too; and the peak of RssAnon, the process's own memory, sampled)
+of each, cluster purity against the centres, and the load average.
 
     python -m bench.clusters eval [--min-faces 3] [--distances 0.5,0.55,0.6,0.64,0.7]
     python -m bench.clusters scale [--points 100000] [--min-faces 3] [--max-distance 0.6]
@@ -20,6 +21,7 @@ import argparse
 import itertools
 import os
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -31,7 +33,7 @@ import numpy as np
 from app.bootstrap import open_services
 from app.config import Settings
 from app.people import ClusterParams, ClusterRun, Clusters, ClusterState
-from app.people.clusters_run import CLUSTER_KEY, CORE_KEY
+from app.people.clusters_run import CLUSTER_KEY, CORE_KEY, HNSW_EF, NEIGHBOURS
 from app.service import ImageToIndex, content_hash
 from app.store import FaceFilter, FacePoint
 from bench.common import eval_labels, setup_logging
@@ -43,6 +45,25 @@ def rss_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+class AnonPeak(threading.Thread):
+    """The largest RssAnon seen (the process's own memory, without the store's memory-mapped files, which VmHWM
+    counts too), sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_kb = rss_kb("RssAnon")
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.05):
+            self.peak_kb = max(self.peak_kb, rss_kb("RssAnon"))
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak_kb
 
 
 def reset_peak() -> None:
@@ -209,7 +230,13 @@ def bench_scale(args: argparse.Namespace) -> None:
 
             load(0, args.points)
             print(f"loaded {args.points} faces ({data.n_centres} identities) in {time.perf_counter() - started:.0f}s")
-            params = ClusterParams(min_faces=args.min_faces, max_distance=args.max_distance)
+            params = ClusterParams(
+                min_faces=args.min_faces,
+                max_distance=args.max_distance,
+                neighbours=args.neighbours,
+                hnsw_ef=args.hnsw_ef,
+            )
+            print(f"params: {params}")
             assert services.people is not None
             state = ClusterState(root / "people.sqlite")
             clusters = Clusters(service=services.people.service, state=state, params=params)
@@ -218,19 +245,23 @@ def bench_scale(args: argparse.Namespace) -> None:
                     load(args.points, args.points + args.more)
                     before = all_members(store)
                 reset_peak()
-                rss0 = rss_kb("VmRSS")
+                rss0, anon0 = rss_kb("VmRSS"), rss_kb("RssAnon")
+                anon = AnonPeak()
+                anon.start()
                 load0 = os.getloadavg()[0]
                 started = time.perf_counter()
                 cpu0 = time.process_time()
                 run = ClusterRun(book=clusters.book, params=params, lock=clusters.lock, run_id=job)
                 outcome = run.run()
                 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
+                peak = rss_kb("VmHWM") / 1024  # before the bench's own reading of the results
+                anon_peak = anon.stop() / 1024
                 members = all_members(store)
                 quality = compare({f: centres[f] for f in centres}, members)
-                peak = rss_kb("VmHWM") / 1024
                 print(
                     f"{label}: {outcome.value} in {seconds:.1f}s (CPU {cpu:.1f}s), peak RSS {peak:.0f} MiB (from "
-                    f"{rss0 / 1024:.0f} MiB), load {load0:.2f} -> {os.getloadavg()[0]:.2f}; {run.counts}"
+                    f"{rss0 / 1024:.0f} MiB; anonymous {anon_peak:.0f} MiB from {anon0 / 1024:.0f} MiB), load "
+                    f"{load0:.2f} -> {os.getloadavg()[0]:.2f}; {run.counts}"
                 )
                 print(f"  vs centres: {quality}")
                 if label == "incremental":
@@ -255,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--more", type=int, default=1_000)
     sc.add_argument("--min-faces", type=int, default=3)
     sc.add_argument("--max-distance", type=float, default=0.6)
+    sc.add_argument("--neighbours", type=int, default=NEIGHBOURS)
+    sc.add_argument("--hnsw-ef", type=int, default=HNSW_EF)
     args = parser.parse_args(argv)
     setup_logging()
     (bench_eval if args.mode == "eval" else bench_scale)(args)

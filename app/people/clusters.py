@@ -178,7 +178,7 @@ class Clusters:
     def _move(self, cluster_id: str, kind: ClusterMoveKind, target: str) -> None:
         """Every face of the cluster to the subject or the other cluster, a page at a time, then the cluster is
         dropped. Runs again from the start after a stop: faces already moved are no longer in the cluster."""
-        where = FaceFilter(cluster=cluster_id)
+        where = FaceFilter(cluster=cluster_id, no_subject=True)  # a face named since (an upload) keeps its name
         while True:
             page, _ = self.service.list_faces(where, offset=None, limit=MOVE_PAGE, keys=(CORE_KEY,))
             if not page:

@@ -83,10 +83,8 @@ class PeopleFaceService(FaceService):
         self.store.set_payload(ids, payload)
 
     def neighbours(
-        self, vectors: np.ndarray[Any, Any], *, limit: int, min_score: float, where: FaceFilter
+        self, vectors: np.ndarray[Any, Any], *, limit: int, min_score: float, where: FaceFilter, hnsw_ef: int
     ) -> list[list[Match]]:
         """The stored faces `where` selects nearest each vector (at most `limit`, score at least `min_score`), one
         batched index search, with their payloads (the clustering of app.people.clusters)."""
-        return self.store.search(
-            vectors, limit=limit, threshold=min_score, hnsw_ef=max(self.settings.hnsw_ef, limit), where=where
-        )
+        return self.store.search(vectors, limit=limit, threshold=min_score, hnsw_ef=max(hnsw_ef, limit), where=where)
