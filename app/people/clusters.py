@@ -177,12 +177,18 @@ class Clusters:
 
     def _move(self, cluster_id: str, kind: ClusterMoveKind, target: str) -> None:
         """Every face of the cluster to the subject or the other cluster, a page at a time, then the cluster is
-        dropped. Runs again from the start after a stop: faces already moved are no longer in the cluster."""
-        where = FaceFilter(cluster=cluster_id, no_subject=True)  # a face named since (an upload) keeps its name
+        dropped. Runs again from the start after a stop: faces already moved are no longer in the cluster. A face
+        named since it was clustered (an upload with a subject) keeps its name and only loses the cluster."""
+        where = FaceFilter(cluster=cluster_id)
         while True:
-            page, _ = self.service.list_faces(where, offset=None, limit=MOVE_PAGE, keys=(CORE_KEY,))
+            page, _ = self.service.list_faces(where, offset=None, limit=MOVE_PAGE, keys=(CORE_KEY, "subject"))
             if not page:
                 break
+            named = [f.id for f in page if f.payload.get("subject")]
+            if named:
+                self.service.update_faces(named, {CLUSTER_KEY: None, CORE_KEY: None})
+                self.state.remove_members(named)
+            page = [f for f in page if not f.payload.get("subject")]
             ids = [f.id for f in page]
             if kind is ClusterMoveKind.SUBJECT:
                 self.service.update_faces(ids, {"subject": target, CLUSTER_KEY: None, CORE_KEY: None})
