@@ -155,7 +155,11 @@ def open_services(
         clusters = Clusters(
             service=service,
             state=cluster_state,
-            params=ClusterParams(min_faces=settings.cluster_min_faces, max_distance=settings.cluster_max_distance),
+            params=ClusterParams(
+                min_faces=settings.cluster_min_faces,
+                max_distance=settings.cluster_max_distance,
+                reindex_every=settings.index_threshold,
+            ),
         )
         clusters.finish_pending()  # namings and merges of clusters a stop interrupted
         people.clusters = clusters

@@ -264,6 +264,12 @@ def bench_scale(args: argparse.Namespace) -> None:
                     f"{load0:.2f} -> {os.getloadavg()[0]:.2f}; {run.counts}"
                 )
                 print(f"  vs centres: {quality}")
+                started = time.perf_counter()
+                listed = clusters.page(offset=0, limit=50, min_size=0)
+                print(
+                    f"  GET /api/clusters' work (page of 50, total {listed.total}, unclustered {listed.unclustered}): "
+                    f"{1000 * (time.perf_counter() - started):.0f} ms"
+                )
                 if label == "incremental":
                     moved = sum(1 for f, c in before.items() if members.get(f) != c)
                     new = [point_uuid(i) for i in range(args.points, args.points + args.more)]

@@ -78,6 +78,11 @@ class PeopleFaceService(FaceService):
     def face_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
         return self.store.vectors(ids)
 
+    def build_index(self) -> bool:
+        """Index what payload updates left unindexed (Qdrant Edge moves an updated point out of its indexed segment:
+        searches over it are exact until a build). Blocks the process while it builds, as ingest's builds do."""
+        return self.store.optimize()
+
     def update_faces(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
         """Set these payload keys on these faces (other keys kept; None clears a key's value; gone faces skipped)."""
         self.store.set_payload(ids, payload)
