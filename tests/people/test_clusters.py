@@ -328,3 +328,25 @@ def test_concurrent_action_waits_for_the_page(world: World) -> None:
         order.append("page done")
     worker.join(30)
     assert order == ["page done", "out"]
+
+
+@pytest.mark.parametrize("every", [0, 8])
+def test_index_rebuilt_every_n_faces_written(world: World, monkeypatch: pytest.MonkeyPatch, every: int) -> None:
+    """Payload updates move points out of their indexed segment (Qdrant Edge): a run rebuilds the index every
+    `reindex_every` faces it writes, and at its end (0: never)."""
+    faces = [f for i in range(5) for f in world.add(i, 6)]
+    builds: list[int] = []
+
+    def build() -> bool:
+        builds.append(len(world.membership()))  # faces written when the build runs
+        return True
+
+    monkeypatch.setattr(world.service, "build_index", build)
+    world.clusters.params = ClusterParams(min_faces=3, max_distance=0.6, page=4, reindex_every=every)
+    world.run()
+    assert len(world.membership()) == len(faces)
+    if every == 0:
+        assert builds == []
+    else:
+        assert builds and builds[-1] == len(faces)  # the last one after the last write
+        assert all(b - a >= every for a, b in zip([0, *builds[:-2]], builds[:-1], strict=True))
