@@ -9,6 +9,25 @@ from typing import Any, Protocol
 import numpy as np
 
 
+@dataclass(frozen=True, slots=True)
+class FaceQuality:
+    """How fit a face is for recognition (app.engine.quality computes it; README "Face quality").
+
+    `size`: the shorter side of the face's box in the original image's pixels; `sharpness`: the variance of the
+    Laplacian over the middle of the aligned 112x112 crop the recognizer embedded (gray levels); `yaw`, `pitch`,
+    `roll`: the head's pose in degrees estimated from the five keypoints; `det_score`: the detector's score;
+    `score`: one number in [0, 1] combining them. `flagged`: under QUALITY_MIN (the service sets it)."""
+
+    score: float
+    size: float
+    sharpness: float
+    yaw: float
+    pitch: float
+    roll: float
+    det_score: float
+    flagged: bool = False
+
+
 @dataclass(slots=True)
 class Face:
     """One detected face. Coordinates are in the pixels of the array the engine was given."""
@@ -19,6 +38,7 @@ class Face:
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (D,) L2-normalised
     crop: np.ndarray | None = None  # (112, 112, 3) aligned BGR crop, shared with the heads
     attributes: dict[str, Any] = field(default_factory=dict)  # the heads' answers, e.g. {"emotion": {...}}
+    quality: FaceQuality | None = None  # set by the engine for every face it finds
 
 
 class FaceHead(Protocol):

@@ -49,6 +49,10 @@ PeopleDep = Annotated[People, Depends(get_people)]
 
 TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="matches per face (default TOP_K)")]
 Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]
+MinQuality = Annotated[
+    float | None,
+    Query(ge=0.0, le=1.0, description="match only stored faces whose quality score is at least this (0-1)"),
+]
 Upload = Annotated[UploadFile | None, File(description="an image: JPEG, PNG, WebP, BMP, TIFF or GIF")]
 HeadsQuery = Annotated[
     str | None,

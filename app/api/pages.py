@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app.api.contract import UPLOAD, errors, or_html
-from app.api.deps import ServiceDep, SettingsDep, Threshold, TopK, Upload
+from app.api.deps import MinQuality, ServiceDep, SettingsDep, Threshold, TopK, Upload
 from app.api.routes.ops import threshold_source
 from app.api.routes.search import search_bytes
 from app.api.schemas import SearchOut, face_out
@@ -79,12 +79,16 @@ async def search_page(
     file: Upload = None,
     top_k: TopK = None,
     threshold: Threshold = None,
+    min_quality: MinQuality = None,
 ) -> Response:
     """The page's form target: HTML results, or JSON with `Accept: application/json`. The default heads (HEADS,
     e.g. emotion) run on each face and are shown next to its matches."""
     heads = service.select_heads(None)
     done = await handle_uploads(
-        request, service, [file], lambda data, ticket: search_bytes(service, data[0], top_k, threshold, heads, ticket)
+        request,
+        service,
+        [file],
+        lambda data, ticket: search_bytes(service, data[0], top_k, threshold, heads, ticket, min_quality),
     )
     faces, took = done.value, done.took_ms
     request.app.state.metrics.observe_search(len(faces), done.seconds)

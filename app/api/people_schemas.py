@@ -41,6 +41,9 @@ class StoredFaceOut(BaseModel):
     det_score: float | None
     ingested_at: float | None
     thumb_url: str
+    quality: float | None = Field(
+        default=None, description='its quality score at indexing (README "Face quality"); null: indexed before'
+    )
 
 
 class FaceListOut(BaseModel):
@@ -243,6 +246,7 @@ def stored_face_out(m: Match) -> StoredFaceOut:
         det_score=p.get("det_score"),
         ingested_at=p.get("ingested_at"),
         thumb_url=f"/thumbs/{m.id}",
+        quality=p.get("quality"),
     )
 
 

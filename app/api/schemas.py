@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.faces import FaceQuality
 from app.heads import HeadListing, HeadSpec, ModelInfo
 from app.ingest.model import DEFAULT_BATCH, DEFAULT_WORKERS, MAX_BATCH, MAX_WORKERS, JobOut
 from app.people import IdentifiedFace
-from app.service import AnalyzedFace, SearchedFace
+from app.service import AnalyzedFace, IndexedImage, SearchedFace
 
 
 class ErrorOut(BaseModel):
@@ -42,6 +45,19 @@ class IdentityOut(BaseModel):
     threshold: float = Field(description="the 'same person' threshold it was decided at")
 
 
+class QualityOut(BaseModel):
+    """How fit the face is for recognition (README "Face quality"), measured when it was detected."""
+
+    score: float = Field(description="one score in [0, 1] combining the others (1: as good as it gets)")
+    size: float = Field(description="the shorter side of the face's box, in the original image's pixels")
+    sharpness: float = Field(description="variance of the Laplacian over the middle of the aligned 112x112 crop")
+    yaw: float = Field(description="degrees, from the five keypoints (positive: turned to the image's right)")
+    pitch: float = Field(description="degrees, from the five keypoints (positive: chin up)")
+    roll: float = Field(description="degrees, the eye line's angle (undone by alignment: it costs no score)")
+    det_score: float = Field(description="the detector's score")
+    flagged: bool = Field(description="the score is under QUALITY_MIN")
+
+
 class FaceOut(BaseModel):
     """A face and its matches. With ?heads=..., each head adds its answer as further keys, e.g.
     "emotion": {"label": "happy", "scores": {...}}, "gender": "F", "age": 31."""
@@ -54,6 +70,7 @@ class FaceOut(BaseModel):
     matches: list[MatchOut]
     identity: IdentityOut | None = Field(default=None, description="null: no enrolled subject passes the threshold")
     ref: str | None = Field(default=None, description="this query face, for POST /api/feedback (`query`)")
+    quality: QualityOut | None = None
 
 
 class AnalyzedFaceOut(BaseModel):
@@ -65,6 +82,7 @@ class AnalyzedFaceOut(BaseModel):
     bbox: list[float]
     det_score: float
     kps: list[list[float]]
+    quality: QualityOut | None = None
 
 
 class AnalyzeOut(BaseModel):
@@ -112,12 +130,31 @@ class BatchSearchOut(BaseModel):
     model: str
 
 
+class IndexedFaceOut(BaseModel):
+    """A face found in the photo: stored under `id`, or refused and why."""
+
+    id: str | None = Field(description="the stored face's id; null: refused")
+    face_index: int
+    bbox: list[float]
+    det_score: float
+    quality: QualityOut | None
+    refused: str | None = Field(
+        default=None, description="why it was not indexed (its quality score under QUALITY_MIN, QUALITY_POLICY=refuse)"
+    )
+
+
 class IndexOut(BaseModel):
     file: str
-    ids: list[str]
-    faces: int
+    ids: list[str] = Field(description="the faces stored")
+    faces: int = Field(description="how many faces were stored")
     replaced: int
     took_ms: float
+    detected: list[IndexedFaceOut] = Field(
+        default_factory=list, description="every face found, in order, with its quality: stored or refused"
+    )
+    refused: int = Field(default=0, description="faces found but not indexed (QUALITY_POLICY=refuse)")
+    flagged: int = Field(default=0, description="faces stored with quality_flagged (under QUALITY_MIN)")
+    message: str | None = Field(default=None, description="what a person should know, e.g. every face was refused")
 
 
 class DeleteOut(BaseModel):
@@ -228,13 +265,53 @@ def face_out(face: SearchedFace) -> FaceOut:
             threshold=identity.threshold,
         ),
         ref=who.ref if who else None,
+        quality=quality_out(face.face.quality),
         **face.face.attributes,
     )
 
 
+def quality_out(quality: FaceQuality | None) -> QualityOut | None:
+    return None if quality is None else QualityOut.model_validate(dataclasses.asdict(quality))
+
+
 def analyzed_out(face: AnalyzedFace) -> AnalyzedFaceOut:
     return AnalyzedFaceOut(
-        bbox=face.bbox, det_score=round(face.face.det_score, 4), kps=face.kps, **face.face.attributes
+        bbox=face.bbox,
+        det_score=round(face.face.det_score, 4),
+        kps=face.kps,
+        quality=quality_out(face.face.quality),
+        **face.face.attributes,
+    )
+
+
+def index_out(result: IndexedImage, took_ms: float) -> IndexOut:
+    refused = result.refused
+    message = None
+    if result.faces and not result.ids:
+        message = (
+            f"no face of this photo was indexed: all {len(refused)} were refused for quality under QUALITY_MIN "
+            f"(see `detected`); send a sharper, larger, more frontal photo"
+        )
+    return IndexOut(
+        file=result.file,
+        ids=result.ids,
+        faces=len(result.ids),
+        replaced=len(result.replaced),
+        took_ms=took_ms,
+        detected=[
+            IndexedFaceOut(
+                id=f.id,
+                face_index=f.index,
+                bbox=f.bbox,
+                det_score=f.det_score,
+                quality=quality_out(f.quality),
+                refused=f.refused,
+            )
+            for f in result.faces
+        ],
+        refused=len(refused),
+        flagged=result.flagged,
+        message=message,
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.errors import ERROR_STATUS
-from app.api.schemas import face_out
+from app.api.schemas import face_out, quality_out
 from app.config import MAX_TOP_K, Settings
 from app.errors import ImageTooLarge, OceanoError
 from app.people import IdentifiedFace
@@ -145,6 +145,9 @@ class FrameSettings(BaseModel):
     search: bool = Field(False, description="embed each face and find its nearest stored faces")
     top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="matches per face with search")
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum similarity of a match")
+    min_quality: float | None = Field(
+        None, ge=0.0, le=1.0, description="with search: match only stored faces of at least this quality score"
+    )
     heads: list[str] | str | None = Field(None, description="heads to run (default HEADS); [] or '' for none")
     max_side: int | None = Field(
         None, ge=32, le=4096, description="reduce the frame to this long side before detection (default FRAME_MAX_SIDE)"
@@ -161,6 +164,7 @@ class FrameSettings(BaseModel):
             threshold=self.threshold,
             heads=heads,
             max_side=self.max_side or settings.frame_max_side,
+            min_quality=self.min_quality,
         )
 
 
@@ -239,6 +243,8 @@ def face_json(face: FrameFace) -> dict[str, Any]:
         if isinstance(value, dict) and "label" in value and "scores" in value:  # a softmax head, e.g. emotion
             value = {"label": value["label"], "confidence": value["scores"][value["label"]], "scores": value["scores"]}
         out[key] = value
+    quality = quality_out(face.quality)
+    out["quality"] = quality.model_dump() if quality is not None else None
     if face.matches is not None:
         out["matches"] = [
             {

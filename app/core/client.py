@@ -210,10 +210,17 @@ class RemoteFaceService(FaceServiceApi):
         threshold: float | None = None,
         heads: Sequence[Head] = (),
         ticket: Ticket | None = None,
+        min_quality: float | None = None,
     ) -> list[list[SearchedFace]]:
-        self.search_params(top_k, threshold)  # a bad value is refused here, before the pixels travel
+        self.search_params(top_k, threshold, min_quality)  # a bad value is refused here, before the pixels travel
         rows = self.client.call(
-            "search", images, top_k=top_k, threshold=threshold, heads=_names(heads), ticket=_ticket_id(ticket)
+            "search",
+            images,
+            top_k=top_k,
+            threshold=threshold,
+            heads=_names(heads),
+            ticket=_ticket_id(ticket),
+            min_quality=min_quality,
         )
         return [
             [_searched(image, f, bbox, kps, matches, who) for f, bbox, kps, matches, who in row]

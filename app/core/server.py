@@ -242,6 +242,7 @@ class CoreServer:
         threshold: float | None,
         heads: str,
         ticket: int | None,
+        min_quality: float | None = None,
     ) -> list[SearchedRow]:
         try:
             rows = self.service.search(
@@ -250,6 +251,7 @@ class CoreServer:
                 threshold=threshold,
                 heads=self.service.select_heads(heads),
                 ticket=self._ticket(ticket),
+                min_quality=min_quality,
             )
         finally:
             if ticket is not None:

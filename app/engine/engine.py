@@ -18,9 +18,10 @@ from app.engine.detector import ScrfdDetector
 from app.engine.model import OnnxModel, Shape, log_warm_up
 from app.engine.observe import CallSource, EngineObserver, NullObserver
 from app.engine.packs import ModelPack, resolve_pack
+from app.engine.quality import face_qualities
 from app.engine.recognizer import ArcFaceRecognizer
 from app.engine.runtime import InferenceGate, Runtime
-from app.faces import Face, FaceHead
+from app.faces import Face, FaceHead, FaceQuality
 from app.imaging import DecodedImage
 
 logger = logging.getLogger(__name__)
@@ -161,14 +162,18 @@ class FaceEngine:
             source_image, ratio = alignment_source(image, pixels, boxes)
             sources.extend([source_image] * len(kps))
             points.append(kps * ratio)
+        aligned = align_faces(sources, np.concatenate(points) if points else np.zeros((0, 5, 2), np.float32))
+        # Quality of every face of the call at once, its sharpness on the very crops embedded below (cut from the
+        # finer decode for small faces), its size in the original's pixels.
+        qualities = iter(self._qualities(images, detections, aligned))
         # A list of (112, 112, 3) views: what the recognizer and the heads take.
-        crops = list(align_faces(sources, np.concatenate(points) if points else np.zeros((0, 5, 2), np.float32)))
+        crops = list(aligned)
         faces: list[list[Face]] = []
         next_crop = iter(crops)
         for boxes, scores, kps in detections:
             faces.append(
                 [
-                    Face(bbox=box, kps=face_kps, det_score=float(score), crop=next(next_crop))
+                    Face(bbox=box, kps=face_kps, det_score=float(score), crop=next(next_crop), quality=next(qualities))
                     for box, score, face_kps in zip(boxes, scores, kps, strict=True)
                 ]
             )
@@ -185,6 +190,22 @@ class FaceEngine:
         for face, emb in zip(flat, embeddings, strict=True):
             face.embedding = emb
         return faces
+
+    @staticmethod
+    def _qualities(
+        images: Sequence[Image], detections: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], crops: np.ndarray
+    ) -> list[FaceQuality]:
+        """app.engine.quality over every face of the call, in the order of `crops`."""
+        if not len(crops):
+            return []
+        scales = [img.scale if isinstance(img, DecodedImage) else 1.0 for img in images]
+        return face_qualities(
+            crops,
+            np.concatenate([kps for _, _, kps in detections]),
+            np.concatenate([boxes for boxes, _, _ in detections]),
+            np.concatenate([scores for _, scores, _ in detections]),
+            np.concatenate([np.full(len(boxes), s) for s, (boxes, _, _) in zip(scales, detections, strict=True)]),
+        ).records()
 
     def _observed(self, model: str, source: CallSource, size: int, started: float) -> None:
         if size:  # a model given nothing ran nothing (no face: no recognizer or head run)

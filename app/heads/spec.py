@@ -16,7 +16,7 @@ from app.errors import ModelPackError
 GENDERAGE = "genderage"
 SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 # Fields a face already has; a head's output may not take them.
-RESERVED_KEYS = frozenset({"bbox", "det_score", "kps", "matches", "embedding", "crop", "id", "heads"})
+RESERVED_KEYS = frozenset({"bbox", "det_score", "kps", "matches", "embedding", "crop", "id", "heads", "quality"})
 GENDERAGE_KEYS = ("gender", "age")
 
 

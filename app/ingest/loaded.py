@@ -82,8 +82,8 @@ def inferred_entries(
             size=item.size,
             mtime_ns=item.mtime_ns,
             content_hash=item.content_hash,
-            status=FileStatus.DONE if row else FileStatus.NO_FACE,
-            faces=len(row),
+            status=FileStatus.DONE if row else FileStatus.NO_FACE,  # faces all refused (quality): done, none stored
+            faces=len(result.ids),
             run_id=run_id,
         )
         kind = EntryKind.INGESTED if row else EntryKind.NO_FACE

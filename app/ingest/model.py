@@ -98,6 +98,8 @@ class Counts:
     skipped: int = 0  # already done (unchanged) in an earlier run
     failed: int = 0
     faces_added: int = 0
+    faces_flagged: int = 0  # of faces_added: under QUALITY_MIN, stored with quality_flagged (QUALITY_POLICY=flag)
+    faces_refused: int = 0  # found but not stored: under QUALITY_MIN with QUALITY_POLICY=refuse
     in_progress: int = 0  # read and analysed, waiting for their upsert (not done yet: not in the store yet)
 
     @property
@@ -119,6 +121,8 @@ class Counts:
             "skipped": self.skipped,
             "failed": self.failed,
             "faces_added": self.faces_added,
+            "faces_flagged": self.faces_flagged,
+            "faces_refused": self.faces_refused,
             "in_progress": self.in_progress,
         }
 
@@ -127,7 +131,18 @@ class Counts:
         return cls(
             **{
                 k: data[k]
-                for k in ("total", "seen", "ingested", "no_face", "skipped", "failed", "faces_added", "in_progress")
+                for k in (
+                    "total",
+                    "seen",
+                    "ingested",
+                    "no_face",
+                    "skipped",
+                    "failed",
+                    "faces_added",
+                    "faces_flagged",
+                    "faces_refused",
+                    "in_progress",
+                )
                 if k in data
             }
         )
@@ -205,6 +220,8 @@ class CountsOut(BaseModel):
     skipped: int = Field(description="already done in an earlier run, unchanged")
     failed: int
     faces_added: int
+    faces_flagged: int = Field(0, description="of faces_added: quality under QUALITY_MIN (QUALITY_POLICY=flag)")
+    faces_refused: int = Field(0, description="found but not stored: quality under QUALITY_MIN (QUALITY_POLICY=refuse)")
     in_progress: int = Field(description="read and analysed, waiting for their upsert (not in the store yet)")
 
 

@@ -429,6 +429,9 @@ class IngestJob:
             if entry.kind is EntryKind.INGESTED:
                 counts.ingested += 1
                 counts.faces_added += len(entry.points)
+                if entry.result is not None:
+                    counts.faces_flagged += entry.result.flagged
+                    counts.faces_refused += len(entry.result.refused)
             elif entry.kind is EntryKind.NO_FACE:
                 counts.no_face += 1
             elif entry.kind is EntryKind.SKIPPED:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.ingest.model import JobStatus, Progress
+from app.ingest.model import Counts, JobStatus, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def progress_line(progress: Progress) -> str:
     eta = "" if progress.eta_s is None else f", ETA {format_duration(progress.eta_s)}"
     return (
         f"{c.handled}/{total} files ({c.done} done, {c.in_progress} in progress, {c.skipped} skipped, "
-        f"{c.failed} failed), {c.faces_added} faces added, {progress.files_per_s:.1f} files/s, "
+        f"{c.failed} failed), {c.faces_added} faces added{quality_note(c)}, {progress.files_per_s:.1f} files/s, "
         f"{progress.faces_per_s:.1f} faces/s{eta}"
     )
 
@@ -30,9 +30,16 @@ def summary_line(progress: Progress) -> str:
     c = progress.counts
     return (
         f"{c.seen} files seen: {c.ingested} ingested, {c.skipped} skipped (already done), {c.no_face} without "
-        f"faces, {c.failed} failed; {c.faces_added} faces added in {format_duration(progress.elapsed)} "
-        f"({progress.files_per_s:.1f} images/s)"
+        f"faces, {c.failed} failed; {c.faces_added} faces added{quality_note(c)} in "
+        f"{format_duration(progress.elapsed)} ({progress.files_per_s:.1f} images/s)"
     )
+
+
+def quality_note(c: Counts) -> str:
+    """' (3 flagged, 2 refused for quality)', or nothing when no face was either (QUALITY_MIN, QUALITY_POLICY)."""
+    if not (c.faces_flagged or c.faces_refused):
+        return ""
+    return f" ({c.faces_flagged} flagged, {c.faces_refused} refused for quality)"
 
 
 def format_duration(seconds: float) -> str:
@@ -97,6 +104,7 @@ def format_summary(path: str, progress: Progress, outcome: str, message: str | N
         f"  no face      {c.no_face}",
         f"  failed       {c.failed}" + (f"; top reasons: {reasons}" if reasons else ""),
         f"  faces added  {c.faces_added}",
+        f"  quality      {c.faces_flagged} flagged, {c.faces_refused} refused (under QUALITY_MIN)",
         f"  wall time    {format_duration(progress.elapsed)} ({progress.elapsed:.1f}s), {images_per_s:.2f} images/s",
     ]
     return "\n".join(lines)

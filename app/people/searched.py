@@ -48,8 +48,11 @@ class PeopleFaceService(FaceService):
         threshold: float | None = None,
         heads: Sequence[Head] = (),
         ticket: Ticket | None = None,
+        min_quality: float | None = None,
     ) -> list[list[SearchedFace]]:
-        photos = super().search(images, top_k=top_k, threshold=threshold, heads=heads, ticket=ticket)
+        photos = super().search(
+            images, top_k=top_k, threshold=threshold, heads=heads, ticket=ticket, min_quality=min_quality
+        )
         if self.people is None:
             return photos
         identified: list[list[SearchedFace]] = []

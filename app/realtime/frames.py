@@ -10,6 +10,7 @@ from typing import Any
 
 from app.engine import Ticket
 from app.errors import NoSuchHead
+from app.faces import FaceQuality
 from app.heads import Head, OutputKind
 from app.realtime.crowd import CrowdAnalysis, CrowdScale
 from app.service import FaceServiceApi, SearchedFace
@@ -58,6 +59,7 @@ class FrameOptions:
     threshold: float | None = None
     heads: str | None = None
     max_side: int | None = None  # the frame is reduced to this long side before detection (None: as decoded)
+    min_quality: float | None = None  # with `search`: match only stored faces of at least this quality score
 
 
 @dataclass(slots=True)
@@ -68,6 +70,7 @@ class FrameFace:
     attributes: dict[str, Any]  # each head's answer, e.g. {"emotion": {"label", "scores"}}
     matches: list[Match] | None = None  # with `search` only: nearest stored faces, best first
     searched: SearchedFace | None = None  # with `search` only: the service's answer (app.people's says who it is)
+    quality: FaceQuality | None = None  # app.engine.quality's record
 
     @property
     def area(self) -> float:
@@ -131,19 +134,28 @@ class FrameAnalyzer:
         service = self.service
         heads = service.select_heads(options.heads)
         if options.search:
-            service.search_params(options.top_k, options.threshold)  # a bad value costs no decode
+            service.search_params(options.top_k, options.threshold, options.min_quality)  # a bad value costs no decode
         image = service.decode(data, max_side=options.max_side)
         faces: list[FrameFace]
         if options.search:
             searched = service.search(
-                [image], top_k=options.top_k, threshold=options.threshold, heads=heads, ticket=ticket
+                [image],
+                top_k=options.top_k,
+                threshold=options.threshold,
+                heads=heads,
+                ticket=ticket,
+                min_quality=options.min_quality,
             )[0]
             faces = [
-                FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes, f.matches, f) for f in searched
+                FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes, f.matches, f, f.face.quality)
+                for f in searched
             ]
         else:
             analyzed = service.analyze([image], heads=heads, ticket=ticket)[0]
-            faces = [FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes) for f in analyzed]
+            faces = [
+                FrameFace(f.bbox, round(f.face.det_score, 4), f.kps, f.face.attributes, quality=f.face.quality)
+                for f in analyzed
+            ]
         faces = [f for f in faces if f.confidence >= options.confidence_threshold]
         width, height = image.original_size
         return FrameResult(

@@ -14,7 +14,7 @@ from typing import Any
 from app.config import MAX_TOP_K, Settings
 from app.engine import Ticket
 from app.errors import EngineBusy, ImageTooLarge, InvalidRequest, OceanoError
-from app.faces import Face
+from app.faces import Face, FaceQuality
 from app.heads import Head, HeadRegistry
 from app.imaging import (
     DecodedImage,
@@ -76,6 +76,18 @@ class ImageToIndex:
 
 
 @dataclass(slots=True)
+class IndexedFace:
+    """One face detected in an image to index: stored under `id`, or refused (QUALITY_POLICY=refuse) and why."""
+
+    index: int  # its place among the image's faces (the point id's face index)
+    bbox: list[float]  # in the original image's pixels
+    det_score: float
+    quality: FaceQuality | None
+    id: str | None = None  # None: refused
+    refused: str | None = None
+
+
+@dataclass(slots=True)
 class IndexedImage:
     file: str
     ids: list[str]
@@ -83,6 +95,16 @@ class IndexedImage:
     origin: Origin = Origin.UPLOAD
     replace: bool = False
     staged: dict[str, Path] = field(default_factory=dict)  # thumbnails written, moved into place after the upsert
+    faces: list[IndexedFace] = field(default_factory=list)  # every face detected, stored or refused
+
+    @property
+    def refused(self) -> list[IndexedFace]:
+        return [f for f in self.faces if f.refused is not None]
+
+    @property
+    def flagged(self) -> int:
+        """Faces stored with quality_flagged (under QUALITY_MIN, QUALITY_POLICY=flag)."""
+        return sum(1 for f in self.faces if f.id is not None and f.quality is not None and f.quality.flagged)
 
 
 def content_hash(data: bytes) -> str:
@@ -177,13 +199,17 @@ class FaceServiceApi(ABC):
                 f"{budget / 1e6:.0f} megapixel budget of one request (MAX_REQUEST_MEGAPIXELS)"
             )
 
-    def search_params(self, top_k: int | None, threshold: float | None) -> tuple[int, float]:
+    def search_params(
+        self, top_k: int | None, threshold: float | None, min_quality: float | None = None
+    ) -> tuple[int, float]:
         k = self.settings.top_k if top_k is None else top_k
         t = self.settings.sim_threshold if threshold is None else threshold
         if not 1 <= k <= MAX_TOP_K:
             raise InvalidRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
         if not -1.0 <= t <= 1.0:
             raise InvalidRequest(f"threshold must be between -1 and 1, got {t}")
+        if min_quality is not None and not 0.0 <= min_quality <= 1.0:
+            raise InvalidRequest(f"min_quality must be between 0 and 1, got {min_quality}")
         return k, t
 
     def select_heads(self, names: str | None) -> list[Head]:
@@ -200,8 +226,10 @@ class FaceServiceApi(ABC):
         threshold: float | None = None,
         heads: Sequence[Head] = (),
         ticket: Ticket | None = None,
+        min_quality: float | None = None,
     ) -> list[list[SearchedFace]]:
-        """Every face of every image, with its nearest stored faces (and the answers of `heads`)."""
+        """Every face of every image, with its nearest stored faces (and the answers of `heads`); `min_quality`:
+        only stored faces whose quality score is at least that (faces without one are left out)."""
 
     @abstractmethod
     def analyze(

@@ -26,13 +26,16 @@ from app.service.api import (
     EngineStatus,
     FaceServiceApi,
     ImageToIndex,
+    IndexedFace,
     IndexedImage,
     SearchedFace,
     original_coords,
 )
+from app.service.quality import mark_flagged, quality_payload, refusal
 from app.store import (
     CollectionInfo,
     ErasureJournal,
+    FaceFilter,
     FacePoint,
     PointQuery,
     ThumbnailStore,
@@ -148,7 +151,9 @@ class FaceService(FaceServiceApi):
     def _analyze(
         self, images: Sequence[DecodedImage], heads: Sequence[Head], ticket: Ticket | None = None, embed: bool = True
     ) -> list[list[Face]]:
-        return self.analyzer.analyze(images, heads=heads, ticket=ticket, embed=embed)
+        faces = self.analyzer.analyze(images, heads=heads, ticket=ticket, embed=embed)
+        mark_flagged((f for row in faces for f in row), self.settings)
+        return faces
 
     # ------------------------------------------------------------------ search
     def search(
@@ -159,14 +164,16 @@ class FaceService(FaceServiceApi):
         threshold: float | None = None,
         heads: Sequence[Head] = (),
         ticket: Ticket | None = None,
+        min_quality: float | None = None,
     ) -> list[list[SearchedFace]]:
         """Every face of every image, with its nearest stored faces (and the answers of `heads`). One engine
-        call, one store call."""
-        k, t = self.search_params(top_k, threshold)
+        call, one store call (`min_quality` filters inside the index search)."""
+        k, t = self.search_params(top_k, threshold, min_quality)
         faces = self._analyze(images, heads, ticket)
         flat = [f for row in faces for f in row]
         vectors = np.stack([f.embedding for f in flat]) if flat else np.zeros((0, self.engine.dim), np.float32)
-        matches = self.store.search(vectors, limit=k, threshold=t, hnsw_ef=max(self.settings.hnsw_ef, k))
+        where = FaceFilter(min_quality=min_quality) if min_quality is not None else None
+        matches = self.store.search(vectors, limit=k, threshold=t, hnsw_ef=max(self.settings.hnsw_ef, k), where=where)
         out: list[list[SearchedFace]] = []
         i = 0
         for image, row in zip(images, faces, strict=True):
@@ -218,10 +225,16 @@ class FaceService(FaceServiceApi):
         for item, row in zip(items, faces, strict=True):
             result = IndexedImage(file=item.file, ids=[], replaced=[], origin=item.origin, replace=item.replace)
             results.append(result)
+            mark_flagged(row, self.settings)  # ingest jobs run the engine themselves
             try:
                 for index, face in enumerate(row):
-                    pid = point_id(item.content_hash, index)
                     bbox, _ = original_coords(face, item.image)
+                    seen = IndexedFace(index, bbox, round(face.det_score, 4), face.quality)
+                    result.faces.append(seen)
+                    seen.refused = refusal(face.quality, self.settings)
+                    if seen.refused is not None:
+                        continue  # refused: no point, no thumbnail (its index stays unused: ids stay stable)
+                    pid = seen.id = point_id(item.content_hash, index)
                     result.staged[pid] = self.thumbs.stage(
                         pid,
                         encode_jpeg(crop_thumbnail(item.image.pixels, tuple(face.bbox), size=self.settings.thumb_size)),
@@ -237,6 +250,7 @@ class FaceService(FaceServiceApi):
                         "content_hash": item.content_hash,
                         "subject": item.subject,
                         "origin": item.origin.value,
+                        **quality_payload(face.quality, self.settings),
                         **item.extra,
                     }
                     points.append(FacePoint(id=pid, vector=face.embedding, payload=payload))

@@ -210,6 +210,8 @@ def exchange(service: Service) -> list[tuple[str, int, Any]]:
     done = http.get(f"/api/jobs/{job['id']}")
     out.append(("ingest done", done.status_code, {k: done.json()[k] for k in ("status", "counts", "path")}))
     record("search after ingest", http.post("/api/search", files=upload(Photos.yaoming)))
+    # min_quality crosses the socket (a worker's search names it to the core).
+    record("search min_quality", http.post("/api/search", files=upload(Photos.t1), params={"min_quality": 0.9}))
     # The socket: frames go through the core like uploads.
     with connect(service.url.replace("http://", "ws://") + "/ws") as ws:
         hello = json.loads(ws.recv(timeout=60))

@@ -384,7 +384,7 @@ def test_analyze_route(client: TestClient, photos: type[Photos]) -> None:
     t1 = client.post("/api/analyze", files=upload(photos.t1), data={"heads": "emotion"}).json()
     assert len(t1["faces"]) == 6 and all("emotion" in f for f in t1["faces"])
     bare = client.post("/api/analyze", files=upload(photos.t1), params={"heads": ""}).json()
-    assert bare["heads"] == [] and set(bare["faces"][0]) == {"bbox", "det_score", "kps"}
+    assert bare["heads"] == [] and set(bare["faces"][0]) == {"bbox", "det_score", "kps", "quality"}
     assert client.get("/status").json()["vectors"] == 0  # analyze stores nothing
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 
 from app.api.contract import UPLOAD, errors
 from app.api.deps import ServiceDep, Upload
-from app.api.schemas import DeleteOut, IndexOut
+from app.api.schemas import DeleteOut, IndexOut, index_out
 from app.api.upload import handle_uploads, run_blocking
 from app.engine import Ticket
 from app.errors import InvalidRequest
@@ -67,9 +67,7 @@ async def api_index(
     done = await handle_uploads(request, service, [file], work)
     result = done.value
     request.app.state.metrics.faces_indexed.inc(len(result.ids))
-    return IndexOut(
-        file=result.file, ids=result.ids, faces=len(result.ids), replaced=len(result.replaced), took_ms=done.took_ms
-    )
+    return index_out(result, done.took_ms)
 
 
 @router.delete("/api/faces/{face_id}", response_model=DeleteOut, responses=errors(404, 422, 503, 504))

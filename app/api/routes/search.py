@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, UploadFile
 
 from app.api.contract import UPLOAD, errors
-from app.api.deps import HeadsQuery, ServiceDep, Threshold, TopK, Upload
+from app.api.deps import HeadsQuery, MinQuality, ServiceDep, Threshold, TopK, Upload
 from app.api.schemas import BatchSearchItem, BatchSearchOut, SearchOut, face_out
 from app.api.upload import handle_uploads
 from app.engine import Ticket
@@ -25,9 +25,12 @@ def search_bytes(
     threshold: float | None,
     heads: list[Head] | None = None,
     ticket: Ticket | None = None,
+    min_quality: float | None = None,
 ) -> list[SearchedFace]:
     image = service.decode(data)
-    return service.search([image], top_k=top_k, threshold=threshold, heads=heads or [], ticket=ticket)[0]
+    return service.search(
+        [image], top_k=top_k, threshold=threshold, heads=heads or [], ticket=ticket, min_quality=min_quality
+    )[0]
 
 
 @router.post("/api/search", response_model=SearchOut, responses=errors(*UPLOAD))
@@ -38,11 +41,17 @@ async def api_search(
     top_k: TopK = None,
     threshold: Threshold = None,
     heads: HeadsQuery = None,
+    min_quality: MinQuality = None,
 ) -> SearchOut:
-    """Find every face in the photo and its most similar stored faces; `heads` adds their answers per face."""
+    """Find every face in the photo and its most similar stored faces; `heads` adds their answers per face;
+    `min_quality` matches only stored faces of at least that quality score (faces indexed before quality
+    scores existed have none and are left out)."""
     chosen = service.select_heads(heads or "")  # before the upload is read: a bad name costs nothing
     done = await handle_uploads(
-        request, service, [file], lambda data, ticket: search_bytes(service, data[0], top_k, threshold, chosen, ticket)
+        request,
+        service,
+        [file],
+        lambda data, ticket: search_bytes(service, data[0], top_k, threshold, chosen, ticket, min_quality),
     )
     request.app.state.metrics.observe_search(len(done.value), done.seconds)
     return SearchOut(faces=[face_out(f) for f in done.value], took_ms=done.took_ms, model=service.model_name)
@@ -56,6 +65,7 @@ async def api_search_batch(
     top_k: TopK = None,
     threshold: Threshold = None,
     heads: HeadsQuery = None,
+    min_quality: MinQuality = None,
 ) -> BatchSearchOut:
     """Search several photos in one call: all their faces go through the engine as one batch."""
     chosen = service.select_heads(heads or "")
@@ -70,7 +80,11 @@ async def api_search_batch(
                 items.append(BatchSearchItem(filename=f.filename, faces=[]))
             except OceanoError as exc:  # one bad file must not fail the others
                 items.append(BatchSearchItem(filename=f.filename, faces=[], error=exc.message))
-        results = iter(service.search(decoded, top_k=top_k, threshold=threshold, heads=chosen, ticket=ticket))
+        results = iter(
+            service.search(
+                decoded, top_k=top_k, threshold=threshold, heads=chosen, ticket=ticket, min_quality=min_quality
+            )
+        )
         for item in items:
             if item.error is None:
                 item.faces = [face_out(f) for f in next(results)]
