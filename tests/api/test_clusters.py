@@ -134,6 +134,7 @@ def test_bad_requests_name_the_problem(client: TestClient, faces: dict[str, list
     assert stranger.status_code == 404 and "is not in cluster" in stranger.json()["detail"]
     assert client.delete(f"/api/clusters/{big['id']}/faces/not-a-face").status_code in (400, 404)
     assert client.get("/api/clusters", params={"limit": 0}).status_code == 422
+    assert client.get("/api/clusters", params={"offset": 10**20}).status_code == 422  # was a 500 (SQLite int)
     assert [c["size"] for c in clusters_by_size(client)["clusters"]] == [4, 3]  # nothing changed
 
 

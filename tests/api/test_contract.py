@@ -51,7 +51,8 @@ def test_every_operation_documents_its_error_answers(tmp_path: Path) -> None:
             assert answer["content"]["application/json"]["schema"] == ERROR_OUT, (method, path, code)
             if int(code) in (429, 503):
                 assert "Retry-After" in answer["headers"]
-    assert seen == 33  # 17 + the three key routes + /api/stats + 12 people routes (subjects, faces, feedback)
+    # 17 + the three key routes + /api/stats + 12 people routes (subjects, faces, feedback) + 6 cluster routes
+    assert seen == 39
     assert 507 in {int(c) for c in schema["paths"]["/api/faces"]["post"]["responses"]}
 
 
@@ -186,5 +187,5 @@ def test_schemathesis_finds_no_contract_failure(contract_service: str, capsys: p
         )
     assert not run.errors, "\n".join(run.errors)
     assert not run.failures, "\n\n".join(run.failures)
-    assert len(run.operations) == 33 and run.cases > 33 * MAX_EXAMPLES // 2
+    assert len(run.operations) == 39 and run.cases > 39 * MAX_EXAMPLES // 2
     assert REQUIRED_CHECKS <= set(run.checks)

@@ -53,7 +53,7 @@ async def start_clustering(request: Request, clusters: ClustersDep) -> JobOut:
 async def list_clusters(
     request: Request,
     clusters: ClustersDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     min_size: Annotated[int, Query(ge=0, le=1_000_000, description="only clusters of at least this many faces")] = 0,
 ) -> ClusterListOut:
