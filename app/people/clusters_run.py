@@ -117,6 +117,7 @@ class ClusterBook:
     def __init__(self, service: PeopleFaceService, state: ClusterState) -> None:
         self.service = service
         self.state = state
+        self.unclustered: tuple[float, int] | None = None  # (when, count): Clusters.unclustered's last count
 
     def write_members(self, members: Sequence[tuple[str, str, bool]]) -> None:
         by_cluster: dict[tuple[str, bool], list[str]] = {}
@@ -125,6 +126,7 @@ class ClusterBook:
         for (cluster, core), ids in by_cluster.items():
             self.service.update_faces(ids, {CLUSTER_KEY: cluster, CORE_KEY: core})
         self.state.members_written([f for f, _, _ in members])
+        self.unclustered = None
 
     def roll_forward(self) -> int:
         """Write the memberships journalled but not yet in the payloads (a kill between the two)."""

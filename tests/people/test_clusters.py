@@ -350,3 +350,25 @@ def test_index_rebuilt_every_n_faces_written(world: World, monkeypatch: pytest.M
     else:
         assert builds and builds[-1] == len(faces)  # the last one after the last write
         assert all(b - a >= every for a, b in zip([0, *builds[:-2]], builds[:-1], strict=True))
+
+
+def test_unclustered_count_is_reused_until_clusters_change(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /api/clusters counts the unclustered faces with a scan of their ids: not on every listing."""
+    world.add(0, 5)
+    scans: list[int] = []
+    original = world.service.list_faces
+
+    def counted(where: FaceFilter, **kwargs: Any) -> Any:
+        if where == run_module.UNCLUSTERED and kwargs.get("keys") == ():
+            scans.append(1)
+        return original(where, **kwargs)
+
+    monkeypatch.setattr(world.service, "list_faces", counted)
+    assert world.clusters.page(offset=0, limit=5, min_size=0).unclustered == 5
+    world.add(1, 1)
+    assert world.clusters.page(offset=0, limit=5, min_size=0).unclustered == 5 and len(scans) == 1  # reused
+    world.run()  # clusters changed: counted again
+    assert world.clusters.page(offset=0, limit=5, min_size=0).unclustered == 1 and len(scans) == 2
+    world.add(2, 1)
+    monkeypatch.setattr(clusters_module, "UNCLUSTERED_TTL", 0.0)  # past its age: counted again
+    assert world.clusters.page(offset=0, limit=5, min_size=0).unclustered == 2 and len(scans) == 3
