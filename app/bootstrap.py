@@ -14,9 +14,17 @@ from app.engine import EngineObserver, FaceEngine, InferenceBatcher, InferenceGa
 from app.heads import HeadRegistry
 from app.imaging import configure_pixel_limits
 from app.ingest.manager import JobManager
-from app.ingest.model import STATE_FILE
+from app.ingest.model import STATE_FILE, JobKind
 from app.ingest.state import IngestState
-from app.people import PEOPLE_FILE, People, PeopleFaceService, PeopleState
+from app.people import (
+    PEOPLE_FILE,
+    ClusterParams,
+    Clusters,
+    ClusterState,
+    People,
+    PeopleFaceService,
+    PeopleState,
+)
 from app.service import FaceService
 from app.store import (
     ERASURES_FILE,
@@ -142,6 +150,19 @@ def open_services(
         )
         people.finish_pending()  # renames and merges a stop interrupted, before any reader or writer
         service.people = people
+        cluster_state = ClusterState(settings.state_dir / PEOPLE_FILE)
+        closer.callback(cluster_state.close)
+        clusters = Clusters(
+            service=service,
+            state=cluster_state,
+            params=ClusterParams(
+                min_faces=settings.cluster_min_faces,
+                max_distance=settings.cluster_max_distance,
+                reindex_every=settings.index_threshold,
+            ),
+        )
+        clusters.finish_pending()  # namings and merges of clusters a stop interrupted
+        people.clusters = clusters
         if sweep and thumbs.claim(store_identity(settings), alone=not other_embedded_collections(settings)):
             stop_sweep = threading.Event()
             sweeper = threading.Thread(
@@ -156,7 +177,10 @@ def open_services(
             closer.callback(ingest_state.close)
         if jobs:
             assert ingest_state is not None
-            manager = JobManager(service=service, state=ingest_state, settings=settings)
+            manager = JobManager(
+                service=service, state=ingest_state, settings=settings, runners={JobKind.CLUSTER: clusters.job}
+            )
+            clusters.jobs = manager
             closer.callback(manager.shutdown)  # before the state and the store close: the job commits first
             manager.start()  # resumes the jobs a previous run of the service left unfinished
     except BaseException:

@@ -171,6 +171,8 @@ class Settings(BaseSettings):
     # Quantized search: candidates rescored on the original vectors = limit x oversampling.
     oversampling: float = Field(default=2.0, ge=1.0, le=16.0)
     rescore: bool = True
+    cluster_min_faces: int = Field(default=3, ge=1, le=64)  # clusters of unknown faces: README "Clusters"
+    cluster_max_distance: float = Field(default=0.6, gt=0.0, lt=2.0)  # cosine distance (1 - score)
 
     # How NEW collections are built (docs/SCALE.md has the measurements behind the defaults). A collection keeps
     # the parameters it was created with; to change them, export it and import it into a new collection.
@@ -194,8 +196,7 @@ class Settings(BaseSettings):
     # Seconds a refusal at the door (503) is held before it is sent: paces clients that retry at once.
     shed_delay: float = Field(default=0.25, ge=0.0, le=5.0)
 
-    # Files.
-    state_dir: Path = Path("state")
+    state_dir: Path = Path("state")  # files: the state (SQLite files, calibration) and, below, thumbnails
     thumbs_dir: Path = Path("state/thumbs")
     # POST /api/ingest makes the service read a path: comma-separated folders it may read from (empty: refused).
     ingest_roots: str = ""
@@ -242,9 +243,8 @@ class Settings(BaseSettings):
     # decode and answer (app.core); auto = min(8, cores - 2) when CUDA is in use, else 1.
     workers: str = "1"
 
-    # uvicorn (python -m app).
-    # Connections and tasks uvicorn serves at once (past it: a bare 503). Memory is bounded by admission control
-    # and the upload limits, not by this; it only stops an unbounded pile of idle sockets.
+    # uvicorn (python -m app). Connections and tasks it serves at once (past it: a bare 503). Memory is bounded by
+    # admission control and the upload limits, not by this; it only stops an unbounded pile of idle sockets.
     uvicorn_limit_concurrency: int | None = 1024
     uvicorn_backlog: int = 2048
     # Slow clients (app.api.server, app.api.errors.BodyDeadline). Seconds a connection has to send a whole request

@@ -22,7 +22,7 @@ from app.api.context import RequestContext
 from app.api.errors import BodyDeadline, BodyLimit, install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
 from app.api.paths import PathGuard
-from app.api.routes import faces, feedback, heads, jobs, keys, ops, search, subjects
+from app.api.routes import clusters, faces, feedback, heads, jobs, keys, ops, search, subjects
 from app.api.routing import MethodGuard
 from app.api.server import ConnectionGuard, WorkerHttpProtocol
 from app.api.ws_auth import WaitingRoom
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, core: CoreAddress | None = N
     app.include_router(heads.router)
     app.include_router(ops.router)
     app.include_router(jobs.router)
+    app.include_router(clusters.router)
     app.include_router(keys.router)
     app.include_router(ws.router)
     app.include_router(live.router)

@@ -1,4 +1,4 @@
-"""Request and response schemas of the people routes (subjects, faces by subject, feedback)."""
+"""Request and response schemas of the people routes (subjects, faces by subject, feedback, clusters)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pydantic.json_schema import JsonDict
 
 from app.api.schemas import MatchOut
 from app.ingest.model import JobOut
-from app.people import MAX_NAME, NAME_PATTERN, FeedbackRecord, Overview, Similar, SubjectSummary
+from app.people import MAX_NAME, NAME_PATTERN, ClusterView, FeedbackRecord, Overview, Similar, SubjectSummary
+from app.people.clusters_state import ClusterRecord
 from app.store import CollectionInfo, Match
 
 # Documented in the schema; checked by app.people.subject_name, whose 400 names the problem.
@@ -174,6 +175,7 @@ def overview_out(o: Overview, info: CollectionInfo) -> OverviewOut:
         unknown_faces=o.unknown_faces,
         clusters=o.clusters,
         unclustered=o.unclustered,
+        last_cluster_job=o.last_cluster_job.to_out() if o.last_cluster_job is not None else None,
         index=IndexStateOut(
             collection=info.name,
             backend=info.backend.value,
@@ -201,6 +203,92 @@ def similar_out(s: Similar) -> SimilarOut:
                 same_person=passes,
             )
             for m, passes in zip(s.matches, s.same_person, strict=True)
+        ],
+    )
+
+
+CLUSTER_ID_RULE: JsonDict = {"pattern": "^[0-9a-f]{16}$"}
+
+
+class ClusterSampleOut(BaseModel):
+    id: str
+    thumbnail: str = Field(description="the face's thumbnail URL")
+
+
+class ClusterOut(BaseModel):
+    id: str
+    size: int = Field(description="faces in the cluster")
+    cohesion: float | None = Field(
+        description="mean cosine similarity of its faces (up to 64) to their mean: 1 is one face, ~0.5 is loose"
+    )
+    samples: list[ClusterSampleOut] = Field(description="its best faces (quality, else detection score)")
+    created: float
+    updated: float
+
+
+class ClusterListOut(BaseModel):
+    clusters: list[ClusterOut] = Field(description="largest first")
+    total: int = Field(description="clusters of at least `min_size` faces")
+    offset: int
+    limit: int
+    unclustered: int = Field(description="faces without a subject in no cluster")
+    job: JobOut | None = Field(description="the latest clustering job (null: none ever ran)")
+
+
+class ClusterFaceOut(BaseModel):
+    id: str
+    file: str | None
+    thumbnail: str
+    quality: float | None = Field(description="the face's quality score (null: indexed before quality existed)")
+
+
+class ClusterDetailOut(BaseModel):
+    id: str
+    size: int
+    cohesion: float | None
+    faces: list[ClusterFaceOut]
+
+
+class ClusterNameIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(
+        max_length=4 * MAX_NAME,
+        description="the subject its faces get (new, or an existing subject they join)",
+        json_schema_extra=NAME_RULE,
+    )
+
+
+class ClusterMergeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    into: str = Field(
+        max_length=64, description="the cluster whose faces these join", json_schema_extra=CLUSTER_ID_RULE
+    )
+
+
+def cluster_out(r: ClusterRecord) -> ClusterOut:
+    return ClusterOut(
+        id=r.id,
+        size=r.size,
+        cohesion=r.cohesion,
+        samples=[ClusterSampleOut(id=i, thumbnail=f"/thumbs/{i}") for i in r.samples],
+        created=r.created,
+        updated=r.updated,
+    )
+
+
+def cluster_detail_out(view: ClusterView) -> ClusterDetailOut:
+    return ClusterDetailOut(
+        id=view.record.id,
+        size=view.record.size,
+        cohesion=view.record.cohesion,
+        faces=[
+            ClusterFaceOut(
+                id=f.id,
+                file=f.payload.get("file"),
+                thumbnail=f"/thumbs/{f.id}",
+                quality=q if isinstance(q := f.payload.get("quality"), int | float) else None,
+            )
+            for f in view.faces
         ],
     )
 

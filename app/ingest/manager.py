@@ -1,5 +1,7 @@
-"""JobManager: background ingest jobs inside the service, one at a time, sharing its engine and store; jobs
-left unfinished by a stop are resumed at the next start (those of the collection and model pack it serves)."""
+"""JobManager: background jobs inside the service, one at a time, sharing its engine and store: ingest jobs, and
+jobs of other kinds whose runner the wiring hands in (JobKind.CLUSTER: app.people's clustering, which this layer
+cannot import). Jobs left unfinished by a stop are resumed at the next start (those of the collection and model
+pack it serves)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +19,7 @@ from typing import Protocol
 from app.config import Settings
 from app.errors import AccessDenied, InvalidRequest, NotFound, OceanoError, ShuttingDown
 from app.imaging import IMAGE_EXTENSIONS
-from app.ingest.model import IngestOptions, JobStatus, JobView, RetryPolicy, RunOutcome
+from app.ingest.model import IngestOptions, JobKind, JobStatus, JobView, Progress, RetryPolicy, RunOutcome
 from app.ingest.pipeline import INFER_BATCH_SHARED_CPU, IngestJob
 from app.ingest.report import progress_line, summary_line
 from app.ingest.state import LEGACY_KEY, IngestState, collection_key
@@ -24,6 +27,24 @@ from app.ingest.walk import Roots, inside
 from app.service import FaceService
 
 logger = logging.getLogger(__name__)
+
+
+class BackgroundJob(Protocol):
+    """One run of a job, as the manager drives it (IngestJob, or a runner of another kind)."""
+
+    run_id: str
+
+    def run(self) -> RunOutcome: ...
+
+    def progress(self) -> Progress: ...
+
+    def cancel(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# A job of another kind, built for a job id; it calls `report(job)` now and then (its progress is saved then).
+JobRunner = Callable[[str, Callable[[BackgroundJob], None]], BackgroundJob]
 
 
 class IngestJobs(Protocol):
@@ -58,6 +79,7 @@ class JobManager:
         settings: Settings,
         retry: RetryPolicy | None = None,
         persist_every: float = 1.0,
+        runners: Mapping[JobKind, JobRunner] | None = None,
     ) -> None:
         self.service = service
         self.state = state
@@ -67,7 +89,8 @@ class JobManager:
         self.persist_every = persist_every
         self._cv = threading.Condition()
         self._queue: deque[str] = deque()
-        self._active: IngestJob | None = None
+        self.runners: dict[JobKind, JobRunner] = dict(runners or {})
+        self._active: BackgroundJob | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
         self._last_persist = 0.0
@@ -82,9 +105,12 @@ class JobManager:
                 if job.collection != self.collection:
                     _log_not_resumed(job)
                     continue
+                if job.kind is not JobKind.INGEST and job.kind not in self.runners:
+                    logger.warning("%s job %s was not finished, but this service cannot run it", job.kind, job.id)
+                    continue
                 self.state.update_job(job.id, status=JobStatus.PENDING)
                 self._queue.append(job.id)
-                logger.info("ingest job %s (%s) was not finished: resuming it", job.id, job.path)
+                logger.info("%s job %s (%s) was not finished: resuming it", job.kind, job.id, job.path)
         self._thread = threading.Thread(target=self._worker, name="ingest-jobs", daemon=True)
         self._thread.start()
 
@@ -134,6 +160,8 @@ class JobManager:
                     return Path(path).relative_to(root).as_posix()
             return Path(path).name
 
+        if view.kind is not JobKind.INGEST:
+            return view
         errors = [{**e, "path": relative(e["path"])} for e in view.progress.last_errors]
         return replace(view, path=relative(view.path), progress=replace(view.progress, last_errors=errors))
 
@@ -154,11 +182,35 @@ class JobManager:
         logger.info("ingest job %s queued: %s", job_id, path)
         return self.get(job_id)
 
+    def submit_job(self, kind: JobKind) -> JobView:
+        """Queue a job of another kind (one that reads no path), or answer the one of that kind already pending or
+        running (resuming it if a stop left it pending)."""
+        if kind not in self.runners:
+            raise InvalidRequest(f"this service runs no {kind} jobs")
+        with self._cv:
+            if self._closing:
+                raise ShuttingDown("the service is shutting down; submit the job again once it is back")
+            for job in self.state.jobs(
+                statuses=[JobStatus.PENDING, JobStatus.PROCESSING], limit=1, collection=self.collection, kind=kind
+            ):
+                return self.get(job.id)
+            job_id = uuid.uuid4().hex
+            self.state.create_job(job_id, "", IngestOptions(), collection=self.collection, kind=kind)
+            self._queue.append(job_id)
+            self._cv.notify_all()
+        logger.info("%s job %s queued", kind, job_id)
+        return self.get(job_id)
+
+    def latest(self, kind: JobKind) -> JobView | None:
+        """The newest job of this kind for this collection (None: there never was one)."""
+        found = self.state.jobs(limit=1, collection=self.collection, kind=kind)
+        return self.get(found[0].id) if found else None
+
     def get(self, job_id: str) -> JobView:
         """A job as answers show it (paths relative to their root)."""
         view = self.state.job(job_id)
         if view is None:
-            raise NotFound(f"no ingest job {job_id!r}")
+            raise NotFound(f"no job {job_id!r}")
         active = self._active
         if active is not None and active.run_id == job_id and not view.status.finished:
             view.progress = active.progress()
@@ -224,42 +276,47 @@ class JobManager:
                     view = self.state.job(job_id)
                     if view is None or view.status.finished:
                         continue
-                    # Requests share the engine: leave them one inference slot when there are several, and
-                    # keep engine calls short on a CPU.
-                    engine = self.service.engine
-                    job = IngestJob(
-                        root=Path(view.path),
-                        options=view.options,
-                        service=self.service,
-                        state=self.state,
-                        settings=self.settings,
-                        run_id=job_id,
-                        retry=self.retry,
-                        collection=self.collection,
-                        within=self.roots,
-                        on_commit=self._persist,
-                        infer_workers=max(1, engine.gate.concurrency - 1),
-                        infer_batch=None if engine.on_gpu else INFER_BATCH_SHARED_CPU,
-                    )
+                    job = self._build(view)
                     self._active = job
                 except Exception:
-                    logger.exception("ingest job %s could not be started", job_id)
+                    logger.exception("job %s could not be started", job_id)
                     continue
             try:
-                self._run_job(job, view.attempts)
+                self._run_job(job, view)
             except Exception:  # the state itself failing: log it and keep serving the other jobs
-                logger.exception("ingest job %s could not be run", job_id)
+                logger.exception("job %s could not be run", job_id)
             finally:
                 with self._cv:
                     self._active = None
                     self._cv.notify_all()
 
-    def _run_job(self, job: IngestJob, attempts: int) -> None:
+    def _build(self, view: JobView) -> BackgroundJob:
+        if view.kind is not JobKind.INGEST:
+            return self.runners[view.kind](view.id, self._persist)
+        # Requests share the engine: leave them one inference slot when there are several, and keep engine calls
+        # short on a CPU.
+        engine = self.service.engine
+        return IngestJob(
+            root=Path(view.path),
+            options=view.options,
+            service=self.service,
+            state=self.state,
+            settings=self.settings,
+            run_id=view.id,
+            retry=self.retry,
+            collection=self.collection,
+            within=self.roots,
+            on_commit=self._persist,
+            infer_workers=max(1, engine.gate.concurrency - 1),
+            infer_batch=None if engine.on_gpu else INFER_BATCH_SHARED_CPU,
+        )
+
+    def _run_job(self, job: BackgroundJob, view: JobView) -> None:
         job_id = job.run_id
         self.state.update_job(
-            job_id, status=JobStatus.PROCESSING, started_at=time.time(), attempts=attempts + 1, message=None
+            job_id, status=JobStatus.PROCESSING, started_at=time.time(), attempts=view.attempts + 1, message=None
         )
-        status, message = self._run(job)
+        status, message = self._run(job, view.kind)
         self.state.update_job(
             job_id,
             status=status,
@@ -267,36 +324,43 @@ class JobManager:
             message=message,
             finished_at=time.time() if status.finished else None,
         )
-        logger.info("ingest job %s %s: %s", job_id, status.value, message)
+        logger.info("%s job %s %s: %s", view.kind, job_id, status.value, message)
 
-    def _run(self, job: IngestJob) -> tuple[JobStatus, str]:
+    def _run(self, job: BackgroundJob, kind: JobKind) -> tuple[JobStatus, str]:
         resumable = (JobStatus.PENDING, "interrupted by a service shutdown; it resumes when the service starts")
-        if not (job.within and inside(job.root, job.within)):
-            return JobStatus.FAILED, "its path is not inside INGEST_ROOTS (any more): submit it again"
-        if not job.root.exists():
-            return JobStatus.FAILED, "its path no longer exists"
+        if isinstance(job, IngestJob):
+            if not (job.within and inside(job.root, job.within)):
+                return JobStatus.FAILED, "its path is not inside INGEST_ROOTS (any more): submit it again"
+            if not job.root.exists():
+                return JobStatus.FAILED, "its path no longer exists"
         try:
             outcome = job.run()
         except Exception as exc:
             if self._closing:
                 return resumable
             if not isinstance(exc, OceanoError):
-                logger.exception("ingest job %s failed", job.run_id)
+                logger.exception("%s job %s failed", kind, job.run_id)
             return JobStatus.FAILED, exc.message if isinstance(exc, OceanoError) else f"{type(exc).__name__}: {exc}"
         if outcome is RunOutcome.CANCELLED:
-            return JobStatus.CANCELLED, "cancelled; the files done before are kept"
+            done = "the files done before are kept" if kind is JobKind.INGEST else "the faces clustered are kept"
+            return JobStatus.CANCELLED, f"cancelled; {done}"
         if outcome is RunOutcome.STOPPED:
             return resumable
-        return JobStatus.COMPLETED, summary_line(job.progress())
+        progress = job.progress()
+        if kind is JobKind.INGEST:
+            return JobStatus.COMPLETED, summary_line(progress)
+        return JobStatus.COMPLETED, ", ".join(f"{key} {value}" for key, value in progress.detail.items()) or "done"
 
-    def _persist(self, job: IngestJob) -> None:
+    def _persist(self, job: BackgroundJob) -> None:
         now = time.monotonic()
         if now - self._last_persist >= self.persist_every:
             self._last_persist = now
             self.state.update_job(job.run_id, progress=job.progress())
         if now - self._last_log >= 30.0:
             self._last_log = now
-            logger.info("ingest job %s: %s", job.run_id, progress_line(job.progress()))
+            progress = job.progress()
+            line = progress_line(progress) if isinstance(job, IngestJob) else str(progress.detail)
+            logger.info("job %s: %s", job.run_id, line)
 
 
 def _log_not_resumed(job: JobView) -> None:

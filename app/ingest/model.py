@@ -20,6 +20,14 @@ LAST_ERRORS = 20
 TOP_REASONS = 5
 
 
+class JobKind(StrEnum):
+    """What a background job does: ingest a folder (app.ingest), or group unknown faces into clusters (its runner
+    comes from app.people, injected by app.bootstrap)."""
+
+    INGEST = "ingest"
+    CLUSTER = "cluster"
+
+
 class JobStatus(StrEnum):
     PENDING = "pending"
     PROCESSING = "processing"
@@ -151,6 +159,7 @@ class Progress:
     eta_s: float | None = None
     last_errors: list[dict[str, str]] = field(default_factory=list)
     top_reasons: list[dict[str, Any]] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)  # what a job of another kind counts (a cluster job's faces)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -161,6 +170,7 @@ class Progress:
             "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
             "last_errors": self.last_errors,
             "top_reasons": self.top_reasons,
+            "detail": self.detail,
         }
 
     @classmethod
@@ -173,6 +183,7 @@ class Progress:
             eta_s=data.get("eta_s"),
             last_errors=list(data.get("last_errors", [])),
             top_reasons=list(data.get("top_reasons", [])),
+            detail=dict(data.get("detail") or {}),
         )
 
 
@@ -225,10 +236,11 @@ class ReasonOut(BaseModel):
 
 
 class JobOut(BaseModel):
-    """An ingest job as the API answers it, and as the CLI reads it back (the one wire schema)."""
+    """A background job as the API answers it, and as the CLI reads it back (the one wire schema)."""
 
     id: str
-    path: str
+    kind: JobKind = Field(default=JobKind.INGEST, description="ingest: a folder; cluster: unknown faces grouped")
+    path: str = Field(description="the folder or file an ingest job reads (empty for other kinds)")
     status: JobStatus
     options: JobOptionsOut
     created_at: float
@@ -243,6 +255,11 @@ class JobOut(BaseModel):
     top_reasons: list[ReasonOut]
     message: str | None
     attempts: int
+    detail: dict[str, int | float | str | None] = Field(
+        default_factory=dict,
+        description="a cluster job's counts: pass (1: core faces, 2: the others), faces_seen, clustered, "
+        "new_clusters, clusters_touched",
+    )
 
 
 @dataclass(slots=True)
@@ -258,11 +275,13 @@ class JobView:
     message: str | None
     attempts: int
     collection: str | None = None  # its collection key (app.ingest.state); not on the wire
+    kind: JobKind = JobKind.INGEST
 
     def to_out(self) -> JobOut:
         return JobOut.model_validate(
             {
                 "id": self.id,
+                "kind": self.kind,
                 "path": self.path,
                 "status": self.status,
                 "options": self.options.to_dict(),
@@ -289,4 +308,5 @@ class JobView:
             progress=Progress.from_dict(data),
             message=out.message,
             attempts=out.attempts,
+            kind=out.kind,
         )

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 from app.config import Settings
 from app.errors import IncompatibleState
-from app.ingest.model import FileRecord, FileStatus, IngestOptions, JobStatus, JobView, Progress
+from app.ingest.model import FileRecord, FileStatus, IngestOptions, JobKind, JobStatus, JobView, Progress
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: jobs.kind (ingest | cluster); every job before it was an ingest job
 # Schema 1 keyed files by path alone: which collection and pack its rows were made for cannot be known. They
 # are kept under this key, which no run has (real keys start with "edge:" or "server:"), so every file is read
 # once more after the upgrade. That is safe: point ids are uuid5(content sha256, face index), so faces that are
@@ -53,13 +53,16 @@ _JOBS = f"""
         progress TEXT NOT NULL DEFAULT '{{}}',
         message TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
-        collection TEXT NOT NULL DEFAULT '{LEGACY_KEY}'
+        collection TEXT NOT NULL DEFAULT '{LEGACY_KEY}',
+        kind TEXT NOT NULL DEFAULT 'ingest'
     )"""
 _JOBS_INDEX = "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, created_at)"
 # Files per status for /metrics: counted from this index alone (~0.1 s at 1M files, not seconds from the table).
 _FILES_INDEX = "CREATE INDEX IF NOT EXISTS files_by_status ON files(collection, status)"
 _FILE_COLUMNS = "path, size, mtime_ns, content_hash, status, reason, faces, run_id"
-_JOB_COLUMNS = "id, path, options, status, created_at, started_at, finished_at, progress, message, attempts, collection"
+_JOB_COLUMNS = (
+    "id, path, options, status, created_at, started_at, finished_at, progress, message, attempts, collection, kind"
+)
 
 
 def collection_key(settings: Settings, fingerprint: str) -> str:
@@ -107,7 +110,12 @@ class IngestState:
     def _create_or_migrate(self) -> None:
         """Inside one write transaction, so a crash leaves the file as it was (DDL and user_version are part of
         it), and a second process opening it at the same time waits, then finds the work done."""
-        if self._check_version() == SCHEMA_VERSION:
+        version = self._check_version()
+        if version == SCHEMA_VERSION:
+            return
+        if version == 2:  # schema 3 only adds the job's kind
+            self._db.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'ingest'")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "files" in tables:  # schema 1 (or 0: version 1's tables, killed before it set user_version)
@@ -123,6 +131,7 @@ class IngestState:
             self._db.execute(_FILES)
         if "jobs" in tables:
             self._db.execute(f"ALTER TABLE jobs ADD COLUMN collection TEXT NOT NULL DEFAULT '{LEGACY_KEY}'")
+            self._db.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'ingest'")
         else:
             self._db.execute(_JOBS)
         self._db.execute(_JOBS_INDEX)
@@ -204,11 +213,22 @@ class IngestState:
         return [_file_from_row(r) for r in rows]
 
     # jobs
-    def create_job(self, job_id: str, path: str, options: IngestOptions, *, collection: str) -> None:
+    def create_job(
+        self, job_id: str, path: str, options: IngestOptions, *, collection: str, kind: JobKind = JobKind.INGEST
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, path, options, status, created_at, collection) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, path, json.dumps(options.to_dict()), JobStatus.PENDING.value, time.time(), collection),
+                "INSERT INTO jobs (id, path, options, status, created_at, collection, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    path,
+                    json.dumps(options.to_dict()),
+                    JobStatus.PENDING.value,
+                    time.time(),
+                    collection,
+                    kind.value,
+                ),
             )
 
     def update_job(self, job_id: str, **fields: Any) -> None:
@@ -235,9 +255,14 @@ class IngestState:
         statuses: Sequence[JobStatus] | None = None,
         oldest_first: bool = False,
         collection: str | None = None,
+        kind: JobKind | None = None,
     ) -> list[JobView]:
-        """Jobs newest first (or oldest), of one collection key (of all of them when None)."""
+        """Jobs newest first (or oldest), of one collection key (of all of them when None), of one kind (any when
+        None)."""
         where, args = _where_collection(collection)
+        if kind is not None:
+            where = f"{where} {'AND' if where else 'WHERE'} kind = ?"
+            args = [*args, kind.value]
         if statuses:
             where = f"{where} {'AND' if where else 'WHERE'} status IN ({', '.join('?' * len(statuses))})"
             args = [*args, *(s.value for s in statuses)]
@@ -283,4 +308,5 @@ def _job_from_row(row: Sequence[Any]) -> JobView:
         message=row[8],
         attempts=row[9],
         collection=row[10],
+        kind=JobKind(row[11]),
     )

@@ -1,6 +1,9 @@
 """People: subjects as a resource (list, rename, merge, move a face, erase), who the faces of a search are (a vote
 over matches at the calibrated threshold, one subject per face of a photo), and feedback on matches."""
 
+from app.people.clusters import ClusterPage, Clusters, ClusterView
+from app.people.clusters_run import ClusterParams, ClusterRun
+from app.people.clusters_state import ClusterState
 from app.people.enrolled import EnrolledSample, sample_enrolled
 from app.people.feedback import FeedbackPairs
 from app.people.glance import Overview, Similar
@@ -15,6 +18,12 @@ __all__ = [
     "NAME_PATTERN",
     "PEOPLE_FILE",
     "Candidate",
+    "ClusterPage",
+    "ClusterParams",
+    "ClusterRun",
+    "ClusterState",
+    "ClusterView",
+    "Clusters",
     "EnrolledSample",
     "FacePage",
     "FeedbackPairs",

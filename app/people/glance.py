@@ -7,9 +7,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from app.errors import NotFound
+from app.ingest.model import JobView
 from app.people.searched import PeopleFaceService
-from app.store import Match
+from app.store import FaceFilter, Match
 
 OVERVIEW_KEYS = ("subject", "cluster")  # the payload keys the overview reads
 
@@ -21,9 +24,10 @@ class Overview:
     unknown_faces: int  # faces without a subject
     clusters: int  # cluster ids held by faces without a subject (a named cluster's faces have a subject)
     unclustered: int  # faces without a subject and in no cluster
+    last_cluster_job: JobView | None = None  # the latest clustering job (None: none ran, or no clusters here)
 
 
-def tally(faces: Iterable[tuple[str | None, Any]]) -> Overview:
+def tally(faces: Iterable[tuple[str | None, Any]], *, last_cluster_job: JobView | None = None) -> Overview:
     """The overview of (subject shown, cluster) pairs, one per face; memory: one entry per subject and cluster."""
     count = unknown = unclustered = 0
     subjects: set[str] = set()
@@ -37,7 +41,7 @@ def tally(faces: Iterable[tuple[str | None, Any]]) -> Overview:
         else:
             unclustered += 1
         unknown += subject is None
-    return Overview(count, len(subjects), unknown, len(clusters), unclustered)
+    return Overview(count, len(subjects), unknown, len(clusters), unclustered, last_cluster_job)
 
 
 @dataclass(slots=True)
@@ -59,7 +63,14 @@ def nearest_faces(
     if not found or vector is None:
         raise NotFound(f"no face with id {face_id}")
     face = found[0]
-    matches = [m for m in service.nearest(vector, limit=limit + 1) if m.id != face.id][:limit]
+    nearest = service.neighbours(
+        np.asarray(vector, np.float32)[None, :],
+        limit=limit + 1,
+        min_score=-1.0,  # cosine: every face, best first
+        where=FaceFilter(),
+        hnsw_ef=service.settings.hnsw_ef,
+    )[0]
+    matches = [m for m in nearest if m.id != face.id][:limit]
     for one in (face, *matches):
         one.payload["subject"] = shown(one.payload.get("subject"))
     return Similar(face, matches, [m.score >= threshold for m in matches], threshold)

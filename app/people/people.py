@@ -19,6 +19,7 @@ import numpy as np
 from app.calibration import CalibratedThreshold, ThresholdStore, build_pairs
 from app.calibration.report import Calibration, calibrate
 from app.errors import Conflict, InvalidRequest, NotFound
+from app.people.clusters import Clusters
 from app.people.enrolled import EnrolledSample, sample_enrolled
 from app.people.feedback import FeedbackPairs, cosine, feedback_pairs
 from app.people.glance import OVERVIEW_KEYS, Overview, Similar, nearest_faces, tally
@@ -95,6 +96,7 @@ class People:
         self._refs: OrderedDict[str, np.ndarray] = OrderedDict()
         self._refs_lock = threading.Lock()
         self._threshold: tuple[int, CalibratedThreshold] | None = None
+        self.clusters: Clusters | None = None  # set by app.bootstrap: the clusters of the unknown faces
 
     # ------------------------------------------------------------------ threshold and identity
     def threshold(self) -> CalibratedThreshold:
@@ -181,7 +183,10 @@ class People:
     def overview(self) -> Overview:
         """Faces, subjects, unknown faces and their clusters: one scan of two payload keys, a page at a time."""
         faces = self._scan(FaceFilter(), keys=OVERVIEW_KEYS)
-        return tally((self._shown(f.payload.get("subject")), f.payload.get("cluster")) for f in faces)
+        job = self.clusters.latest_job() if self.clusters is not None else None
+        return tally(
+            ((self._shown(f.payload.get("subject")), f.payload.get("cluster")) for f in faces), last_cluster_job=job
+        )
 
     def similar(self, face_id: str, *, limit: int) -> Similar:
         """The stored faces nearest to a stored one (itself left out), for 'find similar' and feedback on them."""
@@ -274,6 +279,8 @@ class People:
             if not found:
                 raise NotFound(f"no face with id {face_id}")
             self.service.set_subject([found[0].id], name)
+            if name is not None and self.clusters is not None:
+                self.clusters.left_cluster(found[0].id)
         found[0].payload["subject"] = name
         return found[0]
 
@@ -288,7 +295,7 @@ class People:
         return deleted
 
     def forget(self, face_ids: Sequence[str], *, subject: str | None = None) -> int:
-        """Erase the feedback about these faces (and this subject)."""
+        """Erase the feedback about these faces (and this subject), and their cluster memberships."""
         return self.state.forget(face_ids=face_ids, subject=subject)
 
     # ------------------------------------------------------------------ feedback

@@ -81,11 +81,18 @@ class PeopleFaceService(FaceService):
     def face_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
         return self.store.vectors(ids)
 
-    def nearest(self, vector: np.ndarray[Any, Any], *, limit: int) -> list[Match]:
-        """The stored faces nearest to one vector (a stored face's own), best first, no threshold."""
-        return self.store.search(
-            np.asarray(vector, np.float32)[None, :],
-            limit=limit,
-            threshold=None,
-            hnsw_ef=max(self.settings.hnsw_ef, limit),
-        )[0]
+    def build_index(self) -> bool:
+        """Index what payload updates left unindexed (Qdrant Edge moves an updated point out of its indexed segment:
+        searches over it are exact until a build). Blocks the process while it builds, as ingest's builds do."""
+        return self.store.optimize()
+
+    def update_faces(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Set these payload keys on these faces (other keys kept; None clears a key's value; gone faces skipped)."""
+        self.store.set_payload(ids, payload)
+
+    def neighbours(
+        self, vectors: np.ndarray[Any, Any], *, limit: int, min_score: float, where: FaceFilter, hnsw_ef: int
+    ) -> list[list[Match]]:
+        """The stored faces `where` selects nearest each vector (at most `limit`, score at least `min_score`), one
+        batched index search, with their payloads (the clustering of app.people.clusters)."""
+        return self.store.search(vectors, limit=limit, threshold=min_score, hnsw_ef=max(hnsw_ef, limit), where=where)

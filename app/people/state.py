@@ -1,4 +1,5 @@
-"""STATE_DIR/people.sqlite: the journal of subject moves (renames and merges) and the feedback on matches.
+"""STATE_DIR/people.sqlite: the journal of subject moves (renames and merges) and the feedback on matches (the
+clusters of unknown faces have their tables in the same file: app.people.clusters_state).
 
 A move is recorded before its first face changes and marked done after its last: a move found unfinished at
 start-up is finished before the service takes requests (faces are moved a page at a time, so a crash half-way
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from app.people.clusters_state import CLUSTER_SCHEMA
 
 PEOPLE_FILE = "people.sqlite"
 T = TypeVar("T")
@@ -93,7 +96,7 @@ class PeopleState:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a recorded move survives a power cut too
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + CLUSTER_SCHEMA)  # forget() erases cluster memberships too
         except BaseException:
             self._db.close()
             raise
@@ -216,7 +219,7 @@ class PeopleState:
 
     def forget(self, *, face_ids: Sequence[str] = (), subject: str | None = None) -> int:
         """Erase the feedback naming these faces (as query or match) or this subject: erasure of a person
-        erases what was said about them."""
+        erases what was said about them. Erased faces leave their clusters in the same transaction."""
 
         def delete(db: sqlite3.Connection) -> int:
             gone = 0
@@ -228,6 +231,12 @@ class PeopleState:
                     gone += db.execute(
                         f"DELETE FROM feedback WHERE match_id IN ({marks}) OR query_face IN ({marks})", chunk + chunk
                     ).rowcount
+                    db.execute(  # their clusters' figures are refreshed before they are listed again
+                        "UPDATE clusters SET dirty = 1 WHERE id IN "
+                        f"(SELECT cluster FROM cluster_faces WHERE face_id IN ({marks}))",
+                        chunk,
+                    )
+                    db.execute(f"DELETE FROM cluster_faces WHERE face_id IN ({marks})", chunk)
                 if subject is not None:
                     gone += db.execute(
                         "DELETE FROM feedback WHERE query_subject = ? OR match_subject = ?", (subject, subject)

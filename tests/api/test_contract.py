@@ -51,7 +51,9 @@ def test_every_operation_documents_its_error_answers(tmp_path: Path) -> None:
             assert answer["content"]["application/json"]["schema"] == ERROR_OUT, (method, path, code)
             if int(code) in (429, 503):
                 assert "Retry-After" in answer["headers"]
-    assert seen == 35  # 17 + the three key routes + /api/stats + 14 people routes (subjects, faces, feedback, overview)
+    # 17 + the three key routes + /api/stats + 14 people routes (subjects, faces, feedback, overview, similar faces)
+    # + 6 cluster routes
+    assert seen == 41
     assert 507 in {int(c) for c in schema["paths"]["/api/faces"]["post"]["responses"]}
 
 
@@ -186,5 +188,5 @@ def test_schemathesis_finds_no_contract_failure(contract_service: str, capsys: p
         )
     assert not run.errors, "\n".join(run.errors)
     assert not run.failures, "\n\n".join(run.failures)
-    assert len(run.operations) == 35 and run.cases > 35 * MAX_EXAMPLES // 2
+    assert len(run.operations) == 41 and run.cases > 41 * MAX_EXAMPLES // 2
     assert REQUIRED_CHECKS <= set(run.checks)

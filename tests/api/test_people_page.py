@@ -340,7 +340,10 @@ def test_clusters_to_name_merge_and_take_a_face_out(tmp_path: Path, eval_dir: Pa
                 "#cluster-list .cluster", "cards => cards.map(c => c.dataset.cluster)"
             )
             shown = page.inner_text("[data-stat=clusters]")
-            assert shown == str(httpx.get(f"{url}/api/people/overview").json()["clusters"]) == str(listed["total"])
+            glance = httpx.get(f"{url}/api/people/overview").json()
+            assert shown == str(glance["clusters"]) == str(listed["total"])
+            assert glance["last_cluster_job"]["id"] == listed["job"]["id"]
+            assert glance["last_cluster_job"]["status"] == "completed"
             thumbs_loaded(page, "#cluster-list img")
             page.screenshot(path=str(shots_dir(tmp_path) / "people-clusters-desktop.png"), full_page=True)
             page.set_viewport_size(PHONE)

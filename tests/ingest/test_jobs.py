@@ -296,6 +296,30 @@ def test_jobs_api_status_transitions_and_queue(tmp_path: Path) -> None:
         assert client.get("/status").json()["vectors"] == 8
 
 
+def test_jobs_of_two_kinds_share_the_one_queue(tmp_path: Path) -> None:
+    """An ingest job and a cluster job (JobKind): one at a time, in order, both in /api/jobs with their kind. The
+    cluster job queued behind the ingest clusters the faces that ingest added (mirrored copies of two people's
+    photos: two clusters)."""
+    root = tmp_path / "photos"
+    face_folder(root, 8)  # Yao Ming and Tom Hanks, four variants each
+    with TestClient(
+        create_app(make_settings(tmp_path / "state", ingest_roots=str(tmp_path))), client=LOOPBACK
+    ) as client:
+        ingest = client.post("/api/ingest", json={"path": str(root), "batch": 1}).json()
+        cluster = client.post("/api/clusters")
+        assert cluster.status_code == 202 and cluster.json()["kind"] == "cluster"
+        assert client.post("/api/clusters").json()["id"] == cluster.json()["id"]  # the pending one, not another
+        cluster_seen = [cluster.json()["status"]]
+        assert wait_for(client, ingest["id"], FINISHED)["status"] == "completed"
+        body = wait_for(client, cluster.json()["id"], FINISHED, seen=cluster_seen)
+        assert body["status"] == "completed" and cluster_seen[0] == "pending"
+        assert body["detail"]["clustered"] == 8 and body["detail"]["new_clusters"] == 2
+        assert body["path"] == "" and body["counts"]["seen"] == 0  # no files: its counts are in `detail`
+        jobs = client.get("/api/jobs").json()["jobs"]
+        assert [(j["id"], j["kind"]) for j in jobs] == [(cluster.json()["id"], "cluster"), (ingest["id"], "ingest")]
+        assert client.get("/api/clusters").json()["total"] == 2
+
+
 def held_until_stopped(monkeypatch: pytest.MonkeyPatch, after_images: int) -> None:
     """The engine holds the job's calls after `after_images` images until the job is told to stop (cancel or
     shutdown): the stop comes mid-job on a fast machine too."""

@@ -14,7 +14,7 @@ import pytest
 from app.engine import FaceEngine, resolve_pack
 from app.errors import IncompatibleState
 from app.ingest.manager import JobManager
-from app.ingest.model import STATE_FILE, FileStatus, IngestOptions, JobStatus, RunOutcome
+from app.ingest.model import STATE_FILE, FileStatus, IngestOptions, JobKind, JobStatus, RunOutcome
 from app.ingest.pipeline import IngestJob
 from app.ingest.state import LEGACY_KEY, SCHEMA_VERSION, IngestState, collection_key
 from tests.support import Workspace, face_folder, make_settings, workspace
@@ -155,13 +155,13 @@ def test_version_1_state_is_migrated_and_its_files_read_once_more(tmp_path: Path
 
     with workspace(state_dir, ingest_engine) as ws:
         db = ws.state._db
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == {"files", "jobs"}
         kept = ws.state.files(LEGACY_KEY)  # rows kept, under a key no run has
         assert sorted(r.path for r in kept) == sorted(str(f) for f in files)
         assert {r.status for r in kept} == {FileStatus.DONE}
         legacy_job = ws.state.job("oldjob")
-        assert legacy_job is not None and legacy_job.collection == LEGACY_KEY
+        assert legacy_job is not None and legacy_job.collection == LEGACY_KEY and legacy_job.kind is JobKind.INGEST
 
         job = ws.job(root)
         assert job.run() is RunOutcome.COMPLETED
@@ -174,11 +174,41 @@ def test_version_1_state_is_migrated_and_its_files_read_once_more(tmp_path: Path
         again.run()
         assert again.progress().counts.skipped == 4  # once only
 
-    reopened = IngestState(state_dir / STATE_FILE)  # already at version 2: opened as it is
+    reopened = IngestState(state_dir / STATE_FILE)  # already at version 3: opened as it is
     try:
         assert len(reopened.files()) == 8
     finally:
         reopened.close()
+
+
+def test_version_2_state_gets_job_kinds(tmp_path: Path) -> None:
+    """Schema 3 records each job's kind (ingest | cluster): a version 2 file's jobs were all ingest jobs."""
+    path = tmp_path / STATE_FILE
+    db = sqlite3.connect(str(path))
+    db.executescript(
+        f"""
+        CREATE TABLE files (collection TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, content_hash TEXT, status TEXT NOT NULL, reason TEXT,
+            faces INTEGER NOT NULL DEFAULT 0, run_id TEXT, updated_at REAL NOT NULL, PRIMARY KEY (collection, path));
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, path TEXT NOT NULL, options TEXT NOT NULL, status TEXT NOT NULL,
+            created_at REAL NOT NULL, started_at REAL, finished_at REAL, progress TEXT NOT NULL DEFAULT '{{}}',
+            message TEXT, attempts INTEGER NOT NULL DEFAULT 0, collection TEXT NOT NULL DEFAULT '{LEGACY_KEY}');
+        INSERT INTO jobs (id, path, options, status, created_at, collection)
+            VALUES ('v2job', '/photos', '{{}}', 'pending', 1.0, 'edge:/q|faces|p');
+        PRAGMA user_version=2;
+        """
+    )
+    db.close()
+    state = IngestState(path)
+    try:
+        job = state.job("v2job")
+        assert job is not None and job.kind is JobKind.INGEST and job.collection == "edge:/q|faces|p"
+        state.create_job("c1", "", IngestOptions(), collection="edge:/q|faces|p", kind=JobKind.CLUSTER)
+        assert [j.id for j in state.jobs(kind=JobKind.CLUSTER)] == ["c1"]
+        assert [j.id for j in state.jobs(kind=JobKind.INGEST)] == ["v2job"]
+        assert state._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        state.close()
 
 
 def test_failed_migration_leaves_the_version_1_file_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
