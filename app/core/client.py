@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.core.wire import PEOPLE_CALL, Catalogue, CoreAddress, EstimateBoard, people_methods
+from app.core.wire import Catalogue, CoreAddress, EstimateBoard, Facade, remote_methods
 from app.engine import Ticket, busy_error, refused_at_door
 from app.errors import EngineBusy, OceanoError, ShuttingDown
 from app.heads import Head
@@ -251,18 +251,27 @@ class RemoteFaceService(FaceServiceApi):
         return path
 
 
-class RemotePeople:
-    """The core's People (subjects, feedback, clusters), from an HTTP worker: each of its methods but `identify`
-    is a call to the core, answered or raised as in one process. Used where the routes use People."""
+class RemoteFacade:
+    """A facade of app.people in the core, from an HTTP worker: each of its remote methods is a call to the core,
+    answered or raised as in one process."""
 
-    def __init__(self, client: CoreClient) -> None:
+    def __init__(self, client: CoreClient, facade: Facade) -> None:
         self._client = client
-        self._methods = people_methods()
+        self._facade = facade
+        self._methods = remote_methods(facade)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_") or name not in self._methods:
-            raise AttributeError(f"People.{name} is not called across processes")
-        return partial(self._client.call, PEOPLE_CALL + name)
+            raise AttributeError(f"{self._facade}.{name} is not called across processes")
+        return partial(self._client.call, f"{self._facade}.{name}")
+
+
+class RemotePeople(RemoteFacade):
+    """The core's People (subjects, feedback, the overview) and its clusters, where the routes use People."""
+
+    def __init__(self, client: CoreClient) -> None:
+        super().__init__(client, Facade.PEOPLE)
+        self.clusters = RemoteFacade(client, Facade.CLUSTERS)
 
 
 class RemoteJobs:

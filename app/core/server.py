@@ -19,7 +19,7 @@ from typing import Any
 
 from app.access import RateLimiter
 from app.bootstrap import Services
-from app.core.wire import PEOPLE_CALL, Catalogue, CoreAddress, EstimateBoard, people_methods
+from app.core.wire import Catalogue, CoreAddress, EstimateBoard, Facade, remote_methods
 from app.engine import Ticket
 from app.errors import InvalidRequest, OceanoError
 from app.faces import Face
@@ -86,7 +86,10 @@ class CoreServer:
         }
         people = services.people
         if people is not None:
-            self._calls.update({PEOPLE_CALL + name: getattr(people, name) for name in people_methods()})
+            facades = {Facade.PEOPLE: people, Facade.CLUSTERS: people.clusters}
+            for facade, target in facades.items():
+                if target is not None:
+                    self._calls.update({f"{facade}.{m}": getattr(target, m) for m in remote_methods(facade)})
         jobs = services.jobs
         if jobs is not None:
             self._calls.update(

@@ -13,13 +13,14 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from app.heads import Head, HeadRegistry
 from app.heads.head import ModelInfo
 from app.heads.spec import HeadSpec
-from app.people import People
+from app.people import Clusters, People
 
 ADDRESS_ENV = "OCEANO_CORE_SOCKET"  # set by the core for the workers it starts, with the two below
 AUTHKEY_ENV = "OCEANO_CORE_AUTHKEY"
@@ -27,19 +28,32 @@ ESTIMATE_ENV = "OCEANO_CORE_ESTIMATE"
 SOCKET_NAME = "core.sock"
 ESTIMATE_NAME = "core.estimate"
 _ESTIMATE = struct.Struct("<d")  # seconds a request arriving now would wait for the engine
-PEOPLE_CALL = "people."  # + a method of People: the subject, feedback and cluster routes of a worker
-# Not `identify`: it fills in the faces it is given, which a copy sent over the socket cannot do (the core's
-# search identifies the faces before its answers leave).
-PEOPLE_LOCAL = frozenset({"identify"})
 
 
-def people_methods() -> frozenset[str]:
-    """The methods of People an HTTP worker calls in the core: every public one but PEOPLE_LOCAL (new methods
-    cross the socket without a list to keep up)."""
+class Facade(StrEnum):
+    """The facades of app.people an HTTP worker calls in the core: `<facade>.<method>` on the socket."""
+
+    PEOPLE = "people"  # subjects, feedback, the overview
+    CLUSTERS = "clusters"  # the clusters of unknown faces (People.clusters)
+
+
+# What stays in the core: `identify` fills in the faces it is given, which a copy sent over the socket cannot do
+# (the core's search identifies faces before its answers leave); a cluster job's runner and record iterator are
+# the job manager's, its journal replay and erasure hook the core's own.
+LOCAL_METHODS = {
+    Facade.PEOPLE: frozenset({"identify"}),
+    Facade.CLUSTERS: frozenset({"job", "iter_records", "finish_pending", "left_cluster"}),
+}
+FACADE_TYPES: dict[Facade, type] = {Facade.PEOPLE: People, Facade.CLUSTERS: Clusters}
+
+
+def remote_methods(facade: Facade) -> frozenset[str]:
+    """The methods of a facade an HTTP worker calls in the core: every public one but LOCAL_METHODS (methods
+    added later cross without a list to keep up)."""
     return frozenset(
         name
-        for name, value in vars(People).items()
-        if callable(value) and not name.startswith("_") and name not in PEOPLE_LOCAL
+        for name, value in vars(FACADE_TYPES[facade]).items()
+        if callable(value) and not name.startswith("_") and name not in LOCAL_METHODS[facade]
     )
 
 

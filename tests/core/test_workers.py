@@ -213,6 +213,13 @@ def exchange(service: Service) -> list[tuple[str, int, Any]]:
     done = http.get(f"/api/jobs/{job['id']}")
     out.append(("ingest done", done.status_code, {k: done.json()[k] for k in ("status", "counts", "path")}))
     record("search after ingest", http.post("/api/search", files=upload(Photos.yaoming)))
+    # Clusters of the unknown faces: a job of the core's manager, its clusters read through the core.
+    clustering = record("cluster", http.post("/api/clusters"))
+    until(lambda: http.get(f"/api/jobs/{clustering['id']}").json()["status"] in ("completed", "failed"), 120)
+    clustered = http.get(f"/api/jobs/{clustering['id']}")
+    out.append(("cluster job", clustered.status_code, {k: clustered.json()[k] for k in ("status", "kind", "detail")}))
+    record("clusters", http.get("/api/clusters"))
+    record("unknown cluster", http.get("/api/clusters/c-nope"))
     # min_quality crosses the socket (a worker's search names it to the core).
     record("search min_quality", http.post("/api/search", files=upload(Photos.t1), params={"min_quality": 0.9}))
     # The socket: frames go through the core like uploads.
@@ -306,6 +313,9 @@ def test_the_exchange_is_what_the_api_promises(answers: dict[int, list[Any]]) ->
     assert steps["feedback listed"][1]["total"] == 1 and steps["feedback erased with its face"][1]["total"] == 0
     assert steps["deleted thumbnail"][0] == 404 and len(steps["delete subject"][1]["deleted"]) == 6
     assert steps["ingest"][0] == 202 and steps["ingest done"][1]["status"] == "completed"
+    assert steps["cluster"][0] == 202 and steps["cluster job"][1]["status"] == "completed"
+    assert steps["cluster job"][1]["kind"] == "cluster" and steps["clusters"][0] == 200
+    assert steps["clusters"][1]["unclustered"] > 0 and steps["unknown cluster"][0] == 404
     assert steps["ingest done"][1]["counts"]["faces_added"] == 6
     assert steps["ws frame"][1]["event"] == "detection_result" and len(steps["ws frame"][1]["data"]["faces"]) == 6
     assert steps["ws predict"][1]["status"] == "success"

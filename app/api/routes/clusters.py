@@ -32,9 +32,10 @@ ClusterId = Annotated[str, Path(max_length=64, description="the cluster's id", j
 
 
 def get_clusters(request: Request) -> Clusters:
+    """People's clusters (WORKERS > 1: the core's, each call crossing its socket, app.core.RemotePeople)."""
     clusters = get_people(request).clusters
-    if clusters is None:
-        raise StoreUnavailable("clusters run in the process that owns the collection: set WORKERS=1")
+    if clusters is None:  # a People made without app.bootstrap's wiring
+        raise StoreUnavailable("the clusters of this service are not set up")
     return clusters
 
 
