@@ -10,7 +10,6 @@ what other processes write."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -26,6 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from app.errors import Conflict, InvalidRequest, NotFound
+from app.statedb import Durability, open_state_db
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +111,7 @@ class KeyStore:
 
     # ------------------------------------------------------------------ file
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        # Hashes only, still nobody else's business. chmod, not an open(): closing any other descriptor of the
-        # file in this process would drop SQLite's POSIX locks, and with them its view of other writers.
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(f"{self.path}{suffix}", 0o600)
-        db.execute("PRAGMA synchronous=NORMAL")
+        db = open_state_db(self.path, Durability.NORMAL, timeout=10.0)  # hashes only, still owner-only
         db.execute(
             "CREATE TABLE IF NOT EXISTS api_keys (name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, "
             "scopes TEXT NOT NULL, created REAL NOT NULL, last_used REAL)"

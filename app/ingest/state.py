@@ -7,7 +7,6 @@ or the pack changes, the same folder is ingested again in full into the new coll
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 from app.config import Settings
 from app.errors import IncompatibleState
 from app.ingest.model import FileRecord, FileStatus, IngestOptions, JobKind, JobStatus, JobView, Progress
+from app.statedb import Durability, open_state_db
 
 SCHEMA_VERSION = 3  # 3: jobs.kind (ingest | cluster); every job before it was an ingest job
 # Schema 1 keyed files by path alone: which collection and pack its rows were made for cannot be known. They
@@ -87,12 +87,9 @@ class IngestState:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._db = open_state_db(path, Durability.NORMAL)  # with WAL: durable across process crashes
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
             self._db.execute("PRAGMA busy_timeout=30000")
             if self._check_version() < SCHEMA_VERSION:
                 self._transaction(self._create_or_migrate)

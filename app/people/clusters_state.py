@@ -14,6 +14,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.statedb import Durability, open_state_db
+
 T = TypeVar("T")
 
 CLUSTER_SCHEMA = """
@@ -84,17 +86,13 @@ class ClusterState:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._db = open_state_db(path, Durability.FULL)  # a journalled membership survives a power cut too
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a journalled membership survives a power cut too
             self._db.executescript(CLUSTER_SCHEMA)
         except BaseException:
             self._db.close()
             raise
-        path.chmod(0o600)
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.people.clusters_state import CLUSTER_SCHEMA
+from app.statedb import Durability, open_state_db
 
 PEOPLE_FILE = "people.sqlite"
 T = TypeVar("T")
@@ -90,17 +91,13 @@ class PeopleState:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._db = open_state_db(path, Durability.FULL)  # a recorded move survives a power cut too
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a recorded move survives a power cut too
             self._db.executescript(_SCHEMA + CLUSTER_SCHEMA)  # forget() erases cluster memberships too
         except BaseException:
             self._db.close()
             raise
-        path.chmod(0o600)
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:

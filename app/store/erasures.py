@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.statedb import Durability, open_state_db
 from app.store.model import PointQuery
 
 logger = logging.getLogger(__name__)
@@ -49,10 +49,7 @@ class ErasureJournal:
         self.path = path
         self.keep_receipts = keep_receipts
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # an intent is on disk before the first point goes
+        self._db = open_state_db(path, Durability.FULL)  # an intent is on disk before the first point goes
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS erasures (key TEXT PRIMARY KEY, ids TEXT NOT NULL, "
             "started_at REAL NOT NULL, finished_at REAL, receipt INTEGER NOT NULL)"
