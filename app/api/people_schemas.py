@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
-from app.api.schemas import MatchOut
+from app.api.schemas import IndexStateOut, MatchOut
 from app.ingest.model import JobOut
 from app.people import MAX_NAME, NAME_PATTERN, ClusterView, FeedbackRecord, Overview, Similar, SubjectSummary
 from app.people.clusters_state import ClusterRecord
@@ -138,18 +138,6 @@ class EnrolledCalibrationOut(BaseModel):
     scored: int = Field(description="faces scored: at most `per_subject` of a subject, `max_faces` in all")
 
 
-class IndexStateOut(BaseModel):
-    """The index part of GET /status."""
-
-    collection: str
-    backend: str
-    vectors: int
-    indexed_vectors: int
-    status: str
-    index_building: bool = Field(description="an index build is running (searches still answer)")
-    unindexed: int = Field(description="points searched exactly until the next index build")
-
-
 class OverviewOut(BaseModel):
     faces: int = Field(description="faces in the collection")
     subjects: int = Field(description="subjects (named people)")
@@ -176,15 +164,7 @@ def overview_out(o: Overview, info: CollectionInfo) -> OverviewOut:
         clusters=o.clusters,
         unclustered=o.unclustered,
         last_cluster_job=o.last_cluster_job.to_out() if o.last_cluster_job is not None else None,
-        index=IndexStateOut(
-            collection=info.name,
-            backend=info.backend.value,
-            vectors=info.vectors,
-            indexed_vectors=info.indexed,
-            status=info.status,
-            index_building=info.index_building,
-            unindexed=info.unindexed,
-        ),
+        index=IndexStateOut(**IndexStateOut.fields_of(info)),
     )
 
 

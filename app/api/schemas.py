@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -11,6 +12,7 @@ from app.heads import HeadListing, HeadSpec, ModelInfo
 from app.ingest.model import DEFAULT_BATCH, DEFAULT_WORKERS, MAX_BATCH, MAX_WORKERS, JobOut
 from app.people import IdentifiedFace
 from app.service import AnalyzedFace, IndexedImage, SearchedFace
+from app.store import CollectionInfo
 
 
 class ErrorOut(BaseModel):
@@ -187,21 +189,38 @@ class RuntimeOut(BaseModel):
     warm_up_s: float = Field(description="seconds the face models' warm-up took at start-up")
 
 
-class StatusOut(BaseModel):
+class IndexStateOut(BaseModel):
+    """The collection and its index (part of GET /status and of the people overview)."""
+
     collection: str
+    backend: str
     vectors: int
     indexed_vectors: int
     status: str
+    index_building: bool = Field(description="an index build is running (searches still answer)")
+    unindexed: int = Field(description="points searched exactly until the next index build")
+
+    @classmethod
+    def fields_of(cls, info: CollectionInfo) -> dict[str, Any]:
+        return {
+            "collection": info.name,
+            "backend": info.backend.value,
+            "vectors": info.vectors,
+            "indexed_vectors": info.indexed,
+            "status": info.status,
+            "index_building": info.index_building,
+            "unindexed": info.unindexed,
+        }
+
+
+class StatusOut(IndexStateOut):
     model: str
     model_fingerprint: str
-    backend: str
     providers: list[str]
     runtime: RuntimeOut
     gpu_concurrency: int
     inference_in_use: int
     inference_waiting: int
-    index_building: bool = Field(description="an index build is running (searches still answer)")
-    unindexed: int = Field(description="points searched exactly until the next index build")
     threshold: float | None = Field(default=None, description="the 'same person' threshold in force")
     threshold_source: str | None = Field(
         default=None, description="where it comes from: 'calibrated: ...' or 'default for pack ...'"

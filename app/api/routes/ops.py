@@ -65,20 +65,14 @@ async def status(request: Request, service: ServiceDep) -> StatusOut:
         else ThresholdStore(settings.state_dir).in_force(info.name, service.fingerprint, service.model_name)
     )
     return StatusOut(
-        collection=info.name,
-        vectors=info.vectors,
-        indexed_vectors=info.indexed,
-        status=info.status,
+        **StatusOut.fields_of(info),
         model=service.model_name,
         model_fingerprint=service.fingerprint,
-        backend=info.backend.value,
         providers=engine.providers,
         runtime=RuntimeOut(**await run_blocking(request, service.runtime_info)),
         gpu_concurrency=engine.concurrency,
         inference_in_use=engine.in_use,
         inference_waiting=engine.waiting,
-        index_building=info.index_building,
-        unindexed=info.unindexed,
         threshold=threshold.threshold,
         threshold_source=threshold_source(threshold),
     )
