@@ -32,6 +32,7 @@ from app.errors import InvalidRequest
 from app.ingest.manager import BackgroundJob
 from app.ingest.model import Progress, RunOutcome
 from app.people.clusters_state import ClusterCursor, ClusterRecord, ClusterState
+from app.people.covers import cover_rank
 from app.people.searched import PeopleFaceService
 from app.store import FaceFilter, Match
 
@@ -159,7 +160,7 @@ class ClusterBook:
                 centre = matrix.mean(axis=0)
                 centre /= max(float(np.linalg.norm(centre)), 1e-12)
                 cohesion = round(float((matrix @ centre).mean()), 4)
-        best = sorted(faces, key=lambda f: (-_face_score(f), f.id))[:SAMPLES]
+        best = sorted(faces, key=lambda f: (-cover_rank(f), f.id))[:SAMPLES]
         self.state.set_figures(cluster_id, size=size, cohesion=cohesion, samples=[f.id for f in best])
         return self.state.cluster(cluster_id)
 
@@ -369,10 +370,3 @@ class ClusterRun:
             self.service.build_index()
             self._written = 0
         self._save()  # the counts so far (the cursor stays at this page: its clustered faces are skipped anyway)
-
-
-def _face_score(face: Match) -> float:
-    quality = face.payload.get("quality")
-    if isinstance(quality, int | float):
-        return float(quality)
-    return float(face.payload.get("det_score") or 0.0) - 1.0  # below any quality score

@@ -20,6 +20,7 @@ from app.calibration import CalibratedThreshold, ThresholdStore, build_pairs
 from app.calibration.report import Calibration, calibrate
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.people.clusters import Clusters
+from app.people.covers import COVER_KEYS, cover_rank
 from app.people.enrolled import EnrolledSample, sample_enrolled
 from app.people.feedback import FeedbackPairs, cosine, feedback_pairs
 from app.people.glance import OVERVIEW_KEYS, Overview, Similar, nearest_faces, tally
@@ -35,21 +36,21 @@ SCAN_PAGE = 1000  # faces per page when subjects are counted (memory: one page p
 MOVE_PAGE = 256  # faces renamed per store call during a rename or merge
 QUERY_REFS = 4096  # searched faces remembered for feedback on them (their embeddings, ~2 KB each)
 REF_PREFIX = "q-"
-SUMMARY_KEYS = ("subject", "ingested_at", "det_score")
+SUMMARY_KEYS = ("subject", "ingested_at", *COVER_KEYS)
 
 
 @dataclass(slots=True)
 class SubjectSummary:
     name: str
     faces: int = 0
-    cover: str | None = None  # the face with the best detection score
-    cover_score: float = -1.0
+    cover: str | None = None  # the face that shows the subject best (app.people.covers)
+    cover_score: float = -2.0  # under any face's rank
     created: float | None = None  # the earliest face's ingest time
     updated: float | None = None  # the latest face's ingest time
 
     def add(self, face: Match) -> None:
         self.faces += 1
-        score = float(face.payload.get("det_score") or 0.0)
+        score = cover_rank(face)
         if score > self.cover_score:
             self.cover, self.cover_score = face.id, score
         at = face.payload.get("ingested_at")
