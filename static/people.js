@@ -70,7 +70,8 @@ function thumb(url, alt) {
 const quality = (face) => {
   const q = face.quality;
   const score = typeof q === "number" ? q : q && typeof q.score === "number" ? q.score : null;
-  return score === null ? null : `quality ${score.toFixed(2)}`;
+  if (score === null) return null;
+  return `quality ${score.toFixed(2)}` + (face.quality_flagged ? " (low: under QUALITY_MIN)" : "");
 };
 
 // ------------------------------------------------------------------ the collection at a glance

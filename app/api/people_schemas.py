@@ -45,6 +45,7 @@ class StoredFaceOut(BaseModel):
     quality: float | None = Field(
         default=None, description='its quality score at indexing (README "Face quality"); null: indexed before'
     )
+    quality_flagged: bool = Field(default=False, description="its score was under QUALITY_MIN when it was indexed")
 
 
 class FaceListOut(BaseModel):
@@ -297,6 +298,7 @@ def stored_face_out(m: Match) -> StoredFaceOut:
         ingested_at=p.get("ingested_at"),
         thumb_url=f"/thumbs/{m.id}",
         quality=p.get("quality"),
+        quality_flagged=p.get("quality_flagged") is True,
     )
 
 

@@ -159,15 +159,18 @@ def test_a_person_opens_with_their_faces_and_finds_similar_ones(service: str, tm
         files = page.eval_on_selector_all("#person-faces .file", "items => items.map(i => i.textContent)")
         assert sorted(files) == sorted(f["file"] for f in alice["face_list"]["faces"])
         assert page.inner_text("#person-summary") == faces(alice["faces"])
-        # A face's quality score is shown when it has one (faces indexed before quality existed have none).
+        # A face's quality score is shown when it has one (faces indexed before quality existed have none), marked
+        # when it was under QUALITY_MIN.
         qualities = page.eval_on_selector_all(
             "#person-faces .face-card",
             "cards => cards.map(c => [c.querySelector('.file').textContent, c.querySelector('.quality')?.textContent])",
         )
-        expected = {f["file"]: f.get("quality") for f in alice["face_list"]["faces"]}
-        assert sorted(qualities) == sorted(
-            [file, None if q is None else f"quality {q:.2f}"] for file, q in expected.items()
-        )
+        low = " (low: under QUALITY_MIN)"
+        expected = [
+            [f["file"], None if f.get("quality") is None else f"quality {f['quality']:.2f}{low * f['quality_flagged']}"]
+            for f in alice["face_list"]["faces"]
+        ]
+        assert sorted(qualities) == sorted(expected)
         thumbs_loaded(page, "#person-faces img")
         page.screenshot(path=str(shots_dir(tmp_path) / "people-person-desktop.png"), full_page=True)
         # Find similar from the face of img1.jpg: Alice's other faces come first, over the threshold.

@@ -95,6 +95,9 @@ def test_policy_flag_indexes_and_marks_the_faces_under_the_minimum(client_factor
     # A search shows the query face's flag too.
     (face,) = client.post("/api/search", files={"file": ("b.jpg", blurred)}).json()["faces"]
     assert face["quality"]["flagged"] is True
+    # And a listing of stored faces (the people page marks them).
+    listed = {f["file"]: f["quality_flagged"] for f in client.get("/api/faces").json()["faces"]}
+    assert listed == {"sharp.jpg": False, "blurred.jpg": True}
 
 
 def test_policy_refuse_does_not_index_and_says_why(client_factory: Factory) -> None:
