@@ -269,8 +269,9 @@ def test_each_http_worker_has_the_guard(tmp_path_factory: pytest.TempPathFactory
         finally:
             for sock in crowd:
                 sock.close()
-        assert set(statuses) <= {429, 408, None}  # None: reset before the refusal could be read
-        assert statuses.count(408) <= workers * per_client and statuses.count(429) >= opened - workers * per_client
+        # None: refused and reset before the 429 could be read (the refusal is still counted in /metrics).
+        assert set(statuses) <= {429, 408, None} and statuses.count(429) > 0
+        assert statuses.count(408) <= workers * per_client  # held by the two workers' guards at most
         metrics = httpx.get(f"{service.url}/metrics", timeout=30).text
         refused = re.search(r'oceano_http_connections_refused_total\{reason="client_limit"\} (\d+)', metrics)
-        assert refused and float(refused.group(1)) >= statuses.count(429)
+        assert refused and float(refused.group(1)) >= opened - workers * per_client
