@@ -7,8 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class Durability(StrEnum):
@@ -33,3 +38,39 @@ def open_state_db(path: Path, durability: Durability, *, timeout: float = 30.0) 
         with contextlib.suppress(FileNotFoundError):
             os.chmod(f"{path}{suffix}", 0o600)
     return db
+
+
+class StateFile:
+    """One state file shared by a process's threads: one connection behind a lock, its schema run at open
+    (CREATE ... IF NOT EXISTS), `_run` for a statement and `_transaction` for several at once."""
+
+    def __init__(self, path: Path, durability: Durability, schema: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = open_state_db(path, durability)
+        try:
+            self._db.executescript(schema)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return fn(self._db)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def run(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                out = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return out
+
+        return self._run(run)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.statedb import Durability, open_state_db
+from app.statedb import Durability, StateFile
 
 T = TypeVar("T")
 
@@ -81,39 +80,11 @@ class ClusterCursor:
 _CLUSTER_COLUMNS = "id, created, updated, size, cohesion, samples, moving_kind, moving_to, dirty"
 
 
-class ClusterState:
-    """The cluster tables: one connection in WAL mode behind a lock, shared by the job and the routes."""
+class ClusterState(StateFile):
+    """The cluster tables (their own connection to people.sqlite), shared by the job and the routes."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = open_state_db(path, Durability.FULL)  # a journalled membership survives a power cut too
-        try:
-            self._db.executescript(CLUSTER_SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
-
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return fn(self._db)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def run(db: sqlite3.Connection) -> T:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                out = work(db)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return out
-
-        return self._run(run)
+        super().__init__(path, Durability.FULL, CLUSTER_SCHEMA)  # a journalled membership survives a power cut too
 
     def add_members(self, members: Sequence[tuple[str, str, bool]]) -> None:
         """Record (face id, cluster, core) before the faces' payloads say so (pending until `members_written`):

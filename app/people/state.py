@@ -8,9 +8,8 @@ leaves a pending row, never a forgotten mix of old and new names)."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.people.clusters_state import CLUSTER_SCHEMA
-from app.statedb import Durability, open_state_db
+from app.statedb import Durability, StateFile
 
 PEOPLE_FILE = "people.sqlite"
 T = TypeVar("T")
@@ -86,26 +85,11 @@ class FeedbackRecord:
 _FEEDBACK_COLUMNS = "id, created, key, query, query_face, query_subject, match_id, match_subject, same_person, score"
 
 
-class PeopleState:
-    """One SQLite file in WAL mode, shared by the service's threads (one connection behind a lock)."""
+class PeopleState(StateFile):
+    """The moves journal and the feedback (forget() erases cluster memberships too: their tables are here)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = open_state_db(path, Durability.FULL)  # a recorded move survives a power cut too
-        try:
-            self._db.executescript(_SCHEMA + CLUSTER_SCHEMA)  # forget() erases cluster memberships too
-        except BaseException:
-            self._db.close()
-            raise
-
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return fn(self._db)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, Durability.FULL, _SCHEMA + CLUSTER_SCHEMA)  # a recorded move survives a power cut
 
     # ------------------------------------------------------------------ moves
     def begin_move(self, kind: MoveKind, source: str, target: str) -> Move:
