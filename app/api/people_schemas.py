@@ -113,7 +113,9 @@ class FeedbackListOut(BaseModel):
     next: int | None = Field(description="pass as `after` for the next page; null: the last page")
 
 
-class FeedbackCalibrationOut(BaseModel):
+class CalibrationOut(BaseModel):
+    """What a calibration measured (the fields app.calibration.report.calibration_figures gives)."""
+
     genuine_pairs: int
     impostor_pairs: int
     eer: float
@@ -122,18 +124,13 @@ class FeedbackCalibrationOut(BaseModel):
     far: float
     frr: float
     applied: bool
+
+
+class FeedbackCalibrationOut(CalibrationOut):
     left_out: int = Field(description="feedback whose faces were erased since")
 
 
-class EnrolledCalibrationOut(BaseModel):
-    genuine_pairs: int
-    impostor_pairs: int
-    eer: float
-    far_target: float
-    threshold: float
-    far: float
-    frr: float
-    applied: bool
+class EnrolledCalibrationOut(CalibrationOut):
     subjects: int = Field(description="subjects in the collection")
     faces: int = Field(description="faces with a subject in the collection")
     scored: int = Field(description="faces scored: at most `per_subject` of a subject, `max_faces` in all")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from app.calibration import CalibratedThreshold, ThresholdStore, build_pairs
+from app.calibration import CalibratedThreshold, Pairs, ThresholdStore, build_pairs
 from app.calibration.report import Calibration, calibrate
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.people.clusters import Clusters
@@ -361,17 +361,8 @@ class People:
                 f"the feedback holds {pairs.genuine} 'same person' and {pairs.impostor} 'someone else' pairs: "
                 "calibration needs at least one of each"
             )
-        result, _ = calibrate(
-            pairs,
-            pack=self.pack,
-            fingerprint=self.fingerprint,
-            far_targets=[far],
-            chosen_far=far,
-            rounds=max(10, rounds),
-            left_out=labelled.left_out,
-        )
-        if apply:
-            self._apply(result, far, f"feedback ({pairs.genuine} genuine, {pairs.impostor} impostor pairs)")
+        source = f"feedback ({pairs.genuine} genuine, {pairs.impostor} impostor pairs)"
+        result = self._calibrate(pairs, far=far, apply=apply, rounds=rounds, left_out=labelled.left_out, source=source)
         return result, labelled
 
     def calibrate_enrolled(
@@ -395,6 +386,13 @@ class People:
                 f"the subjects give {pairs.genuine} 'same person' and {pairs.impostor} 'someone else' pairs: "
                 "calibration needs two subjects, one of them with two faces or more"
             )
+        source = f"enrolled subjects ({sample.subjects} subjects, {len(files)} faces)"
+        return self._calibrate(pairs, far=far, apply=apply, rounds=rounds, left_out={}, source=source), sample
+
+    def _calibrate(
+        self, pairs: Pairs, *, far: float, apply: bool, rounds: int, left_out: dict[str, str], source: str
+    ) -> Calibration:
+        """The threshold for FAR `far` on these pairs; `apply` puts it in force, recorded as from `source`."""
         result, _ = calibrate(
             pairs,
             pack=self.pack,
@@ -402,11 +400,11 @@ class People:
             far_targets=[far],
             chosen_far=far,
             rounds=max(10, rounds),
-            left_out={},
+            left_out=left_out,
         )
         if apply:
-            self._apply(result, far, f"enrolled subjects ({sample.subjects} subjects, {len(files)} faces)")
-        return result, sample
+            self._apply(result, far, source)
+        return result
 
     def _apply(self, result: Calibration, far: float, source: str) -> None:
         point = result.chosen.point
