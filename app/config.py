@@ -71,6 +71,13 @@ class QualityPolicy(StrEnum):
     REFUSE = "refuse"  # do not index it; the index answer says why, per face
 
 
+class StandinLayout(StrEnum):
+    """Which machine the stand-in engine (ENGINE_STANDIN) lays its work out for."""
+
+    CPU = "cpu"  # this machine's own layout
+    GPU = "gpu"  # a GPU's: detector batches on one canvas, uint8 detector input, padded chunks, the GPU's batch sizes
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"  # one JSON object per line
@@ -136,6 +143,9 @@ class Settings(BaseSettings):
     # Benchmarks only: every ONNX run answers the outputs recorded at its input shape's first run (see
     # app.engine.runtime.ReplaySession), so a benchmark measures everything but inference. Logged loudly.
     engine_standin: bool = False
+    # With ENGINE_STANDIN, `gpu` lays the work out as on a GPU (batch sizes, one detector canvas, uint8 detector
+    # input, padding), so a CPU machine measures the CPU work a GPU machine's processes do per search.
+    engine_standin_layout: StandinLayout = StandinLayout.CPU
     # On a GPU the detector takes uint8 pixels and casts, normalises and transposes them inside its graph: a quarter
     # of the bytes to copy to the device and no blob to build on the CPU (app.engine.graph). Off: the float blob.
     gpu_image_input: bool = True

@@ -27,6 +27,7 @@ spread between rounds of one tree). The worktree is removed at the end.
 inference then costs next to nothing, and the searches/s reached is the ceiling a GPU machine meets.
 
     python -m bench.overload [--duration 30] [--levels 50,200] [--compare-ref e362951 --rounds 2] [--standin]
+                             [--env WORKERS=2 --env ENGINE_STANDIN_LAYOUT=gpu]
 """
 
 from __future__ import annotations
@@ -304,6 +305,14 @@ def main(argv: list[str] | None = None) -> None:
         help="before counting, search 1..N copies of the query in one request each, so that every engine batch "
         "size has run once (default: REQUEST_BATCH's default, 32, with --standin; else 0)",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service started (both trees of --compare-ref), e.g. WORKERS=2 or "
+        "ENGINE_STANDIN_LAYOUT=gpu; repeatable",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -323,6 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     name, query = query_photo(args.photo)
     photos = index_photos()
     env = {"GPU_ACQUIRE_TIMEOUT": str(args.acquire_timeout)}
+    for item in args.env:
+        setting, sep, value = item.partition("=")
+        if not sep or not setting:
+            parser.error(f"--env takes NAME=VALUE, got {item!r}")
+        env[setting] = value
     if args.standin:
         env["ENGINE_STANDIN"] = "1"
         print(

@@ -3,7 +3,9 @@
 ENGINE_STANDIN=1 (loudly: the ONNX runs are replaced by outputs recorded once per input shape, see
 app.engine.runtime.ReplaySession), so what is measured is everything but inference: HTTP, multipart, decode, the
 engine's pre/post-processing, the store, JSON. That is the ceiling a machine whose accelerator makes inference
-free meets, and the work that WORKERS spreads over the cores.
+free meets, and the work that WORKERS spreads over the cores. `--layout gpu` (ENGINE_STANDIN_LAYOUT=gpu) lays that
+work out as on a GPU (detector batches of 16 on one canvas, uint8 detector input, padded chunks): the core's CPU per
+search then is what bounds a GPU machine's core process.
 
 For each round, for each WORKERS value in turn (A B A B: the machine's other load falls on both alike): start
 `python -m app` on fresh state, index a few photos, then closed-loop clients (bench.overload's: keep-alive
@@ -12,7 +14,7 @@ level. Printed per run: 200/s, 200 p50/p95, 503s, other answers, the CPU millise
 of the service's processes together and of the core alone (the process that owns the engine: 1000 / its ms per
 search bounds the searches/s however many workers there are), and the load average.
 
-    python -m bench.workers [--workers 1,2] [--levels 50,200] [--duration 15] [--rounds 2]
+    python -m bench.workers [--workers 1,2] [--levels 50,200] [--duration 15] [--rounds 2] [--layout cpu|gpu]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.config import StandinLayout
 from bench.live import live_server
 from bench.load_client import closed_loop, cpu_seconds
 from bench.overload import index_photos, prepare, query_photo
@@ -69,7 +72,7 @@ class Run:
 
 
 def measure(workers: int, levels: list[int], args: argparse.Namespace, query: bytes) -> list[Run]:
-    env = {"ENGINE_STANDIN": "1", "WORKERS": str(workers)}
+    env = {"ENGINE_STANDIN": "1", "ENGINE_STANDIN_LAYOUT": args.layout, "WORKERS": str(workers)}
     runs = []
     with live_server(env=env, prefix="oceano-workers-") as server:
         prepare(server, query, index_photos())
@@ -101,13 +104,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds counted per level (default 15)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before counting (default 3)")
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds (default 2)")
+    parser.add_argument(
+        "--layout",
+        choices=[layout.value for layout in StandinLayout],
+        default=StandinLayout.CPU.value,
+        help="the stand-in's layout (ENGINE_STANDIN_LAYOUT): cpu, or gpu for the work a GPU machine's processes do "
+        "(detector batches of 16 on one canvas, uint8 input, padded chunks) (default cpu)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     workers = [int(v) for v in args.workers.split(",") if v.strip()]
     levels = [int(v) for v in args.levels.split(",") if v.strip()]
     name, query = query_photo(None)
-    print("STAND-IN ENGINE (ENGINE_STANDIN=1): inference replaced by recorded outputs; everything else is real")
+    print(
+        f"STAND-IN ENGINE (ENGINE_STANDIN=1, layout {args.layout}): inference replaced by recorded outputs; "
+        "everything else is real"
+    )
     print(f"query {name} at 640 px; {os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.2f}")
     runs = [run for _ in range(args.rounds) for w in workers for run in measure(w, levels, args, query)]
     print(

@@ -119,7 +119,7 @@ class OnnxModel:
         inp = self.session.get_inputs()[0]
         self.input_name: str = inp.name
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
-        self.on_gpu = uses_gpu(self.session)
+        self.on_gpu = uses_gpu(self.session) or runtime.gpu_layout
         self.batched = batched and self._batch_axis_usable()
         chosen = tuple(sorted(set(batch_sizes))) or self.default_batch_sizes(self.on_gpu)
         self.batch_sizes: tuple[int, ...] = chosen if self.batched else (1,)

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
-from app.config import ProviderChoice, Settings
+from app.config import ProviderChoice, Settings, StandinLayout
 from app.errors import EngineBusy, ModelPackError
 
 logger = logging.getLogger(__name__)
@@ -91,17 +92,22 @@ class Runtime:
     threads: int = 0  # intra-op threads; 0: onnxruntime picks (all cores)
     # Models that take a normalised image blob get uint8 pixels instead (app.engine.graph), on a GPU only.
     image_input: bool = False
+    # The stand-in engine laid out as on a GPU (ENGINE_STANDIN_LAYOUT=gpu): every model acts as if on a GPU.
+    gpu_layout: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         providers = select_providers(settings.providers, standin=settings.engine_standin, tensorrt=settings.tensorrt)
         if TENSORRT_PROVIDER in providers:
             (settings.state_dir / TENSORRT_CACHE).mkdir(parents=True, exist_ok=True)
+        gpu_layout = settings.engine_standin and settings.engine_standin_layout is StandinLayout.GPU
+        on_gpu = gpu_layout or bool({CUDA_PROVIDER, TENSORRT_PROVIDER} & set(providers))
         return cls(
             providers=tuple(providers),
             options=tuple(provider_options(p, settings) for p in providers),
             threads=settings.ort_threads,
-            image_input=settings.gpu_image_input and bool({CUDA_PROVIDER, TENSORRT_PROVIDER} & set(providers)),
+            image_input=settings.gpu_image_input and on_gpu,
+            gpu_layout=gpu_layout,
         )
 
     @property
@@ -128,6 +134,7 @@ class Runtime:
             "threads": self.threads,
             "standin": self.standin,
             "image_input": self.image_input,
+            "gpu_layout": self.gpu_layout,
         }
 
 
@@ -202,8 +209,24 @@ class ReplaySession:
         with self._lock:
             self.real_runs += 1
             if len(self._outputs) < REPLAY_SHAPES:
-                self._outputs[key] = outputs
+                self._outputs[key] = self._rows_like_first(outputs, feed)
         return list(outputs)
+
+    @staticmethod
+    def _rows_like_first(outputs: list[Any], feed: dict[str, Any]) -> list[Any]:
+        """The recorded outputs with every row of a batch made the first one's. The first run at a batch shape
+        is often one image (or face) and padding: replayed as they were, the padding rows' answers (no face)
+        would stand for every later image but the first, and a benchmark of batches would measure faceless
+        requests."""
+        rows = {v.shape[0] for v in feed.values() if getattr(v, "ndim", 0)}
+        if len(rows) != 1 or (batch := rows.pop()) < 2:
+            return outputs
+        return [
+            np.ascontiguousarray(np.broadcast_to(o[:1], o.shape))
+            if isinstance(o, np.ndarray) and o.ndim and o.shape[0] == batch
+            else o
+            for o in outputs
+        ]
 
 
 def dynamic_batch_model(model: onnx.ModelProto) -> tuple[bool, bool]:

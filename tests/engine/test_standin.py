@@ -29,3 +29,24 @@ def test_standin_replays_the_first_outputs_of_each_shape(tmp_path: Path, photos)
     # Another picture of the same shape gets the recorded answer, not its own: a stand-in, never for real use.
     blank = np.zeros_like(yao)
     assert len(engine.analyze_batch([blank])[0]) == len(first[0])
+
+
+def test_gpu_layout_standin_runs_as_on_a_gpu_and_every_row_of_a_batch_answers(tmp_path: Path, photos) -> None:  # type: ignore[no-untyped-def]
+    """ENGINE_STANDIN_LAYOUT=gpu: the models take a GPU's layout on this CPU (one detector canvas, uint8 input,
+    GPU batch sizes, padded chunks); a replayed batch answers the first row's outputs on every row, so that each
+    image of a later batch finds the face the first did (recorded as they were, the padding rows of the first
+    run, faceless, stood for every image but the first)."""
+    settings = make_settings(tmp_path, engine_standin=True, engine_standin_layout="gpu")
+    engine, _ = load_models(settings)
+    assert engine.on_gpu and engine.runtime.gpu_layout and engine.detector.image_input
+    assert engine.detector.batch_sizes == (16,) and engine.detector.canvases == [settings.det_size]
+    assert engine.recognizer.batch_sizes == (64,)
+
+    yao = read_bgr(photos.yaoming)
+    first = engine.analyze_batch([yao])  # recorded: one image and 15 padding rows
+    assert len(first[0]) == 1
+    batch = engine.analyze_batch([yao] * 5)  # replayed
+    assert [len(row) for row in batch] == [1] * 5
+    for row in batch:
+        assert np.array_equal(row[0].embedding, first[0][0].embedding)
+        assert np.allclose(row[0].bbox, first[0][0].bbox)
