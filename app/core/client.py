@@ -11,11 +11,12 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.core.pixels import PixelSender
 from app.core.wire import Catalogue, CoreAddress, EstimateBoard, Facade, remote_methods
 from app.engine import Ticket, busy_error, refused_at_door
 from app.errors import EngineBusy, OceanoError, ShuttingDown
@@ -46,13 +47,13 @@ class CoreClient:
 
     def __init__(self, address: CoreAddress) -> None:
         self.address = address
-        self._idle: list[Connection] = []
+        self._idle: list[PixelSender] = []  # connections with no call in flight
         self._lock = threading.Lock()
         self._closed = False
         # Ticket calls made from the event loop (cancel on a client gone) go through here, never blocking it.
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="core-ticket")
 
-    def _connection(self) -> Connection:
+    def _connection(self) -> PixelSender:
         with self._lock:
             if self._closed:
                 raise CoreGone("the service is shutting down; retry once it is back")
@@ -63,23 +64,24 @@ class CoreClient:
         except (OSError, EOFError) as exc:
             raise CoreGone(f"the core process does not answer ({exc}); retry once the service is back") from exc
         connection.send(os.getpid())
-        return connection
+        return PixelSender(connection)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        connection = self._connection()
+        line = self._connection()
         try:
-            connection.send((method, args, kwargs))
-            ok, value = connection.recv()
+            line.send((method, args, kwargs))
+            ok, value = line.connection.recv()
+            line.answered()
         except BaseException as exc:
-            connection.close()  # a call cut half-way leaves the connection out of step: never reused
+            line.connection.close()  # a call cut half-way leaves the connection out of step: never reused
             if isinstance(exc, (OSError, EOFError)):
                 raise CoreGone(f"the core process stopped answering ({exc!r}); retry shortly") from exc
             raise
         with self._lock:
             if self._closed:
-                connection.close()
+                line.connection.close()
             else:
-                self._idle.append(connection)
+                self._idle.append(line)
         if not ok:
             raise value
         return value
@@ -102,8 +104,8 @@ class CoreClient:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+        for line in idle:
+            line.connection.close()
         self._background.shutdown(wait=False)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from app.access import RateLimiter
 from app.bootstrap import Services
+from app.core.pixels import PixelReceiver
 from app.core.wire import Catalogue, CoreAddress, EstimateBoard, Facade, remote_methods
 from app.engine import Ticket
 from app.errors import InvalidRequest, OceanoError
@@ -145,9 +146,11 @@ class CoreServer:
             pid = int(connection.recv())  # the worker says who it is first
             with self._lock:
                 self._connections[pid] = self._connections.get(pid, 0) + 1
+            line = PixelReceiver(connection)  # the calls' pixels are read in shared memory (app.core.pixels)
             while not self._stop.is_set():
-                method, args, kwargs = connection.recv()
+                method, args, kwargs = line.recv()
                 connection.send(self._call(pid, method, args, kwargs))
+                line.answered()
         except (EOFError, OSError):
             pass  # the worker closed this connection, or exited
         finally:
