@@ -11,7 +11,8 @@ place by the core's; everything else is pickled as before. A connection carries 
 worker writes again only after the core answered, so the core reads the buffer while nothing writes it. (A
 request that timed out in the core while the engine still ran it may see its pixels overwritten by the next
 call: its result is thrown away.) A buffer grows to the largest call and is given up after a call that made it
-larger than SHARED_KEEP_BYTES, so that idle connections do not hold large requests' memory.
+larger than SHARED_KEEP_BYTES, so that idle connections do not hold large requests' memory: a worker keeps at
+most SHARED_KEEP_BYTES per connection, and has one connection per call in flight (its thread pool's 40 at most).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 SHARED_MIN_BYTES = 64 * 1024  # smaller arrays travel in the message: a copy costs less than a lookup
-SHARED_KEEP_BYTES = 16 * 2**20  # a buffer larger than this is given up after its call
+SHARED_KEEP_BYTES = 8 * 2**20  # a buffer larger than this is given up after its call
 _FIRST_BYTES = 4 * 2**20
 _ALIGN = 64
 
