@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     max_segment_points: int = Field(default=20000, ge=0)
     # Embedded store: the number of segments the optimizer merges towards (0: Qdrant's own, from the CPUs).
     segment_number: int = Field(default=0, ge=0, le=1024)
+    # Embedded store: threads one search uses (Qdrant Edge's max_search_threads; 0: its own pool over the cores). A
+    # search holds the GIL either way (bench/store_gil.py), and in the caller's thread it costs less wall and CPU
+    # time than handed to the pool (docs/PERFORMANCE.md).
+    search_threads: int = Field(default=1, ge=0, le=1024)
 
     # Admission control around the ONNX sessions.
     gpu_concurrency: int = Field(default=1, ge=1)

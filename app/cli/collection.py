@@ -47,6 +47,7 @@ BUILD_SETTINGS = (
     "index_threshold",
     "max_segment_points",
     "segment_number",
+    "search_threads",
 )
 
 EPILOG = """\

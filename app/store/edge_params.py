@@ -72,6 +72,7 @@ def create_config(spec: CollectionSpec) -> Any:
             m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_KB
         ),
         quantization_config=quantization_config(spec),
+        max_search_threads=spec.search_threads or None,
     )
 
 

@@ -118,6 +118,7 @@ BUILD_KEYS = (
     "index_threshold",
     "max_segment_points",
     "segment_number",
+    "search_threads",
 )
 # What collections made before the parameters were recorded were built with.
 LEGACY_BUILD: dict[str, Any] = {
@@ -128,6 +129,7 @@ LEGACY_BUILD: dict[str, Any] = {
     "vectors_on_disk": False,
     "max_segment_points": 0,
     "segment_number": 0,
+    "search_threads": 0,
 }
 
 
@@ -147,6 +149,7 @@ class CollectionSpec:
     index_threshold: int = 20000  # points (embedded store)
     max_segment_points: int = 20000  # 0: Qdrant's own sizing (embedded store)
     segment_number: int = 0  # 0: Qdrant's own (embedded store)
+    search_threads: int = 1  # 0: Qdrant's own pool (embedded store)
     shards: int = 1
     replicas: int = 1
     write_consistency: int = 1
@@ -243,6 +246,7 @@ def spec_from_settings(settings: Settings, *, dim: int, pack: str) -> Collection
         index_threshold=settings.index_threshold,
         max_segment_points=settings.max_segment_points,
         segment_number=settings.segment_number,
+        search_threads=settings.search_threads,
         shards=settings.qdrant_shards,
         replicas=settings.qdrant_replicas,
         write_consistency=settings.qdrant_write_consistency,

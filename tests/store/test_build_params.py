@@ -85,6 +85,7 @@ def test_a_collection_made_with_the_old_defaults_still_opens_and_searches(tmp_pa
     assert store.count() == 300 and finds_itself(store, unit_points(300)[:20])
     assert store.spec.hnsw_m == 16 and store.spec.quantization is Quantization.INT8  # kept what it was built with
     assert store.spec.index_threshold == 100  # when builds are scheduled follows the settings
+    assert store.spec.search_threads == 0  # Qdrant Edge's own pool, as these collections were made
     store.upsert(unit_points(200, seed=1))
     assert store.wait_indexed(120) and finds_itself(store, unit_points(200, seed=1)[:20])
     store.close()
@@ -112,6 +113,26 @@ def test_new_collections_record_their_build_and_keep_it(tmp_path: Path) -> None:
     assert shard_config["optimizers"]["max_segment_size"] == 5000 * DIM * 4 // 1024
     reopened = EdgeStore(tmp_path / "faces", CollectionSpec(name="faces", dim=DIM, pack="p:1", hnsw_m=8))
     assert reopened.spec.hnsw_m == 24
+    reopened.close()
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+def test_search_threads_is_the_shards_max_search_threads_and_searches_find_each_point(
+    tmp_path: Path, threads: int
+) -> None:
+    """SEARCH_THREADS (default 1: each search in the caller's thread, cheaper than Qdrant Edge's pool here:
+    bench/store_gil.py) reaches the shard's configuration, is kept with the collection, and searches still find
+    every point."""
+    spec = CollectionSpec(name="faces", dim=DIM, pack="p:1", index_threshold=100, search_threads=threads)
+    assert spec_from_settings(Settings(), dim=DIM, pack="p:1").search_threads == 1
+    store = EdgeStore(tmp_path / "faces", spec)
+    store.upsert(unit_points(300))
+    assert store.wait_indexed(120) and finds_itself(store, unit_points(300)[:50])
+    store.close()
+    shard_config = json.loads((tmp_path / "faces" / "edge_config.json").read_text())
+    assert shard_config.get("max_search_threads") == (threads or None)  # absent: Qdrant Edge's pool
+    reopened = EdgeStore(tmp_path / "faces", CollectionSpec(name="faces", dim=DIM, pack="p:1", search_threads=7))
+    assert reopened.spec.search_threads == threads and finds_itself(reopened, unit_points(300)[50:80])
     reopened.close()
 
 
