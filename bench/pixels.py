@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                 cpu[mode].append(cpu_ms)
                 print(f"{side:>5} {mode:>8} {megabytes:>8.2f} {cpu_ms:>12.3f} {wall_ms:>13.3f}")
         ratio = statistics.fmean(cpu["shared"]) / statistics.fmean(cpu["pickled"])
-        print(f"{side} px: the receiver's CPU per call, shared / pickled: {ratio:.2f}")
+        print(f"the receiver's CPU per call at {side} px, shared / pickled: {ratio:.2f}")
 
 
 if __name__ == "__main__":
