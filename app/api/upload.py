@@ -103,6 +103,25 @@ async def run_in_thread(
         del task
 
 
+async def admitted(service: FaceServiceApi, images: int) -> Ticket | None:
+    """`service.admit` off the event loop, for a service whose admit waits on another process (an HTTP worker's
+    call to the core: measured on the loop at 50 clients, 2 ms on average, 8 ms at p95, 40 % of a worker's loop
+    time blocked). A place taken after this coroutine was cancelled (the client left meanwhile) is given back."""
+    pending = asyncio.get_running_loop().run_in_executor(None, service.admit, images)
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        pending.add_done_callback(_give_back)
+        raise
+    except OceanoError as exc:
+        raise exc.with_traceback(None) from None  # see in_thread
+
+
+def _give_back(done: asyncio.Future[Ticket | None]) -> None:
+    if not done.cancelled() and done.exception() is None and (ticket := done.result()) is not None:
+        ticket.release()
+
+
 async def engine_call(
     service: FaceServiceApi,
     images: int,
@@ -115,7 +134,7 @@ async def engine_call(
 ) -> T:
     """A place in line for `images` images (EngineBusy at once when the engine is too busy: before anything is
     decoded), then `work(ticket)` in the thread pool (see run_in_thread)."""
-    ticket = service.admit(images)
+    ticket = await admitted(service, images) if service.admit_waits else service.admit(images)
     return await run_in_thread(
         lambda: work(ticket), timeout=timeout, ticket=ticket, gone=gone, what=what, answered=answered
     )

@@ -153,6 +153,8 @@ def _names(heads: Sequence[Head]) -> str:
 class RemoteFaceService(FaceServiceApi):
     """FaceServiceApi in an HTTP worker. The heads are the core's, described (they run in the core)."""
 
+    admit_waits = True  # a call to the core
+
     def __init__(self, *, settings: Settings, client: CoreClient) -> None:
         catalogue: Catalogue = client.call("catalogue")
         super().__init__(settings=settings, heads=catalogue.heads)

@@ -127,6 +127,9 @@ class FaceServiceApi(ABC):
 
     settings: Settings
     heads: HeadRegistry
+    # Whether admit() waits on another process (an HTTP worker's call to the core): callers on an event loop then
+    # run it in a thread. In the process that owns the batcher it takes a lock for a moment: run inline.
+    admit_waits: bool = False
 
     def __init__(self, *, settings: Settings, heads: HeadRegistry) -> None:
         self.settings = settings
