@@ -12,7 +12,8 @@ worker writes again only after the core answered, so the core reads the buffer w
 request that timed out in the core while the engine still ran it may see its pixels overwritten by the next
 call: its result is thrown away.) A buffer grows to the largest call and is given up after a call that made it
 larger than SHARED_KEEP_BYTES, so that idle connections do not hold large requests' memory: a worker keeps at
-most SHARED_KEEP_BYTES per connection, and has one connection per call in flight (its thread pool's 40 at most).
+most SHARED_KEEP_BYTES per connection, and has one connection per call in flight (bounded by its threads: the
+request thread pool's 40 and the few that run admit).
 """
 
 from __future__ import annotations
