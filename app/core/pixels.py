@@ -31,6 +31,8 @@ import numpy as np
 
 SHARED_MIN_BYTES = 64 * 1024  # smaller arrays travel in the message: a copy costs less than a lookup
 SHARED_KEEP_BYTES = 8 * 2**20  # a buffer larger than this is given up after its call
+# Anonymous shared memory (Linux, the service's platform); elsewhere arrays are pickled into the message as before.
+SHARED_MEMORY = hasattr(os, "memfd_create")
 _FIRST_BYTES = 4 * 2**20
 _ALIGN = 64
 
@@ -89,6 +91,9 @@ class PixelSender:
         return 0 if self._buffer is None else len(self._buffer)
 
     def send(self, message: Any) -> None:
+        if not SHARED_MEMORY:
+            self.connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            return
         while True:
             data = io.BytesIO()
             pickler = _SharingPickler(data, self._buffer)

@@ -115,3 +115,17 @@ def test_a_buffer_grown_past_the_keep_limit_is_given_up_after_its_call(
     (_, (again,), _) = call(sender, receiver, ("f", (photo(480, 640, seed=6),), {}))  # type: ignore[misc]
     assert np.array_equal(again, photo(480, 640, seed=6)) and sender.buffer_bytes > 0
     assert SHARED_KEEP_BYTES >= 8 * 2**20  # the default keeps a few large photos' buffers
+
+
+def test_without_memfd_the_arrays_travel_in_the_message(
+    line: tuple[PixelSender, PixelReceiver, CountingConnection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sender, receiver, counting = line
+    monkeypatch.setattr(pixels, "SHARED_MEMORY", False)
+    big = photo(480, 640, seed=8)
+    sending = Thread(target=sender.send, args=(("g", (big,), {}),))  # 0.9 MB: more than the socket buffers
+    sending.start()
+    (_, (got,), _) = receiver.recv()
+    sending.join(10)
+    assert not sending.is_alive()
+    assert np.array_equal(got, big) and counting.sent[-1] > big.nbytes and sender.buffer_bytes == 0
