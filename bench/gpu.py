@@ -13,9 +13,11 @@ Sections, in the order they run (the table at the end follows the same order; pr
    processes; found with --loadgen, else beside the checkout in ../shared/gpu/, else in $GPU_KIT or /tmp/gpu).
    Per level: answers 200 per second of the window, their p50/p95/p99, the 503s, any other answer or transport
    error, GPU utilisation (mean, max) and memory (max) from nvidia-smi sampled every 0.5 s during the level, and
-   the CPU cores the service's processes used. Then the same against bench/plain_insightface.py (one uvicorn
-   worker, one FaceAnalysis over the same two ONNX files, CUDA when offered, a semaphore of 1, no batching, a Qdrant
-   Edge collection with Oceano's settings, the same photos indexed), and the ratio Oceano / plain of answers 200/s.
+   the CPU cores the service's processes used, and those of the process owning the engine (with WORKERS > 1 the
+   core) with its CPU ms per answer: what bounds the searches/s when the GPU waits. Then the same against
+   bench/plain_insightface.py (one uvicorn worker, one FaceAnalysis over the same two ONNX files, CUDA when offered,
+   a semaphore of 1, no batching, a Qdrant Edge collection with Oceano's settings, the same photos indexed), and
+   the ratio Oceano / plain of answers 200/s.
 2. Ingest: `python -m app.ingest --path DIR --local` (in-process, its own STATE_DIR, PROVIDERS and --env as the
    service) over --ingest-images JPEGs made from the photos (each a variant with other bytes, same faces):
    images/s as the command reports it (its job, after the models loaded) and over the command's wall time.
@@ -223,11 +225,16 @@ def load_service(name: str, module: str, env: dict[str, str], plan: LoadPlan) ->
                 settle(server, 10.0)
             log(f"{name}: {clients} clients, {plan.args.warmup:g} s warm-up + {plan.args.seconds:g} s")
             pids = process_tree(server.pid)
-            cpu_before = cpu_seconds(pids)
+            cpu_before, core_before = cpu_seconds(pids), cpu_seconds([server.pid])
             with GpuSampler(pids, skip=plan.args.warmup) as sampler:
                 level = {"clients": clients, **drive(server, clients, plan)}
-            level["service_cpu_cores"] = round(
-                (cpu_seconds(pids) - cpu_before) / (plan.args.warmup + plan.args.seconds), 2
+            span = plan.args.warmup + plan.args.seconds
+            level["service_cpu_cores"] = round((cpu_seconds(pids) - cpu_before) / span, 2)
+            # The process that owns the engine (with WORKERS > 1, the core): its CPU per answer bounds the design.
+            core_cores = (cpu_seconds([server.pid]) - core_before) / span
+            level["core_cpu_cores"] = round(core_cores, 2)
+            level["core_cpu_ms_per_answer"] = (
+                round(core_cores / level["ok_per_s"] * 1e3, 2) if level["ok_per_s"] else None
             )
             level.update(sampler.figures())
             if not server.alive():

@@ -32,6 +32,9 @@ def check_level(level: dict[str, Any], clients: int) -> None:
     assert level["errors"] == {}, level  # no answer but 200 or 503, no transport error
     for key in ("gpu_util_mean", "gpu_util_max", "gpu_mem_max_mib"):
         assert level[key] is None, (key, level)  # a CPU machine: n/a
+    # The process owning the engine is one of the service's processes (here the only one).
+    assert 0 < level["core_cpu_cores"] <= level["service_cpu_cores"] + 0.01, level
+    assert level["core_cpu_ms_per_answer"] > 0, level
 
 
 def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) -> None:
