@@ -3,6 +3,7 @@ the engine, the heads and the store (decode -> FaceEngine.analyze_batch -> Vecto
 thumbnails). No HTTP here."""
 
 from app.service.api import (
+    MATCH_KEYS,
     AnalyzedFace,
     EngineStatus,
     FaceServiceApi,
@@ -16,6 +17,7 @@ from app.service.api import (
 from app.service.facade import Analyzer, FaceService, FileLocks
 
 __all__ = [
+    "MATCH_KEYS",
     "AnalyzedFace",
     "Analyzer",
     "EngineStatus",

@@ -40,6 +40,12 @@ class EngineStatus:
     estimated_wait: float | None  # seconds a request arriving now would wait (None: no request batcher)
 
 
+# The payload keys a search's matches carry: what every answer shows of a match (the JSON and HTML search, /ws
+# frames) and what app.people reads (the subject). A stored face's whole payload (its quality record, hashes,
+# times) cost the search for nothing: top 10 of 1,000 faces 0.195 -> 0.162 ms, pickled matches 5.6 -> 1.5 KB.
+MATCH_KEYS = ("file", "face_index", "subject")
+
+
 @dataclass(slots=True)
 class SearchedFace:
     face: Face

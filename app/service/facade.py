@@ -22,6 +22,7 @@ from app.faces import Face, FaceHead
 from app.heads import Head, HeadRegistry
 from app.imaging import DecodedImage, crop_thumbnail, encode_jpeg
 from app.service.api import (
+    MATCH_KEYS,
     AnalyzedFace,
     EngineStatus,
     FaceServiceApi,
@@ -173,7 +174,9 @@ class FaceService(FaceServiceApi):
         flat = [f for row in faces for f in row]
         vectors = np.stack([f.embedding for f in flat]) if flat else np.zeros((0, self.engine.dim), np.float32)
         where = FaceFilter(min_quality=min_quality) if min_quality is not None else None
-        matches = self.store.search(vectors, limit=k, threshold=t, hnsw_ef=max(self.settings.hnsw_ef, k), where=where)
+        matches = self.store.search(
+            vectors, limit=k, threshold=t, hnsw_ef=max(self.settings.hnsw_ef, k), where=where, keys=MATCH_KEYS
+        )
         out: list[list[SearchedFace]] = []
         i = 0
         for image, row in zip(images, faces, strict=True):

@@ -171,7 +171,9 @@ class EdgeStore:
         threshold: float | None,
         hnsw_ef: int,
         where: FaceFilter | None = None,
+        keys: Sequence[str] | None = None,
     ) -> list[list[Match]]:
+        """Per vector, its nearest points with their payload (only `keys` when given)."""
         from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
         if len(vectors) == 0:
@@ -183,7 +185,7 @@ class EdgeStore:
             QueryRequest(
                 limit=limit,
                 query=Query.Nearest(v.astype(np.float32).tolist()),
-                with_payload=True,
+                with_payload=list(keys) if keys is not None else True,
                 filter=flt,
                 score_threshold=threshold,
                 params=params,

@@ -209,7 +209,9 @@ class ServerStore:
         threshold: float | None,
         hnsw_ef: int,
         where: FaceFilter | None = None,
+        keys: Sequence[str] | None = None,
     ) -> list[list[Match]]:
+        """Per vector, its nearest points with their payload (only `keys` when given)."""
         from qdrant_client import models
 
         if len(vectors) == 0:
@@ -225,7 +227,7 @@ class ServerStore:
                 query=v.astype(np.float32).tolist(),
                 limit=limit,
                 filter=None if where is None else _server_filter(where),
-                with_payload=True,
+                with_payload=list(keys) if keys is not None else True,
                 score_threshold=threshold,
                 params=params,
             )

@@ -204,3 +204,19 @@ def test_the_indexed_embedded_store_still_answers_as_the_server(tmp_path: Path) 
     finally:
         edge.close()
         server.close()
+
+
+def test_a_search_asked_for_some_keys_answers_those_alike(stores: tuple[VectorStore, VectorStore]) -> None:
+    """`keys`: each match's payload holds only those keys (the ones it has), on both backends alike."""
+    points = collection()
+    for store in stores:
+        store.upsert(points)
+    queries = np.stack([points[i].vector for i in (0, 5, 13)])
+    edge, server = both(
+        stores, lambda s: s.search(queries, limit=6, threshold=None, hnsw_ef=128, keys=("file", "subject"))
+    )
+    assert_same_matches(edge, server)
+    for row in edge:
+        assert row and all(set(m.payload) <= {"file", "subject"} and "file" in m.payload for m in row)
+    full, _ = both(stores, lambda s: s.search(queries, limit=6, threshold=None, hnsw_ef=128))
+    assert any(len(m.payload) > 2 for row in full for m in row)  # without `keys`, the whole payload
