@@ -262,7 +262,8 @@ class CoreServer:
         finally:
             if ticket is not None:
                 self.ticket_release(ticket)
-        return [[(_light(f.face, embedding=True), f.bbox, f.kps, f.matches, _who(f)) for f in row] for row in rows]
+        # Without the embedding: the worker answers none (who the face is was decided here, its ref remembered here).
+        return [[(_light(f.face, embedding=False), f.bbox, f.kps, f.matches, _who(f)) for f in row] for row in rows]
 
     def analyze(self, images: Sequence[DecodedImage], *, heads: str, ticket: int | None) -> list[list[AnalyzedFace]]:
         try:
