@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import logging
@@ -100,3 +101,11 @@ def percentile_ms(samples: Sequence[float], q: float) -> float:
     """The q-th percentile of durations in seconds, in milliseconds (NaN when there are none)."""
     value = percentile(samples, q)
     return value * 1e3 if value is not None else float("nan")
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """An argparse type for `--env KEY=VALUE` (a setting passed to the services a benchmark starts)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--env takes KEY=VALUE, got {text!r}")
+    return key.strip(), value

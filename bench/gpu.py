@@ -54,7 +54,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import EVAL_DIR, REPO
+from bench.common import EVAL_DIR, REPO, key_value
 from bench.gpu_machine import (
     STARTED,
     GpuSampler,
@@ -84,13 +84,6 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"needs whole numbers >= 1: {text!r}")
     return values
-
-
-def key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--env takes KEY=VALUE, got {text!r}")
-    return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,7 @@ from pathlib import Path
 import cv2
 import httpx
 
-from bench.common import EVAL_DIR, Photos, read_bgr
+from bench.common import EVAL_DIR, Photos, key_value, read_bgr
 from bench.live import REPO, Server, app_package_file, live_server, server_env
 from bench.load_client import closed_loop, cpu_seconds, own_cpu_seconds
 from bench.overload_report import (
@@ -307,9 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--env",
+        type=key_value,
         action="append",
         default=[],
-        metavar="NAME=VALUE",
+        metavar="KEY=VALUE",
         help="a setting for every service started (both trees of --compare-ref), e.g. WORKERS=2 or "
         "ENGINE_STANDIN_LAYOUT=gpu; repeatable",
     )
@@ -332,11 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     name, query = query_photo(args.photo)
     photos = index_photos()
     env = {"GPU_ACQUIRE_TIMEOUT": str(args.acquire_timeout)}
-    for item in args.env:
-        setting, sep, value = item.partition("=")
-        if not sep or not setting:
-            parser.error(f"--env takes NAME=VALUE, got {item!r}")
-        env[setting] = value
+    env.update(args.env)
     if args.standin:
         env["ENGINE_STANDIN"] = "1"
         print(

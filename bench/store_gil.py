@@ -29,13 +29,13 @@ from app.store.edge_params import create_config, search_params
 from app.store.model import spec_from_settings
 
 DIM = 512
+SPEC = spec_from_settings(Settings(), dim=DIM, pack="bench")  # the service's collection settings
 
 
 def build(path: Path, points: int, threads: int) -> object:
     from qdrant_edge import EdgeShard, Point, UpdateOperation
 
-    spec = spec_from_settings(Settings(), dim=DIM, pack="bench")
-    shard = EdgeShard.create(str(path), create_config(dataclasses.replace(spec, search_threads=threads)))
+    shard = EdgeShard.create(str(path), create_config(dataclasses.replace(SPEC, search_threads=threads)))
     rng = np.random.default_rng(0)
     for start in range(0, points, 5000):
         vectors = rng.standard_normal((min(5000, points - start), DIM)).astype(np.float32)
@@ -54,7 +54,6 @@ def measure(shard: object, searches: int) -> tuple[float, float, float]:
     on two idle cores when a search releases the GIL (and takes no lock of the shard's), near 1x when it holds it."""
     from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
-    spec = spec_from_settings(Settings(), dim=DIM, pack="bench")
     rng = np.random.default_rng(1)
     requests = [
         QueryBatchRequest(
@@ -63,7 +62,7 @@ def measure(shard: object, searches: int) -> tuple[float, float, float]:
                     limit=10,
                     query=Query.Nearest(rng.standard_normal(DIM).astype(np.float32).tolist()),
                     with_payload=True,
-                    params=search_params(spec, 128),
+                    params=search_params(SPEC, 128),
                 )
             ]
         )
