@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
-from app.api.schemas import IndexStateOut, MatchOut
+from app.api.schemas import IndexStateOut, MatchOut, match_out
 from app.ingest.model import JobOut
 from app.people import MAX_NAME, NAME_PATTERN, ClusterView, FeedbackRecord, Overview, Similar, SubjectSummary
 from app.people.clusters_state import ClusterRecord
@@ -170,18 +170,7 @@ def similar_out(s: Similar) -> SimilarOut:
     return SimilarOut(
         face=stored_face_out(s.face),
         threshold=s.threshold,
-        matches=[
-            MatchOut(
-                id=m.id,
-                score=round(m.score, 4),
-                file=m.payload.get("file"),
-                face_index=m.payload.get("face_index"),
-                subject=m.payload.get("subject"),
-                thumb_url=f"/thumbs/{m.id}",
-                same_person=passes,
-            )
-            for m, passes in zip(s.matches, s.same_person, strict=True)
-        ],
+        matches=[match_out(m, passes) for m, passes in zip(s.matches, s.same_person, strict=True)],
     )
 
 

@@ -12,7 +12,7 @@ from app.heads import HeadListing, HeadSpec, ModelInfo
 from app.ingest.model import DEFAULT_BATCH, DEFAULT_WORKERS, MAX_BATCH, MAX_WORKERS, JobOut
 from app.people import IdentifiedFace
 from app.service import AnalyzedFace, IndexedImage, SearchedFace
-from app.store import CollectionInfo
+from app.store import CollectionInfo, Match
 
 
 class ErrorOut(BaseModel):
@@ -255,6 +255,19 @@ class JobListOut(BaseModel):
     jobs: list[JobOut]
 
 
+def match_out(m: Match, same_person: bool | None) -> MatchOut:
+    """A stored face found by a search (the payload keys it reads are app.service.MATCH_KEYS)."""
+    return MatchOut(
+        id=m.id,
+        score=round(m.score, 4),
+        file=m.payload.get("file"),
+        face_index=m.payload.get("face_index"),
+        subject=m.payload.get("subject"),
+        thumb_url=f"/thumbs/{m.id}",
+        same_person=same_person,
+    )
+
+
 def face_out(face: SearchedFace) -> FaceOut:
     who = face if isinstance(face, IdentifiedFace) else None  # searched by app.people's service
     same: list[bool | None] = list(who.same_person) if who else [None] * len(face.matches)
@@ -263,18 +276,7 @@ def face_out(face: SearchedFace) -> FaceOut:
         bbox=face.bbox,
         det_score=round(face.face.det_score, 4),
         kps=face.kps,
-        matches=[
-            MatchOut(
-                id=m.id,
-                score=round(m.score, 4),
-                file=m.payload.get("file"),
-                face_index=m.payload.get("face_index"),
-                subject=m.payload.get("subject"),
-                thumb_url=f"/thumbs/{m.id}",
-                same_person=passes,
-            )
-            for m, passes in zip(face.matches, same, strict=True)
-        ],
+        matches=[match_out(m, passes) for m, passes in zip(face.matches, same, strict=True)],
         identity=None
         if identity is None
         else IdentityOut(
