@@ -109,17 +109,11 @@ class PeopleState(StateFile):
         """Mark the move done; the feedback naming its source names its target from now on (one transaction)."""
 
         def finish(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("UPDATE moves SET done = 1, finished = ? WHERE id = ?", (time.time(), move.id))
-                for column in ("query_subject", "match_subject"):
-                    db.execute(f"UPDATE feedback SET {column} = ? WHERE {column} = ?", (move.target, move.source))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            db.execute("UPDATE moves SET done = 1, finished = ? WHERE id = ?", (time.time(), move.id))
+            for column in ("query_subject", "match_subject"):
+                db.execute(f"UPDATE feedback SET {column} = ? WHERE {column} = ?", (move.target, move.source))
 
-        self._run(finish)
+        self._transaction(finish)
 
     def pending_moves(self) -> list[Move]:
         return self._moves("WHERE done = 0")
@@ -204,31 +198,25 @@ class PeopleState(StateFile):
 
         def delete(db: sqlite3.Connection) -> int:
             gone = 0
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for start in range(0, len(face_ids), 500):
-                    chunk = list(face_ids[start : start + 500])
-                    marks = ",".join("?" * len(chunk))
-                    gone += db.execute(
-                        f"DELETE FROM feedback WHERE match_id IN ({marks}) OR query_face IN ({marks})", chunk + chunk
-                    ).rowcount
-                    db.execute(  # their clusters' figures are refreshed before they are listed again
-                        "UPDATE clusters SET dirty = 1 WHERE id IN "
-                        f"(SELECT cluster FROM cluster_faces WHERE face_id IN ({marks}))",
-                        chunk,
-                    )
-                    db.execute(f"DELETE FROM cluster_faces WHERE face_id IN ({marks})", chunk)
-                if subject is not None:
-                    gone += db.execute(
-                        "DELETE FROM feedback WHERE query_subject = ? OR match_subject = ?", (subject, subject)
-                    ).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            for start in range(0, len(face_ids), 500):
+                chunk = list(face_ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                gone += db.execute(
+                    f"DELETE FROM feedback WHERE match_id IN ({marks}) OR query_face IN ({marks})", chunk + chunk
+                ).rowcount
+                db.execute(  # their clusters' figures are refreshed before they are listed again
+                    "UPDATE clusters SET dirty = 1 WHERE id IN "
+                    f"(SELECT cluster FROM cluster_faces WHERE face_id IN ({marks}))",
+                    chunk,
+                )
+                db.execute(f"DELETE FROM cluster_faces WHERE face_id IN ({marks})", chunk)
+            if subject is not None:
+                gone += db.execute(
+                    "DELETE FROM feedback WHERE query_subject = ? OR match_subject = ?", (subject, subject)
+                ).rowcount
             return gone
 
-        return self._run(delete)
+        return self._transaction(delete)
 
 
 def _record(r: Sequence[Any]) -> FeedbackRecord:
