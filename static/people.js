@@ -109,10 +109,15 @@ async function loadPeople() {
       ? `Nobody's name holds "${state.search}".`
       : "No people yet: index photos with a name (subject), or name a cluster below." }));
   }
-  const last = Math.min(page.offset + page.subjects.length, page.total);
-  $("people-range").textContent = page.total ? `${page.offset + 1}–${last} of ${page.total}` : "";
-  $("people-prev").disabled = page.offset === 0;
-  $("people-next").disabled = last >= page.total;
+  showPager("people", page.offset, page.subjects.length, page.total);
+}
+
+// A list's pager (`<name>-range`, `<name>-prev`, `<name>-next`): where this page of `shown` items lies.
+function showPager(name, offset, shown, total) {
+  const last = Math.min(offset + shown, total);
+  $(`${name}-range`).textContent = total ? `${offset + 1}–${last} of ${total}` : "";
+  $(`${name}-prev`).disabled = offset === 0;
+  $(`${name}-next`).disabled = last >= total;
 }
 
 async function loadNames() {
@@ -249,10 +254,7 @@ async function loadClusters() {
       ? `${page.unclustered} unknown faces are in no cluster: "Find clusters" groups them.`
       : "No clusters to name: every face has a name, or none was indexed yet." }));
   }
-  const last = Math.min(page.offset + page.clusters.length, page.total);
-  $("clusters-range").textContent = page.total ? `${page.offset + 1}–${last} of ${page.total}` : "";
-  $("clusters-prev").disabled = page.offset === 0;
-  $("clusters-next").disabled = last >= page.total;
+  showPager("clusters", page.offset, page.clusters.length, page.total);
 }
 
 function clusterCard(cluster, others) {
