@@ -10,7 +10,7 @@ import numpy as np
 from app.engine.graph import IMAGE_INPUT
 from app.engine.model import OnnxModel
 from app.engine.runtime import Runtime
-from app.engine.scrfd import Detections, decode_batch, letterbox_batch, letterbox_images
+from app.engine.scrfd import Detections, decode_batch, letterbox_batch, letterbox_images, letterbox_input
 from app.errors import ModelPackError
 
 # The canvases a single image is letterboxed onto on the CPU: the smallest of them that holds the scaled image. A
@@ -90,22 +90,22 @@ class ScrfdDetector(OnnxModel):
         shapes = [shape(1, w, h) for w, h in self.canvases] if 1 in self.batch_sizes else []
         return shapes + [shape(size, width, height) for size in self.batch_sizes if size > 1]
 
-    def _letterbox(self, images: Sequence[np.ndarray], fixed: bool, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """The chunk's input (`rows` rows: the images, then blank padding) and each image's scale: uint8 pixels for
-        a graph that takes images (app.engine.graph), else the normalised float tensor (app.engine.scrfd). A
-        batch is stacked on the full canvas; a single image gets the smallest of the canvases that holds it, so
-        most of the strip a landscape photo leaves free is not spent on padding (faces cut by the image's edge
-        may come out slightly differently)."""
-        build = letterbox_images if self.input_name == IMAGE_INPUT else letterbox_batch
-        return build(images, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases)
-
     def detect(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per image: boxes (N, 4), scores (N,), keypoints (N, 5, 2) in the image's pixels."""
+        """Per image: boxes (N, 4), scores (N,), keypoints (N, 5, 2) in the image's pixels. A batch is stacked on the
+        full canvas; a single image gets the smallest of the canvases that holds it, so most of the strip a
+        landscape photo leaves free is not spent on padding (faces cut by the image's edge may come out slightly
+        differently). The input is uint8 pixels for a graph that takes images (app.engine.graph), else the
+        normalised float tensor (app.engine.scrfd), written into a reused buffer (app.engine.buffers)."""
+        pixels = self.input_name == IMAGE_INPUT
+        build = letterbox_images if pixels else letterbox_batch
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for chunk in self.chunks(len(images)):
-            batch, scales = self._letterbox(images[chunk.start : chunk.stop], chunk.size > 1, chunk.size)
-            outs = self.run_blob(batch, chunk.size)
-            canvas = batch.shape[1:3] if batch.dtype == np.uint8 else batch.shape[2:]
+            part, fixed, rows = images[chunk.start : chunk.stop], chunk.size > 1, chunk.size
+            shape = letterbox_input(part, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases, pixels=pixels)
+            with self.buffers.take(*shape) as buffer:
+                batch, scales = build(part, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases, out=buffer)
+                outs = self.run_blob(batch, rows)
+            canvas = batch.shape[1:3] if pixels else batch.shape[2:]
             results.extend((d.boxes, d.scores, d.kps) for d in self._decode(outs, scales, canvas))
         return results
 

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from app.engine.buffers import InputBuffers
 from app.engine.graph import with_image_input
 from app.engine.runtime import ReplaySession, Runtime, TensorrtProfile, create_session, dynamic_batch_model, uses_gpu
 
@@ -126,6 +127,7 @@ class OnnxModel:
         self.pad = self.on_gpu
         self.timings: dict[Shape, ShapeTiming] = {}
         self._timing_lock = threading.Lock()
+        self.buffers = InputBuffers()  # padded batches, reused from run to run
 
     # ------------------------------------------------------------------------------------------- subclass hooks
     def default_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
@@ -185,8 +187,11 @@ class OnnxModel:
         if size < rows or size not in self.batch_sizes:
             raise ValueError(f"{self.model_file}: {rows} rows cannot run at batch size {size} ({self.batch_sizes})")
         if size > rows:
-            blob = np.concatenate([blob, np.zeros((size - rows, *blob.shape[1:]), blob.dtype)])
-        outputs = self._timed_run(self.session, blob)
+            with self.buffers.take((size, *blob.shape[1:]), blob.dtype) as padded:
+                padded.array[:rows] = blob
+                outputs = self._timed_run(self.session, padded.ready(rows))
+        else:
+            outputs = self._timed_run(self.session, blob)
         return [o[:rows] for o in outputs] if self.batched and size > rows else list(outputs)
 
     def run_chunks(self, count: int, blob_of: BlobMaker) -> Iterator[tuple[Chunk, list[np.ndarray]]]:

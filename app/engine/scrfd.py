@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from app.engine.buffers import InputBuffer
+
 STRIDES = (8, 16, 32)
 NUM_ANCHORS = 2  # anchors per feature-map cell in the SCRFD exports insightface ships
 NMS_IOU = 0.4
@@ -73,6 +75,40 @@ def _scaled(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def letterbox_input(
+    images: Sequence[np.ndarray],
+    det_size: tuple[int, int],
+    *,
+    fixed: bool,
+    rows: int = 0,
+    canvases: Sequence[tuple[int, int]] | None = None,
+    pixels: bool,
+) -> tuple[tuple[int, ...], type, float]:
+    """The (shape, dtype, border value) of the input letterbox_images (`pixels`) or letterbox_batch builds for
+    these images: what a reused buffer (app.engine.buffers) must be to take them."""
+    _, canvas = _layout(images, det_size, fixed, canvases)
+    return _input(canvas, max(rows, len(images)), pixels=pixels)
+
+
+def _input(canvas: tuple[int, int], rows: int, *, pixels: bool) -> tuple[tuple[int, ...], type, float]:
+    height, width = canvas
+    if pixels:
+        return (rows, height, width, 3), np.uint8, 0.0
+    return (rows, 3, height, width), np.float32, float(_PADDING)
+
+
+def _output(out: InputBuffer | None, shape: tuple[int, ...], dtype: type, blank: float, images: int) -> np.ndarray:
+    """The array to letterbox `images` images into: `out`'s, its later rows made blank, or a new one. Either way
+    the caller writes each image's rows whole, border included."""
+    if out is None:
+        array: np.ndarray = np.empty(shape, dtype=dtype)
+        array[images:] = blank
+        return array
+    if out.array.shape != shape or out.array.dtype != dtype or out.blank != blank:
+        raise ValueError(f"buffer {out.array.shape} {out.array.dtype} cannot take a letterbox of {shape} {dtype}")
+    return out.ready(images)
+
+
 def letterbox_batch(
     images: Sequence[np.ndarray],
     det_size: tuple[int, int],
@@ -80,15 +116,17 @@ def letterbox_batch(
     fixed: bool,
     rows: int = 0,
     canvases: Sequence[tuple[int, int]] | None = None,
+    out: InputBuffer | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The detector's input for a batch of BGR images: (N, 3, H, W) float32, RGB, normalised, each image scaled
     into the top-left corner of its canvas (black border), and per image the scale from its pixels to the
     canvas's (float32, as the decode divides float32 coordinates by it). `fixed`: the det_size canvas even for
     one image; `canvases`: those one image may go on (see _layout). `rows`: the tensor's batch size when more
-    than the images (a fixed batch size), the rows past them all border."""
-    sizes, (height, width) = _layout(images, det_size, fixed, canvases)
-    blob = np.empty((max(rows, len(images)), 3, height, width), dtype=np.float32)
-    blob[len(images) :] = _PADDING
+    than the images (a fixed batch size), the rows past them all border. `out`: a reused buffer of
+    letterbox_input's shape to write into (else a new array)."""
+    sizes, canvas_size = _layout(images, det_size, fixed, canvases)
+    shape, dtype, blank = _input(canvas_size, max(rows, len(images)), pixels=False)
+    blob = _output(out, shape, dtype, blank, len(images))
     scales = np.empty(len(images), dtype=np.float32)
     for i, (image, (new_h, new_w)) in enumerate(zip(images, sizes, strict=True)):
         planes = cv2.split(_scaled(image, (new_h, new_w)))  # B, G, R
@@ -107,15 +145,19 @@ def letterbox_images(
     fixed: bool,
     rows: int = 0,
     canvases: Sequence[tuple[int, int]] | None = None,
+    out: InputBuffer | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """letterbox_batch's canvas as pixels, (N, H, W, 3) uint8 BGR with a black border, for a detector whose graph
     normalises its input itself (app.engine.graph.with_image_input: a quarter of the bytes to build and to copy
     to a GPU)."""
-    sizes, (height, width) = _layout(images, det_size, fixed, canvases)
-    canvas = np.zeros((max(rows, len(images)), height, width, 3), dtype=np.uint8)
+    sizes, canvas_size = _layout(images, det_size, fixed, canvases)
+    shape, dtype, blank = _input(canvas_size, max(rows, len(images)), pixels=True)
+    canvas = _output(out, shape, dtype, blank, len(images))
     scales = np.empty(len(images), dtype=np.float32)
     for i, (image, (new_h, new_w)) in enumerate(zip(images, sizes, strict=True)):
         canvas[i, :new_h, :new_w] = _scaled(image, (new_h, new_w))
+        canvas[i, new_h:] = 0
+        canvas[i, :new_h, new_w:] = 0
         scales[i] = new_h / image.shape[0]
     return canvas, scales
 
