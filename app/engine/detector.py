@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from app.engine.graph import IMAGE_INPUT
 from app.engine.model import OnnxModel
@@ -76,9 +77,9 @@ class ScrfdDetector(OnnxModel):
         width, height = self.det_size  # the one canvas on a GPU
         return (height, width, 3) if self.image_input else (3, height, width)
 
-    def _batch_axis_usable(self) -> bool:
-        batch_dim = self.session.get_inputs()[0].shape[0]
-        return len(self.session.get_outputs()[0].shape) == 3 and not (isinstance(batch_dim, int) and batch_dim == 1)
+    def _batch_axis_usable(self, session: ort.InferenceSession) -> bool:
+        batch_dim = session.get_inputs()[0].shape[0]
+        return len(session.get_outputs()[0].shape) == 3 and not (isinstance(batch_dim, int) and batch_dim == 1)
 
     def input_shapes(self) -> Sequence[tuple[int, ...]]:
         """Batch 1 on each canvas; larger batches on the full canvas (a batch is stacked on one canvas)."""

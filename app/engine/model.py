@@ -116,18 +116,42 @@ class OnnxModel:
             ends = (min(sizes), max(sizes)) if batched else (1, 1)
             profile = TensorrtProfile(first.name, (ends[0], *item), (ends[1], *item))
         source = path if path is not None and not changed else proto.SerializeToString()
-        self.session: ort.InferenceSession = create_session(source, runtime=runtime, name=name, profile=profile)
-        inp = self.session.get_inputs()[0]
+        session = create_session(source, runtime=runtime, name=name, profile=profile)
+        inp = session.get_inputs()[0]
         self.input_name: str = inp.name
-        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
-        self.on_gpu = uses_gpu(self.session) or runtime.gpu_layout
-        self.batched = batched and self._batch_axis_usable()
+        self.output_names: list[str] = [o.name for o in session.get_outputs()]
+        self.on_gpu = uses_gpu(session) or runtime.gpu_layout
+        self.batched = batched and self._batch_axis_usable(session)
         chosen = tuple(sorted(set(batch_sizes))) or self.default_batch_sizes(self.on_gpu)
         self.batch_sizes: tuple[int, ...] = chosen if self.batched else (1,)
         self.pad = self.on_gpu
+        # On a GPU each batch size runs in a session of its own: onnxruntime's CUDA provider paid a shape's
+        # first-run cost (0.1-2.3 s on the H200) again each time a session's input shape changed, so a session
+        # that alternated sizes paid it on most calls (run A, docs/PERFORMANCE.md). One shape per session lets a
+        # model have small sizes for light load beside a large one. `session` runs the largest size (every size
+        # but on a GPU with several).
+        self.session: ort.InferenceSession = session
+        self._smaller_sessions: dict[int, ort.InferenceSession] = {}
+        if self.on_gpu and len(self.batch_sizes) > 1:
+            for size in self.batch_sizes[:-1]:
+                own = None
+                if profile is not None:  # TensorRT's profile: this size alone
+                    shape = (size, *profile.smallest[1:])
+                    own = TensorrtProfile(profile.input_name, shape, shape)
+                self._smaller_sessions[size] = create_session(
+                    source, runtime=runtime, name=f"{name} [{size}]", profile=own
+                )
         self.timings: dict[Shape, ShapeTiming] = {}
         self._timing_lock = threading.Lock()
         self.buffers = InputBuffers()  # padded batches, reused from run to run
+
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        """Every session of the model: one, or one per batch size on a GPU with several."""
+        return [*self._smaller_sessions.values(), self.session]
+
+    def session_for(self, size: int) -> ort.InferenceSession:
+        return self._smaller_sessions.get(size, self.session)
 
     # ------------------------------------------------------------------------------------------- subclass hooks
     def default_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
@@ -141,7 +165,7 @@ class OnnxModel:
         """One row's input shape on a GPU, for TensorRT's profile (None: no profile)."""
         return self._item_shape
 
-    def _batch_axis_usable(self) -> bool:
+    def _batch_axis_usable(self, session: ort.InferenceSession) -> bool:
         """Whether the session's outputs carry the batch axis (a subclass may know they do not)."""
         return True
 
@@ -189,9 +213,9 @@ class OnnxModel:
         if size > rows:
             with self.buffers.take((size, *blob.shape[1:]), blob.dtype) as padded:
                 padded.array[:rows] = blob
-                outputs = self._timed_run(self.session, padded.ready(rows))
+                outputs = self._timed_run(self.session_for(size), padded.ready(rows))
         else:
-            outputs = self._timed_run(self.session, blob)
+            outputs = self._timed_run(self.session_for(size), blob)
         return [o[:rows] for o in outputs] if self.batched and size > rows else list(outputs)
 
     def run_chunks(self, count: int, blob_of: BlobMaker) -> Iterator[tuple[Chunk, list[np.ndarray]]]:
@@ -218,18 +242,18 @@ class OnnxModel:
         """Runs every input shape once (zeros), so that no caller pays a shape's first run (on a GPU: the
         convolution search, TensorRT's engine build). Returns the seconds of each run. The stand-in's real session
         is warmed, so that the zeros' outputs are never replayed as answers."""
-        session = self.session.real if isinstance(self.session, ReplaySession) else self.session
         seconds: dict[Shape, float] = {}
         for shape in self.input_shapes():
+            session = self.session_for(shape[0])
             started = time.perf_counter()
-            self._timed_run(session, self._blank(shape))
+            self._timed_run(session.real if isinstance(session, ReplaySession) else session, self._blank(shape))
             seconds[shape] = time.perf_counter() - started
         return seconds
 
     def time_run(self, shape: Shape) -> float:
         """Seconds of one run at `shape` (zeros): for benchmarks (bench/gpu.py: first call and warm)."""
         started = time.perf_counter()
-        self._timed_run(self.session, self._blank(shape))
+        self._timed_run(self.session_for(shape[0]), self._blank(shape))
         return time.perf_counter() - started
 
     def _blank(self, shape: Shape) -> np.ndarray:

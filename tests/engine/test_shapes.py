@@ -57,15 +57,19 @@ def random_photo(rng: random.Random) -> bytes:
     return bytes(cv2.imencode(".jpg", image)[1])
 
 
-@pytest.fixture(params=["cpu", "gpu_layout"])
+@pytest.fixture(params=["cpu", "gpu_layout", "gpu_layout_two_sizes"])
 def recorded_client(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[TestClient]:
     """The real app with every ONNX session recorded. `gpu_layout`: the models are told they run on a GPU (a
     stand-in for one: onnxruntime here has only the CPU provider), so they take the GPU's layout: one detector
-    canvas, detector batches, padded last chunks, the GPU's default batch sizes."""
-    if request.param == "gpu_layout":
+    canvas, detector batches, padded last chunks, the GPU's default batch sizes. `gpu_layout_two_sizes`: the same
+    with two batch sizes for the detector and the recognizer (a session for each)."""
+    sizes: dict[str, Any] = {}
+    if request.param.startswith("gpu_layout"):
         monkeypatch.setattr(app.engine.model, "uses_gpu", lambda session: True)
+    if request.param == "gpu_layout_two_sizes":
+        sizes = {"det_batch_sizes": (4, 16), "rec_batch_sizes": (16, 64)}
 
     def recorded(*args: Any, **kwargs: Any) -> Any:
         return ShapeRecorder(create_session(*args, **kwargs))
@@ -74,7 +78,7 @@ def recorded_client(
     (tmp_path / "ingest").mkdir()
     # a generous wait: shedding is not what is tested (the GPU layout pads, slow on this CPU)
     settings = make_settings(
-        tmp_path / "state", ingest_roots=str(tmp_path / "ingest"), request_batch=8, gpu_acquire_timeout=120
+        tmp_path / "state", ingest_roots=str(tmp_path / "ingest"), request_batch=8, gpu_acquire_timeout=120, **sizes
     )
     with TestClient(create_app(settings), client=LOOPBACK) as client:
         yield client
@@ -86,9 +90,15 @@ def session_models(client: TestClient) -> dict[str, OnnxModel]:
     return {**services.engine.models, **heads}
 
 
+def recorders(model: OnnxModel) -> list[ShapeRecorder]:
+    """The model's sessions (one per batch size on a GPU with several, else one), each recorded."""
+    sessions = model.sessions
+    assert all(isinstance(s, ShapeRecorder) for s in sessions), "every session is created through the model base"
+    return sessions
+
+
 def recorded_shapes(model: OnnxModel) -> list[tuple[int, ...]]:
-    assert isinstance(model.session, ShapeRecorder), "every session is created through the model base"
-    return model.session.shapes
+    return [shape for recorder in recorders(model) for shape in recorder.shapes]
 
 
 def test_only_declared_shapes_reach_the_sessions(recorded_client: TestClient, tmp_path: Path) -> None:
@@ -100,7 +110,8 @@ def test_only_declared_shapes_reach_the_sessions(recorded_client: TestClient, tm
         assert len(declared) <= 12, (name, declared)  # a small set
         # the warm-up ran every declared shape before the app answered anything
         assert set(recorded_shapes(model)) == declared, name
-        recorded_shapes(model).clear()
+        for recorder in recorders(model):
+            recorder.shapes.clear()
 
     rng = random.Random(15)
     for i in range(6):
@@ -159,6 +170,18 @@ def test_only_declared_shapes_reach_the_sessions(recorded_client: TestClient, tm
         if outside := set(seen) - set(model.input_shapes()):
             strays[name] = sorted(outside)
     assert not strays, f"input shapes outside the declared sets: {strays}"
+    # On a GPU one shape per session (onnxruntime's CUDA provider pays a shape's first-run cost again whenever a
+    # session's input shape changes); with two sizes, both ran under this mix.
+    for name, model in models.items():
+        if model.on_gpu:
+            assert all(len(set(r.shapes)) == 1 for r in recorders(model)), (
+                name,
+                [set(r.shapes) for r in recorders(model)],
+            )
+            assert len(recorders(model)) == len(model.batch_sizes), name
+    if models["detector"].on_gpu and len(models["detector"].batch_sizes) == 2:
+        assert {s[0] for s in recorded_shapes(models["detector"])} == {4, 16}
+        assert {s[0] for s in recorded_shapes(models["recognizer"])} == {16, 64}
 
     runtime = client.get("/status").json()["runtime"]
     assert runtime["batch_sizes"] == {
