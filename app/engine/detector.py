@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,18 @@ from app.errors import ModelPackError
 # warmed at start-up, that wastes little detector work on padding (the common photo shapes fit one closely). On a
 # GPU, and for any batch of more than one image, the one canvas is DET_SIZE itself.
 CANVAS_ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16))
+
+
+# Threads that place a batch's images on its canvases (app.engine.scrfd: copies and OpenCV calls that release the
+# GIL). In the request batcher's one dispatcher thread the letterbox was a third of its CPU time on a GPU's layout,
+# serial work that bounds a GPU machine's searches/s; on ingest's inference thread a fifth.
+PLACING_THREADS = min(8, os.cpu_count() or 1)
+
+
+@functools.cache
+def placing_pool() -> ThreadPoolExecutor | None:
+    """The process's letterbox threads (None on one core), made at first use and shared by every detector."""
+    return ThreadPoolExecutor(PLACING_THREADS, thread_name_prefix="letterbox") if PLACING_THREADS > 1 else None
 
 
 def _up32(value: float) -> int:
@@ -104,7 +119,9 @@ class ScrfdDetector(OnnxModel):
             part, fixed, rows = images[chunk.start : chunk.stop], chunk.size > 1, chunk.size
             shape = letterbox_input(part, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases, pixels=pixels)
             with self.buffers.take(*shape) as buffer:
-                batch, scales = build(part, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases, out=buffer)
+                batch, scales = build(
+                    part, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases, out=buffer, pool=placing_pool()
+                )
                 outs = self.run_blob(batch, rows)
             canvas = batch.shape[1:3] if pixels else batch.shape[2:]
             results.extend((d.boxes, d.scores, d.kps) for d in self._decode(outs, scales, canvas))

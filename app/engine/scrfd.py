@@ -8,7 +8,8 @@ blob), one threshold and gather per stride over every image, anchor centres comp
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import cv2
@@ -75,6 +76,27 @@ def _scaled(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _scale_into(image: np.ndarray, view: np.ndarray) -> None:
+    """`image` scaled to `view`'s size, written into it (a canvas row's top-left corner): no intermediate array."""
+    if view.shape[:2] == image.shape[:2]:
+        np.copyto(view, image)
+        return
+    out = cv2.resize(image, (view.shape[1], view.shape[0]), dst=view, interpolation=cv2.INTER_LINEAR)
+    if not np.may_share_memory(out, view):  # OpenCV wrote elsewhere (a view it could not take as is)
+        np.copyto(view, out)
+
+
+def _each(place: Callable[[int], None], count: int, pool: Executor | None) -> None:
+    """place(0) .. place(count - 1), on `pool`'s threads when given and there are several: the copies and OpenCV
+    calls of a letterbox release the GIL, so a batch's images are placed on several cores at once."""
+    if pool is None or count < 2:
+        for i in range(count):
+            place(i)
+    else:
+        for _ in pool.map(place, range(count)):  # raises the first error of a placement
+            pass
+
+
 def letterbox_input(
     images: Sequence[np.ndarray],
     det_size: tuple[int, int],
@@ -117,25 +139,28 @@ def letterbox_batch(
     rows: int = 0,
     canvases: Sequence[tuple[int, int]] | None = None,
     out: InputBuffer | None = None,
+    pool: Executor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The detector's input for a batch of BGR images: (N, 3, H, W) float32, RGB, normalised, each image scaled
     into the top-left corner of its canvas (black border), and per image the scale from its pixels to the
     canvas's (float32, as the decode divides float32 coordinates by it). `fixed`: the det_size canvas even for
     one image; `canvases`: those one image may go on (see _layout). `rows`: the tensor's batch size when more
     than the images (a fixed batch size), the rows past them all border. `out`: a reused buffer of
-    letterbox_input's shape to write into (else a new array)."""
+    letterbox_input's shape to write into (else a new array). `pool`: threads to place the images on."""
     sizes, canvas_size = _layout(images, det_size, fixed, canvases)
     shape, dtype, blank = _input(canvas_size, max(rows, len(images)), pixels=False)
     blob = _output(out, shape, dtype, blank, len(images))
-    scales = np.empty(len(images), dtype=np.float32)
-    for i, (image, (new_h, new_w)) in enumerate(zip(images, sizes, strict=True)):
-        planes = cv2.split(_scaled(image, (new_h, new_w)))  # B, G, R
+
+    def place(i: int) -> None:
+        new_h, new_w = sizes[i]
+        planes = cv2.split(_scaled(images[i], (new_h, new_w)))  # B, G, R
         for channel in range(3):  # written straight into the tensor: RGB order, normalised by table look-up
             cv2.LUT(planes[2 - channel], _NORMALISED, dst=blob[i, channel, :new_h, :new_w])
         blob[i, :, new_h:, :] = _PADDING
         blob[i, :, :new_h, new_w:] = _PADDING
-        scales[i] = new_h / image.shape[0]
-    return blob, scales
+
+    _each(place, len(images), pool)
+    return blob, _scales(images, sizes)
 
 
 def letterbox_images(
@@ -146,6 +171,7 @@ def letterbox_images(
     rows: int = 0,
     canvases: Sequence[tuple[int, int]] | None = None,
     out: InputBuffer | None = None,
+    pool: Executor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """letterbox_batch's canvas as pixels, (N, H, W, 3) uint8 BGR with a black border, for a detector whose graph
     normalises its input itself (app.engine.graph.with_image_input: a quarter of the bytes to build and to copy
@@ -153,13 +179,20 @@ def letterbox_images(
     sizes, canvas_size = _layout(images, det_size, fixed, canvases)
     shape, dtype, blank = _input(canvas_size, max(rows, len(images)), pixels=True)
     canvas = _output(out, shape, dtype, blank, len(images))
-    scales = np.empty(len(images), dtype=np.float32)
-    for i, (image, (new_h, new_w)) in enumerate(zip(images, sizes, strict=True)):
-        canvas[i, :new_h, :new_w] = _scaled(image, (new_h, new_w))
+
+    def place(i: int) -> None:
+        new_h, new_w = sizes[i]
+        _scale_into(images[i], canvas[i, :new_h, :new_w])
         canvas[i, new_h:] = 0
         canvas[i, :new_h, new_w:] = 0
-        scales[i] = new_h / image.shape[0]
-    return canvas, scales
+
+    _each(place, len(images), pool)
+    return canvas, _scales(images, sizes)
+
+
+def _scales(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Per image, its scale from its pixels to the canvas's (float32: the decode divides float32 coordinates)."""
+    return np.array([new_h / image.shape[0] for image, (new_h, _) in zip(images, sizes, strict=True)], np.float32)
 
 
 @functools.lru_cache(maxsize=64)

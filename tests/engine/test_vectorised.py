@@ -6,7 +6,9 @@ The replaced code is the reference, kept in bench/reference_scrfd.py (bench/stag
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -219,3 +221,18 @@ def test_a_detector_taking_images_finds_what_the_float_tensor_finds(engine: Face
             assert boxes.shape == f_boxes.shape
             assert np.allclose(boxes, f_boxes, atol=1e-3) and np.allclose(kps, f_kps, atol=1e-3)
             assert np.allclose(scores, f_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("build", [letterbox_images, letterbox_batch])
+def test_a_letterbox_placed_on_threads_equals_one_placed_in_turn(build: Any) -> None:
+    """The detector places a batch's images on its canvas on several threads (app.engine.detector.placing_pool):
+    the same tensor, bit for bit, as placing them one after another, for photos scaled down, up and not at all;
+    an error placing one image is raised to the caller."""
+    images = photo_set()
+    with ThreadPoolExecutor(3) as pool:
+        threaded, scales = build(images, DET_SIZE, fixed=True, rows=8, pool=pool)
+        in_turn, in_turn_scales = build(images, DET_SIZE, fixed=True, rows=8)
+        assert np.array_equal(threaded, in_turn) and np.array_equal(scales, in_turn_scales)
+        two_channels = np.zeros((480, 640, 2), np.uint8)  # fails while placed (copy, resize or channel split)
+        with pytest.raises((ValueError, IndexError, cv2.error)):
+            build([*images[:2], two_channels], DET_SIZE, fixed=True, pool=pool)
