@@ -25,9 +25,12 @@ CANVAS_ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16))
 
 
 # Threads that place a batch's images on its canvases (app.engine.scrfd: copies and OpenCV calls that release the
-# GIL). In the request batcher's one dispatcher thread the letterbox was a third of its CPU time on a GPU's layout,
-# serial work that bounds a GPU machine's searches/s; on ingest's inference thread a fifth.
-PLACING_THREADS = min(8, os.cpu_count() or 1)
+# GIL). In the request batcher's one dispatcher thread the letterbox was a third of its CPU time on a GPU's layout:
+# serial work that bounds a GPU machine's searches/s (ingest's inference threads: a fifth). Half the cores, so that
+# they do not take the cores the HTTP workers and decoders need; none below 4 cores, where the machine is full
+# anyway and the hand-off only adds CPU (2 cores, gpu layout, 2 threads: the dispatcher thread 0.85 -> 0.62 ms per
+# search, the core's CPU 1.77 -> 1.86 ms and 0.97x the searches/s; docs/PERFORMANCE.md).
+PLACING_THREADS = min(8, (os.cpu_count() or 1) // 2)
 
 
 @functools.cache
