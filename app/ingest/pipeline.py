@@ -58,6 +58,10 @@ INFER_BATCH = 16  # images per FaceEngine.analyze_batch call
 # Jobs inside a CPU-only service: the inference gate is held for a whole call and requests wait behind it, so
 # calls are kept shorter there (on 2 cores 16 images are ~0.6 s of work; 16 vs 8 gained only ~3% throughput).
 INFER_BATCH_SHARED_CPU = 8
+# On a GPU, inference threads beyond those the inference gate lets run at once: each thread also cuts its images'
+# thumbnails, builds their points and commits them, CPU work the GPU waited for while one thread did it all
+# (`python -m app.ingest` on the H200: 200 images/s). The extra threads prepare and commit while one holds the gate.
+GPU_EXTRA_INFER_WORKERS = 2
 
 
 class IngestJob:
@@ -80,8 +84,8 @@ class IngestJob:
         collection: str | None = None,
         within: Roots = (),
     ) -> None:
-        """`infer_workers`: threads running engine batches at the same time (default: the inference gate's
-        concurrency; on a CPU, with one ONNX Runtime thread each, that is what keeps every core busy).
+        """`infer_workers`: threads running the inference loop (default: the inference gate's concurrency; on a CPU,
+        with one ONNX Runtime thread each, that is what keeps every core busy; on a GPU GPU_EXTRA_INFER_WORKERS more).
         `collection`: the key of its records in the state (default: from the settings and the engine's pack,
         resolved without loading models for a dry run). `within`: INGEST_ROOTS, for the service's jobs."""
         if service is None and not options.dry_run:
@@ -98,7 +102,7 @@ class IngestJob:
         self.retry = retry or RetryPolicy()
         self.on_commit = on_commit
         self.infer_batch = infer_batch or INFER_BATCH
-        self.infer_workers = infer_workers or (service.engine.gate.concurrency if service is not None else 1)
+        self.infer_workers = infer_workers or _default_infer_workers(service)
         # Decoded images waiting for inference (bounds memory: each is at most a few tens of MB).
         self.queue_size = max(2 * self.infer_batch * self.infer_workers, min(options.workers, 4 * self.infer_batch))
         self.outcome: RunOutcome | None = None
@@ -441,6 +445,13 @@ class IngestJob:
                 counts.failed += 1
                 self._reasons[reason] += 1
                 self._errors.append({"path": entry.record.path, "reason": reason})
+
+
+def _default_infer_workers(service: FaceService | None) -> int:
+    if service is None:  # a dry run: no inference
+        return 1
+    engine = service.engine
+    return engine.gate.concurrency + (GPU_EXTRA_INFER_WORKERS if engine.on_gpu else 0)
 
 
 def _drain(futures: queue.Queue[Future[LoadedFile] | None]) -> None:

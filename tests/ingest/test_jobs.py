@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+import app.engine.model
 from app.api import create_app
-from app.engine import FaceEngine
+from app.engine import FaceEngine, InferenceGate
 from app.errors import StoreUnavailable
 from app.ingest import read
 from app.ingest.model import STATE_FILE, FileStatus, JobStatus, RetryPolicy, RunOutcome
-from app.ingest.pipeline import INFER_BATCH_SHARED_CPU, IngestJob
+from app.ingest.pipeline import GPU_EXTRA_INFER_WORKERS, INFER_BATCH_SHARED_CPU, IngestJob
 from app.ingest.state import IngestState
 from app.ingest.walk import iter_image_files
 from tests.support import (
@@ -131,6 +132,41 @@ def test_resume_after_interrupted_run_adds_no_duplicates_and_loses_nothing(
         assert ws.ids() == clean_ids and ws.store.count() == len(clean_ids)
         assert {r.status for r in ws.state.files()} == {FileStatus.DONE} and len(ws.state.files()) == 9
         assert ws.thumbs() == clean_ids
+
+
+def test_on_a_gpu_more_threads_prepare_and_commit_than_the_gate_lets_infer(
+    tmp_path: Path, ingest_engine: FaceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU each inference thread also cuts thumbnails, builds points and commits them (work the GPU waited for
+    with one thread): `python -m app.ingest` runs GPU_EXTRA_INFER_WORKERS threads more than the gate lets infer,
+    and several of them do run batches. The real models are told they run on a GPU (a stand-in for one: this
+    onnxruntime has only the CPU provider), so they take its layout (padded batches of 16 images)."""
+    monkeypatch.setattr(app.engine.model, "uses_gpu", lambda session: True)
+    gpu_engine = FaceEngine.from_settings(make_settings(tmp_path / "models"), InferenceGate(1, 30.0))
+    assert gpu_engine.on_gpu and gpu_engine.detector.batch_sizes == (16,)
+    root = tmp_path / "photos"
+    face_folder(root, 8)
+    with workspace(tmp_path / "one_thread", ingest_engine) as ws:  # the CPU engine: one thread, as before
+        reference = ws.job(root)
+        assert reference.infer_workers == 1
+        assert reference.run() is RunOutcome.COMPLETED
+        expected = ws.ids()
+    with workspace(tmp_path / "gpu", gpu_engine) as ws:
+        inferring: set[str] = set()
+        analyze = gpu_engine.analyze_batch
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            inferring.add(threading.current_thread().name)
+            return analyze(*args, **kwargs)
+
+        monkeypatch.setattr(gpu_engine, "analyze_batch", recorded)
+        job = ws.job(root, workers=2, infer_batch=2)
+        assert job.infer_workers == 1 + GPU_EXTRA_INFER_WORKERS
+        assert job.run() is RunOutcome.COMPLETED
+        assert len(inferring) >= 2, inferring
+        counts = job.progress().counts
+        assert (counts.ingested, counts.faces_added) == (8, 8)
+        assert ws.ids() == expected and ws.thumbs() == expected and not ws.state_ahead_of_store()
 
 
 def test_changed_file_is_reingested_and_its_old_faces_replaced(tmp_path: Path, ingest_engine: FaceEngine) -> None:
