@@ -55,7 +55,7 @@ def core_address(settings: Settings) -> CoreAddress:
     address = CoreAddress.in_state_dir(settings.state_dir.resolve())
     if len(str(address.socket)) > MAX_SOCKET_PATH:
         short = Path(tempfile.gettempdir()) / f"oceano-core-{os.getpid()}.sock"
-        address = CoreAddress(short, address.authkey, address.estimate)
+        address = CoreAddress(short, address.authkey, address.estimate, address.connections)
     return address
 
 
@@ -78,7 +78,7 @@ def serve_with_workers(settings: Settings, workers: int) -> None:
             "app.api:worker_app",
             factory=True,
             workers=workers,
-            http="app.api.server:WorkerHttpProtocol",  # HEADER_TIMEOUT, MAX_CLIENT_CONNECTIONS per worker
+            http="app.api.server:WorkerHttpProtocol",  # HEADER_TIMEOUT, MAX_CLIENT_CONNECTIONS across the workers
             **uvicorn_options(settings),
         )
         logger.info(

@@ -28,7 +28,7 @@ from app.api.server import ConnectionGuard, WorkerHttpProtocol
 from app.api.ws_auth import WaitingRoom
 from app.bootstrap import Services, open_services
 from app.config import LogFormat, Settings
-from app.core import CoreAddress, CoreClient, RemoteRateLimiter, WorkerServices, connect_core
+from app.core import CoreAddress, CoreClient, RemoteRateLimiter, SharedPeerCounts, WorkerServices, connect_core
 from app.errors import OceanoError
 from app.logs import configure_logging
 from app.realtime import RealtimeStats
@@ -132,5 +132,10 @@ def worker_app() -> FastAPI:
     app = create_app(settings, core=core)
     metrics: Metrics = app.state.metrics
     # uvicorn imported the protocol class before calling this factory; it serves no connection before we return.
-    WorkerHttpProtocol.guard = ConnectionGuard.from_settings(settings, on_refused=metrics.connection_refused)
+    # MAX_CLIENT_CONNECTIONS is counted in the table every worker shares (made by the core before it started them).
+    peers = SharedPeerCounts(core.connections)
+    peers.claim()
+    WorkerHttpProtocol.guard = ConnectionGuard.from_settings(
+        settings, on_refused=metrics.connection_refused, counts=peers
+    )
     return app

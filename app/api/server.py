@@ -6,9 +6,10 @@ uvicorn's `http` protocol class):
   connection open for good, and enough of them (1,100 sending one byte a second, measured) hold every slot of
   UVICORN_LIMIT_CONCURRENCY: /health answers 503. Such connections do not count against that limit either: a
   connection joins uvicorn's count once its first request head is in.
-- MAX_CLIENT_CONNECTIONS: connections open at once from one peer address, WebSockets included; the one over it is
-  answered 429 and closed at once. Peers in FORWARDED_ALLOW_IPS are proxies that speak for many clients: not
-  counted (nginx bounds its clients itself: limit_conn in deploy/nginx.conf).
+- MAX_CLIENT_CONNECTIONS: connections open at once from one peer address, WebSockets included, across every HTTP
+  worker (app.core.SharedPeerCounts); the one over it is answered 429 and closed at once. Peers in
+  FORWARDED_ALLOW_IPS are proxies that speak for many clients: not counted (nginx bounds its clients itself:
+  limit_conn in deploy/nginx.conf).
 
 The body's deadline (BODY_TIMEOUT) is the ASGI middleware app.api.errors.BodyDeadline: it answers in the API's
 error shape and the access log records it."""
@@ -22,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -50,6 +51,33 @@ def raw_response(status: int, reason: str, detail: str, error: str, extra: str =
     return head.encode("latin-1") + body
 
 
+class PeerCounts(Protocol):
+    """Open connections per peer address: this process's (LocalPeerCounts), or those of every HTTP worker
+    (app.core.SharedPeerCounts)."""
+
+    def admit(self, peer: str, limit: int) -> bool: ...
+
+    def release(self, peer: str) -> None: ...
+
+
+@dataclass
+class LocalPeerCounts:
+    """The count of one process (WORKERS=1), on its event loop's thread: no lock."""
+
+    open_by_peer: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, peer: str, limit: int) -> bool:
+        if self.open_by_peer[peer] >= limit:
+            return False
+        self.open_by_peer[peer] += 1
+        return True
+
+    def release(self, peer: str) -> None:
+        self.open_by_peer[peer] -= 1
+        if self.open_by_peer[peer] <= 0:
+            del self.open_by_peer[peer]
+
+
 @dataclass
 class ConnectionGuard:
     """The state the protocol instances share: open connections per peer address, and the limits."""
@@ -58,15 +86,21 @@ class ConnectionGuard:
     max_per_client: int  # 0: no per-client bound
     proxies: list[IpNetwork] | None  # FORWARDED_ALLOW_IPS (None: any peer, "*")
     on_refused: Callable[[Refusal], None] = lambda reason: None  # counts refusals (a metric)
-    open_by_peer: Counter[str] = field(default_factory=Counter)
+    counts: PeerCounts = field(default_factory=LocalPeerCounts)
 
     @classmethod
-    def from_settings(cls, settings: Settings, on_refused: Callable[[Refusal], None] | None = None) -> ConnectionGuard:
+    def from_settings(
+        cls,
+        settings: Settings,
+        on_refused: Callable[[Refusal], None] | None = None,
+        counts: PeerCounts | None = None,
+    ) -> ConnectionGuard:
         return cls(
             header_timeout=settings.header_timeout,
             max_per_client=settings.max_client_connections,
             proxies=settings.forwarded_networks,
             on_refused=on_refused or (lambda reason: None),
+            counts=counts or LocalPeerCounts(),
         )
 
     def counted(self, peer: str | None) -> bool:
@@ -76,15 +110,10 @@ class ConnectionGuard:
         return not (self.proxies is None or trusted(peer, self.proxies))
 
     def admit(self, peer: str) -> bool:
-        if self.open_by_peer[peer] >= self.max_per_client:
-            return False
-        self.open_by_peer[peer] += 1
-        return True
+        return self.counts.admit(peer, self.max_per_client)
 
     def release(self, peer: str) -> None:
-        self.open_by_peer[peer] -= 1
-        if self.open_by_peer[peer] <= 0:
-            del self.open_by_peer[peer]
+        self.counts.release(peer)
 
     def protocol(self) -> type[GuardedHttpProtocol]:
         """The protocol class for uvicorn.Config(http=...), bound to this guard."""
@@ -180,7 +209,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 class WorkerHttpProtocol(GuardedHttpProtocol):
     """The protocol of each HTTP worker (WORKERS > 1): uvicorn imports it by name in the worker process, and the
-    worker's app factory (app.api.worker_app) gives it that process's own guard before the first connection.
-    MAX_CLIENT_CONNECTIONS counts what a peer holds on one worker: the kernel hands a client's connections to any
-    worker, so across the service a peer holds at most WORKERS x MAX_CLIENT_CONNECTIONS (sharing one count
-    between processes would put a lock on every connection; a bound per worker keeps the total bounded)."""
+    worker's app factory (app.api.worker_app) gives it that process's guard before the first connection. The
+    guard counts a peer's connections in the table all workers share (app.core.SharedPeerCounts): the kernel hands
+    a client's connections to any worker, and counted per worker a peer could hold WORKERS x
+    MAX_CLIENT_CONNECTIONS."""

@@ -12,6 +12,7 @@ from app.core.client import (
     RemoteRateLimiter,
     RemoteTicket,
 )
+from app.core.peers import SharedPeerCounts
 from app.core.server import CoreServer
 from app.core.wire import Catalogue, CoreAddress, EstimateBoard
 from app.core.worker import WorkerServices, connect_core
@@ -28,6 +29,7 @@ __all__ = [
     "RemotePeople",
     "RemoteRateLimiter",
     "RemoteTicket",
+    "SharedPeerCounts",
     "WorkerServices",
     "connect_core",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 
 from app.access import RateLimiter
 from app.bootstrap import Services
+from app.core.peers import SharedPeerCounts
 from app.core.pixels import PixelReceiver
 from app.core.wire import Catalogue, CoreAddress, EstimateBoard, Facade, remote_methods
 from app.engine import Ticket
@@ -55,6 +56,7 @@ class CoreServer:
         self._listener = Listener(str(address.socket), family="AF_UNIX", authkey=address.authkey)
         address.socket.chmod(0o600)
         self._board = EstimateBoard(address.estimate, create=True)
+        self._peers = SharedPeerCounts(address.connections, create=True)  # the workers count connections there
         limits = services.settings.rate_limits
         self._limiter = RateLimiter(limits) if limits else None
         self._lock = threading.Lock()
@@ -123,8 +125,10 @@ class CoreServer:
         for ticket in held:
             ticket.cancel()
         self._board.close()
+        self._peers.close()
         self.address.socket.unlink(missing_ok=True)
         self.address.estimate.unlink(missing_ok=True)
+        self.address.connections.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ connections
     def _accept(self) -> None:

@@ -1,5 +1,6 @@
 """What the core process and its HTTP workers share: where the core listens, the key that proves a caller is one
-of ours, the shared admission estimate, and how a head crosses the socket.
+of ours, the shared admission estimate, the peers' connection counts (app.core.peers), and how a head crosses the
+socket.
 
 Calls are `multiprocessing.connection` messages on a Unix socket under STATE_DIR (pickled; an authkey checks
 both ends): `(method, args, kwargs)` in, `(True, value)` or `(False, exception)` out. Domain errors pickle with
@@ -25,8 +26,10 @@ from app.people import Clusters, People
 ADDRESS_ENV = "OCEANO_CORE_SOCKET"  # set by the core for the workers it starts, with the two below
 AUTHKEY_ENV = "OCEANO_CORE_AUTHKEY"
 ESTIMATE_ENV = "OCEANO_CORE_ESTIMATE"
+CONNECTIONS_ENV = "OCEANO_CORE_CONNECTIONS"
 SOCKET_NAME = "core.sock"
 ESTIMATE_NAME = "core.estimate"
+CONNECTIONS_NAME = "core.connections"
 _ESTIMATE = struct.Struct("<d")  # seconds a request arriving now would wait for the engine
 
 
@@ -62,10 +65,11 @@ class CoreAddress:
     socket: Path
     authkey: bytes
     estimate: Path
+    connections: Path  # the peers' open connections, counted by every worker (app.core.peers)
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> CoreAddress:
-        return cls(state_dir / SOCKET_NAME, os.urandom(32), state_dir / ESTIMATE_NAME)
+        return cls(state_dir / SOCKET_NAME, os.urandom(32), state_dir / ESTIMATE_NAME, state_dir / CONNECTIONS_NAME)
 
     @classmethod
     def from_env(cls) -> CoreAddress | None:
@@ -73,13 +77,19 @@ class CoreAddress:
         socket = os.environ.get(ADDRESS_ENV)
         if not socket:
             return None
-        return cls(Path(socket), bytes.fromhex(os.environ[AUTHKEY_ENV]), Path(os.environ[ESTIMATE_ENV]))
+        return cls(
+            Path(socket),
+            bytes.fromhex(os.environ[AUTHKEY_ENV]),
+            Path(os.environ[ESTIMATE_ENV]),
+            Path(os.environ[CONNECTIONS_ENV]),
+        )
 
     def export(self) -> None:
         """Into the environment the worker processes inherit."""
         os.environ[ADDRESS_ENV] = str(self.socket)
         os.environ[AUTHKEY_ENV] = self.authkey.hex()
         os.environ[ESTIMATE_ENV] = str(self.estimate)
+        os.environ[CONNECTIONS_ENV] = str(self.connections)
 
 
 @dataclass(frozen=True, slots=True)
