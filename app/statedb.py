@@ -15,6 +15,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+MAX_INTEGER = 2**63 - 1  # SQLite's largest INTEGER: a larger Python int given to a query raises OverflowError
+
 
 class Durability(StrEnum):
     """SQLite's `synchronous` with WAL: NORMAL survives a process crash, FULL a power cut as well."""

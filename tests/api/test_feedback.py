@@ -83,6 +83,15 @@ def test_feedback_recorded_listed_exported_and_erased(client: TestClient, eval_d
     assert client.get("/api/feedback").json()["total"] == 0
 
 
+def test_a_page_cursor_past_sqlites_integers_is_a_422_naming_it(client: TestClient) -> None:
+    """`after` is a row id: one past SQLite's 64-bit integers reached the database and answered 500 (found by
+    Schemathesis: OverflowError: Python int too large to convert to SQLite INTEGER)."""
+    r = client.get("/api/feedback", params={"after": 2**63})
+    assert r.status_code == 422 and "after" in r.text
+    r = client.get("/api/feedback", params={"after": 2**63 - 1})
+    assert r.status_code == 200 and r.json()["feedback"] == []
+
+
 def test_calibration_needs_both_kinds_of_pairs(client: TestClient) -> None:
     r = client.post("/api/feedback/calibrate")
     assert r.status_code == 400 and "at least one of each" in r.json()["detail"]

@@ -25,6 +25,7 @@ from app.api.people_schemas import (
 from app.api.upload import run_blocking
 from app.calibration.report import calibration_figures
 from app.people import People
+from app.statedb import MAX_INTEGER
 
 router = APIRouter(tags=["feedback"])
 EXPORT_PAGE = 1000
@@ -51,7 +52,7 @@ async def add_feedback(request: Request, body: FeedbackIn, people: PeopleDep) ->
 async def list_feedback(
     request: Request,
     people: PeopleDep,
-    after: Annotated[int, Query(ge=0, description="the `next` of the previous page")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INTEGER, description="the `next` of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FeedbackListOut:
     """The feedback in the order it was given, a page at a time."""
