@@ -100,7 +100,7 @@ class ConnectionGuard:
             max_per_client=settings.max_client_connections,
             proxies=settings.forwarded_networks,
             on_refused=on_refused or (lambda reason: None),
-            counts=counts or LocalPeerCounts(),
+            counts=counts if counts is not None else LocalPeerCounts(),
         )
 
     def counted(self, peer: str | None) -> bool:
