@@ -17,7 +17,9 @@ Sections, in the order they run (the table at the end follows the same order; pr
    core) with its CPU ms per answer: what bounds the searches/s when the GPU waits. Then the same against
    bench/plain_insightface.py (one uvicorn worker, one FaceAnalysis over the same two ONNX files, CUDA when offered,
    a semaphore of 1, no batching, a Qdrant Edge collection with Oceano's settings, the same photos indexed), and
-   the ratio Oceano / plain of answers 200/s.
+   the ratio Oceano / plain of answers 200/s. Each --variant runs the same load on Oceano started with more
+   settings (on top of --env), between the two, with its ratio to Oceano's answers 200/s per level: several
+   configurations measured in one run of a machine lent for minutes.
 2. Ingest: `python -m app.ingest --path DIR --local` (in-process, its own STATE_DIR, PROVIDERS and --env as the
    service) over --ingest-images JPEGs made from the photos (each a variant with other bytes, same faces):
    images/s as the command reports it (its job, after the models loaded) and over the command's wall time.
@@ -49,6 +51,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,15 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """An argparse type for `--variant "NAME:KEY=VALUE [KEY=VALUE ...]"`: a name and the settings it adds (pairs
+    apart by spaces: a value may hold commas, as batch sizes do)."""
+    name, sep, settings = text.partition(":")
+    if not sep or not name.strip() or not settings.split():
+        raise argparse.ArgumentTypeError(f'--variant takes "NAME:KEY=VALUE [KEY=VALUE ...]", got {text!r}')
+    return name.strip(), dict(key_value(pair) for pair in settings.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VAL",
         help="a setting for the Oceano service, its ingest and the stages (e.g. WORKERS=8); repeatable",
+    )
+    p.add_argument(
+        "--variant",
+        type=variant,
+        action="append",
+        default=[],
+        metavar="'NAME:KEY=VAL [KEY=VAL]'",
+        help="also run the search load with these settings on top of --env, compared with Oceano's at each level "
+        "(repeatable; e.g. 'conc2:GPU_CONCURRENCY=2' 'sizes:DET_BATCH_SIZES=4,16 REC_BATCH_SIZES=16,64')",
     )
     p.add_argument("--skip-baseline", action="store_true", help="no plain insightface service")
     p.add_argument("--skip-ingest", action="store_true")
@@ -209,7 +230,11 @@ def load_service(name: str, module: str, env: dict[str, str], plan: LoadPlan) ->
             log(f"WARNING: {name} finds {result['query_faces']} faces in the query photo, not 1")
         if module == "app":
             with httpx.Client(base_url=server.base_url, timeout=30) as http:
-                result["providers"] = http.get("/status").json().get("providers")
+                status = http.get("/status").json()
+            # What ran, as the service says: a variant's settings are seen taking effect.
+            result["providers"] = status.get("providers")
+            result["gpu_concurrency"] = status.get("gpu_concurrency")
+            result["batch_sizes"] = (status.get("runtime") or {}).get("batch_sizes")
         idle = nvidia_smi("--query-gpu=memory.used")
         result["gpu_mem_idle_mib"] = number(idle[0][0]) if idle else None
         result["levels"] = []
@@ -337,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "providers": args.providers,
             "env": dict(args.env),
+            "variants": dict(args.variant),
             "photos": str(photos),
             "loadgen": str(loadgen) if loadgen else "bench.overload closed loop (no loadgen.py found)",
             "load_procs": args.load_procs,
@@ -353,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         search: dict[str, Any] = {"query": f"{source} at 640 px", "indexed": [n for n, _ in indexed]}
         report["search"] = search
         search["oceano"] = run_part(report, "oceano", args.json, lambda: load_service("oceano", "app", env, plan))
+        for name, settings in args.variant:
+            load = partial(load_service, f"oceano-{name}", "app", {**env, **settings}, plan)
+            result = run_part(report, f"oceano[{name}]", args.json, load)
+            search.setdefault("variants", {})[name] = {"settings": settings, **(result or {})}
         if not args.skip_baseline:
             plain_env = {"PROVIDERS": args.providers}
             search["plain"] = run_part(

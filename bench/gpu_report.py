@@ -14,6 +14,10 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _settings(settings: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items())
+
+
 def print_table(report: dict[str, Any]) -> None:
     m = report["machine"]
     gpu = m["gpu"]
@@ -24,8 +28,13 @@ def print_table(report: dict[str, Any]) -> None:
         f"at the end {m.get('load_average_end')}"
     )
     search = report.get("search") or {}
-    for name in ("oceano", "plain"):
-        part = search.get(name)
+    variants = search.get("variants") or {}
+    parts = [
+        ("oceano", search.get("oceano")),
+        *((f"oceano [{name}: {_settings(v['settings'])}]", v) for name, v in variants.items()),
+        ("plain", search.get("plain")),
+    ]
+    for name, part in parts:
         if not part or "levels" not in part:
             continue
         extra = f", providers {part['providers']}" if part.get("providers") else ""
@@ -46,6 +55,18 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{lv['clients']:>7} {fmt(lv['ok_per_s']):>8} {fmt(lv['p50_ms'], 0):>8} {fmt(lv['p95_ms'], 0):>8} "
                 f"{fmt(lv['p99_ms'], 0):>8} {lv['n503']:>6} {gpu_pct:>14} {gpu_mib:>15} "
                 f"{fmt(lv['service_cpu_cores'], 2):>9} {core:>19}  {lv['errors'] or '-'}"
+            )
+    for name, part in variants.items():
+        if "levels" in part and search.get("oceano") and "levels" in search["oceano"]:
+            base = {lv["clients"]: lv["ok_per_s"] for lv in search["oceano"]["levels"]}
+            print(
+                f"\n-- oceano [{name}] / oceano, answers 200/s: "
+                + ", ".join(
+                    f"{lv['clients']} clients {fmt(lv['ok_per_s'] / base[lv['clients']], 2)}x"
+                    if base.get(lv["clients"])
+                    else f"{lv['clients']} clients n/a"
+                    for lv in part["levels"]
+                )
             )
     if search.get("ratio"):
         print(

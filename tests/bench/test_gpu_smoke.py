@@ -63,6 +63,8 @@ def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) ->
         str(eval_dir),
         "--json",
         str(report_path),
+        "--variant",
+        "two:GPU_CONCURRENCY=2 REQUEST_BATCH=4",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
@@ -79,6 +81,14 @@ def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) ->
         assert [lv["clients"] for lv in part["levels"]] == [2]
         check_level(part["levels"][0], 2)
     assert search["oceano"]["providers"] == ["CPUExecutionProvider"]
+    # A variant: the same load on a service started with more settings, compared with Oceano's at each level.
+    two = search["variants"]["two"]
+    assert two["settings"] == {"GPU_CONCURRENCY": "2", "REQUEST_BATCH": "4"} and two["query_faces"] == 1
+    assert (search["oceano"]["gpu_concurrency"], two["gpu_concurrency"]) == (1, 2)  # the setting took effect
+    assert [lv["clients"] for lv in two["levels"]] == [2]
+    check_level(two["levels"][0], 2)
+    assert "-- search under load: oceano [two: GPU_CONCURRENCY=2 REQUEST_BATCH=4]" in run.stdout
+    assert "-- oceano [two] / oceano, answers 200/s: 2 clients" in run.stdout
     assert [r["clients"] for r in search["ratio"]] == [2] and is_number(search["ratio"][0]["ratio"])
 
     ingest = report["ingest"]
