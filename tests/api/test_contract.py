@@ -105,6 +105,10 @@ NOT_ALWAYS_ACCEPTABLE = [
     ("POST", "/api/ingest"),
     ("DELETE", "/api/faces"),
 ]
+# A batch search answers 200 with an error for each file that is not an image (each file is judged alone), so a
+# multipart body whose parts Schemathesis calls schema-violating (a part's bytes that look like JSON: "was string,
+# became object") is rightly accepted: negative_data_rejection is left out for it (found with seed 2, 200 examples).
+BAD_PARTS_ANSWERED_PER_FILE = [("POST", "/api/search/batch")]
 REQUIRED_CHECKS = {
     "not_a_server_error",
     "status_code_conformance",
@@ -127,6 +131,17 @@ class ContractRun:
     errors: list[str] = field(default_factory=list)
 
 
+def disabled_checks() -> dict[tuple[str, str], list[str]]:
+    """The checks left out per operation (why: above), one entry per operation: two entries matching one
+    operation would leave it to Schemathesis's resolution which of them applies."""
+    disabled: dict[tuple[str, str], list[str]] = {}
+    for operation in NOT_ALWAYS_ACCEPTABLE:
+        disabled.setdefault(operation, []).append("positive_data_acceptance")
+    for operation in BAD_PARTS_ANSWERED_PER_FILE:
+        disabled.setdefault(operation, []).append("negative_data_rejection")
+    return disabled
+
+
 def run_schemathesis(url: str) -> ContractRun:
     """The stateless phases (examples, coverage, fuzzing) and their checks, as `schemathesis run` runs them,
     deterministic from SEED."""
@@ -140,9 +155,9 @@ def run_schemathesis(url: str) -> ContractRun:
                 {
                     "include-method": method,
                     "include-path": path,
-                    "checks": {"positive_data_acceptance": {"enabled": False}},
+                    "checks": {check: {"enabled": False} for check in checks},
                 }
-                for method, path in NOT_ALWAYS_ACCEPTABLE
+                for (method, path), checks in disabled_checks().items()
             ],
         }
     )
