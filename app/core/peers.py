@@ -14,6 +14,7 @@ import hashlib
 import logging
 import mmap
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 # logged): a full table must not lock new clients out, and UVICORN_LIMIT_CONCURRENCY still bounds every worker.
 SLOTS = 8192
 COLUMNS = 160  # worker processes: WORKERS (64 at most), and room for the replacements of dead ones
+LOCK_WAIT = 0.05  # seconds a worker waits for the table's lock (held for microseconds) before going on uncounted
+LOCK_RETRY = 0.0005
 
 _PIDS = np.dtype(np.int32).itemsize * COLUMNS
 _KEYS = np.dtype(np.uint64).itemsize * SLOTS
@@ -67,6 +70,7 @@ class SharedPeerCounts:
         self._counts = np.frombuffer(self._map, np.uint16, SLOTS * COLUMNS, offset).reshape(SLOTS, COLUMNS)
         self._column: int | None = None
         self._full_logged = False
+        self._unreleased: list[int] = []  # keys whose release met the table locked: done at the next lock taken
 
     def _locked(self) -> _Lock:
         return _Lock(self._file.fileno())
@@ -75,7 +79,10 @@ class SharedPeerCounts:
         """This process's column: a free one, or one whose worker died (its counts cleared). False when every
         column belongs to a live process (then this worker counts nothing: admit lets everyone in)."""
         pid = os.getpid()
-        with self._locked():
+        with self._locked() as lock:
+            if not lock.held:
+                logger.warning("MAX_CLIENT_CONNECTIONS: the shared table stayed locked; this worker counts nothing")
+                return False
             for column, owner in enumerate(self._pids.tolist()):
                 if owner == pid or owner == 0 or not _alive(owner):
                     if owner not in (0, pid):
@@ -94,7 +101,10 @@ class SharedPeerCounts:
         if self._column is None:
             return True
         key = _key(peer)
-        with self._locked():
+        with self._locked() as lock:
+            if not lock.held:
+                return True  # let in uncounted, as with a full table: never stall the event loop
+            self._release_held()
             found = np.flatnonzero(self._keys == key)
             if found.size:
                 slot = int(found[0])
@@ -117,18 +127,27 @@ class SharedPeerCounts:
         """One connection of `peer` admitted by this worker closed."""
         if self._column is None:
             return
-        key = _key(peer)
-        with self._locked():
+        with self._locked() as lock:
+            self._unreleased.append(_key(peer))
+            if lock.held:
+                self._release_held()
+
+    def _release_held(self) -> None:
+        """The releases not yet done, under the lock."""
+        column = self._column
+        assert column is not None
+        for key in self._unreleased:
             found = np.flatnonzero(self._keys == key)
             if not found.size:
-                return  # admitted uncounted (a full table)
+                continue  # admitted uncounted (a full table, or the table stayed locked)
             slot = int(found[0])
-            if self._counts[slot, self._column] == 0:
-                return
-            self._counts[slot, self._column] -= 1
+            if self._counts[slot, column] == 0:
+                continue
+            self._counts[slot, column] -= 1
             self._totals[slot] -= 1
             if self._totals[slot] == 0:
                 self._keys[slot] = 0
+        self._unreleased.clear()
 
     def total(self, peer: str) -> int:
         """`peer`'s open connections across the workers (tests)."""
@@ -142,13 +161,28 @@ class SharedPeerCounts:
 
 
 class _Lock:
-    """flock on the table's file: exclusive between processes (each opened the file itself)."""
+    """flock on the table's file: exclusive between processes (each opened the file itself). Taken without
+    blocking, retried for LOCK_WAIT at most: a worker stopped while holding it (SIGSTOP, a debugger) must not stall
+    the other workers' event loops; past the wait the caller goes on uncounted (`held` False)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self.held = False
 
-    def __enter__(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+    def __enter__(self) -> _Lock:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return self
+                time.sleep(LOCK_RETRY)
+                continue
+            self.held = True
+            return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self.held:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.held = False

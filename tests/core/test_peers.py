@@ -3,9 +3,11 @@ in the shared table, as the HTTP workers of WORKERS > 1 do, each in a real proce
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -131,3 +133,27 @@ def test_a_full_table_lets_new_peers_in_uncounted(tmp_path: Path, monkeypatch: p
         core.release("192.0.2.1")  # a release of an uncounted connection changes nothing
         core.release("10.1.0.0")  # a slot freed
         assert [core.admit("192.0.2.1", LIMIT) for _ in range(LIMIT + 1)] == [True] * LIMIT + [False]
+
+
+def test_a_table_left_locked_never_stalls_a_worker(tmp_path: Path) -> None:
+    """A worker stopped while holding the table's lock (SIGSTOP, a debugger) must not stall the others' event loops:
+    past LOCK_WAIT a connection is let in uncounted, and a release that met the lock is done at the next lock
+    taken (a count never stays behind)."""
+    with table(tmp_path) as (path, core):
+        assert core.claim()
+        assert [core.admit("10.0.0.7", LIMIT) for _ in range(2)] == [True, True]
+        with path.open("r+b") as other:  # another open of the file: flock conflicts with it, as another process's
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+            try:
+                answers: list[bool] = []
+                worker = threading.Thread(target=lambda: answers.append(core.admit("10.0.0.7", LIMIT)), daemon=True)
+                worker.start()
+                worker.join(DEADLINE)
+                assert not worker.is_alive(), "admit waited on the locked table"
+                assert answers == [True]  # let in uncounted, after LOCK_WAIT
+                core.release("10.0.0.7")  # deferred
+                assert core.total("10.0.0.7") == 2
+            finally:
+                fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+        assert core.admit("10.0.0.8", LIMIT)  # the first lock taken does the deferred release
+        assert core.total("10.0.0.7") == 1 and core.total("10.0.0.8") == 1
