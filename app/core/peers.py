@@ -5,7 +5,7 @@ to any worker, so counted in each worker alone a peer could hold WORKERS x the b
 Each worker owns a column of the counts, claimed by its pid when it starts; a peer's count is its row's total. A
 worker that dies leaves its column behind, and its connections died with it: the next worker to claim a column
 takes a dead one and clears it. The lock is held for a lookup in numpy arrays (microseconds), once per connection
-opened and once per connection closed, on the worker's event loop."""
+opened and once per connection closed, on the worker's event loop, and waited for LOCK_WAIT at most (_Lock)."""
 
 from __future__ import annotations
 
