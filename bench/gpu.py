@@ -57,6 +57,7 @@ from typing import Any
 
 import httpx
 
+from app.engine.batcher import DISPATCHER_OS_NAME
 from bench.common import EVAL_DIR, REPO, key_value
 from bench.gpu_machine import (
     STARTED,
@@ -68,6 +69,7 @@ from bench.gpu_machine import (
     number,
     nvidia_smi,
     process_tree,
+    thread_cpu_seconds,
 )
 from bench.gpu_report import print_table
 from bench.gpu_stages import run_stages
@@ -244,6 +246,7 @@ def load_service(name: str, module: str, env: dict[str, str], plan: LoadPlan) ->
             log(f"{name}: {clients} clients, {plan.args.warmup:g} s warm-up + {plan.args.seconds:g} s")
             pids = process_tree(server.pid)
             cpu_before, core_before = cpu_seconds(pids), cpu_seconds([server.pid])
+            dispatcher_before = thread_cpu_seconds(server.pid, DISPATCHER_OS_NAME)
             with GpuSampler(pids, skip=plan.args.warmup) as sampler:
                 level = {"clients": clients, **drive(server, clients, plan)}
             span = plan.args.warmup + plan.args.seconds
@@ -253,6 +256,20 @@ def load_service(name: str, module: str, env: dict[str, str], plan: LoadPlan) ->
             level["core_cpu_cores"] = round(core_cores, 2)
             level["core_cpu_ms_per_answer"] = (
                 round(core_cores / level["ok_per_s"] * 1e3, 2) if level["ok_per_s"] else None
+            )
+            # Its request batcher's dispatcher threads (one per GPU_CONCURRENCY): serial work; near 1 core per
+            # thread, they are the bound.
+            dispatcher_after = thread_cpu_seconds(server.pid, DISPATCHER_OS_NAME)
+            dispatcher_cores = (
+                (dispatcher_after - dispatcher_before) / span
+                if dispatcher_before is not None and dispatcher_after is not None
+                else None
+            )
+            level["dispatcher_cpu_cores"] = round(dispatcher_cores, 2) if dispatcher_cores is not None else None
+            level["dispatcher_cpu_ms_per_answer"] = (
+                round(dispatcher_cores / level["ok_per_s"] * 1e3, 2)
+                if dispatcher_cores is not None and level["ok_per_s"]
+                else None
             )
             level.update(sampler.figures())
             if not server.alive():

@@ -136,6 +136,22 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def thread_cpu_seconds(pid: int, os_name_prefix: str) -> float | None:
+    """CPU seconds of the threads of `pid` whose OS name (/proc/PID/task/TID/comm) starts with the prefix; None when
+    it has none (a service without them, or not Linux)."""
+    total, found = 0.0, False
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if not (task / "comm").read_text().startswith(os_name_prefix):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found = True
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total if found else None
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     total = 0.0
     for pid in pids:

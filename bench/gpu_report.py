@@ -44,17 +44,18 @@ def print_table(report: dict[str, Any]) -> None:
         )
         print(
             f"{'clients':>7} {'200/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'503s':>6} "
-            f"{'GPU % mean/max':>14} {'GPU MiB all/svc':>15} {'CPU cores':>9} {'core: cores, ms/200':>19}  "
-            "other answers"
+            f"{'GPU % mean/max':>14} {'GPU MiB all/svc':>15} {'CPU cores':>9} {'core: cores, ms/200':>19} "
+            f"{'dispatcher: cores, ms/200':>25}  other answers"
         )
         for lv in part["levels"]:
             gpu_pct = f"{fmt(lv['gpu_util_mean'], 0)}/{fmt(lv['gpu_util_max'], 0)}"
             gpu_mib = f"{fmt(lv['gpu_mem_max_mib'], 0)}/{fmt(lv['gpu_mem_service_max_mib'], 0)}"
             core = f"{fmt(lv.get('core_cpu_cores'), 2)}, {fmt(lv.get('core_cpu_ms_per_answer'), 2)}"
+            dispatcher = f"{fmt(lv.get('dispatcher_cpu_cores'), 2)}, {fmt(lv.get('dispatcher_cpu_ms_per_answer'), 2)}"
             print(
                 f"{lv['clients']:>7} {fmt(lv['ok_per_s']):>8} {fmt(lv['p50_ms'], 0):>8} {fmt(lv['p95_ms'], 0):>8} "
                 f"{fmt(lv['p99_ms'], 0):>8} {lv['n503']:>6} {gpu_pct:>14} {gpu_mib:>15} "
-                f"{fmt(lv['service_cpu_cores'], 2):>9} {core:>19}  {lv['errors'] or '-'}"
+                f"{fmt(lv['service_cpu_cores'], 2):>9} {core:>19} {dispatcher:>25}  {lv['errors'] or '-'}"
             )
     for name, part in variants.items():
         if "levels" in part and search.get("oceano") and "levels" in search["oceano"]:

@@ -21,8 +21,10 @@ request that finds nothing ahead of it is always let in.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -56,6 +58,21 @@ COLD_FACTOR = 4.0
 # 503. Measured at 200 clients (bench/overload.py): with the whole timeout 503 p95 835 ms and 200 p95 3.2 s; with
 # 3/4 647 ms and 2.8 s; with 1/2 357 ms and 2.5 s, the 200-throughput still 0.86x that at 50 clients.
 ADMIT_SHARE = 0.5
+# The operating system's name of each dispatcher thread ("batcher-0", ...; /proc/PID/task/TID/comm on Linux): its CPU
+# time is the serial work that bounds a GPU machine's searches/s, and benchmarks read it there (bench.gpu).
+DISPATCHER_OS_NAME = "batcher"
+_PR_SET_NAME = 15  # prctl(2)
+
+
+def name_os_thread(name: str) -> None:
+    """Gives the calling thread `name` (15 bytes at most) where the operating system shows it: Linux's
+    /proc/PID/task/TID/comm, top -H, py-spy. Elsewhere nothing (Python's thread names stay inside Python)."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl in this libc: the name is a convenience
+        logger.debug("cannot name OS thread %s", name)
 
 
 def busy_error(wait: float, timeout: float) -> EngineBusy:
@@ -130,7 +147,9 @@ class InferenceBatcher:
         self.cold_calls = 0  # engine calls left out of the estimate as cold (first run of a batch size)
         self._sizes_seen: set[int] = set()  # batch sizes (images per engine call) measured so far
         self._threads = [
-            threading.Thread(target=self._run, name=f"inference-batcher-{i}", daemon=True)
+            threading.Thread(
+                target=self._run, args=(f"{DISPATCHER_OS_NAME}-{i}",), name=f"inference-batcher-{i}", daemon=True
+            )
             for i in range(engine.gate.concurrency)
         ]
         for t in self._threads:
@@ -284,7 +303,8 @@ class InferenceBatcher:
             self._running += count
             return taken
 
-    def _run(self) -> None:
+    def _run(self, os_name: str) -> None:
+        name_os_thread(os_name)
         while (oldest := self._wait_for_work()) is not None:
             taken: list[_Request] = []
             try:

@@ -37,6 +37,12 @@ def check_level(level: dict[str, Any], clients: int) -> None:
     assert level["core_cpu_ms_per_answer"] > 0, level
 
 
+def check_dispatcher(level: dict[str, Any]) -> None:
+    """Oceano's request batcher's dispatcher threads, found by their OS names: their CPU is part of the core's."""
+    assert 0 < level["dispatcher_cpu_cores"] <= level["core_cpu_cores"] + 0.01, level
+    assert level["dispatcher_cpu_ms_per_answer"] > 0, level
+
+
 def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
     command = [
@@ -81,6 +87,8 @@ def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) ->
         assert [lv["clients"] for lv in part["levels"]] == [2]
         check_level(part["levels"][0], 2)
     assert search["oceano"]["providers"] == ["CPUExecutionProvider"]
+    check_dispatcher(search["oceano"]["levels"][0])
+    assert search["plain"]["levels"][0]["dispatcher_cpu_cores"] is None  # no such threads there: n/a
     # A variant: the same load on a service started with more settings, compared with Oceano's at each level.
     two = search["variants"]["two"]
     assert two["settings"] == {"GPU_CONCURRENCY": "2", "REQUEST_BATCH": "4"} and two["query_faces"] == 1
