@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.load_client import stat_cpu_seconds
+
 STARTED = time.monotonic()
 
 
@@ -144,11 +146,10 @@ def thread_cpu_seconds(pid: int, os_name_prefix: str) -> float | None:
         try:
             if not (task / "comm").read_text().startswith(os_name_prefix):
                 continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            total += stat_cpu_seconds(task / "stat")
         except (OSError, IndexError):
             continue
         found = True
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total if found else None
 
 
@@ -156,8 +157,7 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
         except (OSError, IndexError):
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total

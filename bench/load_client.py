@@ -12,10 +12,16 @@ from bench.live import multipart
 from bench.overload_report import Answer
 
 
+def stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds so far of a process or a thread, from its /proc stat file (/proc/PID/stat or
+    /proc/PID/task/TID/stat). Raises OSError when it is gone."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def own_cpu_seconds() -> float:
