@@ -109,3 +109,14 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"--env takes KEY=VALUE, got {text!r}")
     return key.strip(), value
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type for a comma-separated list of whole numbers >= 1 (`--clients 50,100,200`)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"needs whole numbers >= 1: {text!r}")
+    return values

@@ -58,7 +58,7 @@ from typing import Any
 import httpx
 
 from app.engine.batcher import DISPATCHER_OS_NAME
-from bench.common import EVAL_DIR, REPO, key_value
+from bench.common import EVAL_DIR, REPO, int_list, key_value
 from bench.gpu_machine import (
     STARTED,
     GpuSampler,
@@ -81,16 +81,6 @@ GPU_KIT = Path(os.environ.get("GPU_KIT", "/tmp/gpu"))
 
 
 # ------------------------------------------------------------------------------------------------ options
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"needs whole numbers >= 1: {text!r}")
-    return values
-
-
 def variant(text: str) -> tuple[str, dict[str, str]]:
     """An argparse type for `--variant "NAME:KEY=VALUE [KEY=VALUE ...]"`: a name and the settings it adds (pairs
     apart by spaces: a value may hold commas, as batch sizes do)."""

@@ -27,6 +27,7 @@ import numpy as np
 from app.config import Settings
 from app.store.edge_params import create_config, search_params
 from app.store.model import spec_from_settings
+from bench.common import int_list
 
 DIM = 512
 SPEC = spec_from_settings(Settings(), dim=DIM, pack="bench")  # the service's collection settings
@@ -93,13 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.store_gil", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--points", default="1000,20000", help="collection sizes (default 1000,20000)")
+    parser.add_argument("--points", type=int_list, default=[1000, 20000], help="collection sizes (default 1000,20000)")
     parser.add_argument("--threads", default="default,1", help="max_search_threads values (default default,1)")
     parser.add_argument("--searches", type=int, default=300, help="searches per measure (default 300)")
     args = parser.parse_args(argv)
     print(f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.2f}; top 10, hnsw_ef 128, payload")
     print(f"{'points':>8} {'threads':>8} {'wall ms':>8} {'CPU ms':>7} {'2 searching threads / 1':>24}")
-    for points in [int(v) for v in args.points.split(",")]:
+    for points in args.points:
         for value in args.threads.split(","):
             threads = 0 if value == "default" else int(value)
             with tempfile.TemporaryDirectory(prefix="oceano-store-gil-") as tmp:
