@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -59,12 +59,14 @@ class CommitBuffer:
         self._written = written
         self._write_lock = threading.Lock()  # one upsert at a time
         self._pending: list[Entry] = []
+        self._pending_points = 0  # the points of _pending, kept as they come and go: take() runs per image
         self._committing: list[Entry] = []  # taken from _pending, being written (both under `lock`)
         self._pending_since = time.monotonic()
 
     def add(self, *entries: Entry) -> None:
         with self.lock:
             self._pending.extend(entries)
+            self._pending_points += _points(entries)
 
     def waiting(self) -> list[Entry]:
         """Pending and being written; call holding `lock`."""
@@ -75,6 +77,7 @@ class CommitBuffer:
         with self.lock:
             dropped = self._pending + self._committing
             self._pending.clear()
+            self._pending_points = 0
             self._committing.clear()
         return dropped
 
@@ -90,7 +93,7 @@ class CommitBuffer:
                 or (pending and time.monotonic() - self._pending_since >= self.interval)
             ):
                 cut = len(pending)
-            else:
+            elif self._pending_points >= self.batch:  # the scan runs once per upsert, not at every call
                 points = 0
                 for i, entry in enumerate(pending):
                     points += len(entry.points)
@@ -99,6 +102,7 @@ class CommitBuffer:
                         break
             taken = pending[:cut]
             del pending[:cut]
+            self._pending_points -= _points(taken)
             if taken:
                 self._pending_since = time.monotonic()
                 self._committing.extend(taken)
@@ -127,6 +131,10 @@ class CommitBuffer:
                 if written:
                     self._written(entries)
         return written
+
+
+def _points(entries: Sequence[Entry]) -> int:
+    return sum(len(entry.points) for entry in entries)
 
 
 def write_with_retry(
