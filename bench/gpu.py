@@ -22,7 +22,8 @@ Sections, in the order they run (the table at the end follows the same order; pr
    configurations measured in one run of a machine lent for minutes.
 2. Ingest: `python -m app.ingest --path DIR --local` (in-process, its own STATE_DIR, PROVIDERS and --env as the
    service) over --ingest-images JPEGs made from the photos (each a variant with other bytes, same faces):
-   images/s as the command reports it (its job, after the models loaded) and over the command's wall time.
+   images/s as the command reports it (its job, after the models loaded) and over the command's wall time; then
+   again with each --variant's settings (its own store, the same files), with its ratio to the defaults' images/s.
 3. Engine stages, in this process (last, so that the load figures above see no CUDA context of this process):
    the face models loaded as the service loads them (app.bootstrap.load_models), then for the detector, the
    recognizer, each default head and the whole engine call (FaceEngine.analyze_batch with the default heads), at
@@ -112,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="'NAME:KEY=VAL [KEY=VAL]'",
-        help="also run the search load with these settings on top of --env, compared with Oceano's at each level "
-        "(repeatable; e.g. 'conc2:GPU_CONCURRENCY=2' 'sizes:DET_BATCH_SIZES=4,16 REC_BATCH_SIZES=16,64')",
+        help="also run the search load and the ingest with these settings on top of --env, compared with the "
+        "defaults' (repeatable; e.g. 'conc2:GPU_CONCURRENCY=2' 'sizes:DET_BATCH_SIZES=4,16 REC_BATCH_SIZES=16,64')",
     )
     p.add_argument("--skip-baseline", action="store_true", help="no plain insightface service")
     p.add_argument("--skip-ingest", action="store_true")
@@ -302,12 +303,20 @@ def ratios(oceano: dict[str, Any], plain: dict[str, Any] | None) -> list[dict[st
 
 
 # ------------------------------------------------------------------------------------------------ ingest
-def run_ingest(photos: Path, env: dict[str, str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def ingest_folder(photos: Path, args: argparse.Namespace, work: Path) -> list[Path]:
+    """--ingest-images variants of the photos (written once; every setting's run reads the same files)."""
     folder = work / "ingest-photos"
     log(f"ingest: writing {args.ingest_images} variants of the photos of {photos}")
-    files = make_variant_folder(folder, args.ingest_images, photo_files(photos), threads=min(8, os.cpu_count() or 1))
-    state = work / "ingest-state"
-    log(f"ingest: python -m app.ingest --local over {len(files)} images")
+    return make_variant_folder(folder, args.ingest_images, photo_files(photos), threads=min(8, os.cpu_count() or 1))
+
+
+def run_ingest(
+    files: list[Path], env: dict[str, str], args: argparse.Namespace, work: Path, name: str = "defaults"
+) -> dict[str, Any]:
+    """`python -m app.ingest --local` over `files` with these settings, into a store of its own."""
+    folder = files[0].parent
+    state = work / f"ingest-state-{name}"
+    log(f"ingest ({name}): python -m app.ingest --local over {len(files)} images")
     started = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-m", "app.ingest", "--path", str(folder), "--local"],
@@ -318,7 +327,7 @@ def run_ingest(photos: Path, env: dict[str, str], args: argparse.Namespace, work
         timeout=max(600.0, args.ingest_images * 0.5),
     )
     wall = time.monotonic() - started
-    (work / "ingest.log").write_text(out.stdout + out.stderr)
+    (work / f"ingest-{name}.log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
         raise RuntimeError(f"python -m app.ingest exited {out.returncode}:\n{(out.stdout + out.stderr)[-3000:]}")
     text = out.stdout + out.stderr
@@ -332,10 +341,11 @@ def run_ingest(photos: Path, env: dict[str, str], args: argparse.Namespace, work
         "ingested": figure(r"ingested\s+(\d+)", int),
         "faces_added": figure(r"faces added\s+(\d+)", int),
         "images_per_s": figure(r"([\d.]+) images/s"),
+        "inference_workers": figure(r"(\d+) inference workers", int),  # the run's own log: a setting taking effect
         "wall_s": round(wall, 1),
         "images_per_s_wall": round(len(files) / wall, 1),
     }
-    log(f"ingest: {result['images_per_s']} images/s ({result['images_per_s_wall']} over the wall time)")
+    log(f"ingest ({name}): {result['images_per_s']} images/s ({result['images_per_s_wall']} over the wall time)")
     return result
 
 
@@ -398,7 +408,12 @@ def main(argv: list[str] | None = None) -> int:
             if search["oceano"] and search["plain"]:
                 search["ratio"] = ratios(search["oceano"], search["plain"])
         if not args.skip_ingest:
-            report["ingest"] = run_part(report, "ingest", args.json, lambda: run_ingest(photos, env, args, work))
+            files = ingest_folder(photos, args, work)
+            report["ingest"] = run_part(report, "ingest", args.json, lambda: run_ingest(files, env, args, work))
+            for name, settings in args.variant:
+                run = partial(run_ingest, files, {**env, **settings}, args, work, name)
+                result = run_part(report, f"ingest[{name}]", args.json, run)
+                report.setdefault("ingest_variants", {})[name] = {"settings": settings, **(result or {})}
         if not args.skip_stages:
             report["stages"] = run_part(report, "stages", args.json, lambda: run_stages(query, env, args))
         report["total_s"] = round(time.monotonic() - STARTED, 1)

@@ -80,7 +80,21 @@ def print_table(report: dict[str, Any]) -> None:
             f"\n-- python -m app.ingest --local: {ingest['images']} images, {fmt(ingest['ingested'], 0)} ingested, "
             f"{fmt(ingest['faces_added'], 0)} faces: {fmt(ingest['images_per_s'])} images/s "
             f"(job), {fmt(ingest['images_per_s_wall'])} images/s over {ingest['wall_s']} s wall (model load included)"
+            f"; {fmt(ingest.get('inference_workers'), 0)} inference workers"
         )
+        for name, part in (report.get("ingest_variants") or {}).items():
+            if "images" not in part:
+                continue
+            ratio = (
+                part["images_per_s"] / ingest["images_per_s"]
+                if part["images_per_s"] and ingest["images_per_s"]
+                else None
+            )
+            print(
+                f"-- the same [{name}: {_settings(part['settings'])}]: {fmt(part['images_per_s'])} images/s (job), "
+                f"{fmt(ratio, 2)}x the defaults'; {fmt(part['ingested'], 0)} ingested, "
+                f"{fmt(part.get('inference_workers'), 0)} inference workers"
+            )
     stages = report.get("stages")
     if stages and "rows" in stages:
         gpu = stages["gpu"]

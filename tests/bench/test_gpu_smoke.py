@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.cli.ingest import MAX_CPU_INFER_WORKERS
 from tests.support import REPO
 
 DEADLINE_S = 600  # a hung service or load generator fails the test instead of hanging it
@@ -70,7 +71,7 @@ def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) ->
         "--json",
         str(report_path),
         "--variant",
-        "two:GPU_CONCURRENCY=2 REQUEST_BATCH=4",
+        "three:GPU_CONCURRENCY=3 REQUEST_BATCH=4",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
@@ -90,19 +91,26 @@ def test_gpu_bench_runs_every_part_on_the_cpu(eval_dir: Path, tmp_path: Path) ->
     check_dispatcher(search["oceano"]["levels"][0])
     assert search["plain"]["levels"][0]["dispatcher_cpu_cores"] is None  # no such threads there: n/a
     # A variant: the same load on a service started with more settings, compared with Oceano's at each level.
-    two = search["variants"]["two"]
-    assert two["settings"] == {"GPU_CONCURRENCY": "2", "REQUEST_BATCH": "4"} and two["query_faces"] == 1
-    assert (search["oceano"]["gpu_concurrency"], two["gpu_concurrency"]) == (1, 2)  # the setting took effect
-    assert [lv["clients"] for lv in two["levels"]] == [2]
-    check_level(two["levels"][0], 2)
-    assert "-- search under load: oceano [two: GPU_CONCURRENCY=2 REQUEST_BATCH=4]" in run.stdout
-    assert "-- oceano [two] / oceano, answers 200/s: 2 clients" in run.stdout
+    three = search["variants"]["three"]
+    assert three["settings"] == {"GPU_CONCURRENCY": "3", "REQUEST_BATCH": "4"} and three["query_faces"] == 1
+    assert (search["oceano"]["gpu_concurrency"], three["gpu_concurrency"]) == (1, 3)  # the setting took effect
+    assert [lv["clients"] for lv in three["levels"]] == [2]
+    check_level(three["levels"][0], 2)
+    assert "-- search under load: oceano [three: GPU_CONCURRENCY=3 REQUEST_BATCH=4]" in run.stdout
+    assert "-- oceano [three] / oceano, answers 200/s: 2 clients" in run.stdout
     assert [r["clients"] for r in search["ratio"]] == [2] and is_number(search["ratio"][0]["ratio"])
 
     ingest = report["ingest"]
     assert ingest["images"] == INGEST_IMAGES and ingest["ingested"] == INGEST_IMAGES
     assert isinstance(ingest["faces_added"], int) and ingest["faces_added"] >= 1
     assert is_number(ingest["images_per_s"]) and ingest["images_per_s"] > 0
+    # The variant's ingest: the same files into a store of its own, its setting seen in the run's log (on a CPU
+    # the defaults run one inference worker per core, at most 8; GPU_CONCURRENCY=3 three).
+    three_ingest = report["ingest_variants"]["three"]
+    assert three_ingest["ingested"] == INGEST_IMAGES and three_ingest["faces_added"] == ingest["faces_added"]
+    assert ingest["inference_workers"] == min(os.cpu_count() or 1, MAX_CPU_INFER_WORKERS)
+    assert three_ingest["inference_workers"] == 3
+    assert "-- the same [three: GPU_CONCURRENCY=3 REQUEST_BATCH=4]" in run.stdout
 
     stages = report["stages"]
     assert stages["providers"][0] == "CPUExecutionProvider" and stages["batches"] == BATCHES
