@@ -82,7 +82,10 @@ class ScrfdDetector(OnnxModel):
         self.threshold = threshold
         self.max_faces = max_faces  # 0: no cap
         if canvases is None:
-            canvases = [det_size] if self.on_gpu else aspect_canvases(det_size)
+            # On the CPU also the same aspects at half the size: an image reduced on purpose (PREDICT_MAX_SIDE:
+            # /ws predict at 320 px) is not scaled back up, and a 320 px canvas costs a quarter of a 640 one.
+            half = (det_size[0] // 2, det_size[1] // 2)
+            canvases = [det_size] if self.on_gpu else [*aspect_canvases(det_size), *aspect_canvases(half)]
         if any(w > det_size[0] or h > det_size[1] or w % 32 or h % 32 for w, h in canvases):
             raise ValueError(f"detector canvases {canvases} must be multiples of 32 within DET_SIZE {det_size}")
         # The full canvas is always there: it holds any scaled image.
@@ -109,21 +112,35 @@ class ScrfdDetector(OnnxModel):
         shapes = [shape(1, w, h) for w, h in self.canvases] if 1 in self.batch_sizes else []
         return shapes + [shape(size, width, height) for size in self.batch_sizes if size > 1]
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def detect(
+        self, images: Sequence[np.ndarray], upscale: Sequence[float] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per image: boxes (N, 4), scores (N,), keypoints (N, 5, 2) in the image's pixels. A batch is stacked on the
         full canvas; a single image gets the smallest of the canvases that holds it, so most of the strip a
         landscape photo leaves free is not spent on padding (faces cut by the image's edge may come out slightly
-        differently). The input is uint8 pixels for a graph that takes images (app.engine.graph), else the
-        normalised float tensor (app.engine.scrfd), written into a reused buffer (app.engine.buffers)."""
+        differently). `upscale`: per image, the most it may be scaled up (None: app.engine.scrfd.MAX_UPSCALE
+        each). The input is uint8 pixels for a graph that takes images (app.engine.graph), else the normalised
+        float tensor (app.engine.scrfd), written into a reused buffer (app.engine.buffers)."""
         pixels = self.input_name == IMAGE_INPUT
         build = letterbox_images if pixels else letterbox_batch
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for chunk in self.chunks(len(images)):
             part, fixed, rows = images[chunk.start : chunk.stop], chunk.size > 1, chunk.size
-            shape = letterbox_input(part, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases, pixels=pixels)
+            limits = None if upscale is None else upscale[chunk.start : chunk.stop]
+            canvases = self.canvases
+            shape = letterbox_input(
+                part, self.det_size, fixed=fixed, rows=rows, canvases=canvases, upscale=limits, pixels=pixels
+            )
             with self.buffers.take(*shape) as buffer:
                 batch, scales = build(
-                    part, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases, out=buffer, pool=placing_pool()
+                    part,
+                    self.det_size,
+                    fixed=fixed,
+                    rows=rows,
+                    canvases=canvases,
+                    upscale=limits,
+                    out=buffer,
+                    pool=placing_pool(),
                 )
                 outs = self.run_blob(batch, rows)
             canvas = batch.shape[1:3] if pixels else batch.shape[2:]

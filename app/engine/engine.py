@@ -21,12 +21,21 @@ from app.engine.packs import ModelPack, resolve_pack
 from app.engine.quality import face_qualities
 from app.engine.recognizer import ArcFaceRecognizer
 from app.engine.runtime import InferenceGate, Runtime
+from app.engine.scrfd import MAX_UPSCALE
 from app.faces import Face, FaceHead, FaceQuality
 from app.imaging import DecodedImage
 
 logger = logging.getLogger(__name__)
 
 Image = np.ndarray | DecodedImage
+
+
+def upscale_limit(image: Image) -> float:
+    """The most the detector may scale `image` up: MAX_UPSCALE (small photos hold small faces), but never past
+    the long side its caller reduced it to on purpose (DecodedImage.max_side)."""
+    if not isinstance(image, DecodedImage) or image.max_side is None:
+        return MAX_UPSCALE
+    return min(MAX_UPSCALE, max(1.0, image.max_side / max(image.pixels.shape[:2])))
 
 
 class FaceEngine:
@@ -152,7 +161,7 @@ class FaceEngine:
         """analyze_batch for a caller that already holds the gate (the request batcher)."""
         arrays = [img.pixels if isinstance(img, DecodedImage) else img for img in images]
         started = time.perf_counter()
-        detections = self.detector.detect(arrays)
+        detections = self.detector.detect(arrays, [upscale_limit(img) for img in images])
         self._observed("detector", source, len(arrays), started)
         # Every face of the batch aligned in one call (transforms solved together); the crops are cut from the
         # finer pixels where a reduced decode has them, with the keypoints scaled to those pixels.

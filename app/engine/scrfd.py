@@ -41,9 +41,11 @@ class Detections:
     kps: np.ndarray  # (N, 5, 2) float32
 
 
-def letterbox_size(height: int, width: int, det_size: tuple[int, int]) -> tuple[int, int]:
-    """(height, width) an image is scaled to: fit det_size (width, height), up by MAX_UPSCALE at most."""
-    scale = min(det_size[0] / width, det_size[1] / height, MAX_UPSCALE)
+def letterbox_size(
+    height: int, width: int, det_size: tuple[int, int], max_upscale: float = MAX_UPSCALE
+) -> tuple[int, int]:
+    """(height, width) an image is scaled to: fit det_size (width, height), up by `max_upscale` at most."""
+    scale = min(det_size[0] / width, det_size[1] / height, max_upscale)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
@@ -52,12 +54,17 @@ def _layout(
     det_size: tuple[int, int],
     fixed: bool,
     canvases: Sequence[tuple[int, int]] | None,
+    upscale: Sequence[float] | None = None,
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """Each image's scaled (height, width), and the canvas's (height, width). A fixed canvas (det_size) is
     needed to stack several images; one image alone gets the smallest of `canvases` ((width, height), smallest
     first) that holds it, or without them the smallest canvas (multiple of 32) that does, so the strip a
-    landscape photo leaves free is not spent on padding."""
-    sizes = [letterbox_size(img.shape[0], img.shape[1], det_size) for img in images]
+    landscape photo leaves free is not spent on padding. `upscale`: per image, the most it may be scaled up
+    (None: MAX_UPSCALE each)."""
+    limits = upscale if upscale is not None else [MAX_UPSCALE] * len(images)
+    sizes = [
+        letterbox_size(img.shape[0], img.shape[1], det_size, limit) for img, limit in zip(images, limits, strict=True)
+    ]
     if fixed or len(images) > 1:
         return sizes, (det_size[1], det_size[0])
     new_h, new_w = sizes[0]
@@ -104,11 +111,12 @@ def letterbox_input(
     fixed: bool,
     rows: int = 0,
     canvases: Sequence[tuple[int, int]] | None = None,
+    upscale: Sequence[float] | None = None,
     pixels: bool,
 ) -> tuple[tuple[int, ...], type, float]:
     """The (shape, dtype, border value) of the input letterbox_images (`pixels`) or letterbox_batch builds for
     these images: what a reused buffer (app.engine.buffers) must be to take them."""
-    _, canvas = _layout(images, det_size, fixed, canvases)
+    _, canvas = _layout(images, det_size, fixed, canvases, upscale)
     return _input(canvas, max(rows, len(images)), pixels=pixels)
 
 
@@ -138,6 +146,7 @@ def letterbox_batch(
     fixed: bool,
     rows: int = 0,
     canvases: Sequence[tuple[int, int]] | None = None,
+    upscale: Sequence[float] | None = None,
     out: InputBuffer | None = None,
     pool: Executor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +156,7 @@ def letterbox_batch(
     one image; `canvases`: those one image may go on (see _layout). `rows`: the tensor's batch size when more
     than the images (a fixed batch size), the rows past them all border. `out`: a reused buffer of
     letterbox_input's shape to write into (else a new array). `pool`: threads to place the images on."""
-    sizes, canvas_size = _layout(images, det_size, fixed, canvases)
+    sizes, canvas_size = _layout(images, det_size, fixed, canvases, upscale)
     shape, dtype, blank = _input(canvas_size, max(rows, len(images)), pixels=False)
     blob = _output(out, shape, dtype, blank, len(images))
 
@@ -170,13 +179,14 @@ def letterbox_images(
     fixed: bool,
     rows: int = 0,
     canvases: Sequence[tuple[int, int]] | None = None,
+    upscale: Sequence[float] | None = None,
     out: InputBuffer | None = None,
     pool: Executor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """letterbox_batch's canvas as pixels, (N, H, W, 3) uint8 BGR with a black border, for a detector whose graph
     normalises its input itself (app.engine.graph.with_image_input: a quarter of the bytes to build and to copy
     to a GPU)."""
-    sizes, canvas_size = _layout(images, det_size, fixed, canvases)
+    sizes, canvas_size = _layout(images, det_size, fixed, canvases, upscale)
     shape, dtype, blank = _input(canvas_size, max(rows, len(images)), pixels=True)
     canvas = _output(out, shape, dtype, blank, len(images))
 

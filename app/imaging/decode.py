@@ -46,6 +46,9 @@ class DecodedImage:
     scale: float = 1.0
     factor: int = 1  # the power of two at or above `scale`: the reduction the pixels were decoded at
     encoded: bytes | None = field(default=None, repr=False)  # kept when factor > 1, for decode_at
+    # The long side the caller wanted at most (decode_image's max_side, e.g. /ws predict's PREDICT_MAX_SIDE): the
+    # detector does not scale the image back up past it, or the reduction would buy no speed.
+    max_side: int | None = None
 
     def decode_at(self, factor: int) -> np.ndarray:
         """The same image decoded at a finer reduction (a power of two, factor < self.factor), EXIF rotation
@@ -226,6 +229,7 @@ def decode_image(
         scale=scale,
         factor=factor,
         encoded=data if factor > 1 else None,
+        max_side=max_side,
     )
 
 

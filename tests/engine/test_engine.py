@@ -215,6 +215,48 @@ def test_small_faces_in_a_reduced_decode_are_aligned_from_finer_pixels(engine: F
         assert float(face.embedding @ match.embedding) > 0.9
 
 
+class DetectorInputs:
+    """The detector's real session, recording the input shape of each run."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, output_names: Any, feed: dict[str, np.ndarray], *args: Any) -> Any:
+        self.shapes.extend(tuple(value.shape) for value in feed.values())
+        return self.real.run(output_names, feed, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_an_image_reduced_on_purpose_is_not_scaled_back_up(
+    engine: FaceEngine,
+    photos,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/ws predict decodes a frame at PREDICT_MAX_SIDE (320 px) to answer fast. MAX_UPSCALE scaled it back up to
+    640 x 480 for the detector: 4x the pixels, 15 ms per predict instead of 5, and 65 predictions/s over 8 clients
+    instead of 160 (bench.stream). A reduced image is now detected at its size, on a canvas of the half-size set;
+    the same pixels given as a photo of that size are still scaled up (small photos hold small faces)."""
+    from app.imaging import decode_image
+
+    frame = cv2.resize(read_bgr(photos.t1), (640, 480), interpolation=cv2.INTER_AREA)
+    data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    reduced = decode_image(data, max_bytes=1 << 24, max_pixels=10**8, max_side=320)
+    assert reduced.pixels.shape[:2] == (240, 320) and reduced.max_side == 320
+    inputs = DetectorInputs(engine.detector.session)
+    monkeypatch.setattr(engine.detector, "session", inputs)
+    found = engine.analyze_batch([reduced])[0]
+    as_photo = engine.analyze_batch([reduced.pixels])[0]
+    canvas = inputs.shapes[0][-2:] if inputs.shapes[0][1] == 3 else inputs.shapes[0][1:3]  # float NCHW or uint8 NHWC
+    assert canvas == (256, 320), inputs.shapes  # 4:3 at half DET_SIZE (320 x 240, up to a multiple of 32)
+    assert inputs.shapes[1] != inputs.shapes[0] and max(inputs.shapes[1]) == 640, inputs.shapes
+    assert len(found) >= 3 and len(as_photo) >= len(found)
+    for face in found:  # boxes in the reduced pixels, mapped to the frame's by `scale`, as before
+        assert face.bbox[2] <= 320 + 1 and face.bbox[3] <= 240 + 1
+
+
 def test_no_face(engine: FaceEngine) -> None:
     y, x = np.mgrid[0:480, 0:640]
     image = np.stack([x % 256, y % 256, (x * y) % 256], axis=-1).astype(np.uint8)

@@ -143,7 +143,7 @@ def test_runtime_info_shows_what_is_in_force(engine: FaceEngine) -> None:
     assert info["providers"] == info["providers_in_use"] == [CPU_PROVIDER]
     assert info["provider_options"] == {CPU_PROVIDER: {}}
     assert info["batch_sizes"] == {"detector": [1], "recognizer": [1, 4, 16]}  # the CPU's defaults
-    assert len(info["detector_canvases"]) == 7 and info["warm_up_s"] > 0
+    assert len(info["detector_canvases"]) == 14 and info["warm_up_s"] > 0  # 7 aspects at DET_SIZE and at half
 
 
 # ------------------------------------------------------------------------------------------ batches and padding

@@ -107,7 +107,7 @@ def test_only_declared_shapes_reach_the_sessions(recorded_client: TestClient, tm
     assert {"detector", "recognizer", "emotion"} <= set(models)
     for name, model in models.items():
         declared = set(model.input_shapes())
-        assert len(declared) <= 12, (name, declared)  # a small set
+        assert len(declared) <= 16, (name, declared)  # a small set (the CPU detector: 7 aspects at 2 sizes)
         # the warm-up ran every declared shape before the app answered anything
         assert set(recorded_shapes(model)) == declared, name
         for recorder in recorders(model):
