@@ -7,8 +7,9 @@ Goals (the old emotion service's claim, which covered its emotion model alone): 
 client, >= 100 predictions/s over 8 clients. Printed with PASS/FAIL.
 
 The service runs for real: `python -m app` in a subprocess (uvicorn, one worker) on a fresh STATE_DIR holding the
-faces of players.jpg (so that search has something to find), or --url for a running one. The clients run in this
-process, one thread and one socket each (the websockets library).
+faces of players.jpg (so that search has something to find), or --url for a running one (ws:// or wss://). The
+clients run in this process, one socket and one asyncio task each (websockets' asyncio client: its threaded client
+reads and writes a TLS session from two threads at once, which loses frames over wss://).
 
     python -m bench.stream [--frames 200] [--seconds 10] [--clients 8] [--url ws://host:9100/ws]
 """
@@ -16,20 +17,21 @@ process, one thread and one socket each (the websockets library).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
 import httpx
 import numpy as np
-from websockets.sync.client import connect
+from websockets.asyncio.client import connect
 
 from bench.common import Photos, free_port, percentile_ms, read_bgr, setup_logging
 from bench.search_latency import running_service
@@ -78,51 +80,48 @@ def server_seconds(answer: dict[str, Any]) -> float | None:
     return None
 
 
-def stream(
-    url: str, message: str, *, frames: int, seconds: float, run: Run, lock: threading.Lock, start: threading.Barrier
-) -> None:
+async def stream(url: str, message: str, *, frames: int, seconds: float, run: Run, start: asyncio.Barrier) -> None:
     """One client: send, wait for the answer, send the next; until `frames` answers or `seconds` passed."""
-    with connect(url, max_size=None, open_timeout=60) as ws:
-        json.loads(ws.recv(timeout=60))  # connected
-        ws.send(message)  # warm-up, not counted
-        ws.recv(timeout=60)
-        start.wait()
+    async with connect(url, max_size=None, open_timeout=60) as ws:
+        async with asyncio.timeout(60):
+            json.loads(await ws.recv())  # connected
+            await ws.send(message)  # warm-up, not counted
+            await ws.recv()
+        await start.wait()
         deadline = time.perf_counter() + seconds
         for _ in range(frames):
             sent = time.perf_counter()
-            ws.send(message)
-            answer = json.loads(ws.recv(timeout=60))
+            async with asyncio.timeout(60):
+                await ws.send(message)
+                answer = json.loads(await ws.recv())
             elapsed = time.perf_counter() - sent
-            with lock:
-                took = server_seconds(answer)
-                if took is None:
-                    code = answer.get("data", {}).get("code") or answer.get("code") or "error"
-                    run.errors[code] = run.errors.get(code, 0) + 1
-                else:
-                    run.round_trips.append(elapsed)
-                    run.server.append(took)
+            took = server_seconds(answer)
+            if took is None:
+                code = answer.get("data", {}).get("code") or answer.get("code") or "error"
+                run.errors[code] = run.errors.get(code, 0) + 1
+            else:
+                run.round_trips.append(elapsed)
+                run.server.append(took)
             if time.perf_counter() > deadline:
                 break
 
 
 def measure(url: str, message: str, clients: int, frames: int, seconds: float) -> Run:
-    run, lock = Run(), threading.Lock()
-    start = threading.Barrier(clients + 1)
-    threads = [
-        threading.Thread(
-            target=stream,
-            args=(url, message),
-            kwargs={"frames": frames, "seconds": seconds, "run": run, "lock": lock, "start": start},
-        )
-        for _ in range(clients)
-    ]
-    for t in threads:
-        t.start()
-    start.wait()
-    began = time.perf_counter()
-    for t in threads:
-        t.join()
-    run.wall = time.perf_counter() - began
+    """`clients` sockets at once, each an asyncio task of this thread."""
+    run = Run()
+
+    async def all_clients() -> None:
+        start = asyncio.Barrier(clients + 1)
+        tasks = [
+            asyncio.create_task(stream(url, message, frames=frames, seconds=seconds, run=run, start=start))
+            for _ in range(clients)
+        ]
+        await start.wait()
+        began = time.perf_counter()
+        await asyncio.gather(*tasks)
+        run.wall = time.perf_counter() - began
+
+    asyncio.run(all_clients())
     return run
 
 
@@ -144,6 +143,7 @@ def profile(frame: bytes, reps: int) -> None:
     from app.config import Settings
     from app.engine import InferenceGate
     from app.engine.align import align_face
+    from app.engine.engine import upscale_limit
     from app.faces import Face
     from app.imaging import decode_image
 
@@ -170,7 +170,7 @@ def profile(frame: bytes, reps: int) -> None:
         ("JPEG decode", lambda: decode_image(frame, max_bytes=20 << 20, max_pixels=50_000_000)),
         ("JPEG decode at 320", lambda: decode_image(frame, max_bytes=20 << 20, max_pixels=50_000_000, max_side=320)),
         ("detect 640x480 (SCRFD)", lambda: engine.detector.detect([decoded.pixels])),
-        ("detect 320x240", lambda: engine.detector.detect([small.pixels])),
+        ("detect 320x240", lambda: engine.detector.detect([small.pixels], [upscale_limit(small)])),
         ("align (112x112)", lambda: align_face(decoded.pixels, kps[0])),
         ("embed (ArcFace)", lambda: engine.recognizer.embed([crop])),
         ("emotion head", lambda: emotion.run([decoded.pixels], [[face]])),
@@ -219,15 +219,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="oceano-stream-") as state:
             port = free_port()
-            env = {
-                **os.environ,
-                "STATE_DIR": state,
-                "QDRANT_PATH": f"{state}/qdrant",
-                "THUMBS_DIR": f"{state}/thumbs",
-                "LOG_LEVEL": "warning",
-                "HOST": "127.0.0.1",
-            }
-            with running_service(env, port) as http:
+            with running_service(Path(state), port) as http:  # this environment, the state under `state`
                 r = http.post(
                     "/api/faces", files={"file": ("players.jpg", Photos.players.read_bytes())}, data={"subject": "team"}
                 )
