@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.config import Settings
+from app.config import ProviderChoice, Settings
 from app.engine import FaceEngine, InferenceGate
 from app.engine.detector import aspect_canvases
 from bench.common import EVAL_DIR, read_bgr, setup_logging
@@ -45,7 +45,7 @@ def main() -> None:
     setup_logging()
     photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in SUFFIXES)
     images = [read_bgr(p) for p in photos]
-    settings = Settings(providers="cpu")
+    settings = Settings(providers=ProviderChoice.CPU)
     engine = FaceEngine.from_settings(settings, InferenceGate(1, 60.0))
     detector = engine.detector
     canvas_sets = {name: sorted(c, key=lambda c: (c[0] * c[1], c)) for name, c in policies(settings.det_size).items()}

@@ -27,14 +27,14 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.config import Settings
 from app.ingest.pipeline import IngestJob
-from bench.common import Photos, setup_logging
+from bench.common import Photos, read_bgr, setup_logging
 
 RELEASE_AFTER = 90.0
 FINISHED = {"completed", "failed", "cancelled"}
 
 
 def photo_folder(folder: Path, n: int) -> list[Path]:
-    image = cv2.imread(str(Photos.yaoming))
+    image = read_bgr(Photos.yaoming)
     files = []
     for i in range(n):
         image[:4, :4] = (i, 0, 255)  # other bytes per copy
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                 os.mkfifo(victim)
             return result
 
-        IngestJob._check = check_then_swap  # type: ignore[method-assign]
+        IngestJob._check = check_then_swap  # type: ignore[method-assign,assignment]
         state = Path(tmp) / "state"
         settings = Settings(
             state_dir=state, qdrant_path=state / "qdrant", thumbs_dir=state / "thumbs", ingest_roots=str(root)

@@ -134,5 +134,6 @@ async def closed_loop(
                 late.append(loop.time() - before - 0.1)
         return late
 
-    late, *_ = await asyncio.gather(ticker(), *(client() for _ in range(clients)))
-    return answers, late
+    ticking = asyncio.create_task(ticker())
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return answers, await ticking

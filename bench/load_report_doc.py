@@ -11,7 +11,7 @@ import shutil
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from bench.load_report import Level
@@ -46,7 +46,7 @@ def write_report(
 ) -> None:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     wait = args.wait.replace(",", " to ")
-    providers = ", ".join(str(p) for p in info.get("providers", []) or ["?"])  # type: ignore[union-attr]
+    providers = ", ".join(str(p) for p in cast("list[object]", info.get("providers") or ["?"]))
     fresh = (
         "Each level ran on a service started afresh and warmed, holding that collection (and the index "
         "users' uploads of earlier levels)."
@@ -76,10 +76,10 @@ def write_report(
     details = []
     for lv in levels:
         routes = ", ".join(f"{name} {count}" for name, count in lv.by_route.most_common())
-        failures = "; ".join(f"{name}: {count}" for name, count in lv.failures.most_common()) or "none"
+        listed = "; ".join(f"{name}: {count}" for name, count in lv.failures.most_common()) or "none"
         line = (
             f"- **{lv.users} users** ({lv.window:.0f} s measured): {lv.answered} answers ({routes}); failures: "
-            f"{failures}."
+            f"{listed}."
         )
         if lv.html:
             line += (

@@ -19,6 +19,7 @@ import math
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -28,7 +29,7 @@ from bench.live import live_server
 
 def largest(faces: list[dict[str, object]]) -> dict[str, object] | None:
     def area(face: dict[str, object]) -> float:
-        x1, y1, x2, y2 = face["bbox"]  # type: ignore[misc]
+        x1, y1, x2, y2 = cast("list[float]", face["bbox"])
         return float((x2 - x1) * (y2 - y1))
 
     return max(faces, key=area) if faces else None

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ class BuildLog(logging.Handler):
             self.cpu.append(float(match.group(2)))
 
 
-def bench_settings(path: Path, overrides: dict[str, str]) -> Settings:
+def bench_settings(path: Path, overrides: Mapping[str, Any]) -> Settings:
     return Settings(qdrant_path=path, collection_name="scale", qdrant_url="", min_free_disk_mb=0, **overrides)
 
 
@@ -176,7 +177,7 @@ def load(data: Data, settings: Settings, *, probe: bool) -> dict[str, Any]:
 
 def memory() -> dict[str, float]:
     """MB from /proc/self/smaps_rollup: PSS, anonymous (heap: not reclaimable), RSS."""
-    fields = {}
+    fields: dict[str, float] = {}
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].rstrip(":") in ("Pss", "Anonymous", "Rss"):
