@@ -127,9 +127,8 @@ class ScrfdDetector(OnnxModel):
         for chunk in self.chunks(len(images)):
             part, fixed, rows = images[chunk.start : chunk.stop], chunk.size > 1, chunk.size
             limits = None if upscale is None else upscale[chunk.start : chunk.stop]
-            canvases = self.canvases
             shape = letterbox_input(
-                part, self.det_size, fixed=fixed, rows=rows, canvases=canvases, upscale=limits, pixels=pixels
+                part, self.det_size, fixed=fixed, rows=rows, canvases=self.canvases, upscale=limits, pixels=pixels
             )
             with self.buffers.take(*shape) as buffer:
                 batch, scales = build(
@@ -137,7 +136,7 @@ class ScrfdDetector(OnnxModel):
                     self.det_size,
                     fixed=fixed,
                     rows=rows,
-                    canvases=canvases,
+                    canvases=self.canvases,
                     upscale=limits,
                     out=buffer,
                     pool=placing_pool(),
