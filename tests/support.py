@@ -170,6 +170,21 @@ def engine_hold_env(folder: Path, after_images: int) -> tuple[dict[str, str], Pa
     return env, release
 
 
+class ShapeRecorder:
+    """A recording proxy around a real ONNX session: the input shapes of every run, then the real run."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, output_names: Any, feed: dict[str, np.ndarray], *args: Any) -> Any:
+        self.shapes.extend(tuple(value.shape) for value in feed.values())
+        return self.real.run(output_names, feed, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 def small_photos(folder: Path, *, below: int = 640) -> list[Path]:
     """The photos of a folder whose long side is under `below` pixels (under the detector's 640 px canvas)."""
     from PIL import Image

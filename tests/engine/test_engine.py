@@ -14,7 +14,15 @@ from app.config import Settings
 from app.engine import BUNDLED_PACK, PRODUCTION_PACK, FaceEngine, InferenceGate, resolve_pack
 from app.engine.align import align_face, alignment_source, similarity_transform
 from app.errors import EngineBusy, ModelPackError
-from tests.support import INSIGHTFACE_IMAGES, VECTRON_DIR, gate_held, match_boxes, read_bgr, small_photos
+from tests.support import (
+    INSIGHTFACE_IMAGES,
+    VECTRON_DIR,
+    ShapeRecorder,
+    gate_held,
+    match_boxes,
+    read_bgr,
+    small_photos,
+)
 
 
 def test_finds_every_face_and_embeddings_are_unit_vectors(engine: FaceEngine, photos) -> None:  # type: ignore[no-untyped-def]
@@ -215,21 +223,6 @@ def test_small_faces_in_a_reduced_decode_are_aligned_from_finer_pixels(engine: F
         assert float(face.embedding @ match.embedding) > 0.9
 
 
-class DetectorInputs:
-    """The detector's real session, recording the input shape of each run."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.shapes: list[tuple[int, ...]] = []
-
-    def run(self, output_names: Any, feed: dict[str, np.ndarray], *args: Any) -> Any:
-        self.shapes.extend(tuple(value.shape) for value in feed.values())
-        return self.real.run(output_names, feed, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
 def test_an_image_reduced_on_purpose_is_not_scaled_back_up(
     engine: FaceEngine,
     photos,  # type: ignore[no-untyped-def]
@@ -245,7 +238,7 @@ def test_an_image_reduced_on_purpose_is_not_scaled_back_up(
     data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
     reduced = decode_image(data, max_bytes=1 << 24, max_pixels=10**8, max_side=320)
     assert reduced.pixels.shape[:2] == (240, 320) and reduced.max_side == 320
-    inputs = DetectorInputs(engine.detector.session)
+    inputs = ShapeRecorder(engine.detector.session)
     monkeypatch.setattr(engine.detector, "session", inputs)
     found = engine.analyze_batch([reduced])[0]
     as_photo = engine.analyze_batch([reduced.pixels])[0]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -24,24 +23,9 @@ import app.engine.model
 from app.api import create_app
 from app.engine import OnnxModel
 from app.engine.runtime import create_session
-from tests.support import LOOPBACK, NO_FACE, Photos, b64, make_settings, read_bgr
+from tests.support import LOOPBACK, NO_FACE, Photos, ShapeRecorder, b64, make_settings, read_bgr
 
 SOURCES = (Photos.t1, Photos.players, Photos.gdp, Photos.yaoming, Photos.tom_hanks, NO_FACE)
-
-
-class ShapeRecorder:
-    """A recording proxy around a real ONNX session: the input shapes of every run, then the real run."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.shapes: list[tuple[int, ...]] = []
-
-    def run(self, output_names: Any, feed: dict[str, np.ndarray], *args: Any) -> Any:
-        self.shapes.extend(tuple(value.shape) for value in feed.values())
-        return self.real.run(output_names, feed, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
 
 def random_photo(rng: random.Random) -> bytes:
