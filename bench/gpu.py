@@ -303,9 +303,12 @@ def ratios(oceano: dict[str, Any], plain: dict[str, Any] | None) -> list[dict[st
 
 
 # ------------------------------------------------------------------------------------------------ ingest
+INGEST_PHOTOS = "ingest-photos"  # under the work folder: the files every ingest run reads
+
+
 def ingest_folder(photos: Path, args: argparse.Namespace, work: Path) -> list[Path]:
     """--ingest-images variants of the photos (written once; every setting's run reads the same files)."""
-    folder = work / "ingest-photos"
+    folder = work / INGEST_PHOTOS
     log(f"ingest: writing {args.ingest_images} variants of the photos of {photos}")
     return make_variant_folder(folder, args.ingest_images, photo_files(photos), threads=min(8, os.cpu_count() or 1))
 
@@ -314,7 +317,7 @@ def run_ingest(
     files: list[Path], env: dict[str, str], args: argparse.Namespace, work: Path, name: str = "defaults"
 ) -> dict[str, Any]:
     """`python -m app.ingest --local` over `files` with these settings, into a store of its own."""
-    folder = files[0].parent
+    folder = work / INGEST_PHOTOS
     state = work / f"ingest-state-{name}"
     log(f"ingest ({name}): python -m app.ingest --local over {len(files)} images")
     started = time.monotonic()
