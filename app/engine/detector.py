@@ -35,7 +35,8 @@ PLACING_THREADS = min(8, (os.cpu_count() or 1) // 2)
 
 @functools.cache
 def placing_pool() -> ThreadPoolExecutor | None:
-    """The process's letterbox threads (None on one core), made at first use and shared by every detector."""
+    """The process's letterbox threads (None below 4 cores: PLACING_THREADS under 2), made at first use and shared
+    by every detector."""
     return ThreadPoolExecutor(PLACING_THREADS, thread_name_prefix="letterbox") if PLACING_THREADS > 1 else None
 
 
